@@ -1,0 +1,49 @@
+//! Lower-case hex for the short identifiers in the spec (key ids, ticket ids).
+
+use std::fmt::Write;
+
+/// Lower-case hex of `bytes`.
+pub fn encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Decodes exactly `N` bytes of hex (either case); `None` for anything else.
+pub fn decode<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let raw = text.as_bytes();
+    if raw.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in raw.chunks_exact(2).enumerate() {
+        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn round_trips_and_refuses_bad_digits() {
+        assert_eq!(super::encode(&[0x21, 0xfe, 0x31, 0xdf]), "21fe31df");
+        assert_eq!(
+            super::decode::<4>("21FE31df"),
+            Some([0x21, 0xfe, 0x31, 0xdf])
+        );
+        assert_eq!(super::decode::<4>("21fe31d"), None);
+        assert_eq!(super::decode::<4>("21fe31dg"), None);
+    }
+}

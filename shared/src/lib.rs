@@ -1,0 +1,24 @@
+//! The core every program shares: the VT1 ticket code and how it is verified.
+//!
+//! - [`code`] holds the byte layout: [`TicketFields`] is what a ticket says,
+//!   [`encode`] signs it into the `VT1:` text, and [`parse`] turns text back into
+//!   an [`UnverifiedTicket`] without trusting it.
+//! - [`keyset`] holds the public keys a scanner is provisioned with: a
+//!   [`Keyset`] is only ever built from entries whose `key_id` matches the key.
+//! - [`verify`] applies the spec's checks in order. A [`Verifier`] is the only
+//!   thing that makes a [`VerifiedTicket`], so code that holds one knows the
+//!   signature was good under a trusted key.
+//!
+//! This crate does no IO: callers read files, clocks and databases and pass the
+//! results in (the current time is always a parameter).
+
+pub mod code;
+pub mod hex;
+pub mod keyset;
+pub mod verify;
+
+pub use code::{
+    EncodeError, KeyId, ParseError, TicketFields, TicketId, UnverifiedTicket, encode, parse,
+};
+pub use keyset::{Keyset, KeysetEntry, KeysetError};
+pub use verify::{DEFAULT_SKEW_SECS, Refusal, ResultCode, VerifiedTicket, Verifier};
