@@ -1,1 +1,329 @@
-fn main() {}
+//! `issuer`: the organizer's command line. Parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use issuer::{Store, events, issue, keys, time};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Venue ticketing: events, signing keys and ticket issuance"
+)]
+struct Cli {
+    /// The data directory: issuer.db and the signing keys.
+    #[arg(long, global = true, default_value = "./data")]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Events tickets are sold for.
+    #[command(subcommand)]
+    Events(EventsCmd),
+    /// Ed25519 signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Signed tickets.
+    #[command(subcommand)]
+    Tickets(TicketsCmd),
+    /// Sets up the fixture venue in the data directory, issues its tickets,
+    /// exports the keyset and checks every ticket.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum EventsCmd {
+    /// Adds an event, or updates the one with this id.
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        name: String,
+        /// Unix seconds or RFC 3339.
+        #[arg(long)]
+        starts: String,
+        /// Unix seconds or RFC 3339.
+        #[arg(long)]
+        ends: String,
+    },
+    /// Adds or updates the events of a JSON file: [{id, name, starts_at, ends_at}].
+    Import { file: PathBuf },
+    /// Lists events.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Makes a new signing key (stored with mode 0600, never printed).
+    Generate,
+    /// Lists keys: id, state, when made, tickets signed.
+    List,
+    /// Stops a key from signing new tickets; it stays in keysets for tickets it signed.
+    Retire { key_id: String },
+    /// Prints the keyset JSON that scanners for these events need.
+    ExportKeyset {
+        #[arg(long = "event", required = true)]
+        events: Vec<u64>,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TicketsCmd {
+    /// Signs a batch of tickets and writes a QR picture of each, and tickets.csv.
+    Issue {
+        #[arg(long)]
+        event: u64,
+        #[arg(long)]
+        category: u16,
+        /// Number of tickets; with --seat-file, defaults to its number of seats.
+        #[arg(long)]
+        count: Option<usize>,
+        /// One seat label a line; one ticket a seat.
+        #[arg(long)]
+        seat_file: Option<PathBuf>,
+        /// Unix seconds or RFC 3339; defaults to 3 hours before the event starts.
+        #[arg(long)]
+        valid_from: Option<String>,
+        /// Unix seconds or RFC 3339; defaults to the event's end.
+        #[arg(long)]
+        valid_until: Option<String>,
+        /// Holders may leave and come back in.
+        #[arg(long)]
+        multi_entry: bool,
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write an SVG of each code.
+        #[arg(long)]
+        svg: bool,
+        /// Pixels a QR module in the PNGs.
+        #[arg(long, default_value_t = issue::DEFAULT_SCALE)]
+        scale: usize,
+        /// Signing key; defaults to the newest active key.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Writes an issued batch's pictures and tickets.csv again.
+    Export {
+        #[arg(long)]
+        batch: i64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        svg: bool,
+        #[arg(long, default_value_t = issue::DEFAULT_SCALE)]
+        scale: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let mut store = Store::open(&cli.data)
+        .with_context(|| format!("opening data directory {}", cli.data.display()))?;
+    match cli.command {
+        Command::Events(cmd) => events_cmd(&mut store, cmd),
+        Command::Keys(cmd) => keys_cmd(&store, cmd),
+        Command::Tickets(cmd) => tickets_cmd(&mut store, cmd),
+        Command::Demo => demo(&mut store),
+    }
+}
+
+fn events_cmd(store: &mut Store, cmd: EventsCmd) -> Result<()> {
+    match cmd {
+        EventsCmd::Add {
+            id,
+            name,
+            starts,
+            ends,
+        } => {
+            let event = events::Event {
+                id,
+                name,
+                starts_at: time::parse(&starts)?,
+                ends_at: time::parse(&ends)?,
+            };
+            events::upsert(store, &event)?;
+            println!("event {id} saved");
+        }
+        EventsCmd::Import { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let n = events::import(store, &text)
+                .with_context(|| format!("importing {}", file.display()))?;
+            println!("{n} events imported");
+        }
+        EventsCmd::List { json } => {
+            let list = events::list(store)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            }
+            for e in list.iter().filter(|_| !json) {
+                println!(
+                    "{:>8}  {}  {}  {}",
+                    e.id,
+                    time::format(e.starts_at.into()),
+                    time::format(e.ends_at.into()),
+                    e.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn keys_cmd(store: &Store, cmd: KeysCmd) -> Result<()> {
+    match cmd {
+        KeysCmd::Generate => {
+            let key = keys::generate(store, time::now())?;
+            println!(
+                "key {} generated (secret in {})",
+                key.key_id,
+                store.keys_dir().display()
+            );
+        }
+        KeysCmd::List => {
+            println!(
+                "{:<8}  {:<30}  {:<20}  TICKETS",
+                "KEY_ID", "STATE", "CREATED"
+            );
+            for k in keys::list(store)? {
+                let state = match k.retired_at {
+                    None => "active".to_owned(),
+                    Some(t) => format!("retired {}", time::format(t)),
+                };
+                println!(
+                    "{:<8}  {state:<30}  {:<20}  {}",
+                    k.key_id,
+                    time::format(k.created_at),
+                    k.tickets
+                );
+            }
+        }
+        KeysCmd::Retire { key_id } => {
+            let key = keys::retire(store, &key_id, time::now())?;
+            println!(
+                "key {} retired at {}",
+                key.key_id,
+                time::format(key.retired_at.unwrap_or_default())
+            );
+        }
+        KeysCmd::ExportKeyset { events, out } => {
+            let json = keys::export_keyset(store, &events, time::now())?.to_json();
+            match out {
+                Some(path) => std::fs::write(&path, json + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => println!("{json}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A progress bar on standard error when it is a terminal and the batch is large.
+fn progress_bar(len: usize) -> ProgressBar {
+    if len < 1000 {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} tickets  {per_sec}  eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn tickets_cmd(store: &mut Store, cmd: TicketsCmd) -> Result<()> {
+    match cmd {
+        TicketsCmd::Issue {
+            event,
+            category,
+            count,
+            seat_file,
+            valid_from,
+            valid_until,
+            multi_entry,
+            out,
+            svg,
+            scale,
+            key,
+        } => {
+            let seats = match seat_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(
+                        issue::parse_seats(&text)
+                            .with_context(|| format!("in {}", path.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let req = issue::Request {
+                event_id: event,
+                category_id: category,
+                count,
+                valid_from: valid_from.as_deref().map(time::parse).transpose()?,
+                valid_until: valid_until.as_deref().map(time::parse).transpose()?,
+                multi_entry,
+                out,
+                svg,
+                scale,
+                key_id: key,
+                seats,
+            };
+            let bar = progress_bar(req.seats.as_ref().map_or(req.count.unwrap_or(0), Vec::len));
+            let started = std::time::Instant::now();
+            let summary = issue::issue(store, &req, time::now(), &|n| bar.inc(n as u64))?;
+            bar.finish_and_clear();
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "issued {} tickets for event {} (batch {}, key {}) into {} in {secs:.1} s ({:.0}/s)",
+                summary.count,
+                summary.event_id,
+                summary.batch_id,
+                summary.key_id,
+                summary.out.display(),
+                summary.count as f64 / secs.max(1e-9)
+            );
+        }
+        TicketsCmd::Export {
+            batch,
+            out,
+            svg,
+            scale,
+        } => {
+            let bar = ProgressBar::hidden();
+            let n = issue::export(store, batch, &out, svg, scale, &|n| bar.inc(n as u64))?;
+            println!("wrote {n} tickets of batch {batch} into {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn demo(store: &mut Store) -> Result<()> {
+    let report = issuer::demo::run(store, time::now())?;
+    print!("{report}");
+    Ok(())
+}
