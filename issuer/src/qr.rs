@@ -72,3 +72,37 @@ pub fn svg(code: &QrCode) -> String {
         .module_dimensions(8, 8)
         .build()
 }
+
+#[cfg(test)]
+mod tests {
+    use qrcode::{EcLevel, Version};
+
+    #[test]
+    fn codes_are_byte_mode_at_level_m() {
+        // 152 bytes of upper-case letters: byte mode at level M needs version 8;
+        // an encoder free to pick alphanumeric mode would fit it in version 6.
+        let text = format!("VT1:{}", "A".repeat(148));
+        let code = super::encode(&text).unwrap();
+        assert_eq!(code.error_correction_level(), EcLevel::M);
+        assert_eq!(code.version(), Version::Normal(8));
+        // One byte more no longer fits version 8.
+        assert_eq!(
+            super::encode(&format!("{text}A")).unwrap().version(),
+            Version::Normal(9)
+        );
+    }
+
+    #[test]
+    fn png_has_a_four_module_quiet_zone() {
+        let code = super::encode("VT1:test").unwrap();
+        let png = super::png(&code, 3).unwrap();
+        let img = image::load_from_memory(&png).unwrap().into_luma8();
+        let side = (code.width() + 8) * 3;
+        assert_eq!((img.width() as usize, img.height() as usize), (side, side));
+        // The outer 4 modules are white, the finder pattern's corner just inside is dark.
+        assert!(
+            (0..12).all(|i| img.get_pixel(i, i).0[0] == 255 && img.get_pixel(i, 0).0[0] == 255)
+        );
+        assert_eq!(img.get_pixel(12, 12).0[0], 0);
+    }
+}

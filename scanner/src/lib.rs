@@ -1,0 +1,19 @@
+//! The gate station: reads ticket codes and decides, offline, whether to admit.
+//!
+//! - [`decode`] finds QR codes in pictures (luma buffers or image files) with rqrr.
+//! - [`report`] turns a verification outcome into the line a person or a
+//!   program reads (`--json`).
+//!
+//! The decision itself is [`shared::Verifier`]: a scanner holds a keyset and
+//! never a signing key, and needs no network to decide.
+
+pub mod decode;
+pub mod report;
+
+/// Reads and validates a keyset file.
+pub fn load_keyset(path: &std::path::Path) -> anyhow::Result<shared::Keyset> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading keyset {}", path.display()))?;
+    shared::Keyset::from_json(&text).with_context(|| format!("keyset {} refused", path.display()))
+}
