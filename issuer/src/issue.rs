@@ -362,8 +362,11 @@ fn write_files(
         }
         Ok(())
     };
+    // Creating a file costs about a millisecond on a virtual disk, and the
+    // threads mostly wait for it: more writers than cores keep the cores busy.
+    let writers = (workers() * 4).max(8);
     std::thread::scope(|s| {
-        for _ in 0..workers() {
+        for _ in 0..writers {
             s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
                     let start = next.fetch_add(CHUNK, Ordering::Relaxed);
