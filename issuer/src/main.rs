@@ -247,7 +247,7 @@ fn progress_bar(len: usize) -> ProgressBar {
     }
     let bar = ProgressBar::new(len as u64);
     if let Ok(style) =
-        ProgressStyle::with_template("{bar:40} {pos}/{len} tickets  {per_sec}  eta {eta}")
+        ProgressStyle::with_template("{bar:40} {human_pos}/{human_len} tickets  eta {eta}")
     {
         bar.set_style(style);
     }
