@@ -8,6 +8,7 @@
 //! never a signing key, and needs no network to decide.
 
 pub mod decode;
+pub mod gate;
 pub mod report;
 
 /// Reads and validates a keyset file.

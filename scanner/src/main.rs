@@ -1,19 +1,24 @@
 //! `scanner`: the gate station's command line. Parses arguments and calls the library.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use scanner::gate::{Gate, Provision};
 use scanner::{decode, report};
-use shared::{ResultCode, Verifier};
+use shared::{Direction, ResultCode, Verifier};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Gate station: reads ticket codes and verifies them offline"
+    about = "Gate station: reads ticket codes, verifies them offline, records every scan"
 )]
 struct Cli {
+    /// The gate's local database (device identity, keyset, redemption log).
+    #[arg(long, global = true, default_value = "scanner.db")]
+    db: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,10 +51,65 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Provisions (or re-provisions) this device's database.
+    Init {
+        /// The keyset JSON exported by the issuer.
+        #[arg(long)]
+        keyset: PathBuf,
+        #[arg(long)]
+        device_name: String,
+        /// The gate this device stands at, shown to other gates.
+        #[arg(long, default_value = "")]
+        gate: String,
+        /// Admit only this event (repeatable); by default every event the keyset covers.
+        #[arg(long = "event")]
+        events: Vec<u64>,
+        #[arg(long, default_value_t = shared::DEFAULT_SKEW_SECS)]
+        skew: u32,
+    },
+    /// The revocation list.
+    #[command(subcommand)]
+    Revocations(RevocationsCmd),
+    /// Checks codes, admits or refuses, and records every scan.
+    Check {
+        /// Unix seconds to check at; defaults to the clock.
+        #[arg(long)]
+        now: Option<u64>,
+        #[arg(long, default_value = "entry")]
+        direction: Direction,
+        #[arg(long)]
+        json: bool,
+        /// Codes, or `-` to read one a line from standard input.
+        #[arg(required = true)]
+        codes: Vec<String>,
+    },
+    /// Decodes pictures and checks every code found, as `check` does.
+    Scan {
+        #[arg(long = "image", required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long)]
+        now: Option<u64>,
+        #[arg(long, default_value = "entry")]
+        direction: Direction,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scans by result, admitted, inside now, last scan.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RevocationsCmd {
+    /// Replaces the revocation list: one `EVENT_ID TICKET_ID` (or `TICKET_ID`) a line.
+    Import { file: PathBuf },
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let result = match cli.command {
         Command::Verify {
             keyset,
             now,
@@ -57,32 +117,93 @@ fn main() -> ExitCode {
             events,
             json,
             codes,
-        } => verify(keyset, now, skew, events, json, codes),
-        Command::Decode { files } => decode_files(files),
+        } => verify(&keyset, now, skew, events, json, &codes),
+        Command::Decode { files } => Ok(decode_files(&files)),
+        Command::Init {
+            keyset,
+            device_name,
+            gate,
+            events,
+            skew,
+        } => init(&cli.db, &keyset, device_name, gate, events, skew),
+        Command::Revocations(RevocationsCmd::Import { file }) => import_revocations(&cli.db, &file),
+        Command::Check {
+            now,
+            direction,
+            json,
+            codes,
+        } => check(&cli.db, now, direction, json, &codes),
+        Command::Scan {
+            images,
+            now,
+            direction,
+            json,
+        } => scan(&cli.db, &images, now, direction, json),
+        Command::Stats { json } => stats(&cli.db, json),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    })
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Exit status 0 when every code was admitted, 1 when any was refused.
+fn status(all_ok: bool) -> ExitCode {
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// Calls `each` on every code: the arguments, and for `-` every non-blank
+/// line of standard input as soon as it arrives (bytes that are not UTF-8
+/// become a code that fails to parse).
+fn for_each_code(codes: &[String], mut each: impl FnMut(&str)) -> anyhow::Result<()> {
+    for code in codes {
+        if code != "-" {
+            each(code);
+            continue;
+        }
+        let mut input = std::io::stdin().lock();
+        let mut buf = Vec::new();
+        while input
+            .read_until(b'\n', &mut buf)
+            .context("reading standard input")?
+            > 0
+        {
+            let line = String::from_utf8_lossy(&buf);
+            if !line.trim().is_empty() {
+                each(&line);
+            }
+            buf.clear();
+        }
+    }
+    Ok(())
+}
+
+/// Prints one answer line and flushes it: an operator is waiting.
+fn answer_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 fn verify(
-    keyset: PathBuf,
+    keyset: &Path,
     now: Option<u64>,
     skew: u32,
     events: Vec<u64>,
     json: bool,
-    codes: Vec<String>,
-) -> ExitCode {
-    let keyset = match scanner::load_keyset(&keyset) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
+    codes: &[String],
+) -> anyhow::Result<ExitCode> {
+    let keyset = scanner::load_keyset(keyset)?;
     if let Some(missing) = events
         .iter()
         .find(|e| !keyset.entries().any(|k| k.event_ids.contains(e)))
@@ -93,55 +214,21 @@ fn verify(
     }
     let verifier = Verifier::new(keyset).with_skew(skew).only_events(events);
     let mut all_ok = true;
-    let stdout = std::io::stdout();
-    let mut answer = |code: &str| {
-        let outcome = verifier.verify(code, now.unwrap_or_else(unix_now));
+    for_each_code(codes, |code| {
+        let outcome = verifier.verify(code, now.unwrap_or_else(|| unix_now_ms() / 1000));
         all_ok &= report::result_code(&outcome) == ResultCode::Ok;
-        let line = if json {
+        answer_line(&if json {
             serde_json::Value::Object(report::to_json(&outcome)).to_string()
         } else {
             report::to_line(&outcome)
-        };
-        // Answer each code at once: a wedge scanner's operator is waiting.
-        let mut out = stdout.lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    };
-    for code in &codes {
-        if code != "-" {
-            answer(code);
-            continue;
-        }
-        let mut input = std::io::stdin().lock();
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match input.read_until(b'\n', &mut buf) {
-                Ok(0) => break,
-                Ok(_) => {
-                    // Bytes that are not UTF-8 become a code that fails to parse.
-                    let line = String::from_utf8_lossy(&buf);
-                    if !line.trim().is_empty() {
-                        answer(&line);
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: reading standard input: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-    }
-    if all_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+        });
+    })?;
+    Ok(status(all_ok))
 }
 
-fn decode_files(files: Vec<PathBuf>) -> ExitCode {
+fn decode_files(files: &[PathBuf]) -> ExitCode {
     let mut all_ok = true;
-    for file in &files {
+    for file in files {
         match decode::decode_file(file) {
             Ok(texts) => texts.iter().for_each(|t| println!("{t}")),
             Err(e) => {
@@ -150,9 +237,146 @@ fn decode_files(files: Vec<PathBuf>) -> ExitCode {
             }
         }
     }
-    if all_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    status(all_ok)
+}
+
+fn init(
+    db: &Path,
+    keyset: &Path,
+    device_name: String,
+    gate: String,
+    events: Vec<u64>,
+    skew_secs: u32,
+) -> anyhow::Result<ExitCode> {
+    let keyset_json = std::fs::read_to_string(keyset)
+        .with_context(|| format!("reading keyset {}", keyset.display()))?;
+    let p = Provision {
+        keyset_json,
+        device_name,
+        gate,
+        events,
+        skew_secs,
+    };
+    let g = Gate::init(db, &p, unix_now_ms())?;
+    println!(
+        "device {} ({}) at gate {:?} provisioned in {}: {} keys",
+        g.device().id,
+        g.device().name,
+        g.device().gate,
+        db.display(),
+        g.verifier().keyset().len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import_revocations(db: &Path, file: &Path) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let n = Gate::open(db)?.import_revocations(&text)?;
+    println!("{n} revoked tickets loaded");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks one code and prints the answer; returns whether it was admitted.
+/// A failure to record is shown as an error, never as an admission.
+fn check_one(
+    gate: &mut Gate,
+    code: &str,
+    direction: Direction,
+    now: Option<u64>,
+    json: bool,
+    image: Option<&Path>,
+) -> bool {
+    let now_ms = now.map_or_else(unix_now_ms, |s| s * 1000);
+    match gate.check(code, direction, now_ms) {
+        Ok(c) => {
+            answer_line(&if json {
+                let mut obj = report::checked_json(&c);
+                if let Some(image) = image {
+                    obj.insert("image".into(), image.display().to_string().into());
+                }
+                serde_json::Value::Object(obj).to_string()
+            } else {
+                let mut line = report::to_line(&c.outcome);
+                if direction == Direction::Exit {
+                    line.push_str("  (exit)");
+                }
+                image.map_or(line.clone(), |i| format!("{}  {line}", i.display()))
+            });
+            c.record.result == ResultCode::Ok
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            answer_line(&if json {
+                serde_json::json!({"result": "error", "reason": e.to_string()}).to_string()
+            } else {
+                format!("ERROR  {e}")
+            });
+            false
+        }
     }
+}
+
+fn check(
+    db: &Path,
+    now: Option<u64>,
+    direction: Direction,
+    json: bool,
+    codes: &[String],
+) -> anyhow::Result<ExitCode> {
+    let mut gate = Gate::open(db)?;
+    let mut all_ok = true;
+    for_each_code(codes, |code| {
+        all_ok &= check_one(&mut gate, code, direction, now, json, None);
+    })?;
+    Ok(status(all_ok))
+}
+
+fn scan(
+    db: &Path,
+    images: &[PathBuf],
+    now: Option<u64>,
+    direction: Direction,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut gate = Gate::open(db)?;
+    let mut all_ok = true;
+    for image in images {
+        match decode::decode_file(image) {
+            Ok(texts) => {
+                for text in texts {
+                    all_ok &= check_one(&mut gate, &text, direction, now, json, Some(image));
+                }
+            }
+            Err(e) => {
+                all_ok = false;
+                eprintln!("{}: {e}", image.display());
+            }
+        }
+    }
+    Ok(status(all_ok))
+}
+
+fn stats(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let stats = Gate::open(db)?.stats()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("scans     {}", stats.scans);
+    for (result, n) in &stats.by_result {
+        println!("  {result:<17}{n}");
+    }
+    println!("admitted  {}", stats.admitted);
+    println!("inside    {}", stats.inside);
+    if let Some(s) = &stats.last_scan {
+        println!(
+            "last scan {}  {}  gate {:?}  device {:?}",
+            scanner::gate::format_ms(s.wall_ms),
+            s.result,
+            s.gate,
+            s.device_name
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

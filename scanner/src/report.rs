@@ -66,3 +66,27 @@ pub fn to_line(outcome: &Outcome) -> String {
     }
     parts.join("  ")
 }
+
+/// The JSON object for a recorded check: [`to_json`] plus where and how it
+/// was recorded, and for `already_redeemed` the first admission.
+pub fn checked_json(c: &crate::gate::Checked) -> Map<String, Value> {
+    let mut out = to_json(&c.outcome);
+    out.insert("direction".into(), json!(c.record.direction.as_str()));
+    out.insert("device_id".into(), json!(c.record.device_id.to_string()));
+    out.insert("idx".into(), json!(c.record.idx));
+    out.insert("gate".into(), json!(c.record.gate));
+    out.insert("at_ms".into(), json!(c.record.wall_ms));
+    if let Some(first) = &c.first_admission {
+        out.insert(
+            "first_admission".into(),
+            json!({
+                "at": crate::gate::format_ms(first.wall_ms),
+                "at_ms": first.wall_ms,
+                "gate": first.gate,
+                "device_id": first.device_id.to_string(),
+                "device_name": first.device_name,
+            }),
+        );
+    }
+    out
+}

@@ -337,3 +337,6 @@ pub fn decode_body(text: &str) -> Result<Vec<u8>, ParseError> {
 pub fn encode_body(body: &[u8]) -> String {
     format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(body))
 }
+
+hex::serde_as_hex!(KeyId);
+hex::serde_as_hex!(TicketId);

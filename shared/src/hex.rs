@@ -34,6 +34,26 @@ fn nibble(c: u8) -> Option<u8> {
     }
 }
 
+/// Serialises an identifier as its hex text (through `Display` and `FromStr`),
+/// the form every JSON document of the project uses.
+macro_rules! serde_as_hex {
+    ($ty:ty) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_as_hex;
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -8,6 +8,9 @@
 //! - [`verify`] applies the spec's checks in order. A [`Verifier`] is the only
 //!   thing that makes a [`VerifiedTicket`], so code that holds one knows the
 //!   signature was good under a trusted key.
+//! - [`scan`] holds what gates record: a [`ScanRecord`] per attempt, stamped
+//!   with a hybrid logical clock ([`Hlc`]), and [`TicketState`], the rule that
+//!   turns a ticket's scans into "admitted before" and "inside now".
 //!
 //! This crate does no IO: callers read files, clocks and databases and pass the
 //! results in (the current time is always a parameter).
@@ -15,10 +18,12 @@
 pub mod code;
 pub mod hex;
 pub mod keyset;
+pub mod scan;
 pub mod verify;
 
 pub use code::{
     EncodeError, KeyId, ParseError, TicketFields, TicketId, UnverifiedTicket, encode, parse,
 };
 pub use keyset::{Keyset, KeysetEntry, KeysetError};
+pub use scan::{DeviceId, Direction, Hlc, ScanRecord, TicketState};
 pub use verify::{DEFAULT_SKEW_SECS, Refusal, ResultCode, VerifiedTicket, Verifier};

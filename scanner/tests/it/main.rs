@@ -1,6 +1,8 @@
 //! The one integration-test binary of `scanner`: the real binary, fed the
 //! spec's vectors, real pictures from the issuer, and garbage.
 
+mod check;
+mod crash;
 mod decode;
 mod verify;
 

@@ -1,0 +1,506 @@
+//! The gate's state: a local SQLite file holding the device's identity, its
+//! keyset, the revocation list and the redemption log.
+//!
+//! [`Gate::check`] is the whole decision: verify offline, apply revocations,
+//! look at the ticket's earlier scans, and append the attempt to the log. An
+//! `ok` is committed durably (WAL, `synchronous=FULL`) before `check` returns,
+//! so a gate that shows green has already remembered it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rand_core::{OsRng, RngCore};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use shared::{
+    DeviceId, Direction, Hlc, Keyset, Refusal, ResultCode, ScanRecord, TicketId, TicketState,
+    Verifier,
+};
+
+use crate::report::Outcome;
+
+/// Marks a SQLite file as a scanner database ("VT1S").
+const APPLICATION_ID: i32 = 0x5654_3153;
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_device_scans.sql")];
+
+/// Why the gate could not do what was asked. Refusing a ticket is not an
+/// error: that is an [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("{path}: {reason}")]
+    Database { path: String, reason: String },
+    #[error("{0} is not provisioned: run `scanner --db {0} init --keyset FILE --device-name NAME`")]
+    NotProvisioned(String),
+    #[error("keyset refused: {0}")]
+    Keyset(#[from] shared::KeysetError),
+    #[error("revocation list line {line}: {reason}; the previous list is kept")]
+    Revocations { line: usize, reason: String },
+    #[error("scan log: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Who this scanner is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub id: DeviceId,
+    pub name: String,
+    pub gate: String,
+}
+
+/// What `init` sets; re-running it updates everything but the device id.
+#[derive(Clone, Debug)]
+pub struct Provision {
+    pub keyset_json: String,
+    pub device_name: String,
+    pub gate: String,
+    pub events: Vec<u64>,
+    pub skew_secs: u32,
+}
+
+/// The answer to one scan, and what was recorded.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub outcome: Outcome,
+    pub record: ScanRecord,
+    /// For `already_redeemed`: the ticket's first admission, on any device.
+    pub first_admission: Option<ScanRecord>,
+}
+
+/// Counts for the gate's staff.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub scans: u64,
+    pub by_result: BTreeMap<String, u64>,
+    /// Admitted entries (`ok` scans going in).
+    pub admitted: u64,
+    /// Tickets whose last admitted movement was an entry.
+    pub inside: u64,
+    pub last_scan: Option<ScanRecord>,
+}
+
+/// An open scanner database.
+pub struct Gate {
+    conn: Connection,
+    path: String,
+    device: Device,
+    verifier: Verifier,
+}
+
+fn open_conn(path: &Path, create: bool) -> Result<Connection, GateError> {
+    let shown = path.display().to_string();
+    let db_err = |e: rusqlite::Error| GateError::Database {
+        path: shown.clone(),
+        reason: match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+                "not a scanner database (the file is not SQLite, or is damaged)".into()
+            }
+            _ => e.to_string(),
+        },
+    };
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::CannotOpen => {
+            GateError::NotProvisioned(shown.clone())
+        }
+        e => db_err(e),
+    })?;
+    let setup = |conn: &mut Connection| -> rusqlite::Result<(i32, usize, i64)> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let app: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        Ok((app, version, tables))
+    };
+    let (app, version, tables) = setup(&mut conn).map_err(&db_err)?;
+    if app != APPLICATION_ID && tables > 0 {
+        return Err(GateError::Database {
+            path: shown,
+            reason:
+                "this SQLite file belongs to another program, not a scanner: choose another --db"
+                    .into(),
+        });
+    }
+    if version > MIGRATIONS.len() {
+        return Err(GateError::Database {
+            path: shown,
+            reason: format!("written by a newer scanner (schema {version}); upgrade this one"),
+        });
+    }
+    let migrate = |conn: &mut Connection| -> rusqlite::Result<()> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    };
+    migrate(&mut conn).map_err(db_err)?;
+    Ok(conn)
+}
+
+fn load_device(conn: &Connection, path: &str) -> Result<(Device, Verifier), GateError> {
+    let row = conn
+        .query_row(
+            "SELECT device_id, name, gate, keyset_json, skew_secs FROM device WHERE singleton = 1",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get(4)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((id, name, gate, keyset_json, skew_secs)) = row else {
+        return Err(GateError::NotProvisioned(path.to_owned()));
+    };
+    let id = id.parse().map_err(|reason| GateError::Database {
+        path: path.to_owned(),
+        reason,
+    })?;
+    let mut stmt = conn.prepare("SELECT event_id FROM admitted_events")?;
+    let events = stmt
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .map(|r| r.map(|e| e as u64))
+        .collect::<Result<Vec<_>, _>>()?;
+    let verifier = Verifier::new(Keyset::from_json(&keyset_json)?)
+        .with_skew(skew_secs)
+        .only_events(events);
+    Ok((Device { id, name, gate }, verifier))
+}
+
+impl Gate {
+    /// Provisions the database at `path` (creating it), or re-provisions it:
+    /// the device id stays, everything else is replaced. The keyset is
+    /// validated first; a refused keyset changes nothing.
+    pub fn init(path: &Path, p: &Provision, now_ms: u64) -> Result<Gate, GateError> {
+        Keyset::from_json(&p.keyset_json)?;
+        let mut conn = open_conn(path, true)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<String> = tx
+            .query_row("SELECT device_id FROM device", [], |r| r.get(0))
+            .optional()?;
+        let id = existing.unwrap_or_else(|| {
+            let mut id = [0u8; 16];
+            OsRng.fill_bytes(&mut id);
+            DeviceId(id).to_string()
+        });
+        tx.execute(
+            "INSERT INTO device (singleton, device_id, name, gate, keyset_json, skew_secs, provisioned_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(singleton) DO UPDATE SET name = excluded.name, gate = excluded.gate,
+               keyset_json = excluded.keyset_json, skew_secs = excluded.skew_secs,
+               provisioned_at = excluded.provisioned_at",
+            params![id, p.device_name, p.gate, p.keyset_json, p.skew_secs, now_ms as i64],
+        )?;
+        tx.execute("DELETE FROM admitted_events", [])?;
+        for e in &p.events {
+            tx.execute(
+                "INSERT OR IGNORE INTO admitted_events (event_id) VALUES (?1)",
+                [*e as i64],
+            )?;
+        }
+        tx.commit()?;
+        let path = path.display().to_string();
+        let (device, verifier) = load_device(&conn, &path)?;
+        Ok(Gate {
+            conn,
+            path,
+            device,
+            verifier,
+        })
+    }
+
+    /// Opens a provisioned database.
+    pub fn open(path: &Path) -> Result<Gate, GateError> {
+        let conn = open_conn(path, false)?;
+        let path = path.display().to_string();
+        let (device, verifier) = load_device(&conn, &path)?;
+        Ok(Gate {
+            conn,
+            path,
+            device,
+            verifier,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Replaces the revocation list with `text`: one ticket a line, as
+    /// `EVENT_ID TICKET_ID` or a bare `TICKET_ID` (any event); blank lines and
+    /// `#` comments skipped. A bad line refuses the whole file.
+    pub fn import_revocations(&mut self, text: &str) -> Result<usize, GateError> {
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |reason: String| GateError::Revocations {
+                line: i + 1,
+                reason,
+            };
+            let fields: Vec<&str> = line
+                .split([' ', '\t', ','])
+                .filter(|f| !f.is_empty())
+                .collect();
+            let (event, ticket) = match fields.as_slice() {
+                [ticket] => (None, *ticket),
+                [event, ticket] => {
+                    let event: u64 = event
+                        .parse()
+                        .map_err(|_| bad(format!("{event:?} is not an event id")))?;
+                    (Some(event as i64), *ticket)
+                }
+                _ => return Err(bad("expected `EVENT_ID TICKET_ID` or `TICKET_ID`".into())),
+            };
+            let ticket: TicketId = ticket.parse().map_err(bad)?;
+            entries.push((event, ticket.to_string()));
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM revocations", [])?;
+        {
+            let mut insert =
+                tx.prepare("INSERT INTO revocations (event_id, ticket_id) VALUES (?1, ?2)")?;
+            for (event, ticket) in &entries {
+                insert.execute(params![event, ticket])?;
+            }
+        }
+        tx.commit()?;
+        Ok(entries.len())
+    }
+
+    fn is_revoked(&self, event_id: u64, ticket_id: TicketId) -> Result<bool, GateError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM revocations WHERE ticket_id = ?2 AND (event_id IS NULL OR event_id = ?1) LIMIT 1",
+            )?
+            .exists(params![event_id as i64, ticket_id.to_string()])?)
+    }
+
+    /// Decides on one code at wall-clock `now_ms` (unix milliseconds) and
+    /// appends the attempt to the log, durably, before returning.
+    pub fn check(
+        &mut self,
+        code: &str,
+        direction: Direction,
+        now_ms: u64,
+    ) -> Result<Checked, GateError> {
+        let mut outcome = self.verifier.verify(code, now_ms / 1000);
+        if let Ok(t) = &outcome
+            && self.is_revoked(t.fields().event_id, t.fields().ticket_id)?
+        {
+            let reason = "revoked: refunded, cancelled or reissued";
+            outcome = Err(Refusal::of_ticket(ResultCode::Revoked, reason, t.clone()));
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut first_admission = None;
+        if let Ok(t) = &outcome
+            && direction == Direction::Entry
+        {
+            let f = t.fields();
+            let scans = scans_of(&tx, f.event_id, f.ticket_id)?;
+            let state = TicketState::of(&scans);
+            if state.refuses_entry(f.multi_entry) {
+                let first = state.first_entry.cloned();
+                let reason = match &first {
+                    Some(s) if !f.multi_entry => format!(
+                        "already admitted at gate {:?} by {:?} at {}",
+                        s.gate,
+                        s.device_name,
+                        format_ms(s.wall_ms)
+                    ),
+                    _ => "already inside: no exit recorded since its last entry".to_owned(),
+                };
+                outcome = Err(Refusal::of_ticket(
+                    ResultCode::AlreadyRedeemed,
+                    reason,
+                    t.clone(),
+                ));
+                first_admission = first;
+            }
+        }
+        let (idx, last_hlc): (i64, i64) = tx.query_row(
+            "SELECT (SELECT coalesce(max(idx), 0) FROM scans WHERE device_id = ?1),
+                    (SELECT coalesce(max(hlc), 0) FROM scans)",
+            [self.device.id.to_string()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let ticket = match &outcome {
+            Ok(t) => Some(t),
+            Err(r) => r.ticket.as_ref(),
+        };
+        let record = ScanRecord {
+            device_id: self.device.id,
+            idx: idx as u64 + 1,
+            ticket: ticket.map(|t| (t.fields().event_id, t.fields().ticket_id)),
+            multi_entry: ticket.is_some_and(|t| t.fields().multi_entry),
+            direction,
+            result: crate::report::result_code(&outcome),
+            reason: outcome
+                .as_ref()
+                .err()
+                .map(|r| r.reason.clone())
+                .unwrap_or_default(),
+            wall_ms: now_ms,
+            hlc: Hlc::next(Hlc(last_hlc as u64), now_ms),
+            gate: self.device.gate.clone(),
+            device_name: self.device.name.clone(),
+        };
+        insert_scan(&tx, &record)?;
+        tx.commit()?;
+        Ok(Checked {
+            outcome,
+            record,
+            first_admission,
+        })
+    }
+
+    /// Every record in the log, in (device, index) order.
+    pub fn log(&self) -> Result<Vec<ScanRecord>, GateError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {SCAN_COLUMNS} FROM scans ORDER BY device_id, idx"
+        ))?;
+        let rows = stmt.query_map([], row_to_scan)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn stats(&self) -> Result<Stats, GateError> {
+        let mut stats = Stats::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT result, count(*) FROM scans GROUP BY result")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let (result, n) = row?;
+            stats.scans += n as u64;
+            stats.by_result.insert(result, n as u64);
+        }
+        stats.admitted = self.conn.query_row(
+            "SELECT count(*) FROM scans WHERE result = 'ok' AND direction = 'entry'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+        // SQLite takes the bare `direction` from the row holding max(hlc).
+        stats.inside = self.conn.query_row(
+            "SELECT count(*) FROM (SELECT direction, max(hlc) FROM scans
+               WHERE result = 'ok' AND ticket_id IS NOT NULL GROUP BY event_id, ticket_id)
+             WHERE direction = 'entry'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+        stats.last_scan = self
+            .conn
+            .query_row(
+                &format!("SELECT {SCAN_COLUMNS} FROM scans ORDER BY hlc DESC LIMIT 1"),
+                [],
+                row_to_scan,
+            )
+            .optional()?;
+        Ok(stats)
+    }
+}
+
+const SCAN_COLUMNS: &str = "device_id, idx, event_id, ticket_id, multi_entry, direction, result, reason, \
+                            wall_ms, hlc, gate, device_name";
+
+fn scans_of(
+    conn: &Connection,
+    event_id: u64,
+    ticket_id: TicketId,
+) -> Result<Vec<ScanRecord>, GateError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SCAN_COLUMNS} FROM scans WHERE event_id = ?1 AND ticket_id = ?2"
+    ))?;
+    let rows = stmt.query_map(params![event_id as i64, ticket_id.to_string()], row_to_scan)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn insert_scan(conn: &Connection, s: &ScanRecord) -> Result<(), GateError> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO scans (device_id, idx, event_id, ticket_id, multi_entry, direction, result,
+                                      reason, wall_ms, hlc, gate, device_name)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        s.device_id.to_string(),
+        s.idx as i64,
+        s.ticket.map(|(e, _)| e as i64),
+        s.ticket.map(|(_, t)| t.to_string()),
+        s.multi_entry,
+        s.direction.as_str(),
+        s.result.as_str(),
+        s.reason,
+        s.wall_ms as i64,
+        s.hlc.0 as i64,
+        s.gate,
+        s.device_name,
+    ])?;
+    Ok(())
+}
+
+fn row_to_scan(r: &rusqlite::Row<'_>) -> rusqlite::Result<ScanRecord> {
+    let bad = |i: usize, what: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, what.into())
+    };
+    let device_id: String = r.get(0)?;
+    let event_id: Option<i64> = r.get(2)?;
+    let ticket_id: Option<String> = r.get(3)?;
+    let ticket = match (event_id, ticket_id) {
+        (Some(e), Some(t)) => Some((e as u64, t.parse().map_err(|m| bad(3, m))?)),
+        _ => None,
+    };
+    Ok(ScanRecord {
+        device_id: device_id.parse().map_err(|m| bad(0, m))?,
+        idx: r.get::<_, i64>(1)? as u64,
+        ticket,
+        multi_entry: r.get(4)?,
+        direction: r.get::<_, String>(5)?.parse().map_err(|m| bad(5, m))?,
+        result: r.get::<_, String>(6)?.parse().map_err(|m| bad(6, m))?,
+        reason: r.get(7)?,
+        wall_ms: r.get::<_, i64>(8)? as u64,
+        hlc: Hlc(r.get::<_, i64>(9)? as u64),
+        gate: r.get(10)?,
+        device_name: r.get(11)?,
+    })
+}
+
+/// Unix milliseconds as RFC 3339 UTC, to the second.
+pub fn format_ms(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_times_in_utc() {
+        assert_eq!(super::format_ms(1_900_000_000_000), "2030-03-17T17:46:40Z");
+        assert_eq!(super::format_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::format_ms(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+}
