@@ -27,6 +27,8 @@ CREATE TABLE scans (
     event_id    INTEGER,
     ticket_id   TEXT,
     multi_entry INTEGER NOT NULL,
+    category_id INTEGER NOT NULL,
+    seat        TEXT    NOT NULL,
     direction   TEXT    NOT NULL CHECK (direction IN ('entry', 'exit')),
     result      TEXT    NOT NULL,
     reason      TEXT    NOT NULL,

@@ -360,6 +360,8 @@ impl Gate {
             idx: idx as u64 + 1,
             ticket: ticket.map(|t| (t.fields().event_id, t.fields().ticket_id)),
             multi_entry: ticket.is_some_and(|t| t.fields().multi_entry),
+            category_id: ticket.map_or(0, |t| t.fields().category_id),
+            seat: ticket.map(|t| t.fields().seat.clone()).unwrap_or_default(),
             direction,
             result: crate::report::result_code(&outcome),
             reason: outcome
@@ -387,6 +389,16 @@ impl Gate {
             "SELECT {SCAN_COLUMNS} FROM scans ORDER BY device_id, idx"
         ))?;
         let rows = stmt.query_map([], row_to_scan)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records stamped after `after`, oldest first, at most `limit`: what a
+    /// display tailing the log has not shown yet, whoever made them.
+    pub fn log_after(&self, after: Hlc, limit: usize) -> Result<Vec<ScanRecord>, GateError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {SCAN_COLUMNS} FROM scans WHERE hlc > ?1 ORDER BY hlc LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![after.0 as i64, limit as i64], row_to_scan)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -426,7 +438,7 @@ impl Gate {
 }
 
 const SCAN_COLUMNS: &str = "device_id, idx, event_id, ticket_id, multi_entry, direction, result, reason, \
-                            wall_ms, hlc, gate, device_name";
+                            wall_ms, hlc, gate, device_name, category_id, seat";
 
 fn scans_of(
     conn: &Connection,
@@ -443,8 +455,8 @@ fn scans_of(
 fn insert_scan(conn: &Connection, s: &ScanRecord) -> Result<(), GateError> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO scans (device_id, idx, event_id, ticket_id, multi_entry, direction, result,
-                                      reason, wall_ms, hlc, gate, device_name)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                      reason, wall_ms, hlc, gate, device_name, category_id, seat)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         s.device_id.to_string(),
@@ -459,6 +471,8 @@ fn insert_scan(conn: &Connection, s: &ScanRecord) -> Result<(), GateError> {
         s.hlc.0 as i64,
         s.gate,
         s.device_name,
+        s.category_id,
+        s.seat,
     ])?;
     Ok(())
 }
@@ -486,6 +500,8 @@ fn row_to_scan(r: &rusqlite::Row<'_>) -> rusqlite::Result<ScanRecord> {
         hlc: Hlc(r.get::<_, i64>(9)? as u64),
         gate: r.get(10)?,
         device_name: r.get(11)?,
+        category_id: r.get(12)?,
+        seat: r.get(13)?,
     })
 }
 

@@ -3,6 +3,10 @@
 //! - [`decode`] finds QR codes in pictures (luma buffers or image files) with rqrr.
 //! - [`report`] turns a verification outcome into the line a person or a
 //!   program reads (`--json`).
+//! - [`gate`] is the device's state: [`gate::Gate`] provisions the local
+//!   SQLite store, applies revocations and redemption, and appends every scan
+//!   to the redemption log durably before answering.
+//! - [`station`] serves the gate tablet's page, live over server-sent events.
 //!
 //! The decision itself is [`shared::Verifier`]: a scanner holds a keyset and
 //! never a signing key, and needs no network to decide.
@@ -10,6 +14,14 @@
 pub mod decode;
 pub mod gate;
 pub mod report;
+pub mod station;
+
+/// The wall clock, in unix milliseconds.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Reads and validates a keyset file.
 pub fn load_keyset(path: &std::path::Path) -> anyhow::Result<shared::Keyset> {

@@ -94,6 +94,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serves the gate tablet's page; with --stdin also reads a wedge scanner's lines.
+    Station {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Check every line typed on standard input (a keyboard-wedge scanner on a console).
+        #[arg(long)]
+        stdin: bool,
+    },
     /// Scans by result, admitted, inside now, last scan.
     Stats {
         #[arg(long)]
@@ -140,6 +148,7 @@ fn main() -> ExitCode {
             json,
         } => scan(&cli.db, &images, now, direction, json),
         Command::Stats { json } => stats(&cli.db, json),
+        Command::Station { listen, stdin } => station(&cli.db, &listen, stdin),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -147,11 +156,7 @@ fn main() -> ExitCode {
     })
 }
 
-fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use scanner::unix_now_ms;
 
 /// Exit status 0 when every code was admitted, 1 when any was refused.
 fn status(all_ok: bool) -> ExitCode {
@@ -378,5 +383,46 @@ fn stats(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
             s.device_name
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn station(db: &Path, listen: &str, stdin: bool) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let gate = Gate::open(db)?;
+    let state = scanner::station::AppState::new(gate);
+    if stdin {
+        let wedge = state.clone();
+        std::thread::spawn(move || {
+            let codes = ["-".to_owned()];
+            let result = for_each_code(&codes, |code| {
+                if let Err(e) = wedge.check_blocking(code, Direction::Entry, unix_now_ms()) {
+                    tracing::error!(error = %e, "wedge scan not recorded");
+                }
+            });
+            if let Err(e) = result {
+                tracing::error!(error = %e, "wedge input closed");
+            }
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        tracing::info!(address = %listener.local_addr()?, db = %db.display(), "station serving");
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        scanner::station::run(listener, state, shutdown).await?;
+        anyhow::Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -101,6 +101,10 @@ pub struct ScanRecord {
     /// The ticket, when its signature was good; `None` for unreadable or forged codes.
     pub ticket: Option<(u64, TicketId)>,
     pub multi_entry: bool,
+    /// The ticket's category and seat, for people reading the log (0 and
+    /// empty when the ticket is unknown).
+    pub category_id: u16,
+    pub seat: String,
     pub direction: Direction,
     pub result: ResultCode,
     /// Why it was refused; empty for `ok`.
@@ -168,6 +172,8 @@ mod tests {
             idx,
             ticket: Some((1, TicketId([9; 16]))),
             multi_entry: true,
+            category_id: 1,
+            seat: String::new(),
             direction,
             result,
             reason: String::new(),

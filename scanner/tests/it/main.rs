@@ -4,6 +4,7 @@
 mod check;
 mod crash;
 mod decode;
+mod station;
 mod verify;
 
 use std::io::Write;

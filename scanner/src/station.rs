@@ -1,0 +1,245 @@
+//! The station page: what gate staff look at on the tablet. The last result,
+//! huge and coloured, with seat and category; a manual entry field (which is
+//! also where a keyboard-wedge scanner types); counts; and the sync state.
+//!
+//! The page follows the redemption log, not the inputs: a task tails the log
+//! and pushes every new record to the browsers over server-sent events, so a
+//! scan shows whether it came from the page, the wedge on standard input, the
+//! camera, or another `scanner check` process on the same database.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use shared::{Direction, Hlc, ScanRecord};
+use tokio::sync::{Notify, broadcast};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::gate::{Gate, GateError, format_ms};
+use crate::report;
+
+const PAGE: &str = include_str!("station.html");
+
+/// Shared by every request; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    gate: Arc<Mutex<Gate>>,
+    updates: broadcast::Sender<String>,
+    /// Wakes the log tail at once after a scan made here.
+    scanned: Arc<Notify>,
+}
+
+/// The station's one error type: the status comes from the variant; details
+/// of internal failures go to the log, not to the page.
+#[derive(Debug)]
+enum ApiError {
+    BadRequest(String),
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "station request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the scan could not be recorded; nothing was admitted".to_owned(),
+                )
+            }
+        };
+        (status, axum::Json(json!({ "error": message }))).into_response()
+    }
+}
+
+impl From<GateError> for ApiError {
+    fn from(e: GateError) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl AppState {
+    pub fn new(gate: Gate) -> AppState {
+        AppState {
+            gate: Arc::new(Mutex::new(gate)),
+            updates: broadcast::channel(256).0,
+            scanned: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Runs `f` on the gate off the async threads (SQLite commits block).
+    async fn with_gate<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Gate) -> Result<T, GateError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let gate = self.gate.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut gate = gate.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut gate)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from)
+    }
+
+    /// Checks a code from any input and wakes the display.
+    pub fn check_blocking(
+        &self,
+        code: &str,
+        direction: Direction,
+        now_ms: u64,
+    ) -> Result<Value, GateError> {
+        let mut gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let checked = gate.check(code, direction, now_ms)?;
+        drop(gate);
+        self.scanned.notify_one();
+        Ok(Value::Object(report::checked_json(&checked)))
+    }
+}
+
+/// What the page shows of one record.
+pub fn scan_view(r: &ScanRecord) -> Value {
+    json!({
+        "result": r.result.as_str(),
+        "reason": r.reason,
+        "direction": r.direction.as_str(),
+        "event_id": r.ticket.map(|(e, _)| e),
+        "ticket_id": r.ticket.map(|(_, t)| t.to_string()),
+        "category_id": r.ticket.map(|_| r.category_id),
+        "seat": r.seat,
+        "multi_entry": r.multi_entry,
+        "gate": r.gate,
+        "device_name": r.device_name,
+        "device_id": r.device_id.to_string(),
+        "idx": r.idx,
+        "at": format_ms(r.wall_ms),
+    })
+}
+
+fn state_json(gate: &Gate) -> Result<Value, GateError> {
+    let stats = gate.stats()?;
+    let d = gate.device();
+    Ok(json!({
+        "device": { "id": d.id.to_string(), "name": d.name, "gate": d.gate },
+        "stats": { "scans": stats.scans, "admitted": stats.admitted, "inside": stats.inside,
+                   "by_result": stats.by_result },
+        "last": stats.last_scan.as_ref().map(scan_view),
+        // gate-sync is not built yet: every station runs alone.
+        "sync": { "online": false, "state": "offline: no sync server configured", "last_sync": null, "pending": null },
+    }))
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/api/state", get(get_state))
+        .route("/api/check", post(post_check))
+        .route("/api/events", get(events))
+        .with_state(state)
+}
+
+async fn page() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-store")], Html(PAGE))
+}
+
+async fn get_state(State(s): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+    Ok(axum::Json(s.with_gate(|g| state_json(g)).await?))
+}
+
+/// `{"code": "...", "direction": "entry"|"exit"}`. The body is read as bytes
+/// and parsed here so a malformed request gets the same error shape.
+async fn post_check(State(s): State<AppState>, body: Bytes) -> Result<axum::Json<Value>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct CheckRequest {
+        code: String,
+        #[serde(default)]
+        direction: Option<Direction>,
+    }
+    let req: CheckRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{\"code\": \"...\", \"direction\": \"entry\"|\"exit\"}}: {e}"
+        ))
+    })?;
+    let direction = req.direction.unwrap_or(Direction::Entry);
+    let state = s.clone();
+    let now_ms = crate::unix_now_ms();
+    let answer =
+        tokio::task::spawn_blocking(move || state.check_blocking(&req.code, direction, now_ms))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(axum::Json(answer))
+}
+
+async fn events(
+    State(s): State<AppState>,
+) -> Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>>> {
+    let stream = BroadcastStream::new(s.updates.subscribe())
+        // A browser too slow to keep up skips to the newest; it is a display.
+        .filter_map(|msg| msg.ok())
+        .map(|data| Ok(Event::default().event("scan").data(data)));
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+}
+
+/// Tails the log and broadcasts every new record with fresh counts.
+async fn tail_log(state: AppState) {
+    let mut seen = match state
+        .with_gate(|g| Ok(g.stats()?.last_scan.map_or(Hlc(0), |r| r.hlc)))
+        .await
+    {
+        Ok(h) => h,
+        Err(_) => Hlc(0),
+    };
+    loop {
+        tokio::select! {
+            _ = state.scanned.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let batch = state
+            .with_gate(move |g| {
+                let records = g.log_after(seen, 100)?;
+                let snapshot = if records.is_empty() {
+                    None
+                } else {
+                    Some(state_json(g)?)
+                };
+                Ok((records, snapshot))
+            })
+            .await;
+        let Ok((records, Some(snapshot))) = batch else {
+            continue;
+        };
+        for r in &records {
+            let msg = json!({ "scan": scan_view(r), "state": snapshot });
+            // No browser listening is fine.
+            let _ = state.updates.send(msg.to_string());
+        }
+        if let Some(last) = records.last() {
+            seen = last.hlc;
+        }
+    }
+}
+
+/// Serves the station on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let tail = tokio::spawn(tail_log(state.clone()));
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    tail.abort();
+    served
+}

@@ -1,0 +1,295 @@
+//! The station page: its HTTP API on a real socket, its live feed following
+//! scans from any process, and the page itself in a real headless Chromium.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::check::{NOW, Station, code};
+use crate::scanner;
+
+/// Starts the station library on 127.0.0.1:0 in a background runtime.
+fn serve(db: &Path) -> SocketAddr {
+    let gate = scanner::gate::Gate::open(db).unwrap();
+    let state = scanner::station::AppState::new(gate);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            scanner::station::run(listener, state, std::future::pending())
+                .await
+                .unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn post(addr: SocketAddr, body: &str) -> (u16, Value) {
+    let resp = ureq::post(&format!("http://{addr}/api/check"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .header("content-type", "application/json")
+        .send(body)
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.into_body().read_json().unwrap())
+}
+
+#[test]
+fn api_checks_codes_and_refuses_malformed_requests_in_one_shape() {
+    let st = Station::new("tablet-1", "North", &[]);
+    let addr = serve(&st.db);
+    let c = code(1, false);
+    // The station checks at the wall clock, so use a ticket valid now: none
+    // of the vector-key tickets are (they are for 2030); expect not_yet_valid.
+    let (status, answer) = post(addr, &json!({ "code": c }).to_string());
+    assert_eq!(status, 200);
+    assert_eq!(answer["result"], "not_yet_valid");
+    assert_eq!(answer["gate"], "North");
+    for bad in ["{", "{\"code\": 5}", "[]", ""] {
+        let (status, answer) = post(addr, bad);
+        assert_eq!(status, 400, "{bad}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("expected {\"code\""),
+            "{answer}"
+        );
+    }
+    let state: Value = ureq::get(&format!("http://{addr}/api/state"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap();
+    assert_eq!(
+        state["stats"]["scans"], 1,
+        "malformed requests record nothing"
+    );
+    assert_eq!(state["last"]["result"], "not_yet_valid");
+    assert_eq!(state["device"]["name"], "tablet-1");
+}
+
+#[test]
+fn live_feed_shows_scans_made_by_another_process() {
+    let st = Station::new("tablet-2", "South", &[]);
+    let addr = serve(&st.db);
+    let resp = ureq::get(&format!("http://{addr}/api/events"))
+        .call()
+        .unwrap();
+    let mut lines = BufReader::new(resp.into_body().into_reader()).lines();
+    // A scan through the command line, a separate process on the same database.
+    let now = NOW.to_string();
+    let c = code(2, false);
+    let out = scanner(&["--db", st.db(), "check", "--now", &now, &c], b"");
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let data = loop {
+        assert!(Instant::now() < deadline, "no event arrived");
+        let line = lines.next().unwrap().unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            break data.to_owned();
+        }
+    };
+    let event: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(event["scan"]["result"], "ok");
+    assert_eq!(event["scan"]["ticket_id"], format!("{:032x}", 2));
+    assert_eq!(event["state"]["stats"]["admitted"], 1);
+}
+
+/// Drives Chromium through chromedriver's WebDriver API.
+struct Browser {
+    driver: std::process::Child,
+    base: String,
+    session: String,
+}
+
+impl Browser {
+    /// `None` when Chromium is not installed and this is not CI (where it must be).
+    fn start() -> Option<Browser> {
+        if !Path::new("/usr/bin/chromedriver").exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must install chromium and chromium-driver"
+            );
+            eprintln!("skipping the browser test: apt-get install chromium chromium-driver");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = std::process::Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ureq::get(&format!("{base}/status")).call().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = tempfile::tempdir().unwrap().keep();
+        let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--window-size=1024,768", format!("--user-data-dir={}", profile.display())]}}}});
+        let resp: Value = ureq::post(&format!("{base}/session"))
+            .send_json(&caps)
+            .unwrap()
+            .into_body()
+            .read_json()
+            .unwrap();
+        let session = resp["value"]["sessionId"].as_str().unwrap().to_owned();
+        Some(Browser {
+            driver,
+            base,
+            session,
+        })
+    }
+
+    fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let resp = if method == "GET" {
+            ureq::get(&url).call()
+        } else {
+            ureq::post(&url).send_json(&body)
+        };
+        resp.unwrap().into_body().read_json::<Value>().unwrap()["value"].clone()
+    }
+
+    fn script(&self, js: &str) -> Value {
+        self.cmd("POST", "/execute/sync", json!({"script": js, "args": []}))
+    }
+
+    /// Waits until `js` returns `want`.
+    fn wait_for(&self, js: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.script(js);
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{js} is {got}, not {want}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = ureq::delete(&format!("{}/session/{}", self.base, self.session)).call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[test]
+fn the_page_turns_green_then_red_as_scans_happen() {
+    let st = Station::new("tablet-3", "West", &[]);
+    let addr = serve(&st.db);
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    browser.cmd("POST", "/url", json!({"url": format!("http://{addr}/")}));
+    browser.wait_for(
+        "return document.getElementById('link').textContent",
+        "station connected",
+    );
+    browser.wait_for(
+        "return document.getElementById('device').textContent",
+        "Gate West · tablet-3",
+    );
+
+    // A seated ticket admitted by another process appears, green, with its seat.
+    let (seat_code, now) = {
+        let v: Value = serde_json::from_str(fixtures::TICKET_CODE_V1_VECTORS).unwrap();
+        (
+            v["cases"][0]["code"].as_str().unwrap().to_owned(),
+            v["cases"][0]["now"].to_string(),
+        )
+    };
+    assert!(
+        scanner(&["--db", st.db(), "check", "--now", &now, &seat_code], b"")
+            .status
+            .success()
+    );
+    browser.wait_for(
+        "return document.getElementById('verdict').textContent",
+        "ADMIT",
+    );
+    assert_eq!(
+        browser.script("return document.getElementById('result').className"),
+        "admit"
+    );
+    let ticket = browser.script("return document.getElementById('ticket').textContent");
+    assert_eq!(ticket, "Seat A-12-7 · Category 3");
+    assert_eq!(
+        browser.script("return document.getElementById('admitted').textContent"),
+        "1"
+    );
+
+    // Garbage typed into the manual field (as a wedge types) turns it red with the reason.
+    let field = browser.cmd(
+        "POST",
+        "/element",
+        json!({"using": "css selector", "value": "#code"}),
+    );
+    let id = field
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    browser.cmd(
+        "POST",
+        &format!("/element/{id}/value"),
+        json!({"text": "not-a-ticket\u{E007}"}),
+    );
+    browser.wait_for(
+        "return document.getElementById('verdict').textContent",
+        "INVALID",
+    );
+    assert_eq!(
+        browser.script("return document.getElementById('result').className"),
+        "refuse"
+    );
+    let reason = browser.script("return document.getElementById('reason').textContent");
+    assert_eq!(reason, "does not start with \"VT1:\"");
+    assert_eq!(
+        browser.script("return document.getElementById('scans').textContent"),
+        "2"
+    );
+
+    // For a person to look at: target/station.png.
+    let png = browser.cmd("GET", "/screenshot", json!({}));
+    if let Some(b64) = png.as_str() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/station.png");
+        let _ = std::fs::write(path, decode_base64(b64));
+    }
+}
+
+fn decode_base64(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_default()
+}
