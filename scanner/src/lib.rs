@@ -11,7 +11,10 @@
 //! The decision itself is [`shared::Verifier`]: a scanner holds a keyset and
 //! never a signing key, and needs no network to decide.
 
+#[cfg(feature = "camera")]
+pub mod camera;
 pub mod decode;
+pub mod frames;
 pub mod gate;
 pub mod report;
 pub mod station;

@@ -102,6 +102,16 @@ enum Command {
         #[arg(long)]
         stdin: bool,
     },
+    /// Reads codes from a camera, checks and records each (built with `--features camera`).
+    Camera {
+        /// The camera's index (0 is /dev/video0).
+        #[arg(long, default_value_t = 0)]
+        device: u32,
+        #[arg(long, default_value = "entry")]
+        direction: Direction,
+        #[arg(long)]
+        json: bool,
+    },
     /// Scans by result, admitted, inside now, last scan.
     Stats {
         #[arg(long)]
@@ -149,6 +159,11 @@ fn main() -> ExitCode {
         } => scan(&cli.db, &images, now, direction, json),
         Command::Stats { json } => stats(&cli.db, json),
         Command::Station { listen, stdin } => station(&cli.db, &listen, stdin),
+        Command::Camera {
+            device,
+            direction,
+            json,
+        } => camera(&cli.db, device, direction, json),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -425,4 +440,26 @@ fn station(db: &Path, listen: &str, stdin: bool) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "camera")]
+fn camera(db: &Path, device: u32, direction: Direction, json: bool) -> anyhow::Result<ExitCode> {
+    let mut gate = Gate::open(db)?;
+    scanner::camera::run(device, |code| {
+        check_one(&mut gate, code, direction, None, json, None);
+        true
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "camera"))]
+fn camera(
+    _db: &Path,
+    _device: u32,
+    _direction: Direction,
+    _json: bool,
+) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "this scanner was built without camera support: build it with `cargo build -p scanner --features camera`"
+    )
 }

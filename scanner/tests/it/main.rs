@@ -4,6 +4,7 @@
 mod check;
 mod crash;
 mod decode;
+mod frames;
 mod station;
 mod verify;
 
