@@ -1,6 +1,8 @@
 //! The gate station: reads ticket codes and decides, offline, whether to admit.
 //!
-//! - [`decode`] finds QR codes in pictures (luma buffers or image files) with rqrr.
+//! - [`decode`] finds QR codes in pictures (luma buffers or image files): its
+//!   own binarizer and finder-pattern detector first, rqrr for error
+//!   correction, and rqrr's own detector as the last fallback.
 //! - [`report`] turns a verification outcome into the line a person or a
 //!   program reads (`--json`).
 //! - [`gate`] is the device's state: [`gate::Gate`] provisions the local

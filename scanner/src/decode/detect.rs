@@ -1,0 +1,542 @@
+//! A finder-pattern QR detector over a binarized picture: finds the three
+//! 1:1:3:1:1 finder patterns, the bottom-right alignment pattern, samples the
+//! module grid through a perspective transform, and hands the bits to rqrr's
+//! decoder (error correction and payload).
+
+use super::binarize::Bits;
+
+#[derive(Clone, Copy, Debug)]
+struct Pt {
+    x: f64,
+    y: f64,
+}
+
+impl Pt {
+    fn dist(self, o: Pt) -> f64 {
+        ((self.x - o.x).powi(2) + (self.y - o.y).powi(2)).sqrt()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Finder {
+    at: Pt,
+    module: f64,
+    count: u32,
+}
+
+/// Walks from pixel (`x`, `y`) in direction (`dx`, `dy`) and back, counting
+/// the five runs of a supposed finder pattern through it. Returns the centre
+/// of the dark core along the walk (continuous coordinate, relative to the
+/// start pixel's near edge) and the total length, when the runs fit 1:1:3:1:1.
+fn cross_check(bits: &Bits, x: i64, y: i64, dx: i64, dy: i64, max_run: i64) -> Option<(f64, f64)> {
+    if !bits.dark(x, y) {
+        return None;
+    }
+    let at = |i: i64| (x + i * dx, y + i * dy);
+    let dark = |i: i64| {
+        let (px, py) = at(i);
+        bits.dark(px, py)
+    };
+    let inside = |i: i64| {
+        let (px, py) = at(i);
+        in_bounds(bits, px, py)
+    };
+    let mut s = [0i64; 5];
+    // Backwards: dark core (including the start), light ring, dark ring.
+    let mut i = 0;
+    while dark(-i) {
+        s[2] += 1;
+        i += 1;
+        if s[2] > 3 * max_run {
+            return None;
+        }
+    }
+    let core_back = s[2];
+    while inside(-i) && !dark(-i) && s[1] <= max_run {
+        s[1] += 1;
+        i += 1;
+    }
+    while dark(-i) && s[0] <= max_run {
+        s[0] += 1;
+        i += 1;
+    }
+    // Forwards.
+    let mut i = 1;
+    while dark(i) {
+        s[2] += 1;
+        i += 1;
+        if s[2] > 3 * max_run {
+            return None;
+        }
+    }
+    let core_fwd = s[2] - core_back;
+    while inside(i) && !dark(i) && s[3] <= max_run {
+        s[3] += 1;
+        i += 1;
+    }
+    while dark(i) && s[4] <= max_run {
+        s[4] += 1;
+        i += 1;
+    }
+    if s.iter().any(|&c| c > max_run * 3)
+        || s[0] > max_run
+        || s[1] > max_run
+        || s[3] > max_run
+        || s[4] > max_run
+    {
+        return None;
+    }
+    if !ratio_ok(&s) {
+        return None;
+    }
+    let centre = (core_fwd - core_back + 2) as f64 / 2.0;
+    Some((centre, s.iter().sum::<i64>() as f64))
+}
+
+fn in_bounds(bits: &Bits, x: i64, y: i64) -> bool {
+    x >= 0 && y >= 0 && (x as usize) < bits.width && (y as usize) < bits.height
+}
+
+fn ratio_ok(s: &[i64; 5]) -> bool {
+    let total: i64 = s.iter().sum();
+    if total < 7 || s.contains(&0) {
+        return false;
+    }
+    let m = total as f64 / 7.0;
+    let v = m * 0.7;
+    (m - s[0] as f64).abs() < v
+        && (m - s[1] as f64).abs() < v
+        && (3.0 * m - s[2] as f64).abs() < 3.0 * v
+        && (m - s[3] as f64).abs() < v
+        && (m - s[4] as f64).abs() < v
+}
+
+/// Every finder-pattern centre in the picture, merged across scan rows.
+fn find_finders(bits: &Bits) -> Vec<Finder> {
+    let (w, h) = (bits.width, bits.height);
+    let mut found: Vec<Finder> = Vec::new();
+    let step = if h >= 400 { 2 } else { 1 };
+    let mut y = 0;
+    while y < h {
+        let row = &bits.data[y * w..(y + 1) * w];
+        let mut s = [0i64; 5];
+        let mut state = 0usize;
+        for (x, &px) in row.iter().enumerate() {
+            if px != 0 {
+                if state % 2 == 1 {
+                    state += 1;
+                }
+                s[state] += 1;
+            } else if state % 2 == 1 {
+                s[state] += 1;
+            } else if s[state] == 0 {
+                // Light before the first dark run.
+            } else if state == 4 {
+                if ratio_ok(&s) {
+                    try_centre(bits, &s, x as i64, y as i64, &mut found);
+                }
+                s = [s[2], s[3], s[4], 1, 0];
+                state = 3;
+            } else {
+                state += 1;
+                s[state] += 1;
+            }
+        }
+        if state == 4 && ratio_ok(&s) {
+            try_centre(bits, &s, w as i64, y as i64, &mut found);
+        }
+        y += step;
+    }
+    found
+}
+
+fn try_centre(bits: &Bits, s: &[i64; 5], end: i64, y: i64, found: &mut Vec<Finder>) {
+    let total: i64 = s.iter().sum();
+    let cx = (end - s[4] - s[3]) as f64 - s[2] as f64 / 2.0;
+    let max_run = (total as f64 / 7.0 * 2.5).ceil() as i64 + 1;
+    // Vertical check through the supposed centre.
+    let Some((off_v, tot_v)) = cross_check(bits, cx.floor() as i64, y, 0, 1, max_run) else {
+        return;
+    };
+    if (tot_v - total as f64).abs() > total as f64 {
+        return;
+    }
+    let cy = y as f64 + off_v;
+    // Horizontal again at the refined row.
+    let Some((off_h, tot_h)) =
+        cross_check(bits, cx.floor() as i64, cy.floor() as i64, 1, 0, max_run)
+    else {
+        return;
+    };
+    let cx = cx.floor() + off_h;
+    // A diagonal check weeds out text and clutter.
+    if cross_check(
+        bits,
+        cx.floor() as i64,
+        cy.floor() as i64,
+        1,
+        1,
+        max_run * 2,
+    )
+    .is_none()
+    {
+        return;
+    }
+    let module = (total as f64 + tot_v + tot_h) / 21.0;
+    let at = Pt { x: cx, y: cy };
+    for f in found.iter_mut() {
+        if (f.at.x - at.x).abs() <= f.module.max(module)
+            && (f.at.y - at.y).abs() <= f.module.max(module)
+        {
+            let ratio = f.module / module;
+            if (0.6..=1.7).contains(&ratio) {
+                let n = f64::from(f.count);
+                f.at = Pt {
+                    x: (f.at.x * n + at.x) / (n + 1.0),
+                    y: (f.at.y * n + at.y) / (n + 1.0),
+                };
+                f.module = (f.module * n + module) / (n + 1.0);
+                f.count += 1;
+                return;
+            }
+        }
+    }
+    found.push(Finder {
+        at,
+        module,
+        count: 1,
+    });
+}
+
+/// A homography from module coordinates to picture coordinates.
+struct Homography([f64; 8]);
+
+impl Homography {
+    fn from_points(src: &[Pt; 4], dst: &[Pt; 4]) -> Option<Self> {
+        let mut a = [[0f64; 9]; 8];
+        for i in 0..4 {
+            let (x, y, u, v) = (src[i].x, src[i].y, dst[i].x, dst[i].y);
+            a[2 * i] = [x, y, 1.0, 0.0, 0.0, 0.0, -u * x, -u * y, u];
+            a[2 * i + 1] = [0.0, 0.0, 0.0, x, y, 1.0, -v * x, -v * y, v];
+        }
+        for col in 0..8 {
+            let pivot = (col..8).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+            if a[pivot][col].abs() < 1e-12 {
+                return None;
+            }
+            a.swap(col, pivot);
+            let pivot_row = a[col];
+            for (r, row) in a.iter_mut().enumerate() {
+                if r != col {
+                    let f = row[col] / pivot_row[col];
+                    if f != 0.0 {
+                        for (x, p) in row.iter_mut().zip(pivot_row.iter()).skip(col) {
+                            *x -= f * p;
+                        }
+                    }
+                }
+            }
+        }
+        let mut h = [0f64; 8];
+        for i in 0..8 {
+            h[i] = a[i][8] / a[i][i];
+        }
+        h.iter().all(|v| v.is_finite()).then_some(Homography(h))
+    }
+
+    fn map(&self, x: f64, y: f64) -> Pt {
+        let h = &self.0;
+        let d = h[6] * x + h[7] * y + 1.0;
+        Pt {
+            x: (h[0] * x + h[1] * y + h[2]) / d,
+            y: (h[3] * x + h[4] * y + h[5]) / d,
+        }
+    }
+}
+
+struct Sampled {
+    size: usize,
+    bits: Vec<bool>,
+}
+
+impl rqrr::BitGrid for Sampled {
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn bit(&self, y: usize, x: usize) -> bool {
+        self.bits.get(y * self.size + x).copied().unwrap_or(false)
+    }
+}
+
+fn sample(bits: &Bits, hom: &Homography, size: usize) -> Sampled {
+    let mut out = Vec::with_capacity(size * size);
+    for y in 0..size {
+        for x in 0..size {
+            let p = hom.map(x as f64 + 0.5, y as f64 + 0.5);
+            out.push(bits.dark(p.x.floor() as i64, p.y.floor() as i64));
+        }
+    }
+    Sampled { size, bits: out }
+}
+
+/// Whether the sampled grid's timing patterns (row and column 6 between the
+/// finders, alternating dark and light) mostly match: a cheap check that the
+/// grid size and geometry are right before running error correction.
+fn timing_ok(grid: &Sampled) -> bool {
+    let n = grid.size;
+    if n < 21 {
+        return false;
+    }
+    let mut good = 0usize;
+    let mut total = 0usize;
+    for i in 8..n - 8 {
+        let want = i % 2 == 0;
+        let row = grid.bits.get(6 * n + i).copied().unwrap_or(!want);
+        let col = grid.bits.get(i * n + 6).copied().unwrap_or(!want);
+        good += usize::from(row == want) + usize::from(col == want);
+        total += 2;
+    }
+    good * 4 >= total * 3
+}
+
+/// Looks for the bottom-right alignment pattern near `guess`, matching a 5x5
+/// module template along the code's module axes `u` and `v`.
+fn find_alignment(bits: &Bits, guess: Pt, u: Pt, v: Pt, module: f64) -> Option<Pt> {
+    let radius = (module * 5.0).max(4.0);
+    let stride = (module / 3.0).max(1.0);
+    let steps = (radius / stride).ceil() as i64;
+    let mut best = (0u32, 0.0, 0.0, 0u32);
+    for j in -steps..=steps {
+        for i in -steps..=steps {
+            let c = Pt {
+                x: guess.x + i as f64 * stride,
+                y: guess.y + j as f64 * stride,
+            };
+            let mut score = 0u32;
+            for b in -2i32..=2 {
+                for a in -2i32..=2 {
+                    let ring = a.abs().max(b.abs());
+                    let want_dark = ring != 1;
+                    let p = Pt {
+                        x: c.x + f64::from(a) * u.x + f64::from(b) * v.x,
+                        y: c.y + f64::from(a) * u.y + f64::from(b) * v.y,
+                    };
+                    if bits.dark(p.x.floor() as i64, p.y.floor() as i64) == want_dark {
+                        score += 1;
+                    }
+                }
+            }
+            // Keep the centroid of the best-scoring positions.
+            if score > best.0 {
+                best = (score, c.x, c.y, 1);
+            } else if score == best.0 {
+                best.1 += c.x;
+                best.2 += c.y;
+                best.3 += 1;
+            }
+        }
+    }
+    (best.0 >= 22).then(|| Pt {
+        x: best.1 / f64::from(best.3),
+        y: best.2 / f64::from(best.3),
+    })
+}
+
+/// The width of one finder pattern along the line from its centre `a` to
+/// the centre `b` of another, over seven: dark core, light ring, dark ring,
+/// walked both ways.
+fn pattern_module(bits: &Bits, a: Pt, b: Pt) -> Option<f64> {
+    let len = a.dist(b);
+    if len < 1.0 {
+        return None;
+    }
+    let (ux, uy) = ((b.x - a.x) / len, (b.y - a.y) / len);
+    let mut width = 0.0;
+    for sign in [1.0, -1.0] {
+        let mut t = 0.0;
+        let mut state = 0; // 0 core, 1 light ring, 2 dark ring
+        loop {
+            let (x, y) = (a.x + sign * t * ux, a.y + sign * t * uy);
+            let dark = bits.dark(x.floor() as i64, y.floor() as i64);
+            state = match (state, dark) {
+                (0, false) => 1,
+                (1, true) => 2,
+                (2, false) => break,
+                (s, _) => s,
+            };
+            t += 0.5;
+            if t > len / 2.0 {
+                return None;
+            }
+        }
+        width += t;
+    }
+    Some(width / 7.0)
+}
+
+fn axis_module(bits: &Bits, a: Pt, b: Pt) -> Option<f64> {
+    Some((pattern_module(bits, a, b)? + pattern_module(bits, b, a)?) / 2.0)
+}
+
+/// Tries to read a code whose finder centres are `tl`, `tr`, `bl`.
+fn read_triple(bits: &Bits, tl: Finder, tr: Finder, bl: Finder, out: &mut Vec<String>) -> bool {
+    let module = (tl.module + tr.module + bl.module) / 3.0;
+    let mx = axis_module(bits, tl.at, tr.at).unwrap_or(module);
+    let my = axis_module(bits, tl.at, bl.at).unwrap_or(module);
+    let dim_est = ((tl.at.dist(tr.at) / mx + tl.at.dist(bl.at) / my) / 2.0).round() as i64 + 7;
+    let base = match dim_est.rem_euclid(4) {
+        0 => dim_est + 1,
+        2 => dim_est - 1,
+        3 => dim_est + 2,
+        _ => dim_est,
+    };
+    for dim in [base, base - 4, base + 4] {
+        if !(21..=177).contains(&dim) {
+            continue;
+        }
+        let n = dim as f64 - 7.0;
+        let u = Pt {
+            x: (tr.at.x - tl.at.x) / n,
+            y: (tr.at.y - tl.at.y) / n,
+        };
+        let v = Pt {
+            x: (bl.at.x - tl.at.x) / n,
+            y: (bl.at.y - tl.at.y) / n,
+        };
+        let affine_br = Pt {
+            x: tr.at.x + bl.at.x - tl.at.x,
+            y: tr.at.y + bl.at.y - tl.at.y,
+        };
+        let mut tries: Vec<(Pt, Pt)> = Vec::with_capacity(2);
+        if dim > 21 {
+            let k = 1.0 - 3.0 / n;
+            let guess = Pt {
+                x: tl.at.x + k * (affine_br.x - tl.at.x),
+                y: tl.at.y + k * (affine_br.y - tl.at.y),
+            };
+            let m = u.x.hypot(u.y).max(v.x.hypot(v.y));
+            if let Some(a) = find_alignment(bits, guess, u, v, m) {
+                tries.push((
+                    Pt {
+                        x: dim as f64 - 6.5,
+                        y: dim as f64 - 6.5,
+                    },
+                    a,
+                ));
+            }
+        }
+        tries.push((
+            Pt {
+                x: dim as f64 - 3.5,
+                y: dim as f64 - 3.5,
+            },
+            affine_br,
+        ));
+        for (src_corner, dst_corner) in tries {
+            let src = [
+                Pt { x: 3.5, y: 3.5 },
+                Pt {
+                    x: dim as f64 - 3.5,
+                    y: 3.5,
+                },
+                Pt {
+                    x: 3.5,
+                    y: dim as f64 - 3.5,
+                },
+                src_corner,
+            ];
+            let dst = [tl.at, tr.at, bl.at, dst_corner];
+            let Some(hom) = Homography::from_points(&src, &dst) else {
+                continue;
+            };
+            let grid = sample(bits, &hom, dim as usize);
+            if !timing_ok(&grid) {
+                continue;
+            }
+            if let Ok((_, text)) = rqrr::Grid::new(grid).decode() {
+                if !out.contains(&text) {
+                    out.push(text);
+                }
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Reads every code it can find in `bits`.
+pub(crate) fn read(bits: &Bits) -> Vec<String> {
+    let mut out = Vec::new();
+    if bits.width < 21 || bits.height < 21 || bits.data.len() < bits.width * bits.height {
+        return out;
+    }
+    let mut finders = find_finders(bits);
+    finders.sort_by_key(|f| std::cmp::Reverse(f.count));
+    // Patterns seen on one scan row only are mostly clutter; keep them only
+    // when there is little else.
+    if finders.iter().filter(|f| f.count >= 2).count() >= 3 {
+        finders.retain(|f| f.count >= 2);
+    }
+    finders.truncate(12);
+    let n = finders.len();
+    if n < 3 {
+        return out;
+    }
+    // Candidate triples, best-shaped first.
+    let mut triples: Vec<(f64, usize, usize, usize)> = Vec::new();
+    for i in 0..n {
+        for j in i + 1..n {
+            for k in j + 1..n {
+                let (a, b, c) = (finders[i], finders[j], finders[k]);
+                let mods = [a.module, b.module, c.module];
+                let lo = mods.iter().copied().fold(f64::MAX, f64::min);
+                let hi = mods.iter().copied().fold(0.0, f64::max);
+                if hi > lo * 1.6 {
+                    continue;
+                }
+                // The corner is opposite the longest side.
+                let (ab, bc, ca) = (a.at.dist(b.at), b.at.dist(c.at), c.at.dist(a.at));
+                let (corner, p, q, hyp) = if bc >= ab && bc >= ca {
+                    (i, j, k, bc)
+                } else if ca >= ab && ca >= bc {
+                    (j, i, k, ca)
+                } else {
+                    (k, i, j, ab)
+                };
+                let (fc, fp, fq) = (finders[corner], finders[p], finders[q]);
+                let (l1, l2) = (fc.at.dist(fp.at), fc.at.dist(fq.at));
+                let module = (lo + hi) / 2.0;
+                if l1.min(l2) < 10.0 * module || l1.max(l2) > 1.6 * l1.min(l2) {
+                    continue;
+                }
+                let ideal = (l1 * l1 + l2 * l2).sqrt();
+                let skew = (hyp - ideal).abs() / ideal;
+                if skew > 0.25 {
+                    continue;
+                }
+                let score = skew + (l1 - l2).abs() / (l1 + l2) + (hi - lo) / hi;
+                triples.push((score, corner, p, q));
+            }
+        }
+    }
+    triples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut used = vec![false; n];
+    for &(_, c, p, q) in triples.iter().take(8) {
+        if used[c] || used[p] || used[q] {
+            continue;
+        }
+        let (tl, mut tr, mut bl) = (finders[c], finders[p], finders[q]);
+        // Order so that tr is clockwise from bl around tl (y points down).
+        let cross =
+            (tr.at.x - tl.at.x) * (bl.at.y - tl.at.y) - (tr.at.y - tl.at.y) * (bl.at.x - tl.at.x);
+        if cross < 0.0 {
+            std::mem::swap(&mut tr, &mut bl);
+        }
+        if read_triple(bits, tl, tr, bl, &mut out) {
+            used[c] = true;
+            used[p] = true;
+            used[q] = true;
+        }
+    }
+    out
+}

@@ -1,0 +1,171 @@
+//! Finding and reading QR codes in pictures.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+mod binarize;
+mod detect;
+
+use binarize::Luma;
+
+/// Why a picture gave no code.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("cannot open picture: {0}")]
+    Open(#[from] image::ImageError),
+    #[error("no QR code found")]
+    NotFound,
+}
+
+/// Every QR code's text found in a greyscale picture of `width` x `height`
+/// pixels, row-major.
+///
+/// Cheap attempts come first so easy frames stay fast: a finder-pattern
+/// detector on a locally thresholded picture, dark-on-light then light-on-dark
+/// (dark-mode screens). Only when those fail come slower fallbacks (rqrr's own
+/// detector on several preparations of the picture).
+pub fn decode_luma(width: usize, height: usize, luma: &[u8]) -> Vec<String> {
+    let Some(len) = width.checked_mul(height) else {
+        return Vec::new();
+    };
+    if width == 0 || height == 0 || luma.len() < len {
+        return Vec::new();
+    }
+    let img = Luma {
+        width,
+        height,
+        data: Cow::Borrowed(&luma[..len]),
+    };
+    // The decoders below are meant never to panic; should one still do so on
+    // some odd picture, that picture simply yields no code.
+    std::panic::catch_unwind(|| attempts(&img)).unwrap_or_default()
+}
+
+fn attempts(img: &Luma<'_>) -> Vec<String> {
+    for invert in [false, true] {
+        let found = detect::read(&binarize::hybrid(img, invert));
+        if !found.is_empty() {
+            return found;
+        }
+    }
+    // Noise and blur: average 2x2 blocks (large frames only), then tiny
+    // modules: interpolate to twice the size (small frames only).
+    if img.width >= 400 && img.height >= 400 {
+        let small = binarize::half(img);
+        for invert in [false, true] {
+            let found = detect::read(&binarize::hybrid(&small, invert));
+            if !found.is_empty() {
+                return found;
+            }
+        }
+    } else if img.width >= 21 && img.height >= 21 && img.width.max(img.height) <= 1000 {
+        let big = binarize::double(img);
+        for invert in [false, true] {
+            let found = detect::read(&binarize::hybrid(&big, invert));
+            if !found.is_empty() {
+                return found;
+            }
+        }
+    }
+    // Plain local mean over a small window: sharper edges on heavy blur.
+    for invert in [false, true] {
+        let found = detect::read(&binarize::local_mean(img, 10, 2, invert));
+        if !found.is_empty() {
+            return found;
+        }
+    }
+    for invert in [false, true] {
+        let found = rqrr_grey(img, invert);
+        if !found.is_empty() {
+            return found;
+        }
+    }
+    Vec::new()
+}
+
+/// rqrr's own detector and thresholding.
+fn rqrr_grey(img: &Luma<'_>, invert: bool) -> Vec<String> {
+    let (w, data) = (img.width, &img.data[..]);
+    let flip = if invert { 255 } else { 0 };
+    let mut prepared =
+        rqrr::PreparedImage::prepare_from_greyscale(w, img.height, |x, y| data[y * w + x] ^ flip);
+    texts(prepared.detect_grids())
+}
+
+fn texts<G: rqrr::BitGrid>(grids: Vec<rqrr::Grid<G>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for grid in grids {
+        if let Ok((_, text)) = grid.decode()
+            && !out.contains(&text)
+        {
+            out.push(text);
+        }
+    }
+    out
+}
+
+/// Opens a picture (PNG or JPEG) and reads every QR code in it.
+pub fn decode_file(path: &Path) -> Result<Vec<String>, DecodeError> {
+    let luma = image::ImageReader::open(path)
+        .map_err(image::ImageError::IoError)?
+        .with_guessed_format()
+        .map_err(image::ImageError::IoError)?
+        .decode()?
+        .into_luma8();
+    let texts = decode_luma(luma.width() as usize, luma.height() as usize, luma.as_raw());
+    if texts.is_empty() {
+        return Err(DecodeError::NotFound);
+    }
+    Ok(texts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pictures under tests/data (made with shared/qr-bench/make_set.py's
+    /// drawing functions) that plain rqrr, as the scanner used before, misses.
+    fn fixture(name: &str) -> (String, Vec<String>) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
+                .unwrap();
+        let text = manifest
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|item| item["file"] == name)
+            .unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (text, decode_file(&dir.join(name)).unwrap_or_default())
+    }
+
+    #[test]
+    fn reads_a_dim_blurred_dark_mode_screen() {
+        let (text, found) = fixture("dark_mode_low_contrast.png");
+        assert_eq!(found, [text]);
+    }
+
+    #[test]
+    fn reads_a_tilted_blurred_unevenly_lit_code() {
+        let (text, found) = fixture("tilted_blurred_dim.png");
+        assert_eq!(found, [text]);
+    }
+
+    #[test]
+    fn odd_buffers_give_nothing_and_do_not_panic() {
+        assert!(decode_luma(0, 0, &[]).is_empty());
+        assert!(decode_luma(10, 10, &[0; 50]).is_empty());
+        assert!(decode_luma(usize::MAX, 2, &[0; 8]).is_empty());
+        for (w, h) in [(1, 1), (1, 300), (300, 1), (21, 21), (64, 48)] {
+            assert!(decode_luma(w, h, &vec![0; w * h]).is_empty());
+            assert!(decode_luma(w, h, &vec![255; w * h]).is_empty());
+            let stripes: Vec<u8> = (0..w * h)
+                .map(|i| if i % 7 < 3 { 0 } else { 255 })
+                .collect();
+            assert!(decode_luma(w, h, &stripes).is_empty());
+        }
+    }
+}
