@@ -142,3 +142,66 @@ fn dark_mode_codes_are_read_inverted() {
     let out = scanner(&["decode", dark.to_str().unwrap()], b"");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), row[3]);
 }
+
+#[test]
+fn scan_decodes_pictures_checks_and_records_and_goes_on_past_bad_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, keyset) = issue_batch(tmp.path(), 1);
+    let csv = std::fs::read_to_string(out.join("tickets.csv")).unwrap();
+    let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    let png = out.join(format!("{}.png", row[0]));
+    let db = tmp.path().join("gate.db");
+    let db = db.to_str().unwrap();
+    let init = scanner(
+        &[
+            "--db",
+            db,
+            "init",
+            "--keyset",
+            &keyset,
+            "--device-name",
+            "kiosk",
+            "--gate",
+            "VIP",
+        ],
+        b"",
+    );
+    assert!(init.status.success());
+    let broken = tmp.path().join("broken.jpg");
+    std::fs::write(&broken, b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
+    let args = [
+        "--db",
+        db,
+        "scan",
+        "--now",
+        "1900000000",
+        "--json",
+        "--image",
+        png.to_str().unwrap(),
+        "--image",
+        broken.to_str().unwrap(),
+        "--image",
+        png.to_str().unwrap(),
+    ];
+    let out = scanner(&args, b"");
+    assert_eq!(out.status.code(), Some(1));
+    let lines = json_lines(&out);
+    let results: Vec<&str> = lines
+        .iter()
+        .map(|l| l["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        results,
+        ["ok", "already_redeemed"],
+        "the same picture twice is one admission"
+    );
+    assert_eq!(lines[0]["ticket_id"], row[0]);
+    assert_eq!(lines[1]["first_admission"]["gate"], "VIP");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.jpg: cannot open picture"));
+    let stats = scanner(&["--db", db, "stats", "--json"], b"");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(
+        stats["scans"], 2,
+        "an unreadable picture records nothing: there was no code"
+    );
+}
