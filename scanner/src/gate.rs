@@ -211,19 +211,15 @@ impl Gate {
             )?;
         }
         tx.commit()?;
-        let path = path.display().to_string();
-        let (device, verifier) = load_device(&conn, &path)?;
-        Ok(Gate {
-            conn,
-            path,
-            device,
-            verifier,
-        })
+        Gate::from_conn(conn, path)
     }
 
     /// Opens a provisioned database.
     pub fn open(path: &Path) -> Result<Gate, GateError> {
-        let conn = open_conn(path, false)?;
+        Gate::from_conn(open_conn(path, false)?, path)
+    }
+
+    fn from_conn(conn: Connection, path: &Path) -> Result<Gate, GateError> {
         let path = path.display().to_string();
         let (device, verifier) = load_device(&conn, &path)?;
         Ok(Gate {
