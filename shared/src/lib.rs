@@ -11,6 +11,9 @@
 //! - [`scan`] holds what gates record: a [`ScanRecord`] per attempt, stamped
 //!   with a hybrid logical clock ([`Hlc`]), and [`TicketState`], the rule that
 //!   turns a ticket's scans into "admitted before" and "inside now".
+//! - [`merge`] holds the merged log of every gate as a CRDT: [`ScanLog`], a
+//!   grow-only set keyed by (device, index), its [`VersionVector`], and the
+//!   [`Duplicate`]s every replica derives alike.
 //!
 //! This crate does no IO: callers read files, clocks and databases and pass the
 //! results in (the current time is always a parameter).
@@ -18,6 +21,7 @@
 pub mod code;
 pub mod hex;
 pub mod keyset;
+pub mod merge;
 pub mod scan;
 pub mod verify;
 
@@ -25,5 +29,6 @@ pub use code::{
     EncodeError, KeyId, ParseError, TicketFields, TicketId, UnverifiedTicket, encode, parse,
 };
 pub use keyset::{Keyset, KeysetEntry, KeysetError};
+pub use merge::{Duplicate, ScanLog, VersionVector};
 pub use scan::{DeviceId, Direction, Hlc, ScanRecord, TicketState};
 pub use verify::{DEFAULT_SKEW_SECS, Refusal, ResultCode, VerifiedTicket, Verifier};

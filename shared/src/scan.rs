@@ -41,7 +41,7 @@ impl FromStr for DeviceId {
 }
 
 /// Which way the holder is going through the gate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Entry,
@@ -92,8 +92,9 @@ impl Hlc {
     }
 }
 
-/// One scan attempt, as recorded and as exchanged between replicas.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One scan attempt, as recorded and as exchanged between replicas. Totally
+/// ordered (field by field) so that replicas resolve any conflict alike.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ScanRecord {
     pub device_id: DeviceId,
     /// 1, 2, 3, ... per device, without gaps: what a peer lacks is a range.

@@ -1,6 +1,7 @@
 //! The one integration-test binary of `shared`.
 
 mod keyset;
+mod merge;
 mod properties;
 mod vectors;
 

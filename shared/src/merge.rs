@@ -1,0 +1,188 @@
+//! The merged scan log as a state-based CRDT, and what every replica derives
+//! from it.
+//!
+//! [`ScanLog`] is a grow-only set of [`ScanRecord`]s keyed by
+//! `(device_id, idx)`: merging is set union, so it is commutative,
+//! associative and idempotent, and replicas that have seen the same records
+//! hold the same state whatever the order they saw them in. Each device
+//! writes only its own keys, so a key never holds two different records; if a
+//! faulty device ever sends two, every replica keeps the lesser of the two
+//! (records are totally ordered), which keeps the merge a join.
+//!
+//! [`VersionVector`] is what two replicas exchange to know what the other
+//! lacks: for each device, the highest index held with no gap below it.
+//!
+//! Derived identically on every replica: [`ScanLog::first_admission`] and
+//! [`ScanLog::duplicates`], tickets admitted while already inside.
+//!
+//! Why not the `crdts` crate: its `GSet` would keep both records of a
+//! conflicting key, and its `VClock` holds the highest counter seen, not the
+//! highest contiguous one, which is what tells a peer which records to send.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::code::TicketId;
+use crate::scan::{DeviceId, Direction, ScanRecord};
+use crate::verify::ResultCode;
+
+/// A ticket's identity: (event id, ticket id).
+pub type TicketKey = (u64, TicketId);
+
+/// For each device, the highest index held with every index below it held too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionVector(pub BTreeMap<DeviceId, u64>);
+
+impl VersionVector {
+    pub fn get(&self, device: &DeviceId) -> u64 {
+        self.0.get(device).copied().unwrap_or(0)
+    }
+}
+
+/// The grow-only set of every scan record a replica holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanLog {
+    records: BTreeMap<(DeviceId, u64), ScanRecord>,
+}
+
+/// A ticket admitted while already inside: the same single-entry ticket (or
+/// its screenshot) let in at two gates while they were offline, or a
+/// multi-entry ticket entering twice without an exit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Duplicate {
+    pub event_id: u64,
+    pub ticket_id: TicketId,
+    /// Admitted entries beyond the first without an exit between them.
+    pub extra_admissions: usize,
+    /// Every scan of the ticket, admitted or refused, in merged order.
+    pub scans: Vec<ScanRecord>,
+}
+
+impl ScanLog {
+    pub fn new() -> ScanLog {
+        ScanLog::default()
+    }
+
+    /// Adds one record; returns whether the log changed.
+    pub fn insert(&mut self, record: ScanRecord) -> bool {
+        let key = (record.device_id, record.idx);
+        match self.records.get_mut(&key) {
+            None => {
+                self.records.insert(key, record);
+                true
+            }
+            Some(held) if record < *held => {
+                *held = record;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Adds every record of `other`.
+    pub fn merge(&mut self, other: &ScanLog) {
+        for r in other.records.values() {
+            self.insert(r.clone());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &ScanRecord> {
+        self.records.values()
+    }
+
+    pub fn version_vector(&self) -> VersionVector {
+        let mut vv = BTreeMap::new();
+        for &(device, idx) in self.records.keys() {
+            let held = vv.entry(device).or_insert(0u64);
+            // Keys are sorted by device then index, so a gap ends the run.
+            if idx == *held + 1 {
+                *held = idx;
+            }
+        }
+        VersionVector(vv)
+    }
+
+    /// The records a replica at `theirs` may lack: every record above its
+    /// contiguous index for that device. Some may be held already, above a
+    /// gap; sending them again is harmless.
+    pub fn missing_for(&self, theirs: &VersionVector) -> Vec<ScanRecord> {
+        self.records
+            .iter()
+            .filter(|((device, idx), _)| *idx > theirs.get(device))
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// Every ticket's scans, in merged order (stamp, device, index).
+    fn by_ticket(&self) -> BTreeMap<TicketKey, Vec<&ScanRecord>> {
+        let mut map: BTreeMap<TicketKey, Vec<&ScanRecord>> = BTreeMap::new();
+        for r in self.records.values() {
+            if let Some(key) = r.ticket {
+                map.entry(key).or_default().push(r);
+            }
+        }
+        for scans in map.values_mut() {
+            scans.sort_by_key(|r| r.order_key());
+        }
+        map
+    }
+
+    /// The ticket's first admission: least stamp, then device, then index.
+    pub fn first_admission(&self, ticket: TicketKey) -> Option<&ScanRecord> {
+        self.records
+            .values()
+            .filter(|r| {
+                r.ticket == Some(ticket)
+                    && r.result == ResultCode::Ok
+                    && r.direction == Direction::Entry
+            })
+            .min_by_key(|r| r.order_key())
+    }
+
+    /// Tickets admitted while already inside, optionally for one event.
+    pub fn duplicates(&self, event_id: Option<u64>) -> Vec<Duplicate> {
+        let mut out = Vec::new();
+        for ((event, ticket_id), scans) in self.by_ticket() {
+            if event_id.is_some_and(|e| e != event) {
+                continue;
+            }
+            let mut inside = false;
+            let mut extra = 0;
+            for r in scans.iter().filter(|r| r.result == ResultCode::Ok) {
+                match r.direction {
+                    Direction::Entry if inside => extra += 1,
+                    Direction::Entry => inside = true,
+                    Direction::Exit => inside = false,
+                }
+            }
+            if extra > 0 {
+                out.push(Duplicate {
+                    event_id: event,
+                    ticket_id,
+                    extra_admissions: extra,
+                    scans: scans.into_iter().cloned().collect(),
+                });
+            }
+        }
+        out
+    }
+}
+
+impl FromIterator<ScanRecord> for ScanLog {
+    fn from_iter<I: IntoIterator<Item = ScanRecord>>(iter: I) -> ScanLog {
+        let mut log = ScanLog::new();
+        for r in iter {
+            log.insert(r);
+        }
+        log
+    }
+}
