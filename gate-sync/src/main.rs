@@ -1,4 +1,58 @@
-fn main() {
-    eprintln!("gate-sync is not built yet; see ARCHITECTURE.md");
-    std::process::exit(2);
+//! `gate-sync`: parses the command line and calls the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Merges every gate's scan log and flags tickets admitted twice"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serves the sync API.
+    Serve {
+        /// The node's SQLite database.
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve { db, listen } => {
+            let store = gate_sync::store::Store::open(&db)
+                .with_context(|| format!("opening {}", db.display()))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                tracing::info!(address = %listener.local_addr()?, "gate-sync serving");
+                let shutdown = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                gate_sync::run(listener, store, shutdown).await?;
+                anyhow::Ok(())
+            })
+        }
+    }
 }

@@ -80,6 +80,13 @@ impl ScanLog {
         }
     }
 
+    /// Whether [`ScanLog::insert`] of `record` would change the log.
+    pub fn would_change(&self, record: &ScanRecord) -> bool {
+        self.records
+            .get(&(record.device_id, record.idx))
+            .is_none_or(|held| record < held)
+    }
+
     /// Adds every record of `other`.
     pub fn merge(&mut self, other: &ScanLog) {
         for r in other.records.values() {

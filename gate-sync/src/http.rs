@@ -1,0 +1,300 @@
+//! The HTTP API (JSON). Every error has the shape `{"error": "..."}`; the
+//! status comes from the error's kind; internal details go to the log.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shared::{DeviceId, Direction, ResultCode, ScanRecord, VersionVector};
+
+use crate::store::{Store, StoreError};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 16 << 20;
+
+/// The OpenAPI document, kept beside the routes; a test checks they agree.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+#[derive(Clone)]
+pub struct AppState {
+    store: Arc<Mutex<Store>>,
+}
+
+#[derive(Debug)]
+pub enum ApiError {
+    Status(StatusCode, String),
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::Status(s, m) => (s, m),
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; nothing was applied".to_owned(),
+                )
+            }
+        };
+        (status, axum::Json(json!({ "error": message }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::Status(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// The body, with a too-large or unreadable one answered in the API's error shape.
+fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| ApiError::Status(r.status(), r.body_text()))
+}
+
+impl AppState {
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap_or_else(|p| p.into_inner())))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+    }
+}
+
+pub const OPENAPI_DOC: &str = "/openapi.json";
+pub const PUSH: &str = "/v1/devices/{device_id}/records";
+pub const PULL: &str = "/v1/pull";
+pub const DUPLICATES: &str = "/v1/duplicates";
+pub const STATS: &str = "/v1/stats";
+
+/// Every route, as (method, path): what the OpenAPI document must list.
+pub const ROUTES: [(&str, &str); 5] = [
+    ("get", OPENAPI_DOC),
+    ("post", PUSH),
+    ("post", PULL),
+    ("get", DUPLICATES),
+    ("get", STATS),
+];
+
+pub fn app(store: Store) -> Router {
+    let state = AppState {
+        store: Arc::new(Mutex::new(store)),
+    };
+    Router::new()
+        .route(
+            OPENAPI_DOC,
+            get(|| async { ([("content-type", "application/json")], OPENAPI) }),
+        )
+        .route(PUSH, post(push))
+        .route(PULL, post(pull))
+        .route(DUPLICATES, get(duplicates))
+        .route(STATS, get(stats))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct PushRequest {
+    records: Vec<ScanRecord>,
+}
+
+/// A device pushes its own records. The batch is applied whole or not at all;
+/// sending it again changes nothing.
+async fn push(
+    State(s): State<AppState>,
+    Path(device): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let device: DeviceId = device.parse().map_err(bad_request)?;
+    let req: PushRequest = serde_json::from_slice(&body(raw)?)
+        .map_err(|e| bad_request(format!("expected {{\"records\": [scan records]}}: {e}")))?;
+    if let Some(r) = req.records.iter().find(|r| r.device_id != device) {
+        return Err(ApiError::Status(
+            StatusCode::FORBIDDEN,
+            format!(
+                "record {}/{} belongs to another device; a device pushes only its own records",
+                r.device_id, r.idx
+            ),
+        ));
+    }
+    if let Some(r) = req.records.iter().find(|r| r.idx == 0) {
+        return Err(bad_request(format!(
+            "record {}/0: indexes start at 1",
+            r.device_id
+        )));
+    }
+    let now = crate::unix_now_ms();
+    s.with_store(move |store| {
+        let stored = store.add(&req.records, now)?;
+        store.touch(device, now)?;
+        let vv = store.log().version_vector();
+        Ok(axum::Json(
+            json!({ "stored": stored, "version_vector": vv }),
+        ))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    #[serde(default)]
+    device_id: Option<DeviceId>,
+    version_vector: VersionVector,
+}
+
+/// Records the caller lacks, given its version vector.
+async fn pull(
+    State(s): State<AppState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let req: PullRequest = serde_json::from_slice(&body(raw)?).map_err(|e| {
+        bad_request(format!(
+            "expected {{\"version_vector\": {{device: index}}}}: {e}"
+        ))
+    })?;
+    let now = crate::unix_now_ms();
+    s.with_store(move |store| {
+        if let Some(device) = req.device_id {
+            store.touch(device, now)?;
+        }
+        let records = store.log().missing_for(&req.version_vector);
+        Ok(axum::Json(
+            json!({ "records": records, "version_vector": store.log().version_vector() }),
+        ))
+    })
+    .await
+}
+
+/// `event_id=N` from a query string, if given.
+fn event_filter(query: Option<String>) -> Result<Option<u64>, ApiError> {
+    let Some(query) = query else { return Ok(None) };
+    for pair in query.split('&') {
+        if let Some(v) = pair.strip_prefix("event_id=") {
+            return v
+                .parse()
+                .map(Some)
+                .map_err(|_| bad_request(format!("event_id {v:?} is not a number")));
+        }
+    }
+    Ok(None)
+}
+
+/// Unix milliseconds as RFC 3339 UTC, to the second.
+fn time(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn scan_json(r: &ScanRecord) -> Value {
+    json!({
+        "device_id": r.device_id.to_string(),
+        "device_name": r.device_name,
+        "gate": r.gate,
+        "idx": r.idx,
+        "at": time(r.wall_ms),
+        "at_ms": r.wall_ms,
+        "direction": r.direction.as_str(),
+        "result": r.result.as_str(),
+    })
+}
+
+async fn duplicates(
+    State(s): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<Value>, ApiError> {
+    let event = event_filter(query)?;
+    s.with_store(move |store| {
+        let list: Vec<Value> = store
+            .log()
+            .duplicates(event)
+            .iter()
+            .map(|d| {
+                json!({
+                    "event_id": d.event_id,
+                    "ticket_id": d.ticket_id.to_string(),
+                    "extra_admissions": d.extra_admissions,
+                    "scans": d.scans.iter().map(scan_json).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        Ok(axum::Json(json!({ "duplicates": list })))
+    })
+    .await
+}
+
+async fn stats(
+    State(s): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<Value>, ApiError> {
+    let event = event_filter(query)?;
+    s.with_store(move |store| {
+        let mut per_gate: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        let mut per_minute: BTreeMap<u64, u64> = BTreeMap::new();
+        // The last admitted movement of each ticket, to count who is inside and where they came in.
+        let mut last: BTreeMap<(u64, shared::TicketId), &ScanRecord> = BTreeMap::new();
+        let log = store.log();
+        for r in log.records() {
+            let Some(ticket) = r.ticket else { continue };
+            if r.result != ResultCode::Ok || event.is_some_and(|e| e != ticket.0) {
+                continue;
+            }
+            if r.direction == Direction::Entry {
+                per_gate
+                    .entry((r.gate.clone(), r.device_id.to_string()))
+                    .or_default()
+                    .0 += 1;
+                *per_minute.entry(r.wall_ms / 60_000).or_default() += 1;
+            }
+            let slot = last.entry(ticket).or_insert(r);
+            if r.order_key() > slot.order_key() {
+                *slot = r;
+            }
+        }
+        for r in last.values().filter(|r| r.direction == Direction::Entry) {
+            per_gate
+                .entry((r.gate.clone(), r.device_id.to_string()))
+                .or_default()
+                .1 += 1;
+        }
+        let gates: Vec<Value> = per_gate
+            .iter()
+            .map(|((gate, device), (admitted, inside))| {
+                json!({ "gate": gate, "device_id": device, "admitted": admitted, "inside": inside })
+            })
+            .collect();
+        let minutes: Vec<Value> = per_minute
+            .iter()
+            .map(|(m, n)| json!({ "minute": time(m * 60_000), "entries": n }))
+            .collect();
+        let devices: Vec<Value> = store
+            .devices()?
+            .into_iter()
+            .map(|(id, at)| json!({ "device_id": id, "last_sync": time(at), "last_sync_ms": at }))
+            .collect();
+        Ok(axum::Json(json!({
+            "admitted": per_gate.values().map(|v| v.0).sum::<u64>(),
+            "inside": per_gate.values().map(|v| v.1).sum::<u64>(),
+            "per_gate": gates,
+            "entries_per_minute": minutes,
+            "devices": devices,
+            "records": log.len(),
+        })))
+    })
+    .await
+}

@@ -1,0 +1,260 @@
+//! The one integration-test binary of gate-sync: the real service on
+//! 127.0.0.1 over a real SQLite file.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde_json::{Value, json};
+use shared::{DeviceId, Direction, Hlc, ResultCode, ScanRecord, TicketId};
+
+/// Starts gate-sync on `db` at 127.0.0.1:0 in a background runtime.
+fn serve(db: &Path) -> SocketAddr {
+    let store = gate_sync::store::Store::open(db).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            gate_sync::run(listener, store, std::future::pending())
+                .await
+                .unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn record(
+    device: u8,
+    idx: u64,
+    ticket: u8,
+    direction: Direction,
+    result: ResultCode,
+    at_s: u64,
+) -> ScanRecord {
+    ScanRecord {
+        device_id: DeviceId([device; 16]),
+        idx,
+        ticket: Some((1001, TicketId([ticket; 16]))),
+        multi_entry: false,
+        category_id: 1,
+        seat: "A-1-1".into(),
+        direction,
+        result,
+        reason: String::new(),
+        wall_ms: at_s * 1000,
+        hlc: Hlc((at_s * 1000) << 16),
+        gate: format!("gate-{device}"),
+        device_name: format!("tablet-{device}"),
+    }
+}
+
+fn call(method: &str, addr: SocketAddr, path: &str, body: Option<String>) -> (u16, Value) {
+    let url = format!("http://{addr}{path}");
+    let resp = match body {
+        Some(b) => ureq::post(&url)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .header("content-type", "application/json")
+            .send(b),
+        None if method == "GET" => ureq::get(&url)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call(),
+        None => ureq::post(&url)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_empty(),
+    }
+    .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.into_body().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn push(addr: SocketAddr, device: u8, records: &[ScanRecord]) -> (u16, Value) {
+    let path = format!("/v1/devices/{}/records", DeviceId([device; 16]));
+    call(
+        "POST",
+        addr,
+        &path,
+        Some(json!({ "records": records }).to_string()),
+    )
+}
+
+#[test]
+fn two_gates_admitting_one_ticket_offline_are_flagged_with_both_scans() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = serve(&tmp.path().join("sync.db"));
+    let north = record(1, 1, 7, Direction::Entry, ResultCode::Ok, 1_900_000_000);
+    let south = record(2, 1, 7, Direction::Entry, ResultCode::Ok, 1_900_000_030);
+    assert_eq!(push(addr, 1, std::slice::from_ref(&north)).0, 200);
+    assert_eq!(push(addr, 2, std::slice::from_ref(&south)).0, 200);
+    let (status, body) = call("GET", addr, "/v1/duplicates?event_id=1001", None);
+    assert_eq!(status, 200);
+    let dups = body["duplicates"].as_array().unwrap();
+    assert_eq!(dups.len(), 1);
+    assert_eq!(dups[0]["ticket_id"], TicketId([7; 16]).to_string());
+    let gates: Vec<&str> = dups[0]["scans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["gate"].as_str().unwrap())
+        .collect();
+    assert_eq!(gates, ["gate-1", "gate-2"]);
+    assert_eq!(dups[0]["scans"][0]["at"], "2030-03-17T17:46:40Z");
+    let (_, other) = call("GET", addr, "/v1/duplicates?event_id=1002", None);
+    assert_eq!(other["duplicates"].as_array().unwrap().len(), 0);
+    let (status, _) = call("GET", addr, "/v1/duplicates?event_id=x", None);
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn a_replayed_batch_changes_nothing_and_pull_sends_what_is_lacking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = serve(&tmp.path().join("sync.db"));
+    let batch: Vec<ScanRecord> = (1..=3)
+        .map(|i| {
+            record(
+                1,
+                i,
+                i as u8,
+                Direction::Entry,
+                ResultCode::Ok,
+                1_900_000_000 + i,
+            )
+        })
+        .collect();
+    let (_, first) = push(addr, 1, &batch);
+    assert_eq!(first["stored"], 3);
+    let (_, again) = push(addr, 1, &batch);
+    assert_eq!(again["stored"], 0);
+    assert_eq!(again["version_vector"][DeviceId([1; 16]).to_string()], 3);
+    // A device that holds 1 of device 1's records is sent the other two.
+    let vv = json!({ "version_vector": { DeviceId([1; 16]).to_string(): 1 }, "device_id": DeviceId([2; 16]) });
+    let (status, pulled) = call("POST", addr, "/v1/pull", Some(vv.to_string()));
+    assert_eq!(status, 200);
+    let idxs: Vec<u64> = pulled["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["idx"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idxs, [2, 3]);
+    // Gaps are accepted, and visible in the version vector until filled.
+    let (_, gap) = push(
+        addr,
+        1,
+        &[record(
+            1,
+            5,
+            9,
+            Direction::Entry,
+            ResultCode::Ok,
+            1_900_000_100,
+        )],
+    );
+    assert_eq!(gap["version_vector"][DeviceId([1; 16]).to_string()], 3);
+    let (_, filled) = push(
+        addr,
+        1,
+        &[record(
+            1,
+            4,
+            8,
+            Direction::Entry,
+            ResultCode::Ok,
+            1_900_000_090,
+        )],
+    );
+    assert_eq!(filled["version_vector"][DeviceId([1; 16]).to_string()], 5);
+}
+
+#[test]
+fn bad_batches_are_refused_whole_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("sync.db");
+    let addr = serve(&db);
+    let mine = record(1, 1, 1, Direction::Entry, ResultCode::Ok, 1_900_000_000);
+    let theirs = record(2, 1, 1, Direction::Entry, ResultCode::Ok, 1_900_000_000);
+    let (status, body) = push(addr, 1, &[mine.clone(), theirs]);
+    assert_eq!(status, 403);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to another device")
+    );
+    let path = format!("/v1/devices/{}/records", DeviceId([1; 16]));
+    for bad in ["{", "{\"records\": [{\"idx\": 1}]}", "[]"] {
+        let (status, body) = call("POST", addr, &path, Some(bad.into()));
+        assert_eq!(status, 400, "{bad}");
+        assert!(body["error"].is_string());
+    }
+    let (status, _) = call(
+        "POST",
+        addr,
+        "/v1/devices/not-hex/records",
+        Some("{\"records\": []}".into()),
+    );
+    assert_eq!(status, 400);
+    let huge = format!(
+        "{{\"records\": [], \"pad\": \"{}\"}}",
+        "x".repeat(gate_sync::http::MAX_BODY + 1)
+    );
+    let (status, body) = call("POST", addr, &path, Some(huge));
+    assert_eq!(status, 413);
+    assert!(body["error"].is_string());
+    let (_, stats) = call("GET", addr, "/v1/stats", None);
+    assert_eq!(stats["records"], 0, "nothing was applied partially");
+    // What was accepted survives a restart.
+    assert_eq!(push(addr, 1, &[mine]).0, 200);
+    let again = serve(&db);
+    let (_, stats) = call("GET", again, "/v1/stats?event_id=1001", None);
+    assert_eq!(stats["records"], 1);
+    assert_eq!(stats["admitted"], 1);
+    assert_eq!(stats["inside"], 1);
+    assert_eq!(stats["per_gate"][0]["gate"], "gate-1");
+    assert_eq!(
+        stats["devices"][0]["device_id"],
+        DeviceId([1; 16]).to_string()
+    );
+}
+
+#[test]
+fn the_openapi_document_lists_exactly_the_served_routes() {
+    let doc: Value = serde_json::from_str(gate_sync::http::OPENAPI).unwrap();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> = gate_sync::http::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    served.sort();
+    assert_eq!(documented, served);
+    // And each is really served (not 404 or 405).
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = serve(&tmp.path().join("sync.db"));
+    for (method, path) in served {
+        let path = path.replace("{device_id}", &DeviceId([3; 16]).to_string());
+        let body =
+            (method == "post").then(|| "{\"records\": [], \"version_vector\": {}}".to_owned());
+        let (status, _) = call(&method.to_uppercase(), addr, &path, body);
+        assert_eq!(status, 200, "{method} {path}");
+    }
+}
