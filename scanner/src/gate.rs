@@ -13,14 +13,17 @@ use rand_core::{OsRng, RngCore};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use shared::{
     DeviceId, Direction, Hlc, Keyset, Refusal, ResultCode, ScanRecord, TicketId, TicketState,
-    Verifier,
+    Verifier, VersionVector,
 };
 
 use crate::report::Outcome;
 
 /// Marks a SQLite file as a scanner database ("VT1S").
 const APPLICATION_ID: i32 = 0x5654_3153;
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_device_scans.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_device_scans.sql"),
+    include_str!("../migrations/0002_sync.sql"),
+];
 
 /// Why the gate could not do what was asked. Refusing a ticket is not an
 /// error: that is an [`Outcome`].
@@ -63,6 +66,18 @@ pub struct Checked {
     pub record: ScanRecord,
     /// For `already_redeemed`: the ticket's first admission, on any device.
     pub first_admission: Option<ScanRecord>,
+}
+
+/// Where a device syncs and how it went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncStatus {
+    pub server: Option<String>,
+    /// Own records the server is known to hold, up to this index.
+    pub pushed_idx: u64,
+    /// Own records not yet pushed.
+    pub pending: u64,
+    pub last_sync_ms: Option<u64>,
+    pub last_error: Option<String>,
 }
 
 /// Counts for the gate's staff.
@@ -388,6 +403,113 @@ impl Gate {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Where this device syncs and how it went.
+    pub fn sync_status(&self) -> Result<SyncStatus, GateError> {
+        let (server, pushed, last_sync_ms, last_error): (
+            Option<String>,
+            i64,
+            Option<i64>,
+            Option<String>,
+        ) = self.conn.query_row(
+            "SELECT server, pushed_idx, last_sync_ms, last_error FROM sync_state",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        let own: i64 = self.conn.query_row(
+            "SELECT coalesce(max(idx), 0) FROM scans WHERE device_id = ?1",
+            [self.device.id.to_string()],
+            |r| r.get(0),
+        )?;
+        Ok(SyncStatus {
+            server,
+            pushed_idx: pushed as u64,
+            pending: own.saturating_sub(pushed) as u64,
+            last_sync_ms: last_sync_ms.map(|t| t as u64),
+            last_error,
+        })
+    }
+
+    /// Sets the sync server.
+    pub fn set_sync_server(&mut self, server: &str) -> Result<(), GateError> {
+        self.conn
+            .execute("UPDATE sync_state SET server = ?1", [server])?;
+        Ok(())
+    }
+
+    /// Records the outcome of a sync attempt.
+    pub fn note_sync(&mut self, now_ms: u64, error: Option<&str>) -> Result<(), GateError> {
+        match error {
+            None => self.conn.execute(
+                "UPDATE sync_state SET last_sync_ms = ?1, last_error = NULL",
+                [now_ms as i64],
+            )?,
+            Some(e) => self
+                .conn
+                .execute("UPDATE sync_state SET last_error = ?1", [e])?,
+        };
+        Ok(())
+    }
+
+    /// This device's own records not yet pushed, oldest first, at most `limit`.
+    pub fn unpushed(&self, limit: usize) -> Result<Vec<ScanRecord>, GateError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {SCAN_COLUMNS} FROM scans WHERE device_id = ?1
+               AND idx > (SELECT pushed_idx FROM sync_state) ORDER BY idx LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(
+            params![self.device.id.to_string(), limit as i64],
+            row_to_scan,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Notes that the server holds this device's records up to `idx`.
+    pub fn mark_pushed(&mut self, idx: u64) -> Result<(), GateError> {
+        self.conn.execute(
+            "UPDATE sync_state SET pushed_idx = max(pushed_idx, ?1)",
+            [idx as i64],
+        )?;
+        Ok(())
+    }
+
+    /// For each device, the highest index held with none missing below it.
+    pub fn version_vector(&self) -> Result<VersionVector, GateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT device_id, idx FROM scans ORDER BY device_id, idx")?;
+        let mut vv = std::collections::BTreeMap::new();
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let device: DeviceId =
+                row.get::<_, String>(0)?
+                    .parse()
+                    .map_err(|reason| GateError::Database {
+                        path: self.path.clone(),
+                        reason,
+                    })?;
+            let idx = row.get::<_, i64>(1)? as u64;
+            let held = vv.entry(device).or_insert(0u64);
+            if idx == *held + 1 {
+                *held = idx;
+            }
+        }
+        Ok(VersionVector(vv))
+    }
+
+    /// Adds records other devices made (from a sync), in one transaction;
+    /// records already held are left as they are. Returns how many were new.
+    pub fn merge_remote(&mut self, records: &[ScanRecord]) -> Result<usize, GateError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut added = 0;
+        for r in records {
+            added += insert_scan(&tx, r)?;
+        }
+        tx.commit()?;
+        Ok(added)
+    }
+
     /// Records stamped after `after`, oldest first, at most `limit`: what a
     /// display tailing the log has not shown yet, whoever made them.
     pub fn log_after(&self, after: Hlc, limit: usize) -> Result<Vec<ScanRecord>, GateError> {
@@ -448,7 +570,8 @@ fn scans_of(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn insert_scan(conn: &Connection, s: &ScanRecord) -> Result<(), GateError> {
+/// Appends a record unless its (device, index) is held; returns 1 if added.
+fn insert_scan(conn: &Connection, s: &ScanRecord) -> Result<usize, GateError> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO scans (device_id, idx, event_id, ticket_id, multi_entry, direction, result,
                                       reason, wall_ms, hlc, gate, device_name, category_id, seat)
@@ -469,8 +592,8 @@ fn insert_scan(conn: &Connection, s: &ScanRecord) -> Result<(), GateError> {
         s.device_name,
         s.category_id,
         s.seat,
-    ])?;
-    Ok(())
+    ])
+    .map_err(GateError::from)
 }
 
 fn row_to_scan(r: &rusqlite::Row<'_>) -> rusqlite::Result<ScanRecord> {

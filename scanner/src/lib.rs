@@ -9,6 +9,8 @@
 //!   SQLite store, applies revocations and redemption, and appends every scan
 //!   to the redemption log durably before answering.
 //! - [`station`] serves the gate tablet's page, live over server-sent events.
+//! - [`sync`] pushes this device's records to gate-sync and pulls what the
+//!   other gates saw.
 //!
 //! The decision itself is [`shared::Verifier`]: a scanner holds a keyset and
 //! never a signing key, and needs no network to decide.
@@ -20,6 +22,7 @@ pub mod frames;
 pub mod gate;
 pub mod report;
 pub mod station;
+pub mod sync;
 
 /// The wall clock, in unix milliseconds.
 pub fn unix_now_ms() -> u64 {

@@ -101,6 +101,9 @@ enum Command {
         /// Check every line typed on standard input (a keyboard-wedge scanner on a console).
         #[arg(long)]
         stdin: bool,
+        /// Seconds between background syncs with the server set by `scanner sync --server`.
+        #[arg(long, default_value_t = 5)]
+        sync_every: u64,
     },
     /// Reads codes from a camera, checks and records each (built with `--features camera`).
     Camera {
@@ -111,6 +114,12 @@ enum Command {
         direction: Direction,
         #[arg(long)]
         json: bool,
+    },
+    /// Pushes this device's scans to gate-sync and pulls the other gates'.
+    Sync {
+        /// The gate-sync node, e.g. http://10.0.0.2:8090; remembered for next time.
+        #[arg(long)]
+        server: Option<String>,
     },
     /// Scans by result, admitted, inside now, last scan.
     Stats {
@@ -158,7 +167,12 @@ fn main() -> ExitCode {
             json,
         } => scan(&cli.db, &images, now, direction, json),
         Command::Stats { json } => stats(&cli.db, json),
-        Command::Station { listen, stdin } => station(&cli.db, &listen, stdin),
+        Command::Sync { server } => sync(&cli.db, server.as_deref()),
+        Command::Station {
+            listen,
+            stdin,
+            sync_every,
+        } => station(&cli.db, &listen, stdin, sync_every),
         Command::Camera {
             device,
             direction,
@@ -401,7 +415,7 @@ fn stats(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn station(db: &Path, listen: &str, stdin: bool) -> anyhow::Result<ExitCode> {
+fn station(db: &Path, listen: &str, stdin: bool, sync_every: u64) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -410,6 +424,8 @@ fn station(db: &Path, listen: &str, stdin: bool) -> anyhow::Result<ExitCode> {
         .init();
     let gate = Gate::open(db)?;
     let state = scanner::station::AppState::new(gate);
+    let every = std::time::Duration::from_secs(sync_every.max(1));
+    scanner::station::spawn_sync_loop(db.to_owned(), every, Some(state.clone()));
     if stdin {
         let wedge = state.clone();
         std::thread::spawn(move || {
@@ -462,4 +478,17 @@ fn camera(
     anyhow::bail!(
         "this scanner was built without camera support: build it with `cargo build -p scanner --features camera`"
     )
+}
+
+fn sync(db: &Path, server: Option<&str>) -> anyhow::Result<ExitCode> {
+    let mut gate = Gate::open(db)?;
+    if let Some(server) = server {
+        gate.set_sync_server(server)?;
+    }
+    let report = scanner::sync::sync_once(&mut gate, unix_now_ms())?;
+    println!(
+        "pushed {} records, pulled {} from other gates",
+        report.pushed, report.pulled
+    );
+    Ok(ExitCode::SUCCESS)
 }

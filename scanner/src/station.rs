@@ -25,7 +25,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::gate::{Gate, GateError, format_ms};
+use crate::gate::{Gate, GateError, SyncStatus, format_ms};
 use crate::report;
 
 const PAGE: &str = include_str!("station.html");
@@ -135,9 +135,72 @@ fn state_json(gate: &Gate) -> Result<Value, GateError> {
         "stats": { "scans": stats.scans, "admitted": stats.admitted, "inside": stats.inside,
                    "by_result": stats.by_result },
         "last": stats.last_scan.as_ref().map(scan_view),
-        // gate-sync is not built yet: every station runs alone.
-        "sync": { "online": false, "state": "offline: no sync server configured", "last_sync": null, "pending": null },
+        "sync": sync_view(&gate.sync_status()?, crate::unix_now_ms()),
     }))
+}
+
+/// A sync that succeeded this recently counts as online.
+const ONLINE_WITHIN_MS: u64 = 30_000;
+
+/// What the page shows of the sync state.
+fn sync_view(s: &SyncStatus, now_ms: u64) -> Value {
+    let recent = s
+        .last_sync_ms
+        .is_some_and(|t| now_ms.saturating_sub(t) <= ONLINE_WITHIN_MS);
+    let online = s.server.is_some() && s.last_error.is_none() && recent;
+    let last = s.last_sync_ms.map(format_ms);
+    let state = match (&s.server, &s.last_error, &last) {
+        (None, _, _) => "offline: no sync server configured".to_owned(),
+        (Some(_), Some(e), _) => format!("offline: {e}"),
+        (Some(_), None, Some(t)) if online => format!("online, last sync {t}"),
+        (Some(_), None, Some(t)) => format!("offline since {t}"),
+        (Some(_), None, None) => "not synced yet".to_owned(),
+    };
+    json!({
+        "online": online,
+        "state": format!("{state} · {} pending", s.pending),
+        "last_sync": last,
+        "pending": s.pending,
+    })
+}
+
+/// Syncs in the background every `every`, with its own connection to the
+/// database so a slow or absent server never holds up a scan. Failures back
+/// off (doubling, at most a minute); a server set later is picked up.
+pub fn spawn_sync_loop(db: std::path::PathBuf, every: Duration, scanned: Option<AppState>) {
+    std::thread::spawn(move || {
+        let mut wait = every;
+        loop {
+            std::thread::sleep(wait);
+            let mut gate = match Gate::open(&db) {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!(error = %e, "sync loop cannot open the database");
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                    continue;
+                }
+            };
+            if gate.sync_status().is_ok_and(|s| s.server.is_none()) {
+                wait = every;
+                continue;
+            }
+            match crate::sync::sync_once(&mut gate, crate::unix_now_ms()) {
+                Ok(report) => {
+                    if report.pushed + report.pulled > 0 {
+                        tracing::info!(pushed = report.pushed, pulled = report.pulled, "synced");
+                    }
+                    wait = every;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, permanent = e.is_permanent(), "sync failed; retrying");
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                }
+            }
+            if let Some(state) = &scanned {
+                state.scanned.notify_one();
+            }
+        }
+    });
 }
 
 pub fn app(state: AppState) -> Router {
@@ -201,14 +264,15 @@ async fn tail_log(state: AppState) {
         Err(_) => Hlc(0),
     };
     loop {
-        tokio::select! {
-            _ = state.scanned.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-        }
+        // Woken by a scan or a sync here; the timer catches other processes.
+        let woken = tokio::select! {
+            _ = state.scanned.notified() => true,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => false,
+        };
         let batch = state
             .with_gate(move |g| {
                 let records = g.log_after(seen, 100)?;
-                let snapshot = if records.is_empty() {
+                let snapshot = if records.is_empty() && !woken {
                     None
                 } else {
                     Some(state_json(g)?)
@@ -219,6 +283,10 @@ async fn tail_log(state: AppState) {
         let Ok((records, Some(snapshot))) = batch else {
             continue;
         };
+        if records.is_empty() {
+            // Counts or sync state changed without a new scan (a sync pulled records).
+            let _ = state.updates.send(json!({ "state": snapshot }).to_string());
+        }
         for r in &records {
             let msg = json!({ "scan": scan_view(r), "state": snapshot });
             // No browser listening is fine.

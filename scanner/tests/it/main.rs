@@ -6,6 +6,7 @@ mod crash;
 mod decode;
 mod frames;
 mod station;
+mod sync;
 mod verify;
 
 use std::io::Write;

@@ -12,7 +12,7 @@ use crate::check::{NOW, Station, code};
 use crate::scanner;
 
 /// Starts the station library on 127.0.0.1:0 in a background runtime.
-fn serve(db: &Path) -> SocketAddr {
+pub fn serve(db: &Path) -> SocketAddr {
     let gate = scanner::gate::Gate::open(db).unwrap();
     let state = scanner::station::AppState::new(gate);
     let (tx, rx) = std::sync::mpsc::channel();

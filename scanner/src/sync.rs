@@ -1,0 +1,123 @@
+//! Syncing with gate-sync: push this device's new records, pull what the
+//! other gates saw. A scan never waits for this: the gate decides alone, and
+//! sync only adds what others admitted to the log it decides from.
+
+use serde::Deserialize;
+use serde_json::json;
+use shared::{ScanRecord, VersionVector};
+
+use crate::gate::{Gate, GateError};
+
+/// Records a push sends at most.
+const BATCH: usize = 1000;
+
+/// Why a sync failed, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("no sync server: give --server URL once")]
+    NoServer,
+    #[error("sync server unreachable: {0}")]
+    Unreachable(String),
+    #[error("sync server refused ({status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("sync server answered something unreadable: {0}")]
+    Garbled(String),
+    #[error(transparent)]
+    Gate(#[from] GateError),
+}
+
+impl SyncError {
+    /// Whether retrying the same request cannot help (a refusal for a reason
+    /// other than load), so a loop should stop and tell someone.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SyncError::NoServer => true,
+            SyncError::Refused { status, .. } => !matches!(status, 408 | 429 | 500..),
+            SyncError::Unreachable(_) | SyncError::Garbled(_) | SyncError::Gate(_) => false,
+        }
+    }
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub pushed: usize,
+    pub pulled: usize,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+fn post(
+    agent: &ureq::Agent,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, SyncError> {
+    let mut resp = agent
+        .post(url)
+        .send_json(body)
+        .map_err(|e| SyncError::Unreachable(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let value: serde_json::Value = resp
+        .body_mut()
+        .read_json()
+        .map_err(|e| SyncError::Garbled(e.to_string()))?;
+    if status != 200 {
+        let message = value["error"]
+            .as_str()
+            .unwrap_or("no reason given")
+            .to_owned();
+        return Err(SyncError::Refused { status, message });
+    }
+    Ok(value)
+}
+
+/// Pushes every unpushed record, then pulls what this device lacks.
+pub fn sync_once(gate: &mut Gate, now_ms: u64) -> Result<SyncReport, SyncError> {
+    let result = sync_inner(gate);
+    gate.note_sync(
+        now_ms,
+        result.as_ref().err().map(|e| e.to_string()).as_deref(),
+    )?;
+    result
+}
+
+fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
+    let server = gate.sync_status()?.server.ok_or(SyncError::NoServer)?;
+    let server = server.trim_end_matches('/');
+    let agent = agent();
+    let device = gate.device().id;
+    let mut report = SyncReport::default();
+    loop {
+        let batch = gate.unpushed(BATCH)?;
+        let Some(last) = batch.last().map(|r| r.idx) else {
+            break;
+        };
+        post(
+            &agent,
+            &format!("{server}/v1/devices/{device}/records"),
+            &json!({ "records": batch }),
+        )?;
+        gate.mark_pushed(last)?;
+        report.pushed += batch.len();
+    }
+    #[derive(Deserialize)]
+    struct Pulled {
+        records: Vec<ScanRecord>,
+    }
+    let vv: VersionVector = gate.version_vector()?;
+    let answer = post(
+        &agent,
+        &format!("{server}/v1/pull"),
+        &json!({ "device_id": device, "version_vector": vv }),
+    )?;
+    let pulled: Pulled =
+        serde_json::from_value(answer).map_err(|e| SyncError::Garbled(e.to_string()))?;
+    report.pulled = gate.merge_remote(&pulled.records)?;
+    Ok(report)
+}

@@ -1,0 +1,149 @@
+//! End to end, with real scanner processes and a gate-sync node on 127.0.0.1:
+//! two gates admit the same ticket while offline; after they sync, the node
+//! lists the double admission and both gates refuse the ticket from then on.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::check::{NOW, Station, code};
+use crate::scanner;
+
+fn serve_gate_sync(db: &Path) -> SocketAddr {
+    let store = gate_sync::store::Store::open(db).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            gate_sync::run(listener, store, std::future::pending())
+                .await
+                .unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn sync(st: &Station, server: Option<&str>) -> std::process::Output {
+    let mut args = vec!["--db", st.db(), "sync"];
+    if let Some(s) = server {
+        args.extend(["--server", s]);
+    }
+    scanner(&args, b"")
+}
+
+#[test]
+fn a_ticket_admitted_at_two_offline_gates_is_flagged_and_then_refused_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = serve_gate_sync(&tmp.path().join("sync.db"));
+    let url = format!("http://{addr}");
+    let north = Station::new("tablet-n", "North", &[]);
+    let south = Station::new("tablet-s", "South", &[]);
+    let ticket = code(5, false);
+    // Offline, both gates admit the same ticket (a screenshot shown twice).
+    assert_eq!(north.result(NOW, &[], &ticket), "ok");
+    assert_eq!(south.result(NOW + 10, &[], &ticket), "ok");
+    for st in [&north, &south] {
+        let out = sync(st, Some(&url));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // North syncs once more to learn what South pushed after North's first sync.
+    let out = sync(&north, None);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pulled 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let dups: Value = ureq::get(&format!("{url}/v1/duplicates?event_id=1001"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap();
+    let list = dups["duplicates"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["ticket_id"], format!("{:032x}", 5));
+    let gates: Vec<&str> = list[0]["scans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["gate"].as_str().unwrap())
+        .collect();
+    assert_eq!(gates, ["North", "South"]);
+
+    // A third scan at either gate is refused, naming the first admission.
+    for st in [&north, &south] {
+        let answer = &st.check(NOW + 60, &[], &[&ticket])[0];
+        assert_eq!(answer["result"], "already_redeemed");
+        assert_eq!(answer["first_admission"]["gate"], "North");
+        assert_eq!(answer["first_admission"]["device_name"], "tablet-n");
+    }
+    // Another ticket admitted at North is refused at South after a sync.
+    let other = code(6, false);
+    assert_eq!(north.result(NOW + 70, &[], &other), "ok");
+    assert!(sync(&north, None).status.success());
+    assert!(sync(&south, None).status.success());
+    assert_eq!(south.result(NOW + 80, &[], &other), "already_redeemed");
+
+    // The station page tells staff the gate is online with nothing pending.
+    let status = scanner::gate::Gate::open(&south.db)
+        .unwrap()
+        .sync_status()
+        .unwrap();
+    assert_eq!(
+        (status.pending, status.last_error.clone()),
+        (1, None),
+        "South's refusal is not pushed yet"
+    );
+    assert!(sync(&south, None).status.success());
+    let page = crate::station::serve(&south.db);
+    let state: Value = ureq::get(&format!("http://{page}/api/state"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap();
+    assert_eq!(state["sync"]["online"], true, "{state}");
+    assert_eq!(state["sync"]["pending"], 0);
+    assert!(
+        state["sync"]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("online, last sync ")
+    );
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error_and_the_gate_keeps_working() {
+    let st = Station::new("t", "Main", &[]);
+    let out = sync(&st, None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no sync server"));
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = sync(&st, Some(&format!("http://127.0.0.1:{port}")));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unreachable"));
+    assert_eq!(st.result(NOW, &[], &code(1, false)), "ok");
+    let status = scanner::gate::Gate::open(&st.db)
+        .unwrap()
+        .sync_status()
+        .unwrap();
+    assert_eq!(status.pending, 1);
+    assert!(status.last_error.unwrap().contains("unreachable"));
+}
