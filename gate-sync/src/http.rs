@@ -23,9 +23,23 @@ pub const MAX_BODY: usize = 16 << 20;
 /// The OpenAPI document, kept beside the routes; a test checks they agree.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// Shared by every request and by the peer loop; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     store: Arc<Mutex<Store>>,
+}
+
+impl AppState {
+    pub fn new(store: Store) -> AppState {
+        AppState {
+            store: Arc::new(Mutex::new(store)),
+        }
+    }
+
+    /// Runs `f` on the store (briefly: never across network IO).
+    pub fn lock<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        f(&mut self.store.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 #[derive(Debug)]
@@ -82,20 +96,19 @@ pub const PUSH: &str = "/v1/devices/{device_id}/records";
 pub const PULL: &str = "/v1/pull";
 pub const DUPLICATES: &str = "/v1/duplicates";
 pub const STATS: &str = "/v1/stats";
+pub const MERGE: &str = "/v1/merge";
 
 /// Every route, as (method, path): what the OpenAPI document must list.
-pub const ROUTES: [(&str, &str); 5] = [
+pub const ROUTES: [(&str, &str); 6] = [
     ("get", OPENAPI_DOC),
     ("post", PUSH),
     ("post", PULL),
+    ("post", MERGE),
     ("get", DUPLICATES),
     ("get", STATS),
 ];
 
-pub fn app(store: Store) -> Router {
-    let state = AppState {
-        store: Arc::new(Mutex::new(store)),
-    };
+pub fn app(state: AppState) -> Router {
     Router::new()
         .route(
             OPENAPI_DOC,
@@ -103,6 +116,7 @@ pub fn app(store: Store) -> Router {
         )
         .route(PUSH, post(push))
         .route(PULL, post(pull))
+        .route(MERGE, post(merge))
         .route(DUPLICATES, get(duplicates))
         .route(STATS, get(stats))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -146,6 +160,29 @@ async fn push(
         let vv = store.log().version_vector();
         Ok(axum::Json(
             json!({ "stored": stored, "version_vector": vv }),
+        ))
+    })
+    .await
+}
+
+/// Another gate-sync node sends records of any device (anti-entropy).
+async fn merge(
+    State(s): State<AppState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let req: PushRequest = serde_json::from_slice(&body(raw)?)
+        .map_err(|e| bad_request(format!("expected {{\"records\": [scan records]}}: {e}")))?;
+    if let Some(r) = req.records.iter().find(|r| r.idx == 0) {
+        return Err(bad_request(format!(
+            "record {}/0: indexes start at 1",
+            r.device_id
+        )));
+    }
+    let now = crate::unix_now_ms();
+    s.with_store(move |store| {
+        let stored = store.add(&req.records, now)?;
+        Ok(axum::Json(
+            json!({ "stored": stored, "version_vector": store.log().version_vector() }),
         ))
     })
     .await

@@ -5,23 +5,28 @@
 //!   memory as a [`shared::ScanLog`], the CRDT every replica agrees on.
 //! - [`http`] serves the API: devices push their own records and pull what
 //!   they lack by version vector; duplicates and stats are derived views.
+//! - [`peers`] runs anti-entropy with other nodes: pull what we lack by
+//!   version vector, send what they lack. Convergence comes from the CRDT
+//!   alone; there is no leader and no consensus.
 //!
 //! Not built yet (see the issue): device enrollment and authentication,
-//! peer-to-peer anti-entropy between nodes, keyset and revocation
-//! distribution, the dashboard page, and the scanner's sync loop.
+//! keyset and revocation distribution, the dashboard page.
 
 pub mod http;
+pub mod peers;
 pub mod store;
 
 use std::future::Future;
 
+pub use http::AppState;
+
 /// Serves gate-sync on `listener` until `shutdown` completes.
 pub async fn run(
     listener: tokio::net::TcpListener,
-    store: store::Store,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, http::app(store))
+    axum::serve(listener, http::app(state))
         .with_graceful_shutdown(shutdown)
         .await
 }

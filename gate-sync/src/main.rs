@@ -24,6 +24,12 @@ enum Command {
         db: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: String,
+        /// Another gate-sync node to exchange records with (repeatable), e.g. http://10.0.0.3:8090.
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// Seconds between exchanges with peers.
+        #[arg(long, default_value_t = 5)]
+        peer_every: u64,
     },
 }
 
@@ -35,9 +41,20 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { db, listen } => {
+        Command::Serve {
+            db,
+            listen,
+            peers,
+            peer_every,
+        } => {
             let store = gate_sync::store::Store::open(&db)
                 .with_context(|| format!("opening {}", db.display()))?;
+            let state = gate_sync::AppState::new(store);
+            gate_sync::peers::spawn(
+                state.clone(),
+                peers,
+                std::time::Duration::from_secs(peer_every.max(1)),
+            );
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -50,7 +67,7 @@ fn main() -> anyhow::Result<()> {
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;
                 };
-                gate_sync::run(listener, store, shutdown).await?;
+                gate_sync::run(listener, state, shutdown).await?;
                 anyhow::Ok(())
             })
         }

@@ -1,5 +1,7 @@
 //! The one integration-test binary of gate-sync: the real service on
-//! 127.0.0.1 over a real SQLite file.
+//! 127.0.0.1 over a real SQLite file, and the partition simulation.
+
+mod simulation;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -9,7 +11,12 @@ use shared::{DeviceId, Direction, Hlc, ResultCode, ScanRecord, TicketId};
 
 /// Starts gate-sync on `db` at 127.0.0.1:0 in a background runtime.
 fn serve(db: &Path) -> SocketAddr {
-    let store = gate_sync::store::Store::open(db).unwrap();
+    serve_state(db).0
+}
+
+fn serve_state(db: &Path) -> (SocketAddr, gate_sync::AppState) {
+    let state = gate_sync::AppState::new(gate_sync::store::Store::open(db).unwrap());
+    let served = state.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -20,12 +27,12 @@ fn serve(db: &Path) -> SocketAddr {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            gate_sync::run(listener, store, std::future::pending())
+            gate_sync::run(listener, served, std::future::pending())
                 .await
                 .unwrap();
         });
     });
-    rx.recv().unwrap()
+    (rx.recv().unwrap(), state)
 }
 
 fn record(
@@ -257,4 +264,70 @@ fn the_openapi_document_lists_exactly_the_served_routes() {
         let (status, _) = call(&method.to_uppercase(), addr, &path, body);
         assert_eq!(status, 200, "{method} {path}");
     }
+}
+
+#[test]
+fn peer_nodes_exchange_what_each_lacks_over_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _) = serve_state(&tmp.path().join("a.db"));
+    let (b, b_state) = serve_state(&tmp.path().join("b.db"));
+    assert_eq!(
+        push(
+            a,
+            1,
+            &[record(
+                1,
+                1,
+                7,
+                Direction::Entry,
+                ResultCode::Ok,
+                1_900_000_000
+            )]
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        push(
+            b,
+            2,
+            &[record(
+                2,
+                1,
+                7,
+                Direction::Entry,
+                ResultCode::Ok,
+                1_900_000_005
+            )]
+        )
+        .0,
+        200
+    );
+    let agent = ureq::Agent::new_with_defaults();
+    // B, told of peer A, pulls A's record and sends its own.
+    let (received, sent) =
+        gate_sync::peers::exchange(&b_state, &format!("http://{a}"), &agent).unwrap();
+    assert_eq!((received, sent), (1, 1));
+    for node in [a, b] {
+        let (_, dups) = call("GET", node, "/v1/duplicates", None);
+        assert_eq!(
+            dups["duplicates"].as_array().unwrap().len(),
+            1,
+            "both nodes see the double admission"
+        );
+    }
+    // Again: nothing left to move.
+    assert_eq!(
+        gate_sync::peers::exchange(&b_state, &format!("http://{a}"), &agent).unwrap(),
+        (0, 0)
+    );
+    // A peer that is down is an error for this round, not a crash.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    assert!(
+        gate_sync::peers::exchange(&b_state, &format!("http://127.0.0.1:{port}"), &agent).is_err()
+    );
 }

@@ -22,9 +22,13 @@ fn serve_gate_sync(db: &Path) -> SocketAddr {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            gate_sync::run(listener, store, std::future::pending())
-                .await
-                .unwrap();
+            gate_sync::run(
+                listener,
+                gate_sync::AppState::new(store),
+                std::future::pending(),
+            )
+            .await
+            .unwrap();
         });
     });
     rx.recv().unwrap()
