@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -27,13 +27,26 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 #[derive(Clone)]
 pub struct AppState {
     store: Arc<Mutex<Store>>,
+    /// The secret other nodes present to `/v1/merge`; `None` takes no peers.
+    peer_token: Option<Arc<str>>,
 }
 
 impl AppState {
     pub fn new(store: Store) -> AppState {
         AppState {
             store: Arc::new(Mutex::new(store)),
+            peer_token: None,
         }
+    }
+
+    /// Accepts records from peer nodes presenting `token`, and presents it to them.
+    pub fn with_peer_token(mut self, token: Option<String>) -> AppState {
+        self.peer_token = token.map(Arc::from);
+        self
+    }
+
+    pub fn peer_token(&self) -> Option<&str> {
+        self.peer_token.as_deref()
     }
 
     /// Runs `f` on the store (briefly: never across network IO).
@@ -66,8 +79,29 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        ApiError::Internal(e.to_string())
+        match e {
+            StoreError::Unauthenticated | StoreError::Revoked(_) => {
+                ApiError::Status(StatusCode::UNAUTHORIZED, e.to_string())
+            }
+            StoreError::NoDevice(_) => ApiError::Status(StatusCode::NOT_FOUND, e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
     }
+}
+
+/// The bearer token of a request.
+fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .ok_or_else(|| {
+            ApiError::Status(
+                StatusCode::UNAUTHORIZED,
+                "missing `Authorization: Bearer <device token>`: enroll the device first".into(),
+            )
+        })
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
@@ -97,10 +131,12 @@ pub const PULL: &str = "/v1/pull";
 pub const DUPLICATES: &str = "/v1/duplicates";
 pub const STATS: &str = "/v1/stats";
 pub const MERGE: &str = "/v1/merge";
+pub const ENROLL: &str = "/v1/enroll";
 
 /// Every route, as (method, path): what the OpenAPI document must list.
-pub const ROUTES: [(&str, &str); 6] = [
+pub const ROUTES: [(&str, &str); 7] = [
     ("get", OPENAPI_DOC),
+    ("post", ENROLL),
     ("post", PUSH),
     ("post", PULL),
     ("post", MERGE),
@@ -114,6 +150,7 @@ pub fn app(state: AppState) -> Router {
             OPENAPI_DOC,
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),
         )
+        .route(ENROLL, post(enroll))
         .route(PUSH, post(push))
         .route(PULL, post(pull))
         .route(MERGE, post(merge))
@@ -133,9 +170,20 @@ struct PushRequest {
 async fn push(
     State(s): State<AppState>,
     Path(device): Path<String>,
+    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let device: DeviceId = device.parse().map_err(bad_request)?;
+    let token = bearer(&headers)?;
+    let caller = s
+        .with_store(move |store| Ok(store.authenticate(&token)?))
+        .await?;
+    if caller != device {
+        return Err(ApiError::Status(
+            StatusCode::FORBIDDEN,
+            format!("this token belongs to device {caller}, not {device}"),
+        ));
+    }
     let req: PushRequest = serde_json::from_slice(&body(raw)?)
         .map_err(|e| bad_request(format!("expected {{\"records\": [scan records]}}: {e}")))?;
     if let Some(r) = req.records.iter().find(|r| r.device_id != device) {
@@ -168,8 +216,25 @@ async fn push(
 /// Another gate-sync node sends records of any device (anti-entropy).
 async fn merge(
     State(s): State<AppState>,
+    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    let token = bearer(&headers)?;
+    match s.peer_token() {
+        None => {
+            return Err(ApiError::Status(
+                StatusCode::FORBIDDEN,
+                "this node takes no peers: start it with --peer-token".into(),
+            ));
+        }
+        Some(p) if p != token => {
+            return Err(ApiError::Status(
+                StatusCode::UNAUTHORIZED,
+                "wrong peer token".into(),
+            ));
+        }
+        Some(_) => {}
+    }
     let req: PushRequest = serde_json::from_slice(&body(raw)?)
         .map_err(|e| bad_request(format!("expected {{\"records\": [scan records]}}: {e}")))?;
     if let Some(r) = req.records.iter().find(|r| r.idx == 0) {
@@ -189,17 +254,42 @@ async fn merge(
 }
 
 #[derive(Deserialize)]
+struct EnrollRequest {
+    token: String,
+    device_id: DeviceId,
+}
+
+/// A device trades a one-time enrollment token for its own device token.
+async fn enroll(
+    State(s): State<AppState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let req: EnrollRequest = serde_json::from_slice(&body(raw)?).map_err(|e| {
+        bad_request(format!(
+            "expected {{\"token\": \"...\", \"device_id\": \"...\"}}: {e}"
+        ))
+    })?;
+    let now = crate::unix_now_ms();
+    s.with_store(move |store| {
+        let device_token = store.enroll(&req.token, req.device_id, now)?;
+        Ok(axum::Json(json!({ "device_token": device_token })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
 struct PullRequest {
-    #[serde(default)]
-    device_id: Option<DeviceId>,
     version_vector: VersionVector,
 }
 
 /// Records the caller lacks, given its version vector.
 async fn pull(
     State(s): State<AppState>,
+    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    let token = bearer(&headers)?;
+    let is_peer = s.peer_token().is_some_and(|p| p == token);
     let req: PullRequest = serde_json::from_slice(&body(raw)?).map_err(|e| {
         bad_request(format!(
             "expected {{\"version_vector\": {{device: index}}}}: {e}"
@@ -207,7 +297,8 @@ async fn pull(
     })?;
     let now = crate::unix_now_ms();
     s.with_store(move |store| {
-        if let Some(device) = req.device_id {
+        if !is_peer {
+            let device = store.authenticate(&token)?;
             store.touch(device, now)?;
         }
         let records = store.log().missing_for(&req.version_vector);

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use gate_sync::store::Store;
 
 #[derive(Parser)]
 #[command(
@@ -11,6 +12,9 @@ use clap::{Parser, Subcommand};
     about = "Merges every gate's scan log and flags tickets admitted twice"
 )]
 struct Cli {
+    /// The node's SQLite database.
+    #[arg(long, global = true, default_value = "gate-sync.db")]
+    db: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,57 +23,125 @@ struct Cli {
 enum Command {
     /// Serves the sync API.
     Serve {
-        /// The node's SQLite database.
-        #[arg(long)]
-        db: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: String,
         /// Another gate-sync node to exchange records with (repeatable), e.g. http://10.0.0.3:8090.
         #[arg(long = "peer")]
         peers: Vec<String>,
+        /// The secret shared by this venue's nodes; without it no peer is accepted.
+        #[arg(long, env = "GATE_SYNC_PEER_TOKEN", hide_env_values = true)]
+        peer_token: Option<String>,
         /// Seconds between exchanges with peers.
         #[arg(long, default_value_t = 5)]
         peer_every: u64,
     },
+    /// Scanners allowed to sync.
+    #[command(subcommand)]
+    Devices(DevicesCmd),
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Subcommand)]
+enum DevicesCmd {
+    /// Prints a one-time enrollment token (and its QR) for a new device.
+    Enroll {
+        #[arg(long)]
+        name: String,
+    },
+    /// Lists enrolled devices.
+    List,
+    /// Refuses a device from now on; its records stay.
+    Revoke { device_id: String },
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let store = Store::open(&cli.db).with_context(|| format!("opening {}", cli.db.display()))?;
+    match cli.command {
+        Command::Serve {
+            listen,
+            peers,
+            peer_token,
+            peer_every,
+        } => serve(store, &listen, peers, peer_token, peer_every),
+        Command::Devices(DevicesCmd::Enroll { name }) => {
+            let token = store.create_enrollment(&name, gate_sync::unix_now_ms())?;
+            let qr = qrcode::QrCode::new(token.as_bytes())
+                .map(|c| {
+                    c.render::<qrcode::render::unicode::Dense1x2>()
+                        .quiet_zone(true)
+                        .build()
+                })
+                .unwrap_or_default();
+            println!(
+                "{qr}\nEnrollment token for {name:?} (shown once, valid for one device):\n{token}"
+            );
+            println!("On the device: scanner --db FILE enroll --server URL --token {token}");
+            Ok(())
+        }
+        Command::Devices(DevicesCmd::List) => {
+            for d in store.enrolled()? {
+                let state = d
+                    .revoked_at_ms
+                    .map_or("active".to_owned(), |t| format!("revoked at unix ms {t}"));
+                println!(
+                    "{}  {:<20}  enrolled at unix ms {}  {state}",
+                    d.device_id, d.name, d.enrolled_at_ms
+                );
+            }
+            Ok(())
+        }
+        Command::Devices(DevicesCmd::Revoke { device_id }) => {
+            store.revoke(&device_id, gate_sync::unix_now_ms())?;
+            println!("device {device_id} revoked; its records stay");
+            Ok(())
+        }
+    }
+}
+
+fn serve(
+    store: Store,
+    listen: &str,
+    peers: Vec<String>,
+    peer_token: Option<String>,
+    peer_every: u64,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Command::Serve {
-            db,
-            listen,
-            peers,
-            peer_every,
-        } => {
-            let store = gate_sync::store::Store::open(&db)
-                .with_context(|| format!("opening {}", db.display()))?;
-            let state = gate_sync::AppState::new(store);
-            gate_sync::peers::spawn(
-                state.clone(),
-                peers,
-                std::time::Duration::from_secs(peer_every.max(1)),
-            );
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(&listen)
-                    .await
-                    .with_context(|| format!("listening on {listen}"))?;
-                tracing::info!(address = %listener.local_addr()?, "gate-sync serving");
-                let shutdown = async {
-                    let _ = tokio::signal::ctrl_c().await;
-                };
-                gate_sync::run(listener, state, shutdown).await?;
-                anyhow::Ok(())
-            })
-        }
+    if !peers.is_empty() && peer_token.is_none() {
+        anyhow::bail!("--peer needs --peer-token (the secret this venue's nodes share)");
     }
+    let state = gate_sync::AppState::new(store).with_peer_token(peer_token);
+    gate_sync::peers::spawn(
+        state.clone(),
+        peers,
+        std::time::Duration::from_secs(peer_every.max(1)),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        tracing::info!(address = %listener.local_addr()?, "gate-sync serving");
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        gate_sync::run(listener, state, shutdown).await?;
+        anyhow::Ok(())
+    })
 }

@@ -25,9 +25,14 @@ pub fn exchange(
     agent: &ureq::Agent,
 ) -> Result<(usize, usize), String> {
     let peer = peer.trim_end_matches('/');
+    let token = state
+        .peer_token()
+        .ok_or("no --peer-token: peers cannot be reached")?;
+    let auth = format!("Bearer {token}");
     let ours = state.lock(|s| s.log().version_vector());
     let pulled: Pulled = agent
         .post(&format!("{peer}/v1/pull"))
+        .header("authorization", &auth)
         .send_json(json!({ "version_vector": ours }))
         .map_err(|e| format!("pull from {peer}: {e}"))?
         .body_mut()
@@ -42,6 +47,7 @@ pub fn exchange(
     for chunk in missing.chunks(5000) {
         let answer: serde_json::Value = agent
             .post(&format!("{peer}/v1/merge"))
+            .header("authorization", &auth)
             .send_json(json!({ "records": chunk }))
             .map_err(|e| format!("send to {peer}: {e}"))?
             .body_mut()

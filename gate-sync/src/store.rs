@@ -3,22 +3,44 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, params};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand_core::{OsRng, RngCore};
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
 use shared::{DeviceId, ScanLog, ScanRecord};
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_records.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_records.sql"),
+    include_str!("../migrations/0002_devices_auth.sql"),
+];
 
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("unknown or used enrollment token, or unknown device token")]
+    Unauthenticated,
+    #[error("device {0} is revoked")]
+    Revoked(String),
+    #[error("no device {0}")]
+    NoDevice(String),
     #[error("stored record {device}/{idx} is damaged: {reason}")]
     Damaged {
         device: String,
         idx: i64,
         reason: String,
     },
+}
+
+/// A device allowed to sync (or no longer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrolledDevice {
+    pub device_id: String,
+    pub name: String,
+    pub enrolled_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
 }
 
 pub struct Store {
@@ -118,4 +140,116 @@ impl Store {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    /// Makes a one-time enrollment token for a device called `name`; only its
+    /// hash is stored, so the token is shown once.
+    pub fn create_enrollment(&self, name: &str, now_ms: u64) -> Result<String, StoreError> {
+        let token = new_token();
+        self.conn.execute(
+            "INSERT INTO enrollments (token_hash, name, created_at) VALUES (?1, ?2, ?3)",
+            params![hash(&token), name, now_ms as i64],
+        )?;
+        Ok(token)
+    }
+
+    /// Uses an enrollment token for `device`; returns the device's own token
+    /// for every later request. Enrolling again (a reinstalled tablet) with a
+    /// fresh enrollment token replaces the old device token; a revoked device
+    /// stays revoked.
+    pub fn enroll(
+        &mut self,
+        enrollment: &str,
+        device: DeviceId,
+        now_ms: u64,
+    ) -> Result<String, StoreError> {
+        let tx = self.conn.transaction()?;
+        let name: Option<String> = tx
+            .query_row(
+                "SELECT name FROM enrollments WHERE token_hash = ?1 AND device_id IS NULL",
+                [hash(enrollment)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let name = name.ok_or(StoreError::Unauthenticated)?;
+        let revoked: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT revoked_at FROM device_auth WHERE device_id = ?1",
+                [device.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(Some(_)) = revoked {
+            return Err(StoreError::Revoked(device.to_string()));
+        }
+        let token = new_token();
+        tx.execute(
+            "UPDATE enrollments SET device_id = ?2 WHERE token_hash = ?1",
+            params![hash(enrollment), device.to_string()],
+        )?;
+        tx.execute(
+            "INSERT INTO device_auth (device_id, name, token_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(device_id) DO UPDATE SET name = excluded.name, token_hash = excluded.token_hash,
+               enrolled_at = excluded.enrolled_at",
+            params![device.to_string(), name, hash(&token), now_ms as i64],
+        )?;
+        tx.commit()?;
+        Ok(token)
+    }
+
+    /// The device a token belongs to, if it is known and not revoked.
+    pub fn authenticate(&self, token: &str) -> Result<DeviceId, StoreError> {
+        let row: Option<(String, Option<i64>)> = self
+            .conn
+            .query_row(
+                "SELECT device_id, revoked_at FROM device_auth WHERE token_hash = ?1",
+                [hash(token)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match row {
+            None => Err(StoreError::Unauthenticated),
+            Some((device, Some(_))) => Err(StoreError::Revoked(device)),
+            Some((device, None)) => device.parse().map_err(|_| StoreError::Unauthenticated),
+        }
+    }
+
+    /// Refuses a device from now on; its records stay.
+    pub fn revoke(&self, device: &str, now_ms: u64) -> Result<(), StoreError> {
+        let n = self.conn.execute(
+            "UPDATE device_auth SET revoked_at = coalesce(revoked_at, ?2) WHERE device_id = ?1",
+            params![device, now_ms as i64],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoDevice(device.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Enrolled devices, oldest first.
+    pub fn enrolled(&self) -> Result<Vec<EnrolledDevice>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT device_id, name, enrolled_at, revoked_at FROM device_auth ORDER BY enrolled_at",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(EnrolledDevice {
+                device_id: r.get(0)?,
+                name: r.get(1)?,
+                enrolled_at_ms: r.get::<_, i64>(2)? as u64,
+                revoked_at_ms: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// 32 random bytes, base64url.
+fn new_token() -> String {
+    let mut raw = [0u8; 32];
+    OsRng.fill_bytes(&mut raw);
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// Tokens are stored hashed: a copy of the database lets no one in.
+fn hash(token: &str) -> String {
+    shared::hex::encode(&Sha256::digest(token.as_bytes()))
 }

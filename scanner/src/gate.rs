@@ -23,6 +23,7 @@ const APPLICATION_ID: i32 = 0x5654_3153;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_device_scans.sql"),
     include_str!("../migrations/0002_sync.sql"),
+    include_str!("../migrations/0003_device_token.sql"),
 ];
 
 /// Why the gate could not do what was asked. Refusing a ticket is not an
@@ -429,11 +430,20 @@ impl Gate {
         })
     }
 
-    /// Sets the sync server.
-    pub fn set_sync_server(&mut self, server: &str) -> Result<(), GateError> {
-        self.conn
-            .execute("UPDATE sync_state SET server = ?1", [server])?;
+    /// Remembers the sync server and the token it gave this device.
+    pub fn set_enrollment(&mut self, server: &str, device_token: &str) -> Result<(), GateError> {
+        self.conn.execute(
+            "UPDATE sync_state SET server = ?1, device_token = ?2, last_error = NULL",
+            params![server, device_token],
+        )?;
         Ok(())
+    }
+
+    /// The token this device syncs with, once enrolled.
+    pub fn device_token(&self) -> Result<Option<String>, GateError> {
+        Ok(self
+            .conn
+            .query_row("SELECT device_token FROM sync_state", [], |r| r.get(0))?)
     }
 
     /// Records the outcome of a sync attempt.

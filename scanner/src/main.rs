@@ -115,12 +115,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Pushes this device's scans to gate-sync and pulls the other gates'.
-    Sync {
-        /// The gate-sync node, e.g. http://10.0.0.2:8090; remembered for next time.
+    /// Registers this device with gate-sync, using a token from `gate-sync devices enroll`.
+    Enroll {
+        /// The gate-sync node, e.g. http://10.0.0.2:8090; remembered.
         #[arg(long)]
-        server: Option<String>,
+        server: String,
+        #[arg(long)]
+        token: String,
     },
+    /// Pushes this device's scans to gate-sync and pulls the other gates' (enroll first).
+    Sync,
     /// Scans by result, admitted, inside now, last scan.
     Stats {
         #[arg(long)]
@@ -167,7 +171,8 @@ fn main() -> ExitCode {
             json,
         } => scan(&cli.db, &images, now, direction, json),
         Command::Stats { json } => stats(&cli.db, json),
-        Command::Sync { server } => sync(&cli.db, server.as_deref()),
+        Command::Sync => sync(&cli.db),
+        Command::Enroll { server, token } => enroll(&cli.db, &server, &token),
         Command::Station {
             listen,
             stdin,
@@ -480,15 +485,19 @@ fn camera(
     )
 }
 
-fn sync(db: &Path, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn sync(db: &Path) -> anyhow::Result<ExitCode> {
     let mut gate = Gate::open(db)?;
-    if let Some(server) = server {
-        gate.set_sync_server(server)?;
-    }
     let report = scanner::sync::sync_once(&mut gate, unix_now_ms())?;
     println!(
         "pushed {} records, pulled {} from other gates",
         report.pushed, report.pulled
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn enroll(db: &Path, server: &str, token: &str) -> anyhow::Result<ExitCode> {
+    let mut gate = Gate::open(db)?;
+    scanner::sync::enroll(&mut gate, server, token)?;
+    println!("device {} enrolled with {server}", gate.device().id);
     Ok(ExitCode::SUCCESS)
 }

@@ -14,8 +14,10 @@ const BATCH: usize = 1000;
 /// Why a sync failed, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    #[error("no sync server: give --server URL once")]
+    #[error("no sync server: enroll this device with `scanner enroll --server URL --token TOKEN`")]
     NoServer,
+    #[error("this device is not enrolled: `scanner enroll --server URL --token TOKEN`")]
+    NotEnrolled,
     #[error("sync server unreachable: {0}")]
     Unreachable(String),
     #[error("sync server refused ({status}): {message}")]
@@ -31,7 +33,7 @@ impl SyncError {
     /// other than load), so a loop should stop and tell someone.
     pub fn is_permanent(&self) -> bool {
         match self {
-            SyncError::NoServer => true,
+            SyncError::NoServer | SyncError::NotEnrolled => true,
             SyncError::Refused { status, .. } => !matches!(status, 408 | 429 | 500..),
             SyncError::Unreachable(_) | SyncError::Garbled(_) | SyncError::Gate(_) => false,
         }
@@ -56,10 +58,14 @@ fn agent() -> ureq::Agent {
 fn post(
     agent: &ureq::Agent,
     url: &str,
+    token: Option<&str>,
     body: &serde_json::Value,
 ) -> Result<serde_json::Value, SyncError> {
-    let mut resp = agent
-        .post(url)
+    let mut req = agent.post(url);
+    if let Some(token) = token {
+        req = req.header("authorization", &format!("Bearer {token}"));
+    }
+    let mut resp = req
         .send_json(body)
         .map_err(|e| SyncError::Unreachable(e.to_string()))?;
     let status = resp.status().as_u16();
@@ -90,6 +96,8 @@ pub fn sync_once(gate: &mut Gate, now_ms: u64) -> Result<SyncReport, SyncError> 
 fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
     let server = gate.sync_status()?.server.ok_or(SyncError::NoServer)?;
     let server = server.trim_end_matches('/');
+    let token = gate.device_token()?.ok_or(SyncError::NotEnrolled)?;
+    let token = Some(token.as_str());
     let agent = agent();
     let device = gate.device().id;
     let mut report = SyncReport::default();
@@ -101,6 +109,7 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
         post(
             &agent,
             &format!("{server}/v1/devices/{device}/records"),
+            token,
             &json!({ "records": batch }),
         )?;
         gate.mark_pushed(last)?;
@@ -114,10 +123,28 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
     let answer = post(
         &agent,
         &format!("{server}/v1/pull"),
-        &json!({ "device_id": device, "version_vector": vv }),
+        token,
+        &json!({ "version_vector": vv }),
     )?;
     let pulled: Pulled =
         serde_json::from_value(answer).map_err(|e| SyncError::Garbled(e.to_string()))?;
     report.pulled = gate.merge_remote(&pulled.records)?;
     Ok(report)
+}
+
+/// Enrolls this device with gate-sync using a one-time token from the
+/// organizer, and remembers the server and the device token it answers with.
+pub fn enroll(gate: &mut Gate, server: &str, token: &str) -> Result<(), SyncError> {
+    let server = server.trim_end_matches('/');
+    let answer = post(
+        &agent(),
+        &format!("{server}/v1/enroll"),
+        None,
+        &json!({ "token": token, "device_id": gate.device().id }),
+    )?;
+    let device_token = answer["device_token"]
+        .as_str()
+        .ok_or_else(|| SyncError::Garbled("no device_token in the answer".into()))?;
+    gate.set_enrollment(server, device_token)?;
+    Ok(())
 }

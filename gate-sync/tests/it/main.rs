@@ -15,7 +15,12 @@ fn serve(db: &Path) -> SocketAddr {
 }
 
 fn serve_state(db: &Path) -> (SocketAddr, gate_sync::AppState) {
-    let state = gate_sync::AppState::new(gate_sync::store::Store::open(db).unwrap());
+    serve_with(db, None)
+}
+
+fn serve_with(db: &Path, peer_token: Option<String>) -> (SocketAddr, gate_sync::AppState) {
+    let state = gate_sync::AppState::new(gate_sync::store::Store::open(db).unwrap())
+        .with_peer_token(peer_token);
     let served = state.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -89,37 +94,71 @@ fn call(method: &str, addr: SocketAddr, path: &str, body: Option<String>) -> (u1
     )
 }
 
-fn push(addr: SocketAddr, device: u8, records: &[ScanRecord]) -> (u16, Value) {
-    let path = format!("/v1/devices/{}/records", DeviceId([device; 16]));
-    call(
-        "POST",
-        addr,
-        &path,
-        Some(json!({ "records": records }).to_string()),
+fn push(addr: SocketAddr, token: &str, device: u8, records: &[ScanRecord]) -> (u16, Value) {
+    let url = format!(
+        "http://{addr}/v1/devices/{}/records",
+        DeviceId([device; 16])
+    );
+    send(
+        &url,
+        Some(token),
+        &json!({ "records": records }).to_string(),
     )
+}
+
+fn send(url: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = ureq::post(url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", &format!("Bearer {t}"));
+    }
+    let resp = req.send(body).unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.into_body().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Enrolls device `device` through the API; returns its device token.
+fn enroll(addr: SocketAddr, state: &gate_sync::AppState, device: u8) -> String {
+    let token = state
+        .lock(|s| s.create_enrollment(&format!("tablet-{device}"), 0))
+        .unwrap();
+    let (status, body) = send(
+        &format!("http://{addr}/v1/enroll"),
+        None,
+        &json!({ "token": token, "device_id": DeviceId([device; 16]) }).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    body["device_token"].as_str().unwrap().to_owned()
+}
+
+fn entry(device: u8, idx: u64, ticket: u8, at_s: u64) -> ScanRecord {
+    record(device, idx, ticket, Direction::Entry, ResultCode::Ok, at_s)
 }
 
 #[test]
 fn two_gates_admitting_one_ticket_offline_are_flagged_with_both_scans() {
     let tmp = tempfile::tempdir().unwrap();
-    let addr = serve(&tmp.path().join("sync.db"));
-    let north = record(1, 1, 7, Direction::Entry, ResultCode::Ok, 1_900_000_000);
-    let south = record(2, 1, 7, Direction::Entry, ResultCode::Ok, 1_900_000_030);
-    assert_eq!(push(addr, 1, std::slice::from_ref(&north)).0, 200);
-    assert_eq!(push(addr, 2, std::slice::from_ref(&south)).0, 200);
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let (t1, t2) = (enroll(addr, &state, 1), enroll(addr, &state, 2));
+    assert_eq!(push(addr, &t1, 1, &[entry(1, 1, 7, 1_900_000_000)]).0, 200);
+    assert_eq!(push(addr, &t2, 2, &[entry(2, 1, 7, 1_900_000_030)]).0, 200);
     let (status, body) = call("GET", addr, "/v1/duplicates?event_id=1001", None);
     assert_eq!(status, 200);
     let dups = body["duplicates"].as_array().unwrap();
     assert_eq!(dups.len(), 1);
     assert_eq!(dups[0]["ticket_id"], TicketId([7; 16]).to_string());
-    let gates: Vec<&str> = dups[0]["scans"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["gate"].as_str().unwrap())
-        .collect();
+    let scans = dups[0]["scans"].as_array().unwrap();
+    let gates: Vec<&str> = scans.iter().map(|s| s["gate"].as_str().unwrap()).collect();
     assert_eq!(gates, ["gate-1", "gate-2"]);
-    assert_eq!(dups[0]["scans"][0]["at"], "2030-03-17T17:46:40Z");
+    assert_eq!(scans[0]["at"], "2030-03-17T17:46:40Z");
+    assert_eq!(scans[1]["result"], "ok");
     let (_, other) = call("GET", addr, "/v1/duplicates?event_id=1002", None);
     assert_eq!(other["duplicates"].as_array().unwrap().len(), 0);
     let (status, _) = call("GET", addr, "/v1/duplicates?event_id=x", None);
@@ -129,27 +168,23 @@ fn two_gates_admitting_one_ticket_offline_are_flagged_with_both_scans() {
 #[test]
 fn a_replayed_batch_changes_nothing_and_pull_sends_what_is_lacking() {
     let tmp = tempfile::tempdir().unwrap();
-    let addr = serve(&tmp.path().join("sync.db"));
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let (t1, t2) = (enroll(addr, &state, 1), enroll(addr, &state, 2));
     let batch: Vec<ScanRecord> = (1..=3)
-        .map(|i| {
-            record(
-                1,
-                i,
-                i as u8,
-                Direction::Entry,
-                ResultCode::Ok,
-                1_900_000_000 + i,
-            )
-        })
+        .map(|i| entry(1, i, i as u8, 1_900_000_000 + i))
         .collect();
-    let (_, first) = push(addr, 1, &batch);
+    let (_, first) = push(addr, &t1, 1, &batch);
     assert_eq!(first["stored"], 3);
-    let (_, again) = push(addr, 1, &batch);
+    let (_, again) = push(addr, &t1, 1, &batch);
     assert_eq!(again["stored"], 0);
     assert_eq!(again["version_vector"][DeviceId([1; 16]).to_string()], 3);
     // A device that holds 1 of device 1's records is sent the other two.
-    let vv = json!({ "version_vector": { DeviceId([1; 16]).to_string(): 1 }, "device_id": DeviceId([2; 16]) });
-    let (status, pulled) = call("POST", addr, "/v1/pull", Some(vv.to_string()));
+    let vv = json!({ "version_vector": { DeviceId([1; 16]).to_string(): 1 } });
+    let (status, pulled) = send(
+        &format!("http://{addr}/v1/pull"),
+        Some(&t2),
+        &vv.to_string(),
+    );
     assert_eq!(status, 200);
     let idxs: Vec<u64> = pulled["records"]
         .as_array()
@@ -159,31 +194,9 @@ fn a_replayed_batch_changes_nothing_and_pull_sends_what_is_lacking() {
         .collect();
     assert_eq!(idxs, [2, 3]);
     // Gaps are accepted, and visible in the version vector until filled.
-    let (_, gap) = push(
-        addr,
-        1,
-        &[record(
-            1,
-            5,
-            9,
-            Direction::Entry,
-            ResultCode::Ok,
-            1_900_000_100,
-        )],
-    );
+    let (_, gap) = push(addr, &t1, 1, &[entry(1, 5, 9, 1_900_000_100)]);
     assert_eq!(gap["version_vector"][DeviceId([1; 16]).to_string()], 3);
-    let (_, filled) = push(
-        addr,
-        1,
-        &[record(
-            1,
-            4,
-            8,
-            Direction::Entry,
-            ResultCode::Ok,
-            1_900_000_090,
-        )],
-    );
+    let (_, filled) = push(addr, &t1, 1, &[entry(1, 4, 8, 1_900_000_090)]);
     assert_eq!(filled["version_vector"][DeviceId([1; 16]).to_string()], 5);
 }
 
@@ -191,10 +204,10 @@ fn a_replayed_batch_changes_nothing_and_pull_sends_what_is_lacking() {
 fn bad_batches_are_refused_whole_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("sync.db");
-    let addr = serve(&db);
-    let mine = record(1, 1, 1, Direction::Entry, ResultCode::Ok, 1_900_000_000);
-    let theirs = record(2, 1, 1, Direction::Entry, ResultCode::Ok, 1_900_000_000);
-    let (status, body) = push(addr, 1, &[mine.clone(), theirs]);
+    let (addr, state) = serve_state(&db);
+    let t1 = enroll(addr, &state, 1);
+    let mine = entry(1, 1, 1, 1_900_000_000);
+    let (status, body) = push(addr, &t1, 1, &[mine.clone(), entry(2, 1, 1, 1_900_000_000)]);
     assert_eq!(status, 403);
     assert!(
         body["error"]
@@ -202,30 +215,29 @@ fn bad_batches_are_refused_whole_with_the_reason() {
             .unwrap()
             .contains("belongs to another device")
     );
-    let path = format!("/v1/devices/{}/records", DeviceId([1; 16]));
+    let url = format!("http://{addr}/v1/devices/{}/records", DeviceId([1; 16]));
     for bad in ["{", "{\"records\": [{\"idx\": 1}]}", "[]"] {
-        let (status, body) = call("POST", addr, &path, Some(bad.into()));
+        let (status, body) = send(&url, Some(&t1), bad);
         assert_eq!(status, 400, "{bad}");
         assert!(body["error"].is_string());
     }
-    let (status, _) = call(
-        "POST",
-        addr,
-        "/v1/devices/not-hex/records",
-        Some("{\"records\": []}".into()),
+    let (status, _) = send(
+        &format!("http://{addr}/v1/devices/not-hex/records"),
+        Some(&t1),
+        "{\"records\": []}",
     );
     assert_eq!(status, 400);
     let huge = format!(
         "{{\"records\": [], \"pad\": \"{}\"}}",
         "x".repeat(gate_sync::http::MAX_BODY + 1)
     );
-    let (status, body) = call("POST", addr, &path, Some(huge));
+    let (status, body) = send(&url, Some(&t1), &huge);
     assert_eq!(status, 413);
     assert!(body["error"].is_string());
     let (_, stats) = call("GET", addr, "/v1/stats", None);
     assert_eq!(stats["records"], 0, "nothing was applied partially");
     // What was accepted survives a restart.
-    assert_eq!(push(addr, 1, &[mine]).0, 200);
+    assert_eq!(push(addr, &t1, 1, &[mine]).0, 200);
     let again = serve(&db);
     let (_, stats) = call("GET", again, "/v1/stats?event_id=1001", None);
     assert_eq!(stats["records"], 1);
@@ -236,6 +248,51 @@ fn bad_batches_are_refused_whole_with_the_reason() {
         stats["devices"][0]["device_id"],
         DeviceId([1; 16]).to_string()
     );
+}
+
+#[test]
+fn devices_are_known_not_anonymous() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let r = entry(1, 1, 1, 1_900_000_000);
+    // No token, a made-up token: 401.
+    let url = format!("http://{addr}/v1/devices/{}/records", DeviceId([1; 16]));
+    assert_eq!(send(&url, None, "{\"records\": []}").0, 401);
+    assert_eq!(push(addr, "made-up", 1, std::slice::from_ref(&r)).0, 401);
+    assert_eq!(
+        send(
+            &format!("http://{addr}/v1/pull"),
+            None,
+            "{\"version_vector\": {}}"
+        )
+        .0,
+        401
+    );
+    // An enrollment token works once.
+    let token = state.lock(|s| s.create_enrollment("tablet-1", 0)).unwrap();
+    let body = json!({ "token": token, "device_id": DeviceId([1; 16]) }).to_string();
+    let (status, first) = send(&format!("http://{addr}/v1/enroll"), None, &body);
+    assert_eq!(status, 200);
+    assert_eq!(
+        send(&format!("http://{addr}/v1/enroll"), None, &body).0,
+        401,
+        "a used token is refused"
+    );
+    let t1 = first["device_token"].as_str().unwrap().to_owned();
+    // A device pushes only under its own id.
+    let other = format!("http://{addr}/v1/devices/{}/records", DeviceId([2; 16]));
+    let (status, body) = send(&other, Some(&t1), "{\"records\": []}");
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(push(addr, &t1, 1, std::slice::from_ref(&r)).0, 200);
+    // Revoked: refused from then on, its records stay.
+    state
+        .lock(|s| s.revoke(&DeviceId([1; 16]).to_string(), 1))
+        .unwrap();
+    let (status, body) = push(addr, &t1, 1, &[entry(1, 2, 2, 1_900_000_010)]);
+    assert_eq!(status, 401);
+    assert!(body["error"].as_str().unwrap().contains("revoked"));
+    let (_, stats) = call("GET", addr, "/v1/stats", None);
+    assert_eq!(stats["records"], 1);
 }
 
 #[test]
@@ -254,55 +311,29 @@ fn the_openapi_document_lists_exactly_the_served_routes() {
         .collect();
     served.sort();
     assert_eq!(documented, served);
-    // And each is really served (not 404 or 405).
+    // And each is really served: an answer in the API's shape, not 404 or 405.
     let tmp = tempfile::tempdir().unwrap();
     let addr = serve(&tmp.path().join("sync.db"));
     for (method, path) in served {
         let path = path.replace("{device_id}", &DeviceId([3; 16]).to_string());
-        let body =
-            (method == "post").then(|| "{\"records\": [], \"version_vector\": {}}".to_owned());
-        let (status, _) = call(&method.to_uppercase(), addr, &path, body);
-        assert_eq!(status, 200, "{method} {path}");
+        let (status, _) = if method == "post" {
+            send(&format!("http://{addr}{path}"), None, "{}")
+        } else {
+            call("GET", addr, &path, None)
+        };
+        assert!(![404, 405].contains(&status), "{method} {path}: {status}");
     }
 }
 
 #[test]
 fn peer_nodes_exchange_what_each_lacks_over_http() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, _) = serve_state(&tmp.path().join("a.db"));
-    let (b, b_state) = serve_state(&tmp.path().join("b.db"));
-    assert_eq!(
-        push(
-            a,
-            1,
-            &[record(
-                1,
-                1,
-                7,
-                Direction::Entry,
-                ResultCode::Ok,
-                1_900_000_000
-            )]
-        )
-        .0,
-        200
-    );
-    assert_eq!(
-        push(
-            b,
-            2,
-            &[record(
-                2,
-                1,
-                7,
-                Direction::Entry,
-                ResultCode::Ok,
-                1_900_000_005
-            )]
-        )
-        .0,
-        200
-    );
+    let secret = Some("venue-secret".to_owned());
+    let (a, a_state) = serve_with(&tmp.path().join("a.db"), secret.clone());
+    let (b, b_state) = serve_with(&tmp.path().join("b.db"), secret);
+    let (t1, t2) = (enroll(a, &a_state, 1), enroll(b, &b_state, 2));
+    assert_eq!(push(a, &t1, 1, &[entry(1, 1, 7, 1_900_000_000)]).0, 200);
+    assert_eq!(push(b, &t2, 2, &[entry(2, 1, 7, 1_900_000_005)]).0, 200);
     let agent = ureq::Agent::new_with_defaults();
     // B, told of peer A, pulls A's record and sends its own.
     let (received, sent) =
@@ -329,5 +360,26 @@ fn peer_nodes_exchange_what_each_lacks_over_http() {
         .port();
     assert!(
         gate_sync::peers::exchange(&b_state, &format!("http://127.0.0.1:{port}"), &agent).is_err()
+    );
+    // A node without the secret is refused.
+    let (c, _) = serve_with(&tmp.path().join("c.db"), Some("other".into()));
+    let records = json!({ "records": [entry(3, 1, 1, 1_900_000_000)] }).to_string();
+    assert_eq!(
+        send(
+            &format!("http://{c}/v1/merge"),
+            Some("venue-secret"),
+            &records
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        send(
+            &format!("http://{}/v1/merge", serve(&tmp.path().join("d.db"))),
+            Some("x"),
+            &records
+        )
+        .0,
+        403
     );
 }

@@ -10,8 +10,9 @@ use serde_json::Value;
 use crate::check::{NOW, Station, code};
 use crate::scanner;
 
-fn serve_gate_sync(db: &Path) -> SocketAddr {
-    let store = gate_sync::store::Store::open(db).unwrap();
+fn serve_gate_sync(db: &Path) -> (SocketAddr, gate_sync::AppState) {
+    let state = gate_sync::AppState::new(gate_sync::store::Store::open(db).unwrap());
+    let served = state.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -22,39 +23,71 @@ fn serve_gate_sync(db: &Path) -> SocketAddr {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            gate_sync::run(
-                listener,
-                gate_sync::AppState::new(store),
-                std::future::pending(),
-            )
-            .await
-            .unwrap();
+            gate_sync::run(listener, served, std::future::pending())
+                .await
+                .unwrap();
         });
     });
-    rx.recv().unwrap()
+    (rx.recv().unwrap(), state)
 }
 
-fn sync(st: &Station, server: Option<&str>) -> std::process::Output {
-    let mut args = vec!["--db", st.db(), "sync"];
-    if let Some(s) = server {
-        args.extend(["--server", s]);
-    }
-    scanner(&args, b"")
+fn sync(st: &Station) -> std::process::Output {
+    scanner(&["--db", st.db(), "sync"], b"")
+}
+
+/// Enrolls a station with the node, as staff would: a token from the
+/// organizer, typed (or scanned) into `scanner enroll`.
+fn enroll(st: &Station, url: &str, state: &gate_sync::AppState) {
+    let token = state.lock(|s| s.create_enrollment("tablet", 0)).unwrap();
+    let out = scanner(
+        &[
+            "--db",
+            st.db(),
+            "enroll",
+            "--server",
+            url,
+            "--token",
+            &token,
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The one-time token does not work twice.
+    let again = scanner(
+        &[
+            "--db",
+            st.db(),
+            "enroll",
+            "--server",
+            url,
+            "--token",
+            &token,
+        ],
+        b"",
+    );
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("401"));
 }
 
 #[test]
 fn a_ticket_admitted_at_two_offline_gates_is_flagged_and_then_refused_everywhere() {
     let tmp = tempfile::tempdir().unwrap();
-    let addr = serve_gate_sync(&tmp.path().join("sync.db"));
+    let (addr, state) = serve_gate_sync(&tmp.path().join("sync.db"));
     let url = format!("http://{addr}");
     let north = Station::new("tablet-n", "North", &[]);
     let south = Station::new("tablet-s", "South", &[]);
+    enroll(&north, &url, &state);
+    enroll(&south, &url, &state);
     let ticket = code(5, false);
     // Offline, both gates admit the same ticket (a screenshot shown twice).
     assert_eq!(north.result(NOW, &[], &ticket), "ok");
     assert_eq!(south.result(NOW + 10, &[], &ticket), "ok");
     for st in [&north, &south] {
-        let out = sync(st, Some(&url));
+        let out = sync(st);
         assert!(
             out.status.success(),
             "{}",
@@ -62,7 +95,7 @@ fn a_ticket_admitted_at_two_offline_gates_is_flagged_and_then_refused_everywhere
         );
     }
     // North syncs once more to learn what South pushed after North's first sync.
-    let out = sync(&north, None);
+    let out = sync(&north);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("pulled 1"),
         "{}",
@@ -96,8 +129,8 @@ fn a_ticket_admitted_at_two_offline_gates_is_flagged_and_then_refused_everywhere
     // Another ticket admitted at North is refused at South after a sync.
     let other = code(6, false);
     assert_eq!(north.result(NOW + 70, &[], &other), "ok");
-    assert!(sync(&north, None).status.success());
-    assert!(sync(&south, None).status.success());
+    assert!(sync(&north).status.success());
+    assert!(sync(&south).status.success());
     assert_eq!(south.result(NOW + 80, &[], &other), "already_redeemed");
 
     // The station page tells staff the gate is online with nothing pending.
@@ -110,7 +143,7 @@ fn a_ticket_admitted_at_two_offline_gates_is_flagged_and_then_refused_everywhere
         (1, None),
         "South's refusal is not pushed yet"
     );
-    assert!(sync(&south, None).status.success());
+    assert!(sync(&south).status.success());
     let page = crate::station::serve(&south.db);
     let state: Value = ureq::get(&format!("http://{page}/api/state"))
         .call()
@@ -131,16 +164,28 @@ fn a_ticket_admitted_at_two_offline_gates_is_flagged_and_then_refused_everywhere
 #[test]
 fn an_unreachable_server_is_a_clear_error_and_the_gate_keeps_working() {
     let st = Station::new("t", "Main", &[]);
-    let out = sync(&st, None);
+    let out = sync(&st);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no sync server"));
-    // A port nothing listens on.
+    // A port nothing listens on: enrolling fails clearly, and so does a sync
+    // with a server that has gone away.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let out = sync(&st, Some(&format!("http://127.0.0.1:{port}")));
+    let dead = format!("http://127.0.0.1:{port}");
+    let out = scanner(
+        &["--db", st.db(), "enroll", "--server", &dead, "--token", "t"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unreachable"));
+    scanner::gate::Gate::open(&st.db)
+        .unwrap()
+        .set_enrollment(&dead, "token")
+        .unwrap();
+    let out = sync(&st);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unreachable"));
     assert_eq!(st.result(NOW, &[], &code(1, false)), "ok");
