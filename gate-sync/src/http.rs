@@ -132,9 +132,13 @@ pub const DUPLICATES: &str = "/v1/duplicates";
 pub const STATS: &str = "/v1/stats";
 pub const MERGE: &str = "/v1/merge";
 pub const ENROLL: &str = "/v1/enroll";
+pub const KEYSET: &str = "/v1/keyset";
+pub const REVOCATIONS: &str = "/v1/revocations";
 
 /// Every route, as (method, path): what the OpenAPI document must list.
-pub const ROUTES: [(&str, &str); 7] = [
+pub const ROUTES: [(&str, &str); 9] = [
+    ("get", KEYSET),
+    ("get", REVOCATIONS),
     ("get", OPENAPI_DOC),
     ("post", ENROLL),
     ("post", PUSH),
@@ -151,6 +155,8 @@ pub fn app(state: AppState) -> Router {
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),
         )
         .route(ENROLL, post(enroll))
+        .route(KEYSET, get(keyset))
+        .route(REVOCATIONS, get(revocations))
         .route(PUSH, post(push))
         .route(PULL, post(pull))
         .route(MERGE, post(merge))
@@ -251,6 +257,40 @@ async fn merge(
         ))
     })
     .await
+}
+
+/// The keyset or revocation list, for an enrolled device.
+async fn distributed(
+    s: AppState,
+    headers: HeaderMap,
+    name: &'static str,
+) -> Result<axum::Json<Value>, ApiError> {
+    let token = bearer(&headers)?;
+    s.with_store(move |store| {
+        store.authenticate(&token)?;
+        let (body, at) = store.distribution(name)?.ok_or_else(|| {
+            ApiError::Status(
+                StatusCode::NOT_FOUND,
+                format!("no {name} imported on this node yet"),
+            )
+        })?;
+        Ok(axum::Json(json!({ "body": body, "updated_at_ms": at })))
+    })
+    .await
+}
+
+async fn keyset(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, ApiError> {
+    distributed(s, headers, "keyset").await
+}
+
+async fn revocations(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, ApiError> {
+    distributed(s, headers, "revocations").await
 }
 
 #[derive(Deserialize)]

@@ -38,6 +38,18 @@ enum Command {
     /// Scanners allowed to sync.
     #[command(subcommand)]
     Devices(DevicesCmd),
+    /// The keyset handed to devices.
+    #[command(subcommand)]
+    Keyset(ImportCmd),
+    /// The revocation list handed to devices.
+    #[command(subcommand)]
+    Revocations(ImportCmd),
+}
+
+#[derive(Subcommand)]
+enum ImportCmd {
+    /// Replaces it with FILE, validated first.
+    Import { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -72,6 +84,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             peer_token,
             peer_every,
         } => serve(store, &listen, peers, peer_token, peer_every),
+        Command::Keyset(ImportCmd::Import { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            store.set_keyset(&text, gate_sync::unix_now_ms())?;
+            println!("keyset imported; devices pick it up at their next sync");
+            Ok(())
+        }
+        Command::Revocations(ImportCmd::Import { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let n = store.set_revocations(&text, gate_sync::unix_now_ms())?;
+            println!("{n} revoked tickets imported; devices pick them up at their next sync");
+            Ok(())
+        }
         Command::Devices(DevicesCmd::Enroll { name }) => {
             let token = store.create_enrollment(&name, gate_sync::unix_now_ms())?;
             let qr = qrcode::QrCode::new(token.as_bytes())

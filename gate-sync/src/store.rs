@@ -13,6 +13,7 @@ use shared::{DeviceId, ScanLog, ScanRecord};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_records.sql"),
     include_str!("../migrations/0002_devices_auth.sql"),
+    include_str!("../migrations/0003_distribution.sql"),
 ];
 
 /// Why the store refused or failed.
@@ -26,6 +27,10 @@ pub enum StoreError {
     Revoked(String),
     #[error("no device {0}")]
     NoDevice(String),
+    #[error(transparent)]
+    Keyset(#[from] shared::KeysetError),
+    #[error(transparent)]
+    Revocations(#[from] shared::revocations::RevocationError),
     #[error("stored record {device}/{idx} is damaged: {reason}")]
     Damaged {
         device: String,
@@ -139,6 +144,40 @@ impl Store {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stores the keyset devices are to use, after validating it whole.
+    pub fn set_keyset(&self, json: &str, now_ms: u64) -> Result<(), StoreError> {
+        shared::Keyset::from_json(json)?;
+        self.set_distribution("keyset", json, now_ms)
+    }
+
+    /// Stores the revocation list devices are to apply, after validating it whole.
+    pub fn set_revocations(&self, text: &str, now_ms: u64) -> Result<usize, StoreError> {
+        let n = shared::revocations::parse(text)?.len();
+        self.set_distribution("revocations", text, now_ms)?;
+        Ok(n)
+    }
+
+    fn set_distribution(&self, name: &str, body: &str, now_ms: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO distribution (name, body, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            params![name, body, now_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The keyset or revocation list to hand out, with when it was set.
+    pub fn distribution(&self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT body, updated_at FROM distribution WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?)
     }
 
     /// Makes a one-time enrollment token for a device called `name`; only its

@@ -99,6 +99,9 @@ pub struct Gate {
     path: String,
     device: Device,
     verifier: Verifier,
+    /// The device row's version when `verifier` was built: another process
+    /// (a sync bringing a new keyset, a re-`init`) bumps it.
+    provisioned_at: i64,
 }
 
 fn open_conn(path: &Path, create: bool) -> Result<Connection, GateError> {
@@ -161,6 +164,13 @@ fn open_conn(path: &Path, create: bool) -> Result<Connection, GateError> {
     Ok(conn)
 }
 
+fn provisioned_at(conn: &Connection) -> Result<i64, GateError> {
+    Ok(conn
+        .query_row("SELECT provisioned_at FROM device", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
 fn load_device(conn: &Connection, path: &str) -> Result<(Device, Verifier), GateError> {
     let row = conn
         .query_row(
@@ -216,7 +226,7 @@ impl Gate {
              VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(singleton) DO UPDATE SET name = excluded.name, gate = excluded.gate,
                keyset_json = excluded.keyset_json, skew_secs = excluded.skew_secs,
-               provisioned_at = excluded.provisioned_at",
+               provisioned_at = max(excluded.provisioned_at, device.provisioned_at + 1)",
             params![id, p.device_name, p.gate, p.keyset_json, p.skew_secs, now_ms as i64],
         )?;
         tx.execute("DELETE FROM admitted_events", [])?;
@@ -237,13 +247,40 @@ impl Gate {
 
     fn from_conn(conn: Connection, path: &Path) -> Result<Gate, GateError> {
         let path = path.display().to_string();
+        let provisioned_at = provisioned_at(&conn)?;
         let (device, verifier) = load_device(&conn, &path)?;
         Ok(Gate {
             conn,
             path,
             device,
             verifier,
+            provisioned_at,
         })
+    }
+
+    /// Rebuilds the verifier if another process changed the provisioning.
+    fn refresh(&mut self) -> Result<(), GateError> {
+        let current = provisioned_at(&self.conn)?;
+        if current != self.provisioned_at {
+            let (device, verifier) = load_device(&self.conn, &self.path)?;
+            self.device = device;
+            self.verifier = verifier;
+            self.provisioned_at = current;
+        }
+        Ok(())
+    }
+
+    /// Replaces the keyset (from a sync), keeping everything else; returns
+    /// whether it changed. A keyset that fails validation changes nothing.
+    pub fn update_keyset(&mut self, json: &str, now_ms: u64) -> Result<bool, GateError> {
+        Keyset::from_json(json)?;
+        let changed = self.conn.execute(
+            "UPDATE device SET keyset_json = ?1, provisioned_at = max(?2, provisioned_at + 1)
+             WHERE keyset_json <> ?1",
+            params![json, now_ms as i64],
+        )?;
+        self.refresh()?;
+        Ok(changed > 0)
     }
 
     pub fn device(&self) -> &Device {
@@ -262,33 +299,10 @@ impl Gate {
     /// `EVENT_ID TICKET_ID` or a bare `TICKET_ID` (any event); blank lines and
     /// `#` comments skipped. A bad line refuses the whole file.
     pub fn import_revocations(&mut self, text: &str) -> Result<usize, GateError> {
-        let mut entries = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let bad = |reason: String| GateError::Revocations {
-                line: i + 1,
-                reason,
-            };
-            let fields: Vec<&str> = line
-                .split([' ', '\t', ','])
-                .filter(|f| !f.is_empty())
-                .collect();
-            let (event, ticket) = match fields.as_slice() {
-                [ticket] => (None, *ticket),
-                [event, ticket] => {
-                    let event: u64 = event
-                        .parse()
-                        .map_err(|_| bad(format!("{event:?} is not an event id")))?;
-                    (Some(event as i64), *ticket)
-                }
-                _ => return Err(bad("expected `EVENT_ID TICKET_ID` or `TICKET_ID`".into())),
-            };
-            let ticket: TicketId = ticket.parse().map_err(bad)?;
-            entries.push((event, ticket.to_string()));
-        }
+        let entries = shared::revocations::parse(text).map_err(|e| GateError::Revocations {
+            line: e.line,
+            reason: e.reason,
+        })?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -296,8 +310,11 @@ impl Gate {
         {
             let mut insert =
                 tx.prepare("INSERT INTO revocations (event_id, ticket_id) VALUES (?1, ?2)")?;
-            for (event, ticket) in &entries {
-                insert.execute(params![event, ticket])?;
+            for r in &entries {
+                insert.execute(params![
+                    r.event_id.map(|e| e as i64),
+                    r.ticket_id.to_string()
+                ])?;
             }
         }
         tx.commit()?;
@@ -321,6 +338,7 @@ impl Gate {
         direction: Direction,
         now_ms: u64,
     ) -> Result<Checked, GateError> {
+        self.refresh()?;
         let mut outcome = self.verifier.verify(code, now_ms / 1000);
         if let Ok(t) = &outcome
             && self.is_revoked(t.fields().event_id, t.fields().ticket_id)?

@@ -492,6 +492,12 @@ fn sync(db: &Path) -> anyhow::Result<ExitCode> {
         "pushed {} records, pulled {} from other gates",
         report.pushed, report.pulled
     );
+    if let Some(n) = report.revocations {
+        println!("revocation list: {n} tickets");
+    }
+    if report.keyset_updated {
+        println!("keyset updated");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -45,6 +45,10 @@ impl SyncError {
 pub struct SyncReport {
     pub pushed: usize,
     pub pulled: usize,
+    /// Revoked tickets now listed, when the node hands out a list.
+    pub revocations: Option<usize>,
+    /// Whether the node's keyset replaced this device's.
+    pub keyset_updated: bool,
 }
 
 fn agent() -> ureq::Agent {
@@ -129,7 +133,45 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
     let pulled: Pulled =
         serde_json::from_value(answer).map_err(|e| SyncError::Garbled(e.to_string()))?;
     report.pulled = gate.merge_remote(&pulled.records)?;
+    if let Some(list) = get_distributed(&agent, &format!("{server}/v1/revocations"), token)? {
+        report.revocations = Some(gate.import_revocations(&list)?);
+    }
+    if let Some(keyset) = get_distributed(&agent, &format!("{server}/v1/keyset"), token)? {
+        report.keyset_updated = gate.update_keyset(&keyset, crate::unix_now_ms())?;
+    }
     Ok(report)
+}
+
+/// The body of a keyset or revocation list the node hands out; `None` when
+/// it has none (404).
+fn get_distributed(
+    agent: &ureq::Agent,
+    url: &str,
+    token: Option<&str>,
+) -> Result<Option<String>, SyncError> {
+    let mut req = agent.get(url);
+    if let Some(token) = token {
+        req = req.header("authorization", &format!("Bearer {token}"));
+    }
+    let mut resp = req
+        .call()
+        .map_err(|e| SyncError::Unreachable(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let value: serde_json::Value = resp
+        .body_mut()
+        .read_json()
+        .map_err(|e| SyncError::Garbled(e.to_string()))?;
+    match status {
+        200 => Ok(value["body"].as_str().map(str::to_owned)),
+        404 => Ok(None),
+        _ => Err(SyncError::Refused {
+            status,
+            message: value["error"]
+                .as_str()
+                .unwrap_or("no reason given")
+                .to_owned(),
+        }),
+    }
 }
 
 /// Enrolls this device with gate-sync using a one-time token from the

@@ -22,6 +22,7 @@ pub mod code;
 pub mod hex;
 pub mod keyset;
 pub mod merge;
+pub mod revocations;
 pub mod scan;
 pub mod verify;
 

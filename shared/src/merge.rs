@@ -44,6 +44,9 @@ impl VersionVector {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanLog {
     records: BTreeMap<(DeviceId, u64), ScanRecord>,
+    /// The version vector, kept up to date on insert (it depends only on
+    /// `records`, so equal logs have equal caches).
+    contiguous: BTreeMap<DeviceId, u64>,
 }
 
 /// A ticket admitted while already inside: the same single-entry ticket (or
@@ -70,6 +73,14 @@ impl ScanLog {
         match self.records.get_mut(&key) {
             None => {
                 self.records.insert(key, record);
+                let (device, idx) = key;
+                let held = self.contiguous.entry(device).or_insert(0);
+                if idx == *held + 1 {
+                    *held = idx;
+                    while self.records.contains_key(&(device, *held + 1)) {
+                        *held += 1;
+                    }
+                }
                 true
             }
             Some(held) if record < *held => {
@@ -107,26 +118,20 @@ impl ScanLog {
     }
 
     pub fn version_vector(&self) -> VersionVector {
-        let mut vv = BTreeMap::new();
-        for &(device, idx) in self.records.keys() {
-            let held = vv.entry(device).or_insert(0u64);
-            // Keys are sorted by device then index, so a gap ends the run.
-            if idx == *held + 1 {
-                *held = idx;
-            }
-        }
-        VersionVector(vv)
+        VersionVector(self.contiguous.clone())
     }
 
     /// The records a replica at `theirs` may lack: every record above its
     /// contiguous index for that device. Some may be held already, above a
     /// gap; sending them again is harmless.
     pub fn missing_for(&self, theirs: &VersionVector) -> Vec<ScanRecord> {
-        self.records
-            .iter()
-            .filter(|((device, idx), _)| *idx > theirs.get(device))
-            .map(|(_, r)| r.clone())
-            .collect()
+        let mut out = Vec::new();
+        for &device in self.contiguous.keys() {
+            let from = (device, theirs.get(&device) + 1);
+            let to = (device, u64::MAX);
+            out.extend(self.records.range(from..=to).map(|(_, r)| r.clone()));
+        }
+        out
     }
 
     /// Every ticket's scans, in merged order (stamp, device, index).

@@ -383,3 +383,40 @@ fn peer_nodes_exchange_what_each_lacks_over_http() {
         403
     );
 }
+
+#[test]
+fn keyset_and_revocations_are_handed_to_enrolled_devices_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let t1 = enroll(addr, &state, 1);
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = ureq::get(&format!("http://{addr}{path}"))
+            .config()
+            .http_status_as_error(false)
+            .build();
+        if let Some(t) = token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let resp = req.call().unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.into_body().read_json::<Value>().unwrap())
+    };
+    assert_eq!(
+        get("/v1/revocations", Some(&t1)).0,
+        404,
+        "nothing imported yet"
+    );
+    let list = format!("# refunds\n1001 {:032x}\n", 4);
+    assert_eq!(state.lock(|s| s.set_revocations(&list, 5)).unwrap(), 1);
+    assert!(
+        state
+            .lock(|s| s.set_revocations("garbage line here", 6))
+            .is_err(),
+        "a bad list is refused"
+    );
+    let (status, body) = get("/v1/revocations", Some(&t1));
+    assert_eq!(status, 200);
+    assert_eq!(body["body"], list, "the last good list is kept");
+    assert_eq!(get("/v1/revocations", None).0, 401);
+    assert_eq!(get("/v1/keyset", Some("nope")).0, 401);
+}

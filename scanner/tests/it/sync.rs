@@ -196,3 +196,47 @@ fn an_unreachable_server_is_a_clear_error_and_the_gate_keeps_working() {
     assert_eq!(status.pending, 1);
     assert!(status.last_error.unwrap().contains("unreachable"));
 }
+
+#[test]
+fn gates_pick_up_the_revocation_list_and_keyset_the_node_hands_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_gate_sync(&tmp.path().join("sync.db"));
+    let url = format!("http://{addr}");
+    let gate = Station::new("t", "Main", &[]);
+    enroll(&gate, &url, &state);
+    // Nothing handed out yet: the sync still works.
+    assert!(sync(&gate).status.success());
+
+    // The organizer revokes ticket 9 (refunded) and adds a second signing key.
+    state
+        .lock(|s| s.set_revocations(&format!("1001 {:032x}\n", 9), 1))
+        .unwrap();
+    let second = shared::code::Signer::new(ed25519_dalek::SigningKey::from_bytes(&[77; 32]));
+    let v: Value = serde_json::from_str(fixtures::TICKET_CODE_V1_VECTORS).unwrap();
+    let mut keyset = shared::Keyset::from_json(&v["keyset"].to_string()).unwrap();
+    keyset.insert(second.verifying_key(), [1001]);
+    state.lock(|s| s.set_keyset(&keyset.to_json(), 1)).unwrap();
+    let new_key_ticket = second
+        .encode(&shared::TicketFields {
+            event_id: 1001,
+            ticket_id: shared::TicketId([0xab; 16]),
+            category_id: 2,
+            multi_entry: false,
+            valid_from: 1_900_000_000,
+            valid_until: 1_900_086_400,
+            seat: String::new(),
+        })
+        .unwrap();
+    assert_eq!(gate.result(NOW, &[], &new_key_ticket), "unknown_key");
+
+    let out = sync(&gate);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("revocation list: 1 tickets") && said.contains("keyset updated"),
+        "{said}"
+    );
+    assert_eq!(gate.result(NOW, &[], &code(9, false)), "revoked");
+    assert_eq!(gate.result(NOW, &[], &new_key_ticket), "ok");
+    // A bad keyset never reaches the node.
+    assert!(state.lock(|s| s.set_keyset("{\"keys\": 1}", 2)).is_err());
+}
