@@ -20,6 +20,9 @@ use crate::store::{Store, StoreError};
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 << 20;
 
+/// The organizer's live dashboard: counts, entries per minute, duplicates, devices.
+pub const DASHBOARD: &str = include_str!("dashboard.html");
+
 /// The OpenAPI document, kept beside the routes; a test checks they agree.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
@@ -150,6 +153,7 @@ pub const ROUTES: [(&str, &str); 9] = [
 
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .route("/", get(|| async { axum::response::Html(DASHBOARD) }))
         .route(
             OPENAPI_DOC,
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),

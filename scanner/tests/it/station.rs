@@ -109,7 +109,7 @@ fn live_feed_shows_scans_made_by_another_process() {
 }
 
 /// Drives Chromium through chromedriver's WebDriver API.
-struct Browser {
+pub struct Browser {
     driver: std::process::Child,
     base: String,
     session: String,
@@ -117,7 +117,7 @@ struct Browser {
 
 impl Browser {
     /// `None` when Chromium is not installed and this is not CI (where it must be).
-    fn start() -> Option<Browser> {
+    pub fn start() -> Option<Browser> {
         if !Path::new("/usr/bin/chromedriver").exists() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -163,7 +163,7 @@ impl Browser {
         })
     }
 
-    fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
+    pub fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let resp = if method == "GET" {
             ureq::get(&url).call()
@@ -173,12 +173,12 @@ impl Browser {
         resp.unwrap().into_body().read_json::<Value>().unwrap()["value"].clone()
     }
 
-    fn script(&self, js: &str) -> Value {
+    pub fn script(&self, js: &str) -> Value {
         self.cmd("POST", "/execute/sync", json!({"script": js, "args": []}))
     }
 
     /// Waits until `js` returns `want`.
-    fn wait_for(&self, js: &str, want: &str) {
+    pub fn wait_for(&self, js: &str, want: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let got = self.script(js);
@@ -279,10 +279,16 @@ fn the_page_turns_green_then_red_as_scans_happen() {
         "2"
     );
 
-    // For a person to look at: target/station.png.
+    save_screenshot(&browser, "station.png");
+}
+
+/// Saves what the browser shows as target/NAME, for a person to look at.
+pub fn save_screenshot(browser: &Browser, name: &str) {
     let png = browser.cmd("GET", "/screenshot", json!({}));
     if let Some(b64) = png.as_str() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/station.png");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(name);
         let _ = std::fs::write(path, decode_base64(b64));
     }
 }

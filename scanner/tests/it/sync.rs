@@ -240,3 +240,60 @@ fn gates_pick_up_the_revocation_list_and_keyset_the_node_hands_out() {
     // A bad keyset never reaches the node.
     assert!(state.lock(|s| s.set_keyset("{\"keys\": 1}", 2)).is_err());
 }
+
+#[test]
+fn the_dashboard_shows_counts_gates_and_the_double_admission() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_gate_sync(&tmp.path().join("sync.db"));
+    let url = format!("http://{addr}");
+    let north = Station::new("tablet-n", "North", &[]);
+    let south = Station::new("tablet-s", "South", &[]);
+    enroll(&north, &url, &state);
+    enroll(&south, &url, &state);
+    let ticket = code(21, false);
+    assert_eq!(north.result(NOW, &[], &ticket), "ok");
+    assert_eq!(south.result(NOW + 5, &[], &ticket), "ok");
+    assert_eq!(south.result(NOW + 6, &[], &code(22, false)), "ok");
+    assert!(sync(&north).status.success() && sync(&south).status.success());
+
+    let Some(browser) = crate::station::Browser::start() else {
+        return;
+    };
+    browser.cmd(
+        "POST",
+        "/url",
+        serde_json::json!({ "url": format!("{url}/") }),
+    );
+    browser.wait_for(
+        "return document.getElementById('dupcount').textContent",
+        "1",
+    );
+    assert_eq!(
+        browser.script("return document.getElementById('admitted').textContent"),
+        "3"
+    );
+    assert_eq!(
+        browser.script("return document.getElementById('inside').textContent"),
+        "2"
+    );
+    let gates = browser.script(
+        "return [...document.querySelectorAll('#gates tbody tr')].map(r => r.cells[0].textContent + ':' + r.cells[2].textContent).join(',')",
+    );
+    assert_eq!(gates, "North:1,South:2");
+    let dup = browser.script("return document.querySelector('#dups .dup').textContent");
+    let dup = dup.as_str().unwrap();
+    assert!(
+        dup.contains(&format!("{:032x}", 21)) && dup.contains("North") && dup.contains("South"),
+        "{dup}"
+    );
+    assert_eq!(
+        browser.script("return document.querySelectorAll('#chart rect').length"),
+        1,
+        "one minute of entries"
+    );
+    assert_eq!(
+        browser.script("return document.querySelectorAll('#devices tbody tr').length"),
+        2
+    );
+    crate::station::save_screenshot(&browser, "dashboard.png");
+}
