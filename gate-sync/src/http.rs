@@ -340,17 +340,22 @@ async fn pull(
         ))
     })?;
     let now = crate::unix_now_ms();
-    s.with_store(move |store| {
-        if !is_peer {
-            let device = store.authenticate(&token)?;
-            store.touch(device, now)?;
-        }
-        let records = store.log().missing_for(&req.version_vector);
-        Ok(axum::Json(
-            json!({ "records": records, "version_vector": store.log().version_vector() }),
-        ))
-    })
-    .await
+    let (records, vv) = s
+        .with_store(move |store| {
+            if !is_peer {
+                let device = store.authenticate(&token)?;
+                store.note_pull(device, now);
+            }
+            Ok((
+                store.log().missing_for(&req.version_vector),
+                store.log().version_vector(),
+            ))
+        })
+        .await?;
+    // Serialised after the store is released, so pulls do not queue on it.
+    Ok(axum::Json(
+        json!({ "records": records, "version_vector": vv }),
+    ))
 }
 
 /// `event_id=N` from a query string, if given.
@@ -416,6 +421,11 @@ async fn stats(
 ) -> Result<axum::Json<Value>, ApiError> {
     let event = event_filter(query)?;
     s.with_store(move |store| {
+        let devices: Vec<Value> = store
+            .devices()?
+            .into_iter()
+            .map(|(id, at)| json!({ "device_id": id, "last_sync": time(at), "last_sync_ms": at }))
+            .collect();
         let mut per_gate: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
         let mut per_minute: BTreeMap<u64, u64> = BTreeMap::new();
         // The last admitted movement of each ticket, to count who is inside and where they came in.
@@ -453,11 +463,6 @@ async fn stats(
         let minutes: Vec<Value> = per_minute
             .iter()
             .map(|(m, n)| json!({ "minute": time(m * 60_000), "entries": n }))
-            .collect();
-        let devices: Vec<Value> = store
-            .devices()?
-            .into_iter()
-            .map(|(id, at)| json!({ "device_id": id, "last_sync": time(at), "last_sync_ms": at }))
             .collect();
         Ok(axum::Json(json!({
             "admitted": per_gate.values().map(|v| v.0).sum::<u64>(),

@@ -51,6 +51,10 @@ pub struct EnrolledDevice {
 pub struct Store {
     conn: Connection,
     log: ScanLog,
+    /// When each device last pulled, not yet written: a pull is a read, and
+    /// an fsync per pull would serialize every gate's sync on the disk. It is
+    /// written with the device's next push, or by `devices()`.
+    pulled: std::collections::BTreeMap<DeviceId, u64>,
 }
 
 impl Store {
@@ -83,7 +87,11 @@ impl Store {
                 log.insert(record);
             }
         }
-        Ok(Store { conn, log })
+        Ok(Store {
+            conn,
+            log,
+            pulled: Default::default(),
+        })
     }
 
     pub fn log(&self) -> &ScanLog {
@@ -125,18 +133,27 @@ impl Store {
         Ok(changed.len())
     }
 
-    /// Notes that a device synced.
-    pub fn touch(&self, device: DeviceId, now_ms: u64) -> Result<(), StoreError> {
+    /// Notes that a device synced, durably (with a push).
+    pub fn touch(&mut self, device: DeviceId, now_ms: u64) -> Result<(), StoreError> {
+        self.pulled.remove(&device);
         self.conn.execute(
             "INSERT INTO devices (device_id, last_sync) VALUES (?1, ?2)
-             ON CONFLICT(device_id) DO UPDATE SET last_sync = excluded.last_sync",
+             ON CONFLICT(device_id) DO UPDATE SET last_sync = max(last_sync, excluded.last_sync)",
             params![device.to_string(), now_ms as i64],
         )?;
         Ok(())
     }
 
+    /// Notes that a device pulled; kept in memory until the next write.
+    pub fn note_pull(&mut self, device: DeviceId, now_ms: u64) {
+        self.pulled.insert(device, now_ms);
+    }
+
     /// Devices and when each last synced (unix ms).
-    pub fn devices(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    pub fn devices(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
+        for (device, at) in std::mem::take(&mut self.pulled) {
+            self.touch(device, at)?;
+        }
         let mut stmt = self
             .conn
             .prepare("SELECT device_id, last_sync FROM devices ORDER BY device_id")?;
