@@ -71,23 +71,7 @@ fn main() {
             })
         })
         .collect();
-    let served = state.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            gate_sync::run(listener, served, std::future::pending())
-                .await
-                .unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
+    let addr = gate_sync::serve_in_background(state.clone(), "127.0.0.1:0").unwrap();
 
     // Bodies are built before the clock starts: the server's work is measured.
     let batch = 1000u64;

@@ -175,6 +175,19 @@ struct PushRequest {
     records: Vec<ScanRecord>,
 }
 
+/// The records of a push or merge body, refused whole if any is malformed.
+fn parse_records(raw: Result<Bytes, BytesRejection>) -> Result<Vec<ScanRecord>, ApiError> {
+    let req: PushRequest = serde_json::from_slice(&body(raw)?)
+        .map_err(|e| bad_request(format!("expected {{\"records\": [scan records]}}: {e}")))?;
+    if let Some(r) = req.records.iter().find(|r| r.idx == 0) {
+        return Err(bad_request(format!(
+            "record {}/0: indexes start at 1",
+            r.device_id
+        )));
+    }
+    Ok(req.records)
+}
+
 /// A device pushes its own records. The batch is applied whole or not at all;
 /// sending it again changes nothing.
 async fn push(
@@ -194,9 +207,8 @@ async fn push(
             format!("this token belongs to device {caller}, not {device}"),
         ));
     }
-    let req: PushRequest = serde_json::from_slice(&body(raw)?)
-        .map_err(|e| bad_request(format!("expected {{\"records\": [scan records]}}: {e}")))?;
-    if let Some(r) = req.records.iter().find(|r| r.device_id != device) {
+    let records = parse_records(raw)?;
+    if let Some(r) = records.iter().find(|r| r.device_id != device) {
         return Err(ApiError::Status(
             StatusCode::FORBIDDEN,
             format!(
@@ -205,15 +217,9 @@ async fn push(
             ),
         ));
     }
-    if let Some(r) = req.records.iter().find(|r| r.idx == 0) {
-        return Err(bad_request(format!(
-            "record {}/0: indexes start at 1",
-            r.device_id
-        )));
-    }
     let now = crate::unix_now_ms();
     s.with_store(move |store| {
-        let stored = store.add(&req.records, now)?;
+        let stored = store.add(&records, now)?;
         store.touch(device, now)?;
         let vv = store.log().version_vector();
         Ok(axum::Json(
@@ -245,17 +251,10 @@ async fn merge(
         }
         Some(_) => {}
     }
-    let req: PushRequest = serde_json::from_slice(&body(raw)?)
-        .map_err(|e| bad_request(format!("expected {{\"records\": [scan records]}}: {e}")))?;
-    if let Some(r) = req.records.iter().find(|r| r.idx == 0) {
-        return Err(bad_request(format!(
-            "record {}/0: indexes start at 1",
-            r.device_id
-        )));
-    }
+    let records = parse_records(raw)?;
     let now = crate::unix_now_ms();
     s.with_store(move |store| {
-        let stored = store.add(&req.records, now)?;
+        let stored = store.add(&records, now)?;
         Ok(axum::Json(
             json!({ "stored": stored, "version_vector": store.log().version_vector() }),
         ))

@@ -31,6 +31,31 @@ pub async fn run(
         .await
 }
 
+/// Serves `state` on `addr` (port 0 picks one) from a thread of its own, for
+/// embedding a node in another program, a test or a benchmark; returns the
+/// address it listens on. The node runs until the process ends.
+pub fn serve_in_background(state: AppState, addr: &str) -> std::io::Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let served = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => run(l, state, std::future::pending()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = served {
+                tracing::error!(error = %e, "gate-sync stopped");
+            }
+        });
+    });
+    Ok(local)
+}
+
 /// The wall clock, in unix milliseconds.
 pub fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()

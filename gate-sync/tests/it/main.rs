@@ -21,23 +21,8 @@ fn serve_state(db: &Path) -> (SocketAddr, gate_sync::AppState) {
 fn serve_with(db: &Path, peer_token: Option<String>) -> (SocketAddr, gate_sync::AppState) {
     let state = gate_sync::AppState::new(gate_sync::store::Store::open(db).unwrap())
         .with_peer_token(peer_token);
-    let served = state.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            gate_sync::run(listener, served, std::future::pending())
-                .await
-                .unwrap();
-        });
-    });
-    (rx.recv().unwrap(), state)
+    let addr = gate_sync::serve_in_background(state.clone(), "127.0.0.1:0").unwrap();
+    (addr, state)
 }
 
 fn record(
