@@ -1,6 +1,7 @@
 //! The node's SQLite store (WAL, `synchronous=FULL`): the grow-only set of
 //! records, kept in memory too as a [`ScanLog`] for the derived views.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use base64::Engine;
@@ -102,35 +103,39 @@ impl Store {
     /// (a conflicting record keeps the lesser, as the CRDT says). Returns how
     /// many records were new or changed.
     pub fn add(&mut self, records: &[ScanRecord], now_ms: u64) -> Result<usize, StoreError> {
+        // What the CRDT takes from this batch: per key, the least record that
+        // would change the log. Only that is written, so disk and memory agree.
+        let mut chosen: BTreeMap<(DeviceId, u64), &ScanRecord> = BTreeMap::new();
+        for r in records.iter().filter(|r| self.log.would_change(r)) {
+            chosen
+                .entry((r.device_id, r.idx))
+                .and_modify(|held| *held = (*held).min(r))
+                .or_insert(r);
+        }
         let tx = self.conn.transaction()?;
-        let mut staged = ScanLog::new();
-        let mut changed = Vec::new();
         {
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO records (device_id, idx, body, received_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(device_id, idx) DO UPDATE SET body = excluded.body
                  WHERE excluded.body <> records.body",
             )?;
-            for r in records {
-                // Only what the CRDT takes is written, so disk and memory agree.
-                if !self.log.would_change(r) || !staged.insert(r.clone()) {
-                    continue;
+            // Keys are sorted by device: its hex id is worked out once per run.
+            let mut device = (None, String::new());
+            for r in chosen.values() {
+                if device.0 != Some(r.device_id) {
+                    device = (Some(r.device_id), r.device_id.to_string());
                 }
+                // A record of strings and numbers always serialises.
                 let body = serde_json::to_string(r).unwrap_or_default();
-                upsert.execute(params![
-                    r.device_id.to_string(),
-                    r.idx as i64,
-                    body,
-                    now_ms as i64
-                ])?;
-                changed.push(r.clone());
+                upsert.execute(params![device.1, r.idx as i64, body, now_ms as i64])?;
             }
         }
         tx.commit()?;
-        for r in &changed {
+        let n = chosen.len();
+        for r in chosen.into_values() {
             self.log.insert(r.clone());
         }
-        Ok(changed.len())
+        Ok(n)
     }
 
     /// Notes that a device synced, durably (with a push).
