@@ -502,24 +502,39 @@ impl Gate {
 
     /// For each device, the highest index held with none missing below it.
     pub fn version_vector(&self) -> Result<VersionVector, GateError> {
-        let mut stmt = self
+        let parse = |id: String| -> Result<DeviceId, GateError> {
+            id.parse().map_err(|reason| GateError::Database {
+                path: self.path.clone(),
+                reason,
+            })
+        };
+        // A device whose record count equals its highest index has no gap:
+        // only devices with gaps need their indexes walked.
+        let mut per_device = self
             .conn
-            .prepare("SELECT device_id, idx FROM scans ORDER BY device_id, idx")?;
+            .prepare("SELECT device_id, count(*), max(idx) FROM scans GROUP BY device_id")?;
+        let mut walk = self
+            .conn
+            .prepare_cached("SELECT idx FROM scans WHERE device_id = ?1 ORDER BY idx")?;
         let mut vv = std::collections::BTreeMap::new();
-        let mut rows = stmt.query([])?;
+        let mut rows = per_device.query([])?;
         while let Some(row) = rows.next()? {
-            let device: DeviceId =
-                row.get::<_, String>(0)?
-                    .parse()
-                    .map_err(|reason| GateError::Database {
-                        path: self.path.clone(),
-                        reason,
-                    })?;
-            let idx = row.get::<_, i64>(1)? as u64;
-            let held = vv.entry(device).or_insert(0u64);
-            if idx == *held + 1 {
-                *held = idx;
-            }
+            let id: String = row.get(0)?;
+            let (count, max): (i64, i64) = (row.get(1)?, row.get(2)?);
+            let held = if count == max {
+                max as u64
+            } else {
+                let mut held = 0u64;
+                let mut idxs = walk.query([&id])?;
+                while let Some(r) = idxs.next()? {
+                    if r.get::<_, i64>(0)? as u64 != held + 1 {
+                        break;
+                    }
+                    held += 1;
+                }
+                held
+            };
+            vv.insert(parse(id)?, held);
         }
         Ok(VersionVector(vv))
     }

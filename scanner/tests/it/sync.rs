@@ -280,3 +280,42 @@ fn the_dashboard_shows_counts_gates_and_the_double_admission() {
     );
     crate::station::save_screenshot(&browser, "dashboard.png");
 }
+
+#[test]
+fn the_version_vector_stops_at_a_gap_in_what_other_gates_sent() {
+    let st = Station::new("t", "Main", &[]);
+    assert_eq!(st.result(NOW, &[], &code(1, false)), "ok");
+    let mut gate = scanner::gate::Gate::open(&st.db).unwrap();
+    let other = shared::DeviceId([9; 16]);
+    let remote: Vec<shared::ScanRecord> = [1, 2, 4]
+        .into_iter()
+        .map(|idx| shared::ScanRecord {
+            device_id: other,
+            idx,
+            ticket: None,
+            multi_entry: false,
+            category_id: 0,
+            seat: String::new(),
+            direction: shared::Direction::Entry,
+            result: shared::ResultCode::Invalid,
+            reason: "unreadable".into(),
+            wall_ms: NOW * 1000,
+            hlc: shared::Hlc((NOW * 1000) << 16),
+            gate: "Far".into(),
+            device_name: "far".into(),
+        })
+        .collect();
+    assert_eq!(gate.merge_remote(&remote).unwrap(), 3);
+    assert_eq!(
+        gate.merge_remote(&remote).unwrap(),
+        0,
+        "a replay adds nothing"
+    );
+    let vv = gate.version_vector().unwrap();
+    assert_eq!(
+        vv.get(&other),
+        2,
+        "index 3 is missing, so 4 does not count yet"
+    );
+    assert_eq!(vv.get(&gate.device().id), 1);
+}
