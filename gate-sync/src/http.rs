@@ -2,7 +2,7 @@
 //! status comes from the error's kind; internal details go to the log.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -11,9 +11,9 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use shared::{DeviceId, Direction, ResultCode, ScanRecord, VersionVector};
+use shared::{DeviceId, Direction, RecordKey, ResultCode, ScanRecord, VersionVector};
 
 use crate::store::{Store, StoreError};
 
@@ -29,7 +29,8 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// Shared by every request and by the peer loop; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    store: Arc<Mutex<Store>>,
+    /// Pulls and other reads share it; pushes and merges take it alone.
+    store: Arc<RwLock<Store>>,
     /// The secret other nodes present to `/v1/merge`; `None` takes no peers.
     peer_token: Option<Arc<str>>,
 }
@@ -37,7 +38,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(store: Store) -> AppState {
         AppState {
-            store: Arc::new(Mutex::new(store)),
+            store: Arc::new(RwLock::new(store)),
             peer_token: None,
         }
     }
@@ -52,9 +53,14 @@ impl AppState {
         self.peer_token.as_deref()
     }
 
-    /// Runs `f` on the store (briefly: never across network IO).
+    /// Runs `f` on the store, alone (briefly: never across network IO).
     pub fn lock<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
-        f(&mut self.store.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut self.store.write().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Runs `f` on the store beside other readers.
+    pub fn read<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+        f(&self.store.read().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -121,8 +127,19 @@ impl AppState {
         &self,
         f: impl FnOnce(&mut Store) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap_or_else(|p| p.into_inner())))
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || state.lock(f))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+    }
+
+    /// [`AppState::with_store`] for reads, which run side by side.
+    async fn with_store_read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || state.read(f))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
     }
@@ -199,7 +216,7 @@ async fn push(
     let device: DeviceId = device.parse().map_err(bad_request)?;
     let token = bearer(&headers)?;
     let caller = s
-        .with_store(move |store| Ok(store.authenticate(&token)?))
+        .with_store_read(move |store| Ok(store.authenticate(&token)?))
         .await?;
     if caller != device {
         return Err(ApiError::Status(
@@ -269,7 +286,7 @@ async fn distributed(
     name: &'static str,
 ) -> Result<axum::Json<Value>, ApiError> {
     let token = bearer(&headers)?;
-    s.with_store(move |store| {
+    s.with_store_read(move |store| {
         store.authenticate(&token)?;
         let (body, at) = store.distribution(name)?.ok_or_else(|| {
             ApiError::Status(
@@ -320,41 +337,66 @@ async fn enroll(
     .await
 }
 
+/// Most records in one pull answer; the caller asks again for the rest.
+pub const PULL_PAGE: usize = 5000;
+
 #[derive(Deserialize)]
 struct PullRequest {
     version_vector: VersionVector,
+    /// The `next` of the previous page, to go on from.
+    #[serde(default)]
+    after: Option<RecordKey>,
+    /// At most this many records (up to [`PULL_PAGE`]).
+    #[serde(default)]
+    limit: Option<usize>,
 }
 
-/// Records the caller lacks, given its version vector.
+/// Records the caller lacks, given its version vector, a page at a time:
+/// `next` is the key to send as `after` for the rest, `null` on the last page.
 async fn pull(
     State(s): State<AppState>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
     let is_peer = s.peer_token().is_some_and(|p| p == token);
     let req: PullRequest = serde_json::from_slice(&body(raw)?).map_err(|e| {
         bad_request(format!(
-            "expected {{\"version_vector\": {{device: index}}}}: {e}"
+            "expected {{\"version_vector\": {{device: index}}, \"after\"?: {{\"device_id\", \"idx\"}}, \"limit\"?: n}}: {e}"
         ))
     })?;
+    let limit = req.limit.unwrap_or(PULL_PAGE).clamp(1, PULL_PAGE);
     let now = crate::unix_now_ms();
-    let (records, vv) = s
-        .with_store(move |store| {
+    let body = s
+        .with_store_read(move |store| {
             if !is_peer {
                 let device = store.authenticate(&token)?;
                 store.note_pull(device, now);
             }
-            Ok((
-                store.log().missing_for(&req.version_vector),
-                store.log().version_vector(),
-            ))
+            let (records, _, next) = store.missing_json(&req.version_vector, req.after, limit);
+            let vv = store.log().version_vector();
+            let tail = serde_json::to_vec(&PullTail {
+                version_vector: &vv,
+                next,
+            })
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            // {"records":[...],"version_vector":...,"next":...}
+            let mut body = Vec::with_capacity(records.len() + tail.len() + 12);
+            body.extend_from_slice(br#"{"records":"#);
+            body.extend_from_slice(&records);
+            body.push(b',');
+            body.extend_from_slice(&tail[1..]);
+            Ok(body)
         })
         .await?;
-    // Serialised after the store is released, so pulls do not queue on it.
-    Ok(axum::Json(
-        json!({ "records": records, "version_vector": vv }),
-    ))
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The rest of a pull answer, after its records.
+#[derive(Serialize)]
+struct PullTail<'a> {
+    version_vector: &'a VersionVector,
+    next: Option<RecordKey>,
 }
 
 /// `event_id=N` from a query string, if given.
@@ -395,7 +437,7 @@ async fn duplicates(
     RawQuery(query): RawQuery,
 ) -> Result<axum::Json<Value>, ApiError> {
     let event = event_filter(query)?;
-    s.with_store(move |store| {
+    s.with_store_read(move |store| {
         let list: Vec<Value> = store
             .log()
             .duplicates(event)

@@ -9,8 +9,6 @@
 //!   version vector, send what they lack. Convergence comes from the CRDT
 //!   alone; there is no leader and no consensus.
 //!
-//! Not built yet (see the issue): device enrollment and authentication,
-//! keyset and revocation distribution, the dashboard page.
 
 pub mod http;
 pub mod peers;
@@ -35,20 +33,18 @@ pub async fn run(
 /// embedding a node in another program, a test or a benchmark; returns the
 /// address it listens on. The node runs until the process ends.
 pub fn serve_in_background(state: AppState, addr: &str) -> std::io::Result<std::net::SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // Tokio listens with a backlog of 1024, as `serve` does; the standard
+    // library's 128 would drop the connects of a venue's gates syncing at
+    // once, and each would wait a second for its retry.
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(addr))?;
+    let local = listener.local_addr()?;
     std::thread::spawn(move || {
         runtime.block_on(async move {
-            let served = match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => run(l, state, std::future::pending()).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = served {
+            if let Err(e) = run(listener, state, std::future::pending()).await {
                 tracing::error!(error = %e, "gate-sync stopped");
             }
         });

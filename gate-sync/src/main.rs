@@ -145,6 +145,7 @@ fn serve(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if !peers.is_empty() && peer_token.is_none() {
         anyhow::bail!("--peer needs --peer-token (the secret this venue's nodes share)");

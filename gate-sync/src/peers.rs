@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
-use shared::{ScanRecord, VersionVector};
+use shared::{RecordKey, ScanRecord, VersionVector};
 
 use crate::AppState;
 
@@ -15,10 +15,11 @@ use crate::AppState;
 struct Pulled {
     records: Vec<ScanRecord>,
     version_vector: VersionVector,
+    next: Option<RecordKey>,
 }
 
 /// One exchange with `peer` (its base URL); returns (received, sent) records
-/// that were new to their receiver.
+/// that were new to their receiver. Both ways go a page at a time.
 pub fn exchange(
     state: &AppState,
     peer: &str,
@@ -29,31 +30,56 @@ pub fn exchange(
         .peer_token()
         .ok_or("no --peer-token: peers cannot be reached")?;
     let auth = format!("Bearer {token}");
-    let ours = state.lock(|s| s.log().version_vector());
-    let pulled: Pulled = agent
-        .post(&format!("{peer}/v1/pull"))
-        .header("authorization", &auth)
-        .send_json(json!({ "version_vector": ours }))
-        .map_err(|e| format!("pull from {peer}: {e}"))?
-        .body_mut()
-        .read_json()
-        .map_err(|e| format!("pull from {peer}: {e}"))?;
-    let now = crate::unix_now_ms();
-    let received = state
-        .lock(|s| s.add(&pulled.records, now))
-        .map_err(|e| e.to_string())?;
-    let missing = state.lock(|s| s.log().missing_for(&pulled.version_vector));
+    let ours = state.read(|s| s.log().version_vector());
+    let mut received = 0;
+    let mut after = None;
+    let theirs = loop {
+        let pulled: Pulled = agent
+            .post(&format!("{peer}/v1/pull"))
+            .header("authorization", &auth)
+            .send_json(json!({ "version_vector": ours, "after": after }))
+            .map_err(|e| format!("pull from {peer}: {e}"))?
+            .body_mut()
+            .with_config()
+            .limit(crate::http::MAX_BODY as u64)
+            .read_json()
+            .map_err(|e| format!("pull from {peer}: {e}"))?;
+        let now = crate::unix_now_ms();
+        received += state
+            .lock(|s| s.add(&pulled.records, now))
+            .map_err(|e| e.to_string())?;
+        match pulled.next {
+            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+            Some(_) => {
+                return Err(format!(
+                    "pull from {peer}: its next page does not move forward"
+                ));
+            }
+            None => break pulled.version_vector,
+        }
+    };
     let mut sent = 0;
-    for chunk in missing.chunks(5000) {
+    let mut after = None;
+    loop {
+        let (records, n, next) =
+            state.read(|s| s.missing_json(&theirs, after, crate::http::PULL_PAGE));
+        if n == 0 {
+            break;
+        }
         let answer: serde_json::Value = agent
             .post(&format!("{peer}/v1/merge"))
             .header("authorization", &auth)
-            .send_json(json!({ "records": chunk }))
+            .header("content-type", "application/json")
+            .send([&br#"{"records":"#[..], &records, b"}"].concat())
             .map_err(|e| format!("send to {peer}: {e}"))?
             .body_mut()
             .read_json()
             .map_err(|e| format!("send to {peer}: {e}"))?;
         sent += answer["stored"].as_u64().unwrap_or(0) as usize;
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
     }
     Ok((received, sent))
 }

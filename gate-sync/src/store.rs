@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand_core::{OsRng, RngCore};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
-use shared::{DeviceId, ScanLog, ScanRecord};
+use shared::{DeviceId, RecordKey, ScanLog, ScanRecord, VersionVector};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_records.sql"),
@@ -50,12 +51,14 @@ pub struct EnrolledDevice {
 }
 
 pub struct Store {
-    conn: Connection,
+    /// Behind its own lock so that readers of the store (pulls) can run
+    /// side by side and still authenticate.
+    conn: Mutex<Connection>,
     log: ScanLog,
     /// When each device last pulled, not yet written: a pull is a read, and
     /// an fsync per pull would serialize every gate's sync on the disk. It is
     /// written with the device's next push, or by `devices()`.
-    pulled: std::collections::BTreeMap<DeviceId, u64>,
+    pulled: Mutex<BTreeMap<DeviceId, u64>>,
 }
 
 impl Store {
@@ -89,10 +92,18 @@ impl Store {
             }
         }
         Ok(Store {
-            conn,
+            conn: Mutex::new(conn),
             log,
             pulled: Default::default(),
         })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn conn_mut(&mut self) -> &mut Connection {
+        self.conn.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn log(&self) -> &ScanLog {
@@ -112,7 +123,12 @@ impl Store {
                 .and_modify(|held| *held = (*held).min(r))
                 .or_insert(r);
         }
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .transaction()?;
+        let mut written = Vec::with_capacity(chosen.len());
         {
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO records (device_id, idx, body, received_at) VALUES (?1, ?2, ?3, ?4)
@@ -121,27 +137,65 @@ impl Store {
             )?;
             // Keys are sorted by device: its hex id is worked out once per run.
             let mut device = (None, String::new());
-            for r in chosen.values() {
+            for r in chosen.into_values() {
                 if device.0 != Some(r.device_id) {
                     device = (Some(r.device_id), r.device_id.to_string());
                 }
                 // A record of strings and numbers always serialises.
                 let body = serde_json::to_string(r).unwrap_or_default();
                 upsert.execute(params![device.1, r.idx as i64, body, now_ms as i64])?;
+                written.push(r);
             }
         }
         tx.commit()?;
-        let n = chosen.len();
-        for r in chosen.into_values() {
+        let n = written.len();
+        for r in written {
             self.log.insert(r.clone());
         }
         Ok(n)
     }
 
+    /// One page of the records a replica at `theirs` may lack, in key order
+    /// after `after`, at most `limit`: their JSON array (UTF-8), how many there are,
+    /// and the key to ask after for the next page, if any. Written straight
+    /// from the log, with no copy of the records.
+    pub fn missing_json(
+        &self,
+        theirs: &VersionVector,
+        after: Option<RecordKey>,
+        limit: usize,
+    ) -> (Vec<u8>, usize, Option<RecordKey>) {
+        let mut rest = self.log.missing_after(theirs, after).peekable();
+        // Room for a full page of typical records (about 300 bytes each),
+        // so a long answer is not copied as it grows.
+        let mut out = Vec::with_capacity(if rest.peek().is_some() {
+            limit.min(5000) * 320
+        } else {
+            2
+        });
+        out.push(b'[');
+        let mut n = 0;
+        let mut last = None;
+        for r in rest.by_ref().take(limit) {
+            if n > 0 {
+                out.push(b',');
+            }
+            r.write_json(&mut out);
+            n += 1;
+            last = Some(RecordKey::of(r));
+        }
+        out.push(b']');
+        let next = rest.next().and(last);
+        (out, n, next)
+    }
+
     /// Notes that a device synced, durably (with a push).
     pub fn touch(&mut self, device: DeviceId, now_ms: u64) -> Result<(), StoreError> {
-        self.pulled.remove(&device);
-        self.conn.execute(
+        self.pulled
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&device);
+        self.conn_mut().execute(
             "INSERT INTO devices (device_id, last_sync) VALUES (?1, ?2)
              ON CONFLICT(device_id) DO UPDATE SET last_sync = max(last_sync, excluded.last_sync)",
             params![device.to_string(), now_ms as i64],
@@ -150,18 +204,22 @@ impl Store {
     }
 
     /// Notes that a device pulled; kept in memory until the next write.
-    pub fn note_pull(&mut self, device: DeviceId, now_ms: u64) {
-        self.pulled.insert(device, now_ms);
+    pub fn note_pull(&self, device: DeviceId, now_ms: u64) {
+        self.pulled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device, now_ms);
     }
 
     /// Devices and when each last synced (unix ms).
     pub fn devices(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
-        for (device, at) in std::mem::take(&mut self.pulled) {
+        let pulled = std::mem::take(self.pulled.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for (device, at) in pulled {
             self.touch(device, at)?;
         }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT device_id, last_sync FROM devices ORDER BY device_id")?;
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT device_id, last_sync FROM devices ORDER BY device_id")?;
         let rows = stmt.query_map([], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
         })?;
@@ -182,7 +240,7 @@ impl Store {
     }
 
     fn set_distribution(&self, name: &str, body: &str, now_ms: u64) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn().execute(
             "INSERT INTO distribution (name, body, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT(name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
             params![name, body, now_ms as i64],
@@ -193,7 +251,7 @@ impl Store {
     /// The keyset or revocation list to hand out, with when it was set.
     pub fn distribution(&self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
         Ok(self
-            .conn
+            .conn()
             .query_row(
                 "SELECT body, updated_at FROM distribution WHERE name = ?1",
                 [name],
@@ -206,7 +264,7 @@ impl Store {
     /// hash is stored, so the token is shown once.
     pub fn create_enrollment(&self, name: &str, now_ms: u64) -> Result<String, StoreError> {
         let token = new_token();
-        self.conn.execute(
+        self.conn().execute(
             "INSERT INTO enrollments (token_hash, name, created_at) VALUES (?1, ?2, ?3)",
             params![hash(&token), name, now_ms as i64],
         )?;
@@ -223,7 +281,7 @@ impl Store {
         device: DeviceId,
         now_ms: u64,
     ) -> Result<String, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn_mut().transaction()?;
         let name: Option<String> = tx
             .query_row(
                 "SELECT name FROM enrollments WHERE token_hash = ?1 AND device_id IS NULL",
@@ -259,13 +317,11 @@ impl Store {
 
     /// The device a token belongs to, if it is known and not revoked.
     pub fn authenticate(&self, token: &str) -> Result<DeviceId, StoreError> {
+        let hashed = hash(token);
         let row: Option<(String, Option<i64>)> = self
-            .conn
-            .query_row(
-                "SELECT device_id, revoked_at FROM device_auth WHERE token_hash = ?1",
-                [hash(token)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .conn()
+            .prepare_cached("SELECT device_id, revoked_at FROM device_auth WHERE token_hash = ?1")?
+            .query_row([hashed], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         match row {
             None => Err(StoreError::Unauthenticated),
@@ -276,7 +332,7 @@ impl Store {
 
     /// Refuses a device from now on; its records stay.
     pub fn revoke(&self, device: &str, now_ms: u64) -> Result<(), StoreError> {
-        let n = self.conn.execute(
+        let n = self.conn().execute(
             "UPDATE device_auth SET revoked_at = coalesce(revoked_at, ?2) WHERE device_id = ?1",
             params![device, now_ms as i64],
         )?;
@@ -288,7 +344,8 @@ impl Store {
 
     /// Enrolled devices, oldest first.
     pub fn enrolled(&self) -> Result<Vec<EnrolledDevice>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
             "SELECT device_id, name, enrolled_at, revoked_at FROM device_auth ORDER BY enrolled_at",
         )?;
         let rows = stmt.query_map([], |r| {

@@ -426,6 +426,7 @@ fn station(db: &Path, listen: &str, stdin: bool, sync_every: u64) -> anyhow::Res
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let gate = Gate::open(db)?;
     let state = scanner::station::AppState::new(gate);

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 use serde_json::json;
-use shared::{ScanRecord, VersionVector};
+use shared::{RecordKey, ScanRecord, VersionVector};
 
 use crate::gate::{Gate, GateError};
 
@@ -122,17 +122,31 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
     #[derive(Deserialize)]
     struct Pulled {
         records: Vec<ScanRecord>,
+        next: Option<RecordKey>,
     }
+    // Page after page with the same version vector, each page merged as it comes.
     let vv: VersionVector = gate.version_vector()?;
-    let answer = post(
-        &agent,
-        &format!("{server}/v1/pull"),
-        token,
-        &json!({ "version_vector": vv }),
-    )?;
-    let pulled: Pulled =
-        serde_json::from_value(answer).map_err(|e| SyncError::Garbled(e.to_string()))?;
-    report.pulled = gate.merge_remote(&pulled.records)?;
+    let mut after = None;
+    loop {
+        let answer = post(
+            &agent,
+            &format!("{server}/v1/pull"),
+            token,
+            &json!({ "version_vector": vv, "after": after }),
+        )?;
+        let pulled: Pulled =
+            serde_json::from_value(answer).map_err(|e| SyncError::Garbled(e.to_string()))?;
+        report.pulled += gate.merge_remote(&pulled.records)?;
+        match pulled.next {
+            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+            Some(_) => {
+                return Err(SyncError::Garbled(
+                    "the server's next page does not move forward".into(),
+                ));
+            }
+            None => break,
+        }
+    }
     if let Some(list) = get_distributed(&agent, &format!("{server}/v1/revocations"), token)? {
         report.revocations = Some(gate.import_revocations(&list)?);
     }

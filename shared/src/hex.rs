@@ -1,15 +1,27 @@
 //! Lower-case hex for the short identifiers in the spec (key ids, ticket ids).
 
-use std::fmt::Write;
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Lower-case hex of `bytes`.
 pub fn encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{b:02x}");
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
     }
     out
+}
+
+/// Lower-case hex of `bytes` (at most 32) written into `buf`, without
+/// allocating: what the JSON serialiser of an identifier writes.
+pub fn encode_into<'a>(bytes: &[u8], buf: &'a mut [u8; 64]) -> &'a str {
+    let n = bytes.len().min(32);
+    for (i, b) in bytes[..n].iter().enumerate() {
+        buf[2 * i] = DIGITS[usize::from(b >> 4)];
+        buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[..2 * n]).unwrap_or_default()
 }
 
 /// Decodes exactly `N` bytes of hex (either case); `None` for anything else.
@@ -34,13 +46,15 @@ fn nibble(c: u8) -> Option<u8> {
     }
 }
 
-/// Serialises an identifier as its hex text (through `Display` and `FromStr`),
-/// the form every JSON document of the project uses.
+/// Serialises an identifier (a tuple struct of at most 32 bytes) as its hex
+/// text, and parses it back through `FromStr`: the form every JSON document
+/// of the project uses.
 macro_rules! serde_as_hex {
     ($ty:ty) => {
         impl serde::Serialize for $ty {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
+                let mut buf = [0u8; 64];
+                s.serialize_str($crate::hex::encode_into(&self.0, &mut buf))
             }
         }
 
@@ -59,6 +73,12 @@ mod tests {
     #[test]
     fn round_trips_and_refuses_bad_digits() {
         assert_eq!(super::encode(&[0x21, 0xfe, 0x31, 0xdf]), "21fe31df");
+        assert_eq!(super::encode(&[0x00, 0x0a, 0xa0, 0xff]), "000aa0ff");
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            super::encode_into(&[0x00, 0x0a, 0xa0, 0xff], &mut buf),
+            "000aa0ff"
+        );
         assert_eq!(
             super::decode::<4>("21FE31df"),
             Some([0x21, 0xfe, 0x31, 0xdf])

@@ -30,6 +30,6 @@ pub use code::{
     EncodeError, KeyId, ParseError, TicketFields, TicketId, UnverifiedTicket, encode, parse,
 };
 pub use keyset::{Keyset, KeysetEntry, KeysetError};
-pub use merge::{Duplicate, ScanLog, VersionVector};
+pub use merge::{Duplicate, RecordKey, ScanLog, VersionVector};
 pub use scan::{DeviceId, Direction, Hlc, ScanRecord, TicketState};
 pub use verify::{DEFAULT_SKEW_SECS, Refusal, ResultCode, VerifiedTicket, Verifier};

@@ -40,10 +40,29 @@ impl VersionVector {
     }
 }
 
+/// Names one record everywhere: a device and its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RecordKey {
+    pub device_id: DeviceId,
+    pub idx: u64,
+}
+
+impl RecordKey {
+    pub fn of(record: &ScanRecord) -> RecordKey {
+        RecordKey {
+            device_id: record.device_id,
+            idx: record.idx,
+        }
+    }
+}
+
 /// The grow-only set of every scan record a replica holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanLog {
-    records: BTreeMap<(DeviceId, u64), ScanRecord>,
+    /// Per device, its records by index: a peer's missing records are one
+    /// short range per device.
+    records: BTreeMap<DeviceId, BTreeMap<u64, ScanRecord>>,
+    len: usize,
     /// The version vector, kept up to date on insert (it depends only on
     /// `records`, so equal logs have equal caches).
     contiguous: BTreeMap<DeviceId, u64>,
@@ -69,22 +88,23 @@ impl ScanLog {
 
     /// Adds one record; returns whether the log changed.
     pub fn insert(&mut self, record: ScanRecord) -> bool {
-        let key = (record.device_id, record.idx);
-        match self.records.get_mut(&key) {
+        let (device, idx) = (record.device_id, record.idx);
+        let held = self.records.entry(device).or_default();
+        match held.get_mut(&idx) {
             None => {
-                self.records.insert(key, record);
-                let (device, idx) = key;
-                let held = self.contiguous.entry(device).or_insert(0);
-                if idx == *held + 1 {
-                    *held = idx;
-                    while self.records.contains_key(&(device, *held + 1)) {
-                        *held += 1;
+                held.insert(idx, record);
+                self.len += 1;
+                let contiguous = self.contiguous.entry(device).or_insert(0);
+                if idx == *contiguous + 1 {
+                    *contiguous = idx;
+                    while held.contains_key(&(*contiguous + 1)) {
+                        *contiguous += 1;
                     }
                 }
                 true
             }
-            Some(held) if record < *held => {
-                *held = record;
+            Some(old) if record < *old => {
+                *old = record;
                 true
             }
             Some(_) => false,
@@ -94,27 +114,29 @@ impl ScanLog {
     /// Whether [`ScanLog::insert`] of `record` would change the log.
     pub fn would_change(&self, record: &ScanRecord) -> bool {
         self.records
-            .get(&(record.device_id, record.idx))
+            .get(&record.device_id)
+            .and_then(|held| held.get(&record.idx))
             .is_none_or(|held| record < held)
     }
 
     /// Adds every record of `other`.
     pub fn merge(&mut self, other: &ScanLog) {
-        for r in other.records.values() {
+        for r in other.records() {
             self.insert(r.clone());
         }
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len == 0
     }
 
+    /// Every record, by device and index.
     pub fn records(&self) -> impl Iterator<Item = &ScanRecord> {
-        self.records.values()
+        self.records.values().flat_map(BTreeMap::values)
     }
 
     pub fn version_vector(&self) -> VersionVector {
@@ -125,19 +147,35 @@ impl ScanLog {
     /// contiguous index for that device. Some may be held already, above a
     /// gap; sending them again is harmless.
     pub fn missing_for(&self, theirs: &VersionVector) -> Vec<ScanRecord> {
-        let mut out = Vec::new();
-        for &device in self.contiguous.keys() {
-            let from = (device, theirs.get(&device) + 1);
-            let to = (device, u64::MAX);
-            out.extend(self.records.range(from..=to).map(|(_, r)| r.clone()));
-        }
-        out
+        self.missing_after(theirs, None).cloned().collect()
+    }
+
+    /// [`ScanLog::missing_for`] in key order, starting after `after`: what
+    /// pages a long answer. A page ends at a key, and the next page starts
+    /// after it with the same version vector, so paging always ends, even
+    /// when records above a gap do not move the version vector.
+    pub fn missing_after<'a>(
+        &'a self,
+        theirs: &'a VersionVector,
+        after: Option<RecordKey>,
+    ) -> impl Iterator<Item = &'a ScanRecord> + 'a {
+        let devices = match after {
+            Some(k) => self.records.range(k.device_id..),
+            None => self.records.range(..),
+        };
+        devices.flat_map(move |(device, held)| {
+            let mut from = theirs.get(device).saturating_add(1);
+            if let Some(k) = after.filter(|k| k.device_id == *device) {
+                from = from.max(k.idx.saturating_add(1));
+            }
+            held.range(from..).map(|(_, r)| r)
+        })
     }
 
     /// Every ticket's scans, in merged order (stamp, device, index).
     fn by_ticket(&self) -> BTreeMap<TicketKey, Vec<&ScanRecord>> {
         let mut map: BTreeMap<TicketKey, Vec<&ScanRecord>> = BTreeMap::new();
-        for r in self.records.values() {
+        for r in self.records() {
             if let Some(key) = r.ticket {
                 map.entry(key).or_default().push(r);
             }
@@ -150,8 +188,7 @@ impl ScanLog {
 
     /// The ticket's first admission: least stamp, then device, then index.
     pub fn first_admission(&self, ticket: TicketKey) -> Option<&ScanRecord> {
-        self.records
-            .values()
+        self.records()
             .filter(|r| {
                 r.ticket == Some(ticket)
                     && r.result == ResultCode::Ok

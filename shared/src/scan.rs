@@ -126,6 +126,107 @@ impl ScanRecord {
     }
 }
 
+impl ScanRecord {
+    /// Appends the record's JSON to `out` (UTF-8): the same document serde
+    /// writes, by hand, for pull answers of thousands of records. About
+    /// twice as fast as serde's, which checks every key for escapes.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.reserve(320);
+        out.extend_from_slice(b"{\"device_id\":\"");
+        push_hex(out, &self.device_id.0);
+        out.extend_from_slice(b"\",\"idx\":");
+        push_u64(out, self.idx);
+        out.extend_from_slice(b",\"ticket\":");
+        match &self.ticket {
+            Some((event, ticket)) => {
+                out.push(b'[');
+                push_u64(out, *event);
+                out.extend_from_slice(b",\"");
+                push_hex(out, &ticket.0);
+                out.extend_from_slice(b"\"]");
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"multi_entry\":");
+        out.extend_from_slice(if self.multi_entry { b"true" } else { b"false" });
+        out.extend_from_slice(b",\"category_id\":");
+        push_u64(out, u64::from(self.category_id));
+        out.extend_from_slice(b",\"seat\":");
+        push_json_str(out, &self.seat);
+        out.extend_from_slice(b",\"direction\":\"");
+        out.extend_from_slice(self.direction.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"result\":\"");
+        out.extend_from_slice(self.result.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"reason\":");
+        push_json_str(out, &self.reason);
+        out.extend_from_slice(b",\"wall_ms\":");
+        push_u64(out, self.wall_ms);
+        out.extend_from_slice(b",\"hlc\":");
+        push_u64(out, self.hlc.0);
+        out.extend_from_slice(b",\"gate\":");
+        push_json_str(out, &self.gate);
+        out.extend_from_slice(b",\"device_name\":");
+        push_json_str(out, &self.device_name);
+        out.push(b'}');
+    }
+}
+
+/// `n` in decimal.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// `bytes` in lower-case hex.
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8; 16]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    for (pair, b) in text.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+    out.extend_from_slice(&text);
+}
+
+/// `text` as a JSON string literal, escaped as serde_json escapes it.
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
+    for &b in text.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0..0x20 => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+            // Bytes of multi-byte characters are copied as they are.
+            b => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
 /// What a ticket's admitted movements say about it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TicketState<'a> {

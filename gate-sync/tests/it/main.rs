@@ -186,6 +186,66 @@ fn a_replayed_batch_changes_nothing_and_pull_sends_what_is_lacking() {
 }
 
 #[test]
+fn a_long_pull_comes_in_pages_that_end_even_above_a_gap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let (t1, t2, t3) = (
+        enroll(addr, &state, 1),
+        enroll(addr, &state, 2),
+        enroll(addr, &state, 3),
+    );
+    // Device 1 holds 1-3 and 6-7 (4 and 5 are still on the gate); device 2 holds 1-2.
+    let one: Vec<ScanRecord> = [1, 2, 3, 6, 7]
+        .into_iter()
+        .map(|i| entry(1, i, i as u8, 1_900_000_000 + i))
+        .collect();
+    assert_eq!(push(addr, &t1, 1, &one).0, 200);
+    assert_eq!(push(addr, &t2, 2, &[entry(2, 1, 20, 1_900_000_001)]).0, 200);
+    assert_eq!(push(addr, &t2, 2, &[entry(2, 2, 21, 1_900_000_002)]).0, 200);
+    // Device 3 holds device 1's 1-3 and pages through the rest two at a time.
+    let vv = json!({ DeviceId([1; 16]).to_string(): 3 });
+    let mut after = Value::Null;
+    let mut got = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (status, page) = send(
+            &format!("http://{addr}/v1/pull"),
+            Some(&t3),
+            &json!({ "version_vector": vv, "after": after, "limit": 2 }).to_string(),
+        );
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        assert!(pages <= 3, "paging must end: {page}");
+        for r in page["records"].as_array().unwrap() {
+            got.push(serde_json::from_value::<ScanRecord>(r.clone()).unwrap());
+        }
+        if page["next"].is_null() {
+            break;
+        }
+        after = page["next"].clone();
+    }
+    let keys: Vec<(u8, u64)> = got.iter().map(|r| (r.device_id.0[0], r.idx)).collect();
+    assert_eq!(keys, [(1, 6), (1, 7), (2, 1), (2, 2)]);
+    assert_eq!(got[0], one[3], "a record comes back as it was pushed");
+    // A limit beyond the page size is served as a full page, not refused.
+    let (status, all) = send(
+        &format!("http://{addr}/v1/pull"),
+        Some(&t3),
+        &json!({ "version_vector": {}, "limit": 1_000_000 }).to_string(),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(all["records"].as_array().unwrap().len(), 7);
+    assert!(all["next"].is_null());
+    // A cursor that is not a record key is a 400.
+    let (status, body) = send(
+        &format!("http://{addr}/v1/pull"),
+        Some(&t3),
+        &json!({ "version_vector": {}, "after": "yesterday" }).to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
 fn bad_batches_are_refused_whole_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("sync.db");
@@ -365,6 +425,34 @@ fn peer_nodes_exchange_what_each_lacks_over_http() {
         .0,
         403
     );
+}
+
+#[test]
+fn a_new_node_catches_up_on_more_than_a_page_both_ways() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = Some("venue-secret".to_owned());
+    let (a, a_state) = serve_with(&tmp.path().join("a.db"), secret.clone());
+    let (_, b_state) = serve_with(&tmp.path().join("b.db"), secret);
+    // A holds two and a half pages of one device's scans, B a page and a
+    // half of another's: each way takes several pages.
+    let page = gate_sync::http::PULL_PAGE as u64;
+    let on_a: Vec<ScanRecord> = (1..=page * 5 / 2)
+        .map(|i| entry(1, i, (i % 250) as u8, 1_900_000_000 + i))
+        .collect();
+    let on_b: Vec<ScanRecord> = (1..=page * 3 / 2)
+        .map(|i| entry(2, i, (i % 250) as u8, 1_900_100_000 + i))
+        .collect();
+    a_state.lock(|s| s.add(&on_a, 0)).unwrap();
+    b_state.lock(|s| s.add(&on_b, 0)).unwrap();
+    let agent = ureq::Agent::new_with_defaults();
+    let moved = gate_sync::peers::exchange(&b_state, &format!("http://{a}"), &agent).unwrap();
+    assert_eq!(moved, (on_a.len(), on_b.len()));
+    let (a_log, b_log) = (
+        a_state.read(|s| s.log().clone()),
+        b_state.read(|s| s.log().clone()),
+    );
+    assert_eq!(a_log.len(), on_a.len() + on_b.len());
+    assert_eq!(a_log, b_log, "both nodes hold the same records");
 }
 
 #[test]

@@ -319,3 +319,40 @@ fn the_version_vector_stops_at_a_gap_in_what_other_gates_sent() {
     );
     assert_eq!(vv.get(&gate.device().id), 1);
 }
+
+#[test]
+fn a_gate_back_from_a_long_offline_spell_pulls_every_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_gate_sync(&tmp.path().join("node.db"));
+    // Other gates' scans, more than two pages of a pull answer.
+    let other = shared::DeviceId([9; 16]);
+    let n = gate_sync::http::PULL_PAGE as u64 * 2 + 17;
+    let remote: Vec<shared::ScanRecord> = (1..=n)
+        .map(|idx| shared::ScanRecord {
+            device_id: other,
+            idx,
+            ticket: None,
+            multi_entry: false,
+            category_id: 0,
+            seat: String::new(),
+            direction: shared::Direction::Entry,
+            result: shared::ResultCode::Invalid,
+            reason: "unreadable".into(),
+            wall_ms: NOW * 1000 + idx,
+            hlc: shared::Hlc((NOW * 1000 + idx) << 16),
+            gate: "Far".into(),
+            device_name: "far".into(),
+        })
+        .collect();
+    state.lock(|s| s.add(&remote, 0)).unwrap();
+    let st = Station::new("t", "Main", &[]);
+    enroll(&st, &format!("http://{addr}"), &state);
+    let out = sync(&st);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gate = scanner::gate::Gate::open(&st.db).unwrap();
+    assert_eq!(gate.version_vector().unwrap().get(&other), n);
+}

@@ -3,7 +3,9 @@
 //! the version vector tells a peer exactly what it lacks.
 
 use proptest::prelude::*;
-use shared::{DeviceId, Direction, Hlc, ResultCode, ScanLog, ScanRecord, TicketId, VersionVector};
+use shared::{
+    DeviceId, Direction, Hlc, RecordKey, ResultCode, ScanLog, ScanRecord, TicketId, VersionVector,
+};
 
 fn record(
     device: u8,
@@ -132,6 +134,47 @@ proptest! {
             peer.insert(r);
         }
         prop_assert_eq!(peer, merged(&a, &b));
+    }
+
+    #[test]
+    fn paging_what_a_peer_lacks_sends_each_record_once_in_order(
+        (_, [a, b, _]) in replicas(),
+        page in 1usize..7,
+    ) {
+        // Pages of `page` records, each starting after the last one sent,
+        // with the same version vector: together, exactly `missing_for`.
+        let vv = b.version_vector();
+        let mut sent = Vec::new();
+        let mut after = None;
+        loop {
+            let got: Vec<ScanRecord> = a.missing_after(&vv, after).take(page).cloned().collect();
+            let Some(last) = got.last() else { break };
+            after = Some(RecordKey::of(last));
+            sent.extend(got);
+        }
+        prop_assert_eq!(sent, a.missing_for(&vv));
+    }
+
+    #[test]
+    fn a_record_written_by_hand_is_the_json_serde_writes(
+        r in logs().prop_filter("a record", |l| !l.is_empty()).prop_map(|l| l[0].clone()),
+        seat in ".{0,6}",
+        reason in any::<String>(),
+        gate in "[a-z\\\\\"\u{0}-\u{1f}\u{7f}é€😀 ]{0,8}",
+        no_ticket in any::<bool>(),
+    ) {
+        let mut r = r;
+        r.seat = seat;
+        r.reason = reason;
+        r.gate = gate;
+        if no_ticket {
+            r.ticket = None;
+        }
+        let mut by_hand = Vec::new();
+        r.write_json(&mut by_hand);
+        let by_hand = String::from_utf8(by_hand).unwrap();
+        prop_assert_eq!(&by_hand, &serde_json::to_string(&r).unwrap());
+        prop_assert_eq!(serde_json::from_str::<ScanRecord>(&by_hand).unwrap(), r);
     }
 
     #[test]
