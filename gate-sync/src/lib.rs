@@ -33,14 +33,8 @@ pub async fn run(
 /// embedding a node in another program, a test or a benchmark; returns the
 /// address it listens on. The node runs until the process ends.
 pub fn serve_in_background(state: AppState, addr: &str) -> std::io::Result<std::net::SocketAddr> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    // Tokio listens with a backlog of 1024, as `serve` does; the standard
-    // library's 128 would drop the connects of a venue's gates syncing at
-    // once, and each would wait a second for its retry.
-    let listener = runtime.block_on(tokio::net::TcpListener::bind(addr))?;
+    let runtime = runtime()?;
+    let listener = runtime.block_on(listen(addr))?;
     let local = listener.local_addr()?;
     std::thread::spawn(move || {
         runtime.block_on(async move {
@@ -50,6 +44,40 @@ pub fn serve_in_background(state: AppState, addr: &str) -> std::io::Result<std::
         });
     });
     Ok(local)
+}
+
+/// Listens on `addr` with a backlog of 1024. The usual 128 (the standard
+/// library's, and tokio's) drops the connects of a venue's gates syncing at
+/// once beyond the 128th, and each of those waits a second for its retry.
+pub async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(1024),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
+}
+
+/// The node's runtime: two workers for the two cores of a venue box, and a
+/// small pool for the store's work. Requests beyond the pool wait their turn
+/// instead of each taking a thread of its own: 200 gates pulling at once
+/// would otherwise start 200 threads that all contend for two cores.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
 }
 
 /// The wall clock, in unix milliseconds.

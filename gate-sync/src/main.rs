@@ -156,12 +156,9 @@ fn serve(
         peers,
         std::time::Duration::from_secs(peer_every.max(1)),
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = gate_sync::runtime()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
+        let listener = gate_sync::listen(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
         tracing::info!(address = %listener.local_addr()?, "gate-sync serving");
