@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use shared::{DeviceId, Direction, RecordKey, ResultCode, ScanRecord, VersionVector};
 
 use crate::store::{Store, StoreError};
@@ -33,6 +34,9 @@ pub struct AppState {
     store: Arc<RwLock<Store>>,
     /// The secret other nodes present to `/v1/merge`; `None` takes no peers.
     peer_token: Option<Arc<str>>,
+    /// The SHA-256 of the secret organizers present to read duplicates and
+    /// stats; `None` leaves them open to anyone who can reach the node.
+    organizer_token: Option<Arc<[u8]>>,
 }
 
 impl AppState {
@@ -40,6 +44,38 @@ impl AppState {
         AppState {
             store: Arc::new(RwLock::new(store)),
             peer_token: None,
+            organizer_token: None,
+        }
+    }
+
+    /// Shows duplicates and stats (and so the dashboard) only to callers
+    /// presenting `token`.
+    pub fn with_organizer_token(mut self, token: Option<String>) -> AppState {
+        self.organizer_token = token.map(|t| Arc::from(&Sha256::digest(t.as_bytes())[..]));
+        self
+    }
+
+    /// Refuses a caller without the organizer token, when the node has one.
+    /// Digests are compared, so the time taken tells nothing of the token.
+    fn require_organizer(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.organizer_token else {
+            return Ok(());
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| Sha256::digest(t.trim().as_bytes()));
+        match given {
+            Some(d) if d[..] == expected[..] => Ok(()),
+            Some(_) => Err(ApiError::Status(
+                StatusCode::UNAUTHORIZED,
+                "wrong organizer token".into(),
+            )),
+            None => Err(ApiError::Status(
+                StatusCode::UNAUTHORIZED,
+                "this node shows duplicates and stats to organizers only: send `Authorization: Bearer <organizer token>`".into(),
+            )),
         }
     }
 
@@ -434,8 +470,10 @@ fn scan_json(r: &ScanRecord) -> Value {
 
 async fn duplicates(
     State(s): State<AppState>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<axum::Json<Value>, ApiError> {
+    s.require_organizer(&headers)?;
     let event = event_filter(query)?;
     s.with_store_read(move |store| {
         let list: Vec<Value> = store
@@ -458,8 +496,10 @@ async fn duplicates(
 
 async fn stats(
     State(s): State<AppState>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<axum::Json<Value>, ApiError> {
+    s.require_organizer(&headers)?;
     let event = event_filter(query)?;
     s.with_store(move |store| {
         let devices: Vec<Value> = store

@@ -31,6 +31,10 @@ enum Command {
         /// The secret shared by this venue's nodes; without it no peer is accepted.
         #[arg(long, env = "GATE_SYNC_PEER_TOKEN", hide_env_values = true)]
         peer_token: Option<String>,
+        /// The secret organizers enter to see duplicates, stats and the
+        /// dashboard; without it they are open to anyone who can reach the node.
+        #[arg(long, env = "GATE_SYNC_ORGANIZER_TOKEN", hide_env_values = true)]
+        organizer_token: Option<String>,
         /// Seconds between exchanges with peers.
         #[arg(long, default_value_t = 5)]
         peer_every: u64,
@@ -82,8 +86,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             peers,
             peer_token,
+            organizer_token,
             peer_every,
-        } => serve(store, &listen, peers, peer_token, peer_every),
+        } => serve(
+            store,
+            &listen,
+            peers,
+            peer_token,
+            organizer_token,
+            peer_every,
+        ),
         Command::Keyset(ImportCmd::Import { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -138,6 +150,7 @@ fn serve(
     listen: &str,
     peers: Vec<String>,
     peer_token: Option<String>,
+    organizer_token: Option<String>,
     peer_every: u64,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -150,7 +163,20 @@ fn serve(
     if !peers.is_empty() && peer_token.is_none() {
         anyhow::bail!("--peer needs --peer-token (the secret this venue's nodes share)");
     }
-    let state = gate_sync::AppState::new(store).with_peer_token(peer_token);
+    if organizer_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        anyhow::bail!("--organizer-token is empty");
+    }
+    if organizer_token.is_none() {
+        tracing::warn!(
+            "no --organizer-token: duplicates, stats and the dashboard are open to anyone who can reach this node"
+        );
+    }
+    let state = gate_sync::AppState::new(store)
+        .with_peer_token(peer_token)
+        .with_organizer_token(organizer_token);
     gate_sync::peers::spawn(
         state.clone(),
         peers,

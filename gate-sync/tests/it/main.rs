@@ -246,6 +246,50 @@ fn a_long_pull_comes_in_pages_that_end_even_above_a_gap() {
 }
 
 #[test]
+fn duplicates_and_stats_need_the_organizer_token_when_the_node_has_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = gate_sync::AppState::new(
+        gate_sync::store::Store::open(&tmp.path().join("sync.db")).unwrap(),
+    )
+    .with_organizer_token(Some("door-42".into()));
+    let addr = gate_sync::serve_in_background(state.clone(), "127.0.0.1:0").unwrap();
+    let device = enroll(addr, &state, 1);
+    assert_eq!(
+        push(addr, &device, 1, &[entry(1, 1, 7, 1_900_000_000)]).0,
+        200
+    );
+    for path in ["/v1/duplicates", "/v1/stats"] {
+        let url = format!("http://{addr}{path}");
+        let get = |token: Option<&str>| {
+            let mut req = ureq::get(&url).config().http_status_as_error(false).build();
+            if let Some(t) = token {
+                req = req.header("authorization", &format!("Bearer {t}"));
+            }
+            let resp = req.call().unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.into_body().read_json().unwrap();
+            (status, body)
+        };
+        let (status, body) = get(None);
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("organizer token"));
+        assert_eq!(get(Some("door-41")).0, 401, "{path}: a wrong token");
+        assert_eq!(
+            get(Some(&device)).0,
+            401,
+            "{path}: a device token is not an organizer's"
+        );
+        let (status, body) = get(Some("door-42"));
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (_, stats) = call("GET", addr, "/v1/stats", None);
+    assert!(
+        stats.get("records").is_none(),
+        "nothing leaks without the token"
+    );
+}
+
+#[test]
 fn bad_batches_are_refused_whole_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("sync.db");

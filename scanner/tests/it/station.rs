@@ -177,6 +177,26 @@ impl Browser {
         self.cmd("POST", "/execute/sync", json!({"script": js, "args": []}))
     }
 
+    /// Types `text` into the element `css` picks, as a keyboard would.
+    pub fn type_into(&self, css: &str, text: &str) {
+        let found = self.cmd(
+            "POST",
+            "/element",
+            json!({"using": "css selector", "value": css}),
+        );
+        let id = found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {found}"))
+            .to_owned();
+        self.cmd(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({ "text": text }),
+        );
+    }
+
     /// Waits until `js` returns `want`.
     pub fn wait_for(&self, js: &str, want: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -245,25 +265,7 @@ fn the_page_turns_green_then_red_as_scans_happen() {
     );
 
     // Garbage typed into the manual field (as a wedge types) turns it red with the reason.
-    let field = browser.cmd(
-        "POST",
-        "/element",
-        json!({"using": "css selector", "value": "#code"}),
-    );
-    let id = field
-        .as_object()
-        .unwrap()
-        .values()
-        .next()
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .to_owned();
-    browser.cmd(
-        "POST",
-        &format!("/element/{id}/value"),
-        json!({"text": "not-a-ticket\u{E007}"}),
-    );
+    browser.type_into("#code", "not-a-ticket\u{E007}");
     browser.wait_for(
         "return document.getElementById('verdict').textContent",
         "INVALID",

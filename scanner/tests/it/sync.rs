@@ -225,9 +225,13 @@ fn gates_pick_up_the_revocation_list_and_keyset_the_node_hands_out() {
 }
 
 #[test]
-fn the_dashboard_shows_counts_gates_and_the_double_admission() {
+fn the_dashboard_asks_for_the_organizer_token_then_shows_the_counts() {
     let tmp = tempfile::tempdir().unwrap();
-    let (addr, state) = serve_gate_sync(&tmp.path().join("sync.db"));
+    let state = gate_sync::AppState::new(
+        gate_sync::store::Store::open(&tmp.path().join("sync.db")).unwrap(),
+    )
+    .with_organizer_token(Some("door-42".into()));
+    let addr = gate_sync::serve_in_background(state.clone(), "127.0.0.1:0").unwrap();
     let url = format!("http://{addr}");
     let north = Station::new("tablet-n", "North", &[]);
     let south = Station::new("tablet-s", "South", &[]);
@@ -247,9 +251,26 @@ fn the_dashboard_shows_counts_gates_and_the_double_admission() {
         "/url",
         serde_json::json!({ "url": format!("{url}/") }),
     );
+    // The node asks for the token first; a wrong one is refused, the right one shows it all.
+    browser.wait_for(
+        "return document.getElementById('login').style.display",
+        "flex",
+    );
+    crate::station::save_screenshot(&browser, "dashboard-login.png");
+    browser.type_into("#token", "door-41\u{E007}");
+    browser.wait_for(
+        "return document.getElementById('login-error').textContent",
+        "wrong organizer token",
+    );
+    browser.script("document.getElementById('token').value = ''");
+    browser.type_into("#token", "door-42\u{E007}");
     browser.wait_for(
         "return document.getElementById('dupcount').textContent",
         "1",
+    );
+    assert_eq!(
+        browser.script("return document.getElementById('login').style.display"),
+        "none"
     );
     assert_eq!(
         browser.script("return document.getElementById('admitted').textContent"),
