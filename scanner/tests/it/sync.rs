@@ -302,6 +302,25 @@ fn the_dashboard_asks_for_the_organizer_token_then_shows_the_counts() {
     crate::station::save_screenshot(&browser, "dashboard.png");
 }
 
+/// Scan `idx` of a gate far away (device 9...9): an unreadable code at `wall_ms`.
+fn far_scan(idx: u64, wall_ms: u64) -> shared::ScanRecord {
+    shared::ScanRecord {
+        device_id: shared::DeviceId([9; 16]),
+        idx,
+        ticket: None,
+        multi_entry: false,
+        category_id: 0,
+        seat: String::new(),
+        direction: shared::Direction::Entry,
+        result: shared::ResultCode::Invalid,
+        reason: "unreadable".into(),
+        wall_ms,
+        hlc: shared::Hlc(wall_ms << 16),
+        gate: "Far".into(),
+        device_name: "far".into(),
+    }
+}
+
 #[test]
 fn the_version_vector_stops_at_a_gap_in_what_other_gates_sent() {
     let st = Station::new("t", "Main", &[]);
@@ -310,21 +329,7 @@ fn the_version_vector_stops_at_a_gap_in_what_other_gates_sent() {
     let other = shared::DeviceId([9; 16]);
     let remote: Vec<shared::ScanRecord> = [1, 2, 4]
         .into_iter()
-        .map(|idx| shared::ScanRecord {
-            device_id: other,
-            idx,
-            ticket: None,
-            multi_entry: false,
-            category_id: 0,
-            seat: String::new(),
-            direction: shared::Direction::Entry,
-            result: shared::ResultCode::Invalid,
-            reason: "unreadable".into(),
-            wall_ms: NOW * 1000,
-            hlc: shared::Hlc((NOW * 1000) << 16),
-            gate: "Far".into(),
-            device_name: "far".into(),
-        })
+        .map(|idx| far_scan(idx, NOW * 1000))
         .collect();
     assert_eq!(gate.merge_remote(&remote).unwrap(), 3);
     assert_eq!(
@@ -348,23 +353,8 @@ fn a_gate_back_from_a_long_offline_spell_pulls_every_page() {
     // Other gates' scans, more than two pages of a pull answer.
     let other = shared::DeviceId([9; 16]);
     let n = gate_sync::http::PULL_PAGE as u64 * 2 + 17;
-    let remote: Vec<shared::ScanRecord> = (1..=n)
-        .map(|idx| shared::ScanRecord {
-            device_id: other,
-            idx,
-            ticket: None,
-            multi_entry: false,
-            category_id: 0,
-            seat: String::new(),
-            direction: shared::Direction::Entry,
-            result: shared::ResultCode::Invalid,
-            reason: "unreadable".into(),
-            wall_ms: NOW * 1000 + idx,
-            hlc: shared::Hlc((NOW * 1000 + idx) << 16),
-            gate: "Far".into(),
-            device_name: "far".into(),
-        })
-        .collect();
+    let remote: Vec<shared::ScanRecord> =
+        (1..=n).map(|idx| far_scan(idx, NOW * 1000 + idx)).collect();
     state.lock(|s| s.add(&remote, 0)).unwrap();
     let st = Station::new("t", "Main", &[]);
     enroll(&st, &format!("http://{addr}"), &state);
