@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use shared::{DeviceId, Direction, RecordKey, ResultCode, ScanRecord, VersionVector};
 
-use crate::store::{Store, StoreError};
+use crate::store::{DeviceAuth, Store, StoreError};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 << 20;
@@ -223,22 +223,35 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A push or merge body. Only peer nodes send `devices`.
 #[derive(Deserialize)]
-struct PushRequest {
+struct Batch {
     records: Vec<ScanRecord>,
+    #[serde(default)]
+    devices: Vec<DeviceAuth>,
 }
 
-/// The records of a push or merge body, refused whole if any is malformed.
-fn parse_records(raw: Result<Bytes, BytesRejection>) -> Result<Vec<ScanRecord>, ApiError> {
-    let req: PushRequest = serde_json::from_slice(&body(raw)?)
+/// A push or merge body, refused whole if any part is malformed.
+fn parse_batch(raw: Result<Bytes, BytesRejection>) -> Result<Batch, ApiError> {
+    let batch: Batch = serde_json::from_slice(&body(raw)?)
         .map_err(|e| bad_request(format!("expected {{\"records\": [scan records]}}: {e}")))?;
-    if let Some(r) = req.records.iter().find(|r| r.idx == 0) {
+    if let Some(r) = batch.records.iter().find(|r| r.idx == 0) {
         return Err(bad_request(format!(
             "record {}/0: indexes start at 1",
             r.device_id
         )));
     }
-    Ok(req.records)
+    if let Some(d) = batch
+        .devices
+        .iter()
+        .find(|d| shared::hex::decode::<32>(&d.token_hash).is_none())
+    {
+        return Err(bad_request(format!(
+            "device {}: token_hash is not a SHA-256 in hex",
+            d.device_id
+        )));
+    }
+    Ok(batch)
 }
 
 /// A device pushes its own records. The batch is applied whole or not at all;
@@ -260,7 +273,13 @@ async fn push(
             format!("this token belongs to device {caller}, not {device}"),
         ));
     }
-    let records = parse_records(raw)?;
+    let Batch { records, devices } = parse_batch(raw)?;
+    if !devices.is_empty() {
+        return Err(ApiError::Status(
+            StatusCode::FORBIDDEN,
+            "a device pushes only its own records; enrolled devices come from the organizer".into(),
+        ));
+    }
     if let Some(r) = records.iter().find(|r| r.device_id != device) {
         return Err(ApiError::Status(
             StatusCode::FORBIDDEN,
@@ -304,9 +323,12 @@ async fn merge(
         }
         Some(_) => {}
     }
-    let records = parse_records(raw)?;
+    let Batch { records, devices } = parse_batch(raw)?;
     let now = crate::unix_now_ms();
     s.with_store(move |store| {
+        // Devices first: if the records fail, what was applied is only the
+        // device list, which merging again leaves as it is.
+        store.merge_device_auth(&devices)?;
         let stored = store.add(&records, now)?;
         Ok(axum::Json(
             json!({ "stored": stored, "version_vector": store.log().version_vector() }),
@@ -411,9 +433,16 @@ async fn pull(
             }
             let (records, _, next) = store.missing_json(&req.version_vector, req.after, limit);
             let vv = store.log().version_vector();
+            // A peer node also learns the enrolled devices, with the first
+            // page, so a device can sync with any node of the venue.
+            let devices = match is_peer && req.after.is_none() {
+                true => Some(store.device_auth()?),
+                false => None,
+            };
             let tail = serde_json::to_vec(&PullTail {
                 version_vector: &vv,
                 next,
+                devices,
             })
             .map_err(|e| ApiError::Internal(e.to_string()))?;
             // {"records":[...],"version_vector":...,"next":...}
@@ -433,6 +462,8 @@ async fn pull(
 struct PullTail<'a> {
     version_vector: &'a VersionVector,
     next: Option<RecordKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices: Option<Vec<DeviceAuth>>,
 }
 
 /// `event_id=N` from a query string, if given.

@@ -10,12 +10,16 @@ use serde_json::json;
 use shared::{RecordKey, ScanRecord, VersionVector};
 
 use crate::AppState;
+use crate::store::DeviceAuth;
 
 #[derive(Deserialize)]
 struct Pulled {
     records: Vec<ScanRecord>,
     version_vector: VersionVector,
     next: Option<RecordKey>,
+    /// The peer's enrolled devices, on its first page.
+    #[serde(default)]
+    devices: Vec<DeviceAuth>,
 }
 
 /// One exchange with `peer` (its base URL); returns (received, sent) records
@@ -46,7 +50,10 @@ pub fn exchange(
             .map_err(|e| format!("pull from {peer}: {e}"))?;
         let now = crate::unix_now_ms();
         received += state
-            .lock(|s| s.add(&pulled.records, now))
+            .lock(|s| {
+                s.merge_device_auth(&pulled.devices)?;
+                s.add(&pulled.records, now)
+            })
             .map_err(|e| e.to_string())?;
         match pulled.next {
             Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
@@ -58,19 +65,32 @@ pub fn exchange(
             None => break pulled.version_vector,
         }
     };
+    // Our enrolled devices go with the first page, even when no record does.
+    let devices = state.read(|s| s.device_auth()).map_err(|e| e.to_string())?;
+    let mut devices = Some(serde_json::to_vec(&devices).map_err(|e| e.to_string())?);
     let mut sent = 0;
     let mut after = None;
     loop {
         let (records, n, next) =
             state.read(|s| s.missing_json(&theirs, after, crate::http::PULL_PAGE));
-        if n == 0 {
+        if n == 0 && devices.is_none() {
             break;
         }
+        let devices = devices.take().unwrap_or_else(|| b"[]".to_vec());
         let answer: serde_json::Value = agent
             .post(&format!("{peer}/v1/merge"))
             .header("authorization", &auth)
             .header("content-type", "application/json")
-            .send([&br#"{"records":"#[..], &records, b"}"].concat())
+            .send(
+                [
+                    &br#"{"records":"#[..],
+                    &records,
+                    br#","devices":"#,
+                    &devices,
+                    b"}",
+                ]
+                .concat(),
+            )
             .map_err(|e| format!("send to {peer}: {e}"))?
             .body_mut()
             .read_json()

@@ -41,6 +41,20 @@ pub enum StoreError {
     },
 }
 
+/// What a node knows of an enrolled device, as peer nodes exchange it so
+/// that a device enrolled at one node can sync with any of them. Merged as
+/// a CRDT: the latest enrollment wins (ties broken by the token hash), and a
+/// revocation wins over everything, at its earliest time.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceAuth {
+    pub device_id: DeviceId,
+    pub name: String,
+    /// SHA-256 of the device token, hex; never the token.
+    pub token_hash: String,
+    pub enrolled_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+}
+
 /// A device allowed to sync (or no longer).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnrolledDevice {
@@ -339,6 +353,71 @@ impl Store {
         if n == 0 {
             return Err(StoreError::NoDevice(device.to_owned()));
         }
+        Ok(())
+    }
+
+    /// Every enrolled device's authentication, to hand to peer nodes.
+    pub fn device_auth(&self) -> Result<Vec<DeviceAuth>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT device_id, name, token_hash, enrolled_at, revoked_at FROM device_auth
+             ORDER BY device_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                DeviceAuth {
+                    device_id: DeviceId([0; 16]),
+                    name: r.get(1)?,
+                    token_hash: r.get(2)?,
+                    enrolled_at_ms: r.get::<_, i64>(3)? as u64,
+                    revoked_at_ms: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+                },
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, mut auth) = row?;
+            auth.device_id = id.parse().map_err(|e: String| StoreError::Damaged {
+                device: id.clone(),
+                idx: 0,
+                reason: e,
+            })?;
+            out.push(auth);
+        }
+        Ok(out)
+    }
+
+    /// Takes what a peer node knows of enrolled devices, in one transaction:
+    /// the later enrollment of a device wins, and a revocation always stays.
+    /// Merging the same list again changes nothing.
+    pub fn merge_device_auth(&mut self, devices: &[DeviceAuth]) -> Result<(), StoreError> {
+        let tx = self.conn_mut().transaction()?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO device_auth (device_id, name, token_hash, enrolled_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(device_id) DO UPDATE SET
+                   name = CASE WHEN (excluded.enrolled_at, excluded.token_hash) > (enrolled_at, token_hash)
+                               THEN excluded.name ELSE name END,
+                   token_hash = CASE WHEN (excluded.enrolled_at, excluded.token_hash) > (enrolled_at, token_hash)
+                               THEN excluded.token_hash ELSE token_hash END,
+                   enrolled_at = max(enrolled_at, excluded.enrolled_at),
+                   revoked_at = CASE WHEN revoked_at IS NULL THEN excluded.revoked_at
+                                     WHEN excluded.revoked_at IS NULL THEN revoked_at
+                                     ELSE min(revoked_at, excluded.revoked_at) END",
+            )?;
+            for d in devices {
+                upsert.execute(params![
+                    d.device_id.to_string(),
+                    d.name,
+                    d.token_hash,
+                    d.enrolled_at_ms as i64,
+                    d.revoked_at_ms.map(|t| t as i64),
+                ])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

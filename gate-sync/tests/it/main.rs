@@ -472,6 +472,96 @@ fn peer_nodes_exchange_what_each_lacks_over_http() {
 }
 
 #[test]
+fn a_device_enrolled_at_one_node_syncs_with_its_peers_and_a_revocation_travels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = Some("venue-secret".to_owned());
+    let (a, a_state) = serve_with(&tmp.path().join("a.db"), secret.clone());
+    let (b, b_state) = serve_with(&tmp.path().join("b.db"), secret);
+    let t1 = enroll(a, &a_state, 1);
+    let t2 = enroll(b, &b_state, 2);
+    assert_eq!(
+        push(b, &t1, 1, &[entry(1, 1, 7, 1_900_000_000)]).0,
+        401,
+        "B does not know it yet"
+    );
+    let agent = ureq::Agent::new_with_defaults();
+    gate_sync::peers::exchange(&b_state, &format!("http://{a}"), &agent).unwrap();
+    // Each node now takes the other's device, with the token it was given.
+    assert_eq!(push(b, &t1, 1, &[entry(1, 1, 7, 1_900_000_000)]).0, 200);
+    assert_eq!(push(a, &t2, 2, &[entry(2, 1, 8, 1_900_000_000)]).0, 200);
+    // Device 1 is lost: revoked at B, the revocation reaches A.
+    b_state
+        .lock(|s| s.revoke(&DeviceId([1; 16]).to_string(), 5))
+        .unwrap();
+    gate_sync::peers::exchange(&b_state, &format!("http://{a}"), &agent).unwrap();
+    let (status, body) = push(a, &t1, 1, &[entry(1, 2, 9, 1_900_000_001)]);
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("revoked"));
+    let listed = |state: &gate_sync::AppState| state.read(|s| s.device_auth()).unwrap();
+    assert_eq!(
+        listed(&a_state),
+        listed(&b_state),
+        "both nodes agree on every device"
+    );
+    // A peer sending a malformed device list is refused whole.
+    let (status, body) = send(
+        &format!("http://{a}/v1/merge"),
+        Some("venue-secret"),
+        &json!({ "records": [entry(3, 1, 1, 1_900_000_000)], "devices": [{
+            "device_id": DeviceId([3; 16]), "name": "x", "token_hash": "not-hex",
+            "enrolled_at_ms": 1, "revoked_at_ms": null }] })
+        .to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        a_state.read(|s| s.log().len()),
+        2,
+        "nothing of it was applied"
+    );
+    // A device cannot slip a device list into its own push.
+    let (status, _) = send(
+        &format!("http://{b}/v1/devices/{}/records", DeviceId([2; 16])),
+        Some(&t2),
+        &json!({ "records": [], "devices": listed(&b_state) }).to_string(),
+    );
+    assert_eq!(status, 403);
+}
+
+#[test]
+fn device_lists_merge_alike_in_any_order() {
+    use gate_sync::store::{DeviceAuth, Store};
+    let tmp = tempfile::tempdir().unwrap();
+    let auth = |hash: char, enrolled: u64, revoked: Option<u64>| DeviceAuth {
+        device_id: DeviceId([4; 16]),
+        name: format!("tablet-{hash}"),
+        token_hash: hash.to_string().repeat(64),
+        enrolled_at_ms: enrolled,
+        revoked_at_ms: revoked,
+    };
+    // Enrolled at 10, enrolled again at 20 (a reinstalled tablet), revoked at 30 and at 25.
+    let lists = [
+        vec![auth('a', 10, None)],
+        vec![auth('b', 20, None)],
+        vec![auth('a', 10, Some(30))],
+        vec![auth('b', 20, Some(25))],
+    ];
+    let mut results = Vec::new();
+    for (n, order) in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]]
+        .iter()
+        .enumerate()
+    {
+        let mut store = Store::open(&tmp.path().join(format!("{n}.db"))).unwrap();
+        for &i in order {
+            store.merge_device_auth(&lists[i]).unwrap();
+            store.merge_device_auth(&lists[i]).unwrap();
+        }
+        results.push(store.device_auth().unwrap());
+    }
+    assert_eq!(results[0], vec![auth('b', 20, Some(25))]);
+    assert!(results.iter().all(|r| *r == results[0]), "{results:?}");
+}
+
+#[test]
 fn a_new_node_catches_up_on_more_than_a_page_both_ways() {
     let tmp = tempfile::tempdir().unwrap();
     let secret = Some("venue-secret".to_owned());
