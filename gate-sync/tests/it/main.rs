@@ -25,6 +25,18 @@ fn serve_with(db: &Path, peer_token: Option<String>) -> (SocketAddr, gate_sync::
     (addr, state)
 }
 
+/// A node on 127.0.0.1 and its state.
+type Node = (SocketAddr, gate_sync::AppState);
+
+/// Two nodes in `dir` sharing the peer token "venue-secret".
+fn two_peers(dir: &Path) -> (Node, Node) {
+    let secret = Some("venue-secret".to_owned());
+    (
+        serve_with(&dir.join("a.db"), secret.clone()),
+        serve_with(&dir.join("b.db"), secret),
+    )
+}
+
 fn record(
     device: u8,
     idx: u64,
@@ -417,9 +429,7 @@ fn the_openapi_document_lists_exactly_the_served_routes() {
 #[test]
 fn peer_nodes_exchange_what_each_lacks_over_http() {
     let tmp = tempfile::tempdir().unwrap();
-    let secret = Some("venue-secret".to_owned());
-    let (a, a_state) = serve_with(&tmp.path().join("a.db"), secret.clone());
-    let (b, b_state) = serve_with(&tmp.path().join("b.db"), secret);
+    let ((a, a_state), (b, b_state)) = two_peers(tmp.path());
     let (t1, t2) = (enroll(a, &a_state, 1), enroll(b, &b_state, 2));
     assert_eq!(push(a, &t1, 1, &[entry(1, 1, 7, 1_900_000_000)]).0, 200);
     assert_eq!(push(b, &t2, 2, &[entry(2, 1, 7, 1_900_000_005)]).0, 200);
@@ -474,9 +484,7 @@ fn peer_nodes_exchange_what_each_lacks_over_http() {
 #[test]
 fn a_device_enrolled_at_one_node_syncs_with_its_peers_and_a_revocation_travels() {
     let tmp = tempfile::tempdir().unwrap();
-    let secret = Some("venue-secret".to_owned());
-    let (a, a_state) = serve_with(&tmp.path().join("a.db"), secret.clone());
-    let (b, b_state) = serve_with(&tmp.path().join("b.db"), secret);
+    let ((a, a_state), (b, b_state)) = two_peers(tmp.path());
     let t1 = enroll(a, &a_state, 1);
     let t2 = enroll(b, &b_state, 2);
     assert_eq!(
@@ -564,9 +572,7 @@ fn device_lists_merge_alike_in_any_order() {
 #[test]
 fn a_new_node_catches_up_on_more_than_a_page_both_ways() {
     let tmp = tempfile::tempdir().unwrap();
-    let secret = Some("venue-secret".to_owned());
-    let (a, a_state) = serve_with(&tmp.path().join("a.db"), secret.clone());
-    let (_, b_state) = serve_with(&tmp.path().join("b.db"), secret);
+    let ((a, a_state), (_, b_state)) = two_peers(tmp.path());
     // A holds two and a half pages of one device's scans, B a page and a
     // half of another's: each way takes several pages.
     let page = gate_sync::http::PULL_PAGE as u64;
