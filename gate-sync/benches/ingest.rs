@@ -10,7 +10,9 @@
 //!    a few seconds of a busy venue). One device pulls 100 times alone, then
 //!    200 devices pull at once, 20 rounds (4,000 pulls): latency of each
 //!    pull, p50 and p99.
-//! 3. The floor: the same records inserted straight into SQLite, no HTTP.
+//! 3. `GET /v1/stats` over the whole log, as the dashboard polls it, and a
+//!    restart of the node holding every record.
+//! 4. The floor: the same records inserted straight into SQLite, no HTTP.
 //!
 //!     cargo bench -p gate-sync --bench ingest [-- DEVICES RECORDS_PER_DEVICE]
 
@@ -231,6 +233,37 @@ fn main() {
         pct(&mut lat, 1.0)
     );
     println!("slowest pull of each round, ms: {}", slowest.join(" "));
+    // What the organizer's dashboard asks every 2 s, over the whole log.
+    let stats_ms: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            ureq::get(&format!("http://{addr}/v1/stats"))
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    println!(
+        "stats over {total} records: {}",
+        stats_ms
+            .iter()
+            .map(|ms| format!("{ms:.0} ms"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // A node restarted mid-event: it loads every record before it serves.
+    let start = Instant::now();
+    let (mut server, _) = start_server(&db);
+    println!(
+        "restart with {total} records: serving after {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
     let _ = server.kill();
     let _ = server.wait();
 

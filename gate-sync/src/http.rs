@@ -1,7 +1,6 @@
 //! The HTTP API (JSON). Every error has the shape `{"error": "..."}`; the
 //! status comes from the error's kind; internal details go to the log.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
@@ -14,7 +13,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use shared::{DeviceId, Direction, RecordKey, ResultCode, ScanRecord, VersionVector};
+use shared::{DeviceId, RecordKey, ScanRecord, VersionVector};
 
 use crate::store::{DeviceAuth, Store, StoreError};
 
@@ -532,57 +531,35 @@ async fn stats(
 ) -> Result<axum::Json<Value>, ApiError> {
     s.require_organizer(&headers)?;
     let event = event_filter(query)?;
-    s.with_store(move |store| {
+    // The counts are kept as records arrive: a poll reads them, beside
+    // pulls, and never walks the log.
+    s.with_store_read(move |store| {
         let devices: Vec<Value> = store
             .devices()?
             .into_iter()
             .map(|(id, at)| json!({ "device_id": id, "last_sync": time(at), "last_sync_ms": at }))
             .collect();
-        let mut per_gate: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
-        let mut per_minute: BTreeMap<u64, u64> = BTreeMap::new();
-        // The last admitted movement of each ticket, to count who is inside and where they came in.
-        let mut last: BTreeMap<(u64, shared::TicketId), &ScanRecord> = BTreeMap::new();
-        let log = store.log();
-        for r in log.records() {
-            let Some(ticket) = r.ticket else { continue };
-            if r.result != ResultCode::Ok || event.is_some_and(|e| e != ticket.0) {
-                continue;
-            }
-            if r.direction == Direction::Entry {
-                per_gate
-                    .entry((r.gate.clone(), r.device_id.to_string()))
-                    .or_default()
-                    .0 += 1;
-                *per_minute.entry(r.wall_ms / 60_000).or_default() += 1;
-            }
-            let slot = last.entry(ticket).or_insert(r);
-            if r.order_key() > slot.order_key() {
-                *slot = r;
-            }
-        }
-        for r in last.values().filter(|r| r.direction == Direction::Entry) {
-            per_gate
-                .entry((r.gate.clone(), r.device_id.to_string()))
-                .or_default()
-                .1 += 1;
-        }
+        let per_gate = store.counts().per_gate(event);
         let gates: Vec<Value> = per_gate
             .iter()
-            .map(|((gate, device), (admitted, inside))| {
-                json!({ "gate": gate, "device_id": device, "admitted": admitted, "inside": inside })
+            .map(|((gate, device), c)| {
+                json!({ "gate": gate, "device_id": device.to_string(),
+                        "admitted": c.admitted, "inside": c.inside })
             })
             .collect();
-        let minutes: Vec<Value> = per_minute
+        let minutes: Vec<Value> = store
+            .counts()
+            .per_minute(event)
             .iter()
             .map(|(m, n)| json!({ "minute": time(m * 60_000), "entries": n }))
             .collect();
         Ok(axum::Json(json!({
-            "admitted": per_gate.values().map(|v| v.0).sum::<u64>(),
-            "inside": per_gate.values().map(|v| v.1).sum::<u64>(),
+            "admitted": per_gate.values().map(|c| c.admitted).sum::<u64>(),
+            "inside": per_gate.values().map(|c| c.inside).sum::<u64>(),
             "per_gate": gates,
             "entries_per_minute": minutes,
             "devices": devices,
-            "records": log.len(),
+            "records": store.log().len(),
         })))
     })
     .await

@@ -10,6 +10,7 @@
 //!   alone; there is no leader and no consensus.
 //!
 
+pub mod counts;
 pub mod http;
 pub mod peers;
 pub mod store;

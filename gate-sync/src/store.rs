@@ -12,6 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use shared::{DeviceId, RecordKey, ScanLog, ScanRecord, VersionVector};
 
+use crate::counts::Counts;
+
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_records.sql"),
     include_str!("../migrations/0002_devices_auth.sql"),
@@ -69,6 +71,8 @@ pub struct Store {
     /// side by side and still authenticate.
     conn: Mutex<Connection>,
     log: ScanLog,
+    /// The dashboard's counts, kept as records arrive.
+    counts: Counts,
     /// When each device last pulled, not yet written: a pull is a read, and
     /// an fsync per pull would serialize every gate's sync on the disk. It is
     /// written with the device's next push, or by `devices()`.
@@ -107,6 +111,7 @@ impl Store {
         }
         Ok(Store {
             conn: Mutex::new(conn),
+            counts: log.records().collect(),
             log,
             pulled: Default::default(),
         })
@@ -122,6 +127,10 @@ impl Store {
 
     pub fn log(&self) -> &ScanLog {
         &self.log
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     /// Adds a batch in one transaction; records already held change nothing
@@ -163,8 +172,19 @@ impl Store {
         }
         tx.commit()?;
         let n = written.len();
+        let mut replaced = false;
         for r in written {
+            if self.log.get(&r.device_id, r.idx).is_some() {
+                // A faulty device sent two records for one key, and the
+                // lesser replaces the one counted: count everything again.
+                replaced = true;
+            } else {
+                self.counts.add(r);
+            }
             self.log.insert(r.clone());
+        }
+        if replaced {
+            self.counts = self.log.records().collect();
         }
         Ok(n)
     }
@@ -225,19 +245,27 @@ impl Store {
             .insert(device, now_ms);
     }
 
-    /// Devices and when each last synced (unix ms).
-    pub fn devices(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
-        let pulled = std::mem::take(self.pulled.get_mut().unwrap_or_else(|p| p.into_inner()));
-        for (device, at) in pulled {
-            self.touch(device, at)?;
-        }
+    /// Devices and when each last synced (unix ms): what is written, and
+    /// the pulls not written yet.
+    pub fn devices(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut last: BTreeMap<String, u64> = self
+            .pulled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(device, at)| (device.to_string(), *at))
+            .collect();
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT device_id, last_sync FROM devices ORDER BY device_id")?;
+        let mut stmt = conn.prepare_cached("SELECT device_id, last_sync FROM devices")?;
         let rows = stmt.query_map([], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        for row in rows {
+            let (device, at) = row?;
+            let held = last.entry(device).or_insert(at);
+            *held = (*held).max(at);
+        }
+        Ok(last.into_iter().collect())
     }
 
     /// Stores the keyset devices are to use, after validating it whole.

@@ -111,6 +111,11 @@ impl ScanLog {
         }
     }
 
+    /// The record held under (device, index), if any.
+    pub fn get(&self, device: &DeviceId, idx: u64) -> Option<&ScanRecord> {
+        self.records.get(device).and_then(|held| held.get(&idx))
+    }
+
     /// Whether [`ScanLog::insert`] of `record` would change the log.
     pub fn would_change(&self, record: &ScanRecord) -> bool {
         self.records

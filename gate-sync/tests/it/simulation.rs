@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use scanner::gate::{Gate, Provision};
 use shared::code::Signer;
-use shared::{Direction, Keyset, ResultCode, ScanLog, ScanRecord, TicketFields, TicketId};
+use shared::{
+    DeviceId, Direction, Keyset, ResultCode, ScanLog, ScanRecord, TicketFields, TicketId,
+};
 
 use gate_sync::store::Store;
 
@@ -212,11 +214,56 @@ fn run(seed: u64) -> (usize, usize) {
         let held: ScanLog = gate.log().unwrap().into_iter().collect();
         assert_eq!(held.duplicates(None), dups);
     }
+    // The dashboard's counts, kept as records arrived in each node's own
+    // order, are those of the whole log walked at once, on every node; and
+    // inside now is who is really inside.
+    let walked = walk_counts(&reference);
+    for (i, node) in nodes.iter().enumerate() {
+        let kept: BTreeMap<_, _> = node
+            .counts()
+            .per_gate(None)
+            .into_iter()
+            .map(|(k, c)| (k, (c.admitted, c.inside)))
+            .collect();
+        assert_eq!(kept, walked, "seed {seed}: node {i}'s counts");
+    }
+    let inside: u64 = walked.values().map(|c| c.1).sum();
+    let really_inside = holder_inside.values().filter(|&&i| i).count()
+        + SINGLE
+            .iter()
+            .filter(|&&t| {
+                reference
+                    .first_admission((1001, TicketId([t; 16])))
+                    .is_some()
+            })
+            .count();
+    assert_eq!(inside, really_inside as u64, "seed {seed}: inside now");
     let exits = made
         .iter()
         .filter(|r| r.direction == Direction::Exit && r.result == ResultCode::Ok)
         .count();
     (dups.len(), exits)
+}
+
+/// Admitted and inside per (gate, device), from the whole log at once: each
+/// ticket's last admitted movement (greatest order key) says where it is.
+fn walk_counts(log: &ScanLog) -> BTreeMap<(String, DeviceId), (u64, u64)> {
+    let mut counts: BTreeMap<(String, DeviceId), (u64, u64)> = BTreeMap::new();
+    let mut last: BTreeMap<(u64, TicketId), &ScanRecord> = BTreeMap::new();
+    for r in log.records().filter(|r| r.result == ResultCode::Ok) {
+        let Some(ticket) = r.ticket else { continue };
+        if r.direction == Direction::Entry {
+            counts.entry((r.gate.clone(), r.device_id)).or_default().0 += 1;
+        }
+        let held = last.entry(ticket).or_insert(r);
+        if r.order_key() > held.order_key() {
+            *held = r;
+        }
+    }
+    for r in last.values().filter(|r| r.direction == Direction::Entry) {
+        counts.entry((r.gate.clone(), r.device_id)).or_default().1 += 1;
+    }
+    counts
 }
 
 #[test]
