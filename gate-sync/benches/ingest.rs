@@ -10,8 +10,8 @@
 //!    a few seconds of a busy venue). One device pulls 100 times alone, then
 //!    200 devices pull at once, 20 rounds (4,000 pulls): latency of each
 //!    pull, p50 and p99.
-//! 3. `GET /v1/stats` over the whole log, as the dashboard polls it, and a
-//!    restart of the node holding every record.
+//! 3. `GET /v1/stats` and `/v1/duplicates` over the whole log, as the
+//!    dashboard polls them, and a restart of the node holding every record.
 //! 4. The floor: the same records inserted straight into SQLite, no HTTP.
 //!
 //!     cargo bench -p gate-sync --bench ingest [-- DEVICES RECORDS_PER_DEVICE]
@@ -234,26 +234,21 @@ fn main() {
     );
     println!("slowest pull of each round, ms: {}", slowest.join(" "));
     // What the organizer's dashboard asks every 2 s, over the whole log.
-    let stats_ms: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            ureq::get(&format!("http://{addr}/v1/stats"))
-                .call()
-                .unwrap()
-                .body_mut()
-                .read_to_string()
-                .unwrap();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    println!(
-        "stats over {total} records: {}",
-        stats_ms
-            .iter()
-            .map(|ms| format!("{ms:.0} ms"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    for path in ["/v1/stats", "/v1/duplicates"] {
+        let took: Vec<String> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                ureq::get(&format!("http://{addr}{path}"))
+                    .call()
+                    .unwrap()
+                    .body_mut()
+                    .read_to_string()
+                    .unwrap();
+                format!("{:.0} ms", t.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect();
+        println!("GET {path} over {total} records: {}", took.join(", "));
+    }
     let _ = server.kill();
     let _ = server.wait();
 

@@ -1,15 +1,18 @@
 //! The dashboard's counts, kept up to date as records arrive instead of
 //! walked from the whole log on every poll: admitted entries per gate and
 //! device, who is inside now (a ticket whose last admitted movement is an
-//! entry), and entries per minute, per event.
+//! entry), and entries per minute, per event. Also an index of every scan by
+//! ticket, in merged order, and the tickets admitted twice or more: the
+//! duplicates are looked for among those, not in the whole log.
 //!
 //! The counts depend only on the set of records, not on the order they
 //! arrive in: "last movement" is the greatest [`ScanRecord::order_key`], as
 //! everywhere else.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use shared::{DeviceId, Direction, Hlc, ResultCode, ScanRecord, TicketId};
+use shared::merge::TicketKey;
+use shared::{DeviceId, Direction, Hlc, ResultCode, ScanLog, ScanRecord, TicketId};
 
 /// A gate as the dashboard shows it: the gate's name and the device.
 pub type GateKey = (String, DeviceId);
@@ -20,13 +23,8 @@ pub struct GateCounts {
     pub inside: u64,
 }
 
-/// A ticket's last admitted movement.
-struct Last {
-    order: (Hlc, DeviceId, u64),
-    entry: bool,
-    /// Index into [`EventCounts::gates`].
-    gate: usize,
-}
+/// A scan in the index: its ticket, then its merged order.
+type ScanKey = (u64, TicketId, Hlc, DeviceId, u64);
 
 #[derive(Default)]
 struct EventCounts {
@@ -34,7 +32,6 @@ struct EventCounts {
     /// Per device, its gate names (nearly always one) and their index in `gates`.
     gate_index: HashMap<DeviceId, Vec<(String, usize)>>,
     per_minute: BTreeMap<u64, u64>,
-    last: HashMap<TicketId, Last>,
 }
 
 impl EventCounts {
@@ -56,51 +53,94 @@ impl EventCounts {
 #[derive(Default)]
 pub struct Counts {
     events: HashMap<u64, EventCounts>,
+    /// Every scan of a known ticket, by ticket and merged order.
+    by_ticket: BTreeSet<ScanKey>,
+    /// Tickets with two admitted entries or more.
+    admitted_twice: BTreeSet<TicketKey>,
 }
 
 impl Counts {
-    /// Counts one record new to the log. Only admitted scans of known
-    /// tickets count.
-    pub fn add(&mut self, r: &ScanRecord) {
+    /// Builds the counts of every record in `log`.
+    pub fn of(log: &ScanLog) -> Counts {
+        let mut counts = Counts::default();
+        for r in log.records() {
+            counts.add(r, log);
+        }
+        counts
+    }
+
+    /// Counts one record new to the counts. `log` holds (at least) every
+    /// record counted before, to look up a ticket's earlier scans.
+    pub fn add(&mut self, r: &ScanRecord, log: &ScanLog) {
         let Some((event, ticket)) = r.ticket else {
             return;
         };
-        if r.result != ResultCode::Ok {
-            return;
-        }
-        let counts = self.events.entry(event).or_default();
-        let gate = counts.gate(r);
-        let entry = r.direction == Direction::Entry;
-        if entry {
-            counts.gates[gate].1.admitted += 1;
-            *counts.per_minute.entry(r.wall_ms / 60_000).or_default() += 1;
-        }
-        let now = Last {
-            order: r.order_key(),
-            entry,
-            gate,
-        };
-        match counts.last.get_mut(&ticket) {
-            Some(last) if last.order >= now.order => return,
-            Some(last) => {
-                if last.entry {
-                    counts.gates[last.gate].1.inside -= 1;
+        let key = (event, ticket, r.hlc, r.device_id, r.idx);
+        if r.result == ResultCode::Ok {
+            // The ticket's admitted scans so far, last first.
+            let earlier: Vec<&ScanRecord> = self
+                .scans_of((event, ticket))
+                .rev()
+                .filter_map(|k| log.get(&k.3, k.4))
+                .filter(|s| s.result == ResultCode::Ok)
+                .collect();
+            let counts = self.events.entry(event).or_default();
+            let gate = counts.gate(r);
+            let entry = r.direction == Direction::Entry;
+            if entry {
+                counts.gates[gate].1.admitted += 1;
+                *counts.per_minute.entry(r.wall_ms / 60_000).or_default() += 1;
+                if earlier.iter().any(|s| s.direction == Direction::Entry) {
+                    self.admitted_twice.insert((event, ticket));
                 }
-                *last = now;
             }
-            None => {
-                counts.last.insert(ticket, now);
+            match earlier.first() {
+                Some(last) if last.order_key() > r.order_key() => {}
+                last => {
+                    if let Some(last) = last.filter(|l| l.direction == Direction::Entry) {
+                        let was = counts.gate(last);
+                        counts.gates[was].1.inside -= 1;
+                    }
+                    if entry {
+                        counts.gates[gate].1.inside += 1;
+                    }
+                }
             }
         }
-        if entry {
-            counts.gates[gate].1.inside += 1;
-        }
+        self.by_ticket.insert(key);
+    }
+
+    /// The index keys of a ticket's scans, in merged order.
+    fn scans_of(&self, (event, ticket): TicketKey) -> impl DoubleEndedIterator<Item = &ScanKey> {
+        let low = (event, ticket, Hlc(0), DeviceId([0; 16]), 0);
+        let high = (event, ticket, Hlc(u64::MAX), DeviceId([0xff; 16]), u64::MAX);
+        self.by_ticket.range(low..=high)
+    }
+
+    /// Tickets admitted at least twice (only those can be duplicates), for
+    /// one event or all, in ticket order, each with every scan of it in
+    /// merged order.
+    pub fn admitted_twice<'a>(
+        &'a self,
+        event: Option<u64>,
+        log: &'a ScanLog,
+    ) -> impl Iterator<Item = (TicketKey, Vec<&'a ScanRecord>)> + 'a {
+        self.admitted_twice
+            .iter()
+            .filter(move |(e, _)| event.is_none_or(|want| want == *e))
+            .map(move |&ticket| {
+                let scans = self
+                    .scans_of(ticket)
+                    .filter_map(|k| log.get(&k.3, k.4))
+                    .collect();
+                (ticket, scans)
+            })
     }
 
     /// Admitted and inside per gate, for one event or all, by gate and device.
     pub fn per_gate(&self, event: Option<u64>) -> BTreeMap<GateKey, GateCounts> {
         let mut out: BTreeMap<GateKey, GateCounts> = BTreeMap::new();
-        for (_, counts) in self.events(event) {
+        for counts in self.events(event) {
             for (key, c) in &counts.gates {
                 let sum = out.entry(key.clone()).or_default();
                 sum.admitted += c.admitted;
@@ -113,7 +153,7 @@ impl Counts {
     /// Admitted entries per minute (unix minutes), for one event or all.
     pub fn per_minute(&self, event: Option<u64>) -> BTreeMap<u64, u64> {
         let mut out: BTreeMap<u64, u64> = BTreeMap::new();
-        for (_, counts) in self.events(event) {
+        for counts in self.events(event) {
             for (minute, n) in &counts.per_minute {
                 *out.entry(*minute).or_default() += n;
             }
@@ -121,19 +161,10 @@ impl Counts {
         out
     }
 
-    fn events(&self, event: Option<u64>) -> impl Iterator<Item = (&u64, &EventCounts)> {
+    fn events(&self, event: Option<u64>) -> impl Iterator<Item = &EventCounts> {
         self.events
             .iter()
             .filter(move |(e, _)| event.is_none_or(|want| want == **e))
-    }
-}
-
-impl<'a> FromIterator<&'a ScanRecord> for Counts {
-    fn from_iter<I: IntoIterator<Item = &'a ScanRecord>>(records: I) -> Counts {
-        let mut counts = Counts::default();
-        for r in records {
-            counts.add(r);
-        }
-        counts
+            .map(|(_, counts)| counts)
     }
 }

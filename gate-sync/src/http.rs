@@ -507,7 +507,6 @@ async fn duplicates(
     let event = event_filter(query)?;
     s.with_store_read(move |store| {
         let list: Vec<Value> = store
-            .log()
             .duplicates(event)
             .iter()
             .map(|d| {

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand_core::{OsRng, RngCore};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
-use shared::{DeviceId, RecordKey, ScanLog, ScanRecord, VersionVector};
+use shared::{DeviceId, Duplicate, RecordKey, ScanLog, ScanRecord, VersionVector};
 
 use crate::counts::Counts;
 
@@ -111,7 +111,7 @@ impl Store {
         }
         Ok(Store {
             conn: Mutex::new(conn),
-            counts: log.records().collect(),
+            counts: Counts::of(&log),
             log,
             pulled: Default::default(),
         })
@@ -131,6 +131,16 @@ impl Store {
 
     pub fn counts(&self) -> &Counts {
         &self.counts
+    }
+
+    /// Tickets admitted while already inside, optionally for one event: the
+    /// same as [`ScanLog::duplicates`], looked for only among tickets
+    /// admitted at least twice.
+    pub fn duplicates(&self, event: Option<u64>) -> Vec<Duplicate> {
+        self.counts
+            .admitted_twice(event, &self.log)
+            .filter_map(|(ticket, scans)| shared::merge::duplicate_of(ticket, scans))
+            .collect()
     }
 
     /// Adds a batch in one transaction; records already held change nothing
@@ -179,12 +189,12 @@ impl Store {
                 // lesser replaces the one counted: count everything again.
                 replaced = true;
             } else {
-                self.counts.add(r);
+                self.counts.add(r, &self.log);
             }
             self.log.insert(r.clone());
         }
         if replaced {
-            self.counts = self.log.records().collect();
+            self.counts = Counts::of(&self.log);
         }
         Ok(n)
     }

@@ -204,31 +204,33 @@ impl ScanLog {
 
     /// Tickets admitted while already inside, optionally for one event.
     pub fn duplicates(&self, event_id: Option<u64>) -> Vec<Duplicate> {
-        let mut out = Vec::new();
-        for ((event, ticket_id), scans) in self.by_ticket() {
-            if event_id.is_some_and(|e| e != event) {
-                continue;
-            }
-            let mut inside = false;
-            let mut extra = 0;
-            for r in scans.iter().filter(|r| r.result == ResultCode::Ok) {
-                match r.direction {
-                    Direction::Entry if inside => extra += 1,
-                    Direction::Entry => inside = true,
-                    Direction::Exit => inside = false,
-                }
-            }
-            if extra > 0 {
-                out.push(Duplicate {
-                    event_id: event,
-                    ticket_id,
-                    extra_admissions: extra,
-                    scans: scans.into_iter().cloned().collect(),
-                });
-            }
-        }
-        out
+        self.by_ticket()
+            .into_iter()
+            .filter(|((event, _), _)| event_id.is_none_or(|e| e == *event))
+            .filter_map(|(ticket, scans)| duplicate_of(ticket, scans))
+            .collect()
     }
+}
+
+/// The duplicate that a ticket's scans make, if they make one: an entry
+/// admitted while the ticket was already inside. `scans` are every scan of
+/// the ticket, in merged order ([`ScanRecord::order_key`]).
+pub fn duplicate_of(ticket: TicketKey, scans: Vec<&ScanRecord>) -> Option<Duplicate> {
+    let mut inside = false;
+    let mut extra = 0;
+    for r in scans.iter().filter(|r| r.result == ResultCode::Ok) {
+        match r.direction {
+            Direction::Entry if inside => extra += 1,
+            Direction::Entry => inside = true,
+            Direction::Exit => inside = false,
+        }
+    }
+    (extra > 0).then(|| Duplicate {
+        event_id: ticket.0,
+        ticket_id: ticket.1,
+        extra_admissions: extra,
+        scans: scans.into_iter().cloned().collect(),
+    })
 }
 
 impl FromIterator<ScanRecord> for ScanLog {

@@ -209,6 +209,10 @@ fn run(seed: u64) -> (usize, usize) {
     }
     for node in &nodes {
         assert_eq!(node.log().duplicates(None), dups);
+        // What the node serves, from the tickets admitted twice, is the same.
+        assert_eq!(node.duplicates(None), dups);
+        assert_eq!(node.duplicates(Some(1001)), dups);
+        assert!(node.duplicates(Some(1002)).is_empty());
     }
     for gate in &gates {
         let held: ScanLog = gate.log().unwrap().into_iter().collect();
