@@ -1,7 +1,7 @@
 //! The HTTP API (JSON). Every error has the shape `{"error": "..."}`; the
 //! status comes from the error's kind; internal details go to the log.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -33,6 +33,9 @@ pub struct AppState {
     store: Arc<RwLock<Store>>,
     /// The secret other nodes present to `/v1/merge`; `None` takes no peers.
     peer_token: Option<Arc<str>>,
+    /// Pushes waiting for the next group commit, and the lock its leader holds.
+    queue: Arc<Mutex<Vec<Arc<PushJob>>>>,
+    committing: Arc<Mutex<()>>,
     /// The SHA-256 of the secret organizers present to read duplicates and
     /// stats; `None` leaves them open to anyone who can reach the node.
     organizer_token: Option<Arc<[u8]>>,
@@ -43,6 +46,8 @@ impl AppState {
         AppState {
             store: Arc::new(RwLock::new(store)),
             peer_token: None,
+            queue: Default::default(),
+            committing: Default::default(),
             organizer_token: None,
         }
     }
@@ -288,16 +293,69 @@ async fn push(
             ),
         ));
     }
-    let now = crate::unix_now_ms();
-    s.with_store(move |store| {
-        let stored = store.add(&records, now)?;
-        store.touch(device, now)?;
-        let vv = store.log().version_vector();
-        Ok(axum::Json(
-            json!({ "stored": stored, "version_vector": vv }),
-        ))
-    })
-    .await
+    let job = Arc::new(PushJob {
+        records,
+        device,
+        done: Mutex::new(None),
+    });
+    let state = s.clone();
+    let (stored, vv) = tokio::task::spawn_blocking(move || state.commit(&job))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(axum::Json(
+        json!({ "stored": stored, "version_vector": vv }),
+    ))
+}
+
+/// A push waiting to be committed, and then what came of it.
+struct PushJob {
+    records: Vec<ScanRecord>,
+    device: DeviceId,
+    done: Mutex<Option<Result<(usize, VersionVector), String>>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AppState {
+    /// Commits `job`, with every push that queued while the previous commit
+    /// was flushing to disk: group commit. The first to get the commit lock
+    /// writes the whole queue in one transaction and hands each push its
+    /// answer; a push whose answer is ready when it gets the lock is done.
+    fn commit(&self, job: &Arc<PushJob>) -> Result<(usize, VersionVector), ApiError> {
+        locked(&self.queue).push(job.clone());
+        let _leader = locked(&self.committing);
+        if let Some(done) = locked(&job.done).take() {
+            return done.map_err(ApiError::Internal);
+        }
+        let group = std::mem::take(&mut *locked(&self.queue));
+        let now = crate::unix_now_ms();
+        let result = self.lock(|store| {
+            let batches: Vec<(&[ScanRecord], Option<DeviceId>)> = group
+                .iter()
+                .map(|j| (&j.records[..], Some(j.device)))
+                .collect();
+            let stored = store.add_group(&batches, now)?;
+            Ok::<_, StoreError>((stored, store.log().version_vector()))
+        });
+        match result {
+            Ok((stored, vv)) => {
+                for (j, n) in group.iter().zip(stored) {
+                    *locked(&j.done) = Some(Ok((n, vv.clone())));
+                }
+            }
+            Err(e) => {
+                for j in &group {
+                    *locked(&j.done) = Some(Err(e.to_string()));
+                }
+            }
+        }
+        locked(&job.done)
+            .take()
+            .unwrap_or_else(|| Err("the push was not committed".into()))
+            .map_err(ApiError::Internal)
+    }
 }
 
 /// Another gate-sync node sends records of any device (anti-entropy).

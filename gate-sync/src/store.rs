@@ -75,7 +75,8 @@ pub struct Store {
     counts: Counts,
     /// When each device last pulled, not yet written: a pull is a read, and
     /// an fsync per pull would serialize every gate's sync on the disk. It is
-    /// written with the device's next push, or by `devices()`.
+    /// written with the device's next push; `devices()` shows both. (A gate
+    /// that only pulls loses its last pull time if the node restarts.)
     pulled: Mutex<BTreeMap<DeviceId, u64>>,
 }
 
@@ -147,21 +148,43 @@ impl Store {
     /// (a conflicting record keeps the lesser, as the CRDT says). Returns how
     /// many records were new or changed.
     pub fn add(&mut self, records: &[ScanRecord], now_ms: u64) -> Result<usize, StoreError> {
-        // What the CRDT takes from this batch: per key, the least record that
-        // would change the log. Only that is written, so disk and memory agree.
-        let mut chosen: BTreeMap<(DeviceId, u64), &ScanRecord> = BTreeMap::new();
-        for r in records.iter().filter(|r| self.log.would_change(r)) {
-            chosen
-                .entry((r.device_id, r.idx))
-                .and_modify(|held| *held = (*held).min(r))
-                .or_insert(r);
+        Ok(self.add_group(&[(records, None)], now_ms)?[0])
+    }
+
+    /// Adds several batches in one transaction, and notes that each batch's
+    /// device (if given) synced: group commit, one disk flush for pushes
+    /// that arrived together. All are written or none. Returns, per batch,
+    /// how many of its records were new or changed, as if the batches had
+    /// been added one after another.
+    pub fn add_group(
+        &mut self,
+        batches: &[(&[ScanRecord], Option<DeviceId>)],
+        now_ms: u64,
+    ) -> Result<Vec<usize>, StoreError> {
+        // What the CRDT takes: per key, the least record that would change
+        // the log. Only that is written, so disk and memory agree.
+        let mut taken: BTreeMap<(DeviceId, u64), &ScanRecord> = BTreeMap::new();
+        let mut stored = Vec::with_capacity(batches.len());
+        for (records, _) in batches {
+            let mut changed = std::collections::BTreeSet::new();
+            for r in records.iter() {
+                let key = (r.device_id, r.idx);
+                let changes = match taken.get(&key) {
+                    Some(held) => r < *held,
+                    None => self.log.would_change(r),
+                };
+                if changes {
+                    taken.insert(key, r);
+                    changed.insert(key);
+                }
+            }
+            stored.push(changed.len());
         }
         let tx = self
             .conn
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .transaction()?;
-        let mut written = Vec::with_capacity(chosen.len());
         {
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO records (device_id, idx, body, received_at) VALUES (?1, ?2, ?3, ?4)
@@ -170,20 +193,32 @@ impl Store {
             )?;
             // Keys are sorted by device: its hex id is worked out once per run.
             let mut device = (None, String::new());
-            for r in chosen.into_values() {
+            let mut body = Vec::with_capacity(512);
+            for r in taken.values() {
                 if device.0 != Some(r.device_id) {
                     device = (Some(r.device_id), r.device_id.to_string());
                 }
-                // A record of strings and numbers always serialises.
-                let body = serde_json::to_string(r).unwrap_or_default();
-                upsert.execute(params![device.1, r.idx as i64, body, now_ms as i64])?;
-                written.push(r);
+                body.clear();
+                r.write_json(&mut body);
+                // write_json writes UTF-8 only.
+                let text = std::str::from_utf8(&body).unwrap_or_default();
+                upsert.execute(params![device.1, r.idx as i64, text, now_ms as i64])?;
+            }
+            let mut touch = tx.prepare_cached(
+                "INSERT INTO devices (device_id, last_sync) VALUES (?1, ?2)
+                 ON CONFLICT(device_id) DO UPDATE SET last_sync = max(last_sync, excluded.last_sync)",
+            )?;
+            for device in batches.iter().filter_map(|(_, d)| *d) {
+                touch.execute(params![device.to_string(), now_ms as i64])?;
             }
         }
         tx.commit()?;
-        let n = written.len();
+        let pulled = self.pulled.get_mut().unwrap_or_else(|p| p.into_inner());
+        for device in batches.iter().filter_map(|(_, d)| *d) {
+            pulled.remove(&device);
+        }
         let mut replaced = false;
-        for r in written {
+        for r in taken.into_values() {
             if self.log.get(&r.device_id, r.idx).is_some() {
                 // A faulty device sent two records for one key, and the
                 // lesser replaces the one counted: count everything again.
@@ -196,7 +231,7 @@ impl Store {
         if replaced {
             self.counts = Counts::of(&self.log);
         }
-        Ok(n)
+        Ok(stored)
     }
 
     /// One page of the records a replica at `theirs` may lack, in key order
@@ -231,20 +266,6 @@ impl Store {
         out.push(b']');
         let next = rest.next().and(last);
         (out, n, next)
-    }
-
-    /// Notes that a device synced, durably (with a push).
-    pub fn touch(&mut self, device: DeviceId, now_ms: u64) -> Result<(), StoreError> {
-        self.pulled
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&device);
-        self.conn_mut().execute(
-            "INSERT INTO devices (device_id, last_sync) VALUES (?1, ?2)
-             ON CONFLICT(device_id) DO UPDATE SET last_sync = max(last_sync, excluded.last_sync)",
-            params![device.to_string(), now_ms as i64],
-        )?;
-        Ok(())
     }
 
     /// Notes that a device pulled; kept in memory until the next write.

@@ -302,6 +302,60 @@ fn duplicates_and_stats_need_the_organizer_token_when_the_node_has_one() {
 }
 
 #[test]
+fn pushes_arriving_together_are_all_stored_once() {
+    // Eight gates push at once, ten batches each, then replay them all at
+    // once: the node groups what arrives together into one commit, and each
+    // push is still answered for its own records.
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let tokens: Vec<String> = (1..=8).map(|d| enroll(addr, &state, d)).collect();
+    let batches = |d: u8| -> Vec<Vec<ScanRecord>> {
+        (0..10u64)
+            .map(|b| {
+                (b * 50 + 1..=(b + 1) * 50)
+                    .map(|i| entry(d, i, (i % 200) as u8, 1_900_000_000 + i))
+                    .collect()
+            })
+            .collect()
+    };
+    for round in ["first", "replay"] {
+        let stored: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = (1..=8u8)
+                .map(|d| {
+                    let token = &tokens[usize::from(d) - 1];
+                    s.spawn(move || {
+                        batches(d)
+                            .iter()
+                            .map(|b| {
+                                let (status, body) = push(addr, token, d, b);
+                                assert_eq!(status, 200, "{body}");
+                                body["stored"].as_u64().unwrap()
+                            })
+                            .collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let want = if round == "first" { 50 } else { 0 };
+        assert!(stored.iter().all(|&n| n == want), "{round}: {stored:?}");
+    }
+    assert_eq!(state.read(|s| s.log().len()), 8 * 500);
+    let (_, stats) = call("GET", addr, "/v1/stats", None);
+    assert_eq!(
+        stats["devices"].as_array().unwrap().len(),
+        8,
+        "every push noted its device"
+    );
+    // What was answered is on disk: a restarted node holds it all.
+    let reopened = gate_sync::store::Store::open(&tmp.path().join("sync.db")).unwrap();
+    assert_eq!(reopened.log().len(), 8 * 500);
+}
+
+#[test]
 fn bad_batches_are_refused_whole_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("sync.db");
