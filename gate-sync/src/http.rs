@@ -55,7 +55,7 @@ impl AppState {
     /// Shows duplicates and stats (and so the dashboard) only to callers
     /// presenting `token`.
     pub fn with_organizer_token(mut self, token: Option<String>) -> AppState {
-        self.organizer_token = token.map(|t| Arc::from(&Sha256::digest(t.as_bytes())[..]));
+        self.organizer_token = token.map(|t| Arc::from(&Sha256::digest(t.trim().as_bytes())[..]));
         self
     }
 
@@ -136,6 +136,12 @@ impl From<StoreError> for ApiError {
             e => ApiError::Internal(e.to_string()),
         }
     }
+}
+
+/// Whether two secrets are equal, compared as SHA-256 digests so that the
+/// time taken says nothing of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    Sha256::digest(a.as_bytes()) == Sha256::digest(b.as_bytes())
 }
 
 /// The bearer token of a request.
@@ -245,6 +251,27 @@ fn parse_batch(raw: Result<Bytes, BytesRejection>) -> Result<Batch, ApiError> {
             r.device_id
         )));
     }
+    if let Some(r) = batch.records.iter().find(|r| r.idx > i64::MAX as u64) {
+        return Err(bad_request(format!(
+            "record {}/{}: indexes go up to {}",
+            r.device_id,
+            r.idx,
+            i64::MAX
+        )));
+    }
+    // Text fields are labels, not documents: bounded, so that any page of
+    // a pull stays small enough for every client.
+    if let Some(r) = batch.records.iter().find(|r| {
+        r.seat.len() > 64
+            || r.reason.len() > 2048
+            || r.gate.len() > 256
+            || r.device_name.len() > 256
+    }) {
+        return Err(bad_request(format!(
+            "record {}/{}: too long; at most seat 64, reason 2048, gate and device_name 256 bytes",
+            r.device_id, r.idx
+        )));
+    }
     if let Some(d) = batch
         .devices
         .iter()
@@ -331,18 +358,30 @@ impl AppState {
         }
         let group = std::mem::take(&mut *locked(&self.queue));
         let now = crate::unix_now_ms();
-        let result = self.lock(|store| {
-            let batches: Vec<(&[ScanRecord], Option<DeviceId>)> = group
-                .iter()
-                .map(|j| (&j.records[..], Some(j.device)))
-                .collect();
-            let stored = store.add_group(&batches, now)?;
-            Ok::<_, StoreError>((stored, store.log().version_vector()))
-        });
-        match result {
+        let add = |jobs: &[Arc<PushJob>]| {
+            self.lock(|store| {
+                let batches: Vec<(&[ScanRecord], Option<DeviceId>)> = jobs
+                    .iter()
+                    .map(|j| (&j.records[..], Some(j.device)))
+                    .collect();
+                let stored = store.add_group(&batches, now)?;
+                Ok::<_, StoreError>((stored, store.log().version_vector()))
+            })
+        };
+        match add(&group) {
             Ok((stored, vv)) => {
                 for (j, n) in group.iter().zip(stored) {
                     *locked(&j.done) = Some(Ok((n, vv.clone())));
+                }
+            }
+            // Nothing of the group was written. One bad push must not fail
+            // the others: each is tried again alone.
+            Err(_) if group.len() > 1 => {
+                for j in &group {
+                    let alone = add(std::slice::from_ref(j))
+                        .map(|(stored, vv)| (stored[0], vv))
+                        .map_err(|e| e.to_string());
+                    *locked(&j.done) = Some(alone);
                 }
             }
             Err(e) => {
@@ -372,7 +411,7 @@ async fn merge(
                 "this node takes no peers: start it with --peer-token".into(),
             ));
         }
-        Some(p) if p != token => {
+        Some(p) if !same_secret(p, &token) => {
             return Err(ApiError::Status(
                 StatusCode::UNAUTHORIZED,
                 "wrong peer token".into(),
@@ -474,7 +513,7 @@ async fn pull(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
-    let is_peer = s.peer_token().is_some_and(|p| p == token);
+    let is_peer = s.peer_token().is_some_and(|p| same_secret(p, &token));
     let req: PullRequest = serde_json::from_slice(&body(raw)?).map_err(|e| {
         bad_request(format!(
             "expected {{\"version_vector\": {{device: index}}, \"after\"?: {{\"device_id\", \"idx\"}}, \"limit\"?: n}}: {e}"
@@ -539,6 +578,8 @@ fn event_filter(query: Option<String>) -> Result<Option<u64>, ApiError> {
 
 /// Unix milliseconds as RFC 3339 UTC, to the second.
 fn time(ms: u64) -> String {
+    // RFC 3339 ends with the year 9999; a device's clock may say anything.
+    let ms = ms.min(253_402_300_799_000);
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(t).to_string()
 }

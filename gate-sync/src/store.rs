@@ -20,6 +20,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_distribution.sql"),
 ];
 
+/// A pull page stops growing at this many bytes, whatever its record
+/// count: every client reads at least 10 MB.
+pub const PAGE_BYTES: usize = 4 << 20;
+
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -217,13 +221,15 @@ impl Store {
         for device in batches.iter().filter_map(|(_, d)| *d) {
             pulled.remove(&device);
         }
-        let mut replaced = false;
+        // A faulty device may send two records for one key; the lesser then
+        // replaces one already counted, and everything is counted again.
+        // (Counting the rest one by one would read the replaced record in
+        // place of the one it replaced.)
+        let replaced = taken
+            .values()
+            .any(|r| self.log.get(&r.device_id, r.idx).is_some());
         for r in taken.into_values() {
-            if self.log.get(&r.device_id, r.idx).is_some() {
-                // A faulty device sent two records for one key, and the
-                // lesser replaces the one counted: count everything again.
-                replaced = true;
-            } else {
+            if !replaced {
                 self.counts.add(r, &self.log);
             }
             self.log.insert(r.clone());
@@ -235,7 +241,8 @@ impl Store {
     }
 
     /// One page of the records a replica at `theirs` may lack, in key order
-    /// after `after`, at most `limit`: their JSON array (UTF-8), how many there are,
+    /// after `after`, at most `limit` records and about [`PAGE_BYTES`]: their
+    /// JSON array (UTF-8), how many there are,
     /// and the key to ask after for the next page, if any. Written straight
     /// from the log, with no copy of the records.
     pub fn missing_json(
@@ -256,6 +263,10 @@ impl Store {
         let mut n = 0;
         let mut last = None;
         for r in rest.by_ref().take(limit) {
+            if out.len() >= PAGE_BYTES {
+                // Full: this record starts the next page.
+                return (Self::close_page(out), n, last);
+            }
             if n > 0 {
                 out.push(b',');
             }
@@ -263,9 +274,13 @@ impl Store {
             n += 1;
             last = Some(RecordKey::of(r));
         }
-        out.push(b']');
         let next = rest.next().and(last);
-        (out, n, next)
+        (Self::close_page(out), n, next)
+    }
+
+    fn close_page(mut out: Vec<u8>) -> Vec<u8> {
+        out.push(b']');
+        out
     }
 
     /// Notes that a device pulled; kept in memory until the next write.
@@ -381,7 +396,7 @@ impl Store {
         tx.execute(
             "INSERT INTO device_auth (device_id, name, token_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(device_id) DO UPDATE SET name = excluded.name, token_hash = excluded.token_hash,
-               enrolled_at = excluded.enrolled_at",
+               enrolled_at = max(device_auth.enrolled_at + 1, excluded.enrolled_at)",
             params![device.to_string(), name, hash(&token), now_ms as i64],
         )?;
         tx.commit()?;

@@ -40,7 +40,13 @@ pub enum GateError {
     Revocations { line: usize, reason: String },
     #[error("scan log: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Provision(String),
 }
+
+/// Longest gate or device name, in bytes: a label on a screen, and what
+/// gate-sync accepts in a record.
+pub const MAX_NAME: usize = 128;
 
 /// Who this scanner is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,6 +217,14 @@ impl Gate {
     /// validated first; a refused keyset changes nothing.
     pub fn init(path: &Path, p: &Provision, now_ms: u64) -> Result<Gate, GateError> {
         Keyset::from_json(&p.keyset_json)?;
+        for (what, name) in [("device name", &p.device_name), ("gate name", &p.gate)] {
+            if name.len() > MAX_NAME {
+                return Err(GateError::Provision(format!(
+                    "the {what} is {} bytes; at most {MAX_NAME}",
+                    name.len()
+                )));
+            }
+        }
         let mut conn = open_conn(path, true)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let existing: Option<String> = tx

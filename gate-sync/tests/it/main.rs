@@ -356,6 +356,101 @@ fn pushes_arriving_together_are_all_stored_once() {
 }
 
 #[test]
+fn a_lesser_conflicting_record_is_counted_again_not_below_zero() {
+    // A faulty device rewrites its scan 2 (an exit) as an entry, and sends
+    // scan 3 (an exit) with it. Counting scan 3 against the rewritten scan
+    // 2 would take one person out of a gate that holds none.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = gate_sync::store::Store::open(&tmp.path().join("sync.db")).unwrap();
+    let exit = |idx, at| record(4, idx, 1, Direction::Exit, ResultCode::Ok, at);
+    store
+        .add(&[entry(4, 1, 1, 1_900_000_010), exit(2, 1_900_000_020)], 0)
+        .unwrap();
+    let rewritten = entry(4, 2, 1, 1_900_000_020);
+    assert!(
+        rewritten < exit(2, 1_900_000_020),
+        "the CRDT keeps the lesser"
+    );
+    store.add(&[rewritten, exit(3, 1_900_000_030)], 0).unwrap();
+    let c = store.counts().per_gate(None);
+    let gate = c.values().next().unwrap();
+    assert_eq!((gate.admitted, gate.inside), (2, 0));
+}
+
+#[test]
+fn a_page_stops_at_a_few_megabytes_whatever_its_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = gate_sync::store::Store::open(&tmp.path().join("sync.db")).unwrap();
+    // 3,000 records of a gate that writes long reasons: about 6 MB.
+    let records: Vec<ScanRecord> = (1..=3000)
+        .map(|i| {
+            let mut r = record(
+                5,
+                i,
+                1,
+                Direction::Entry,
+                ResultCode::Invalid,
+                1_900_000_000,
+            );
+            r.ticket = None;
+            r.reason = "x".repeat(2000);
+            r
+        })
+        .collect();
+    store.add(&records, 0).unwrap();
+    let all = shared::VersionVector::default();
+    let (first, n, next) = store.missing_json(&all, None, 5000);
+    assert!(
+        first.len() <= gate_sync::store::PAGE_BYTES + 4000,
+        "{}",
+        first.len()
+    );
+    assert!(n < 3000 && next.is_some());
+    let (_, rest, end) = store.missing_json(&all, next, 5000);
+    assert_eq!((n + rest, end), (3000, None));
+    let page: Vec<ScanRecord> = serde_json::from_slice(&first).unwrap();
+    assert_eq!(page.len(), n);
+}
+
+#[test]
+fn a_clock_far_in_the_future_does_not_break_the_dashboard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let token = enroll(addr, &state, 6);
+    let mut r = entry(6, 1, 1, 0);
+    r.wall_ms = u64::MAX / 2;
+    assert_eq!(push(addr, &token, 6, &[r]).0, 200);
+    let (status, stats) = call("GET", addr, "/v1/stats", None);
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(
+        stats["entries_per_minute"][0]["minute"],
+        "9999-12-31T23:59:59Z"
+    );
+}
+
+#[test]
+fn a_local_enrollment_wins_over_a_peer_clock_ahead() {
+    // A peer with its clock an hour ahead enrolled this device earlier; the
+    // device is then enrolled again here. The new token must be the one
+    // that works, here and, after merging, everywhere.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = gate_sync::store::Store::open(&tmp.path().join("sync.db")).unwrap();
+    let now = 1_900_000_000_000;
+    let old = gate_sync::store::DeviceAuth {
+        device_id: DeviceId([7; 16]),
+        name: "tablet-7".into(),
+        token_hash: "a".repeat(64),
+        enrolled_at_ms: now + 3_600_000,
+        revoked_at_ms: None,
+    };
+    store.merge_device_auth(std::slice::from_ref(&old)).unwrap();
+    let enrollment = store.create_enrollment("tablet-7", now).unwrap();
+    let token = store.enroll(&enrollment, DeviceId([7; 16]), now).unwrap();
+    store.merge_device_auth(&[old]).unwrap();
+    assert_eq!(store.authenticate(&token).unwrap(), DeviceId([7; 16]));
+}
+
+#[test]
 fn bad_batches_are_refused_whole_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("sync.db");
@@ -389,6 +484,16 @@ fn bad_batches_are_refused_whole_with_the_reason() {
     let (status, body) = send(&url, Some(&t1), &huge);
     assert_eq!(status, 413);
     assert!(body["error"].is_string());
+    // An index beyond what SQLite stores, and labels as long as documents.
+    let mut beyond = mine.clone();
+    beyond.idx = 1 << 63;
+    let mut wordy = mine.clone();
+    wordy.gate = "g".repeat(257);
+    for (bad, why) in [(beyond, "indexes go up to"), (wordy, "too long")] {
+        let (status, body) = push(addr, &t1, 1, &[mine.clone(), bad]);
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(why), "{body}");
+    }
     let (_, stats) = call("GET", addr, "/v1/stats", None);
     assert_eq!(stats["records"], 0, "nothing was applied partially");
     // What was accepted survives a restart.

@@ -287,6 +287,25 @@ fn re_provisioning_keeps_the_device_id_and_a_bad_keyset_changes_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match its public key"));
     let kept = scanner::gate::Gate::open(&st.db).unwrap().device().clone();
     assert_eq!(kept, after);
+    // A gate name is a label: one too long for gate-sync to take is refused here.
+    let long = "G".repeat(scanner::gate::MAX_NAME + 1);
+    let out = scanner(
+        &[
+            "--db",
+            st.db(),
+            "init",
+            "--keyset",
+            &keyset,
+            "--device-name",
+            "x",
+            "--gate",
+            &long,
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 128"));
+    assert_eq!(scanner::gate::Gate::open(&st.db).unwrap().device(), &after);
 
     let list = st.tmp.path().join("revoked.txt");
     std::fs::write(&list, format!("{:032x}\nnot-an-id\n", 5)).unwrap();
