@@ -513,11 +513,13 @@ impl Store {
     }
 }
 
-/// 32 random bytes, base64url.
+/// `gs_` and 32 random bytes in base64url. The prefix tells what the token
+/// is for, and keeps it from starting with `-`, which a command line would
+/// take for an option.
 fn new_token() -> String {
     let mut raw = [0u8; 32];
     OsRng.fill_bytes(&mut raw);
-    URL_SAFE_NO_PAD.encode(raw)
+    format!("gs_{}", URL_SAFE_NO_PAD.encode(raw))
 }
 
 /// Tokens are stored hashed: a copy of the database lets no one in.

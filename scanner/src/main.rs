@@ -120,7 +120,9 @@ enum Command {
         /// The gate-sync node, e.g. http://10.0.0.2:8090; remembered.
         #[arg(long)]
         server: String,
-        #[arg(long)]
+        /// The one-time enrollment token (tokens made before `gs_` prefixes
+        /// may start with `-`, which is taken as the token here too).
+        #[arg(long, allow_hyphen_values = true)]
         token: String,
     },
     /// Pushes this device's scans to gate-sync and pulls the other gates' (enroll first).

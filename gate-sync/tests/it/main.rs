@@ -126,6 +126,8 @@ fn enroll(addr: SocketAddr, state: &gate_sync::AppState, device: u8) -> String {
     let token = state
         .lock(|s| s.create_enrollment(&format!("tablet-{device}"), 0))
         .unwrap();
+    // Never mistaken for an option when typed after `--token`.
+    assert!(token.starts_with("gs_"), "{token}");
     let (status, body) = send(
         &format!("http://{addr}/v1/enroll"),
         None,

@@ -158,8 +158,17 @@ fn an_unreachable_server_is_a_clear_error_and_the_gate_keeps_working() {
     // (a port found free by binding and dropping could be handed out again).
     let port = 1;
     let dead = format!("http://127.0.0.1:{port}");
+    // (A token may start with `-`: it is still the token, not an option.)
     let out = scanner(
-        &["--db", st.db(), "enroll", "--server", &dead, "--token", "t"],
+        &[
+            "--db",
+            st.db(),
+            "enroll",
+            "--server",
+            &dead,
+            "--token",
+            "-1t",
+        ],
         b"",
     );
     assert_eq!(out.status.code(), Some(2));
