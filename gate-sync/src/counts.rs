@@ -77,24 +77,29 @@ impl Counts {
         };
         let key = (event, ticket, r.hlc, r.device_id, r.idx);
         if r.result == ResultCode::Ok {
-            // The ticket's admitted scans so far, last first.
-            let earlier: Vec<&ScanRecord> = self
+            // The ticket's last admitted scan so far, and whether it was
+            // ever admitted in, from its scans in merged order.
+            let mut admitted = self
                 .scans_of((event, ticket))
                 .rev()
                 .filter_map(|k| log.get(&k.3, k.4))
-                .filter(|s| s.result == ResultCode::Ok)
-                .collect();
+                .filter(|s| s.result == ResultCode::Ok);
+            let last = admitted.next();
+            let entered_before = last
+                .into_iter()
+                .chain(admitted)
+                .any(|s| s.direction == Direction::Entry);
             let counts = self.events.entry(event).or_default();
             let gate = counts.gate(r);
             let entry = r.direction == Direction::Entry;
             if entry {
                 counts.gates[gate].1.admitted += 1;
                 *counts.per_minute.entry(r.wall_ms / 60_000).or_default() += 1;
-                if earlier.iter().any(|s| s.direction == Direction::Entry) {
+                if entered_before {
                     self.admitted_twice.insert((event, ticket));
                 }
             }
-            match earlier.first() {
+            match last {
                 Some(last) if last.order_key() > r.order_key() => {}
                 last => {
                     if let Some(last) = last.filter(|l| l.direction == Direction::Entry) {

@@ -262,10 +262,12 @@ impl Store {
         out.push(b'[');
         let mut n = 0;
         let mut last = None;
+        let mut full = false;
         for r in rest.by_ref().take(limit) {
             if out.len() >= PAGE_BYTES {
                 // Full: this record starts the next page.
-                return (Self::close_page(out), n, last);
+                full = true;
+                break;
             }
             if n > 0 {
                 out.push(b',');
@@ -274,13 +276,9 @@ impl Store {
             n += 1;
             last = Some(RecordKey::of(r));
         }
-        let next = rest.next().and(last);
-        (Self::close_page(out), n, next)
-    }
-
-    fn close_page(mut out: Vec<u8>) -> Vec<u8> {
         out.push(b']');
-        out
+        let next = if full { last } else { rest.next().and(last) };
+        (out, n, next)
     }
 
     /// Notes that a device pulled; kept in memory until the next write.
@@ -440,24 +438,26 @@ impl Store {
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                DeviceAuth {
-                    device_id: DeviceId([0; 16]),
-                    name: r.get(1)?,
-                    token_hash: r.get(2)?,
-                    enrolled_at_ms: r.get::<_, i64>(3)? as u64,
-                    revoked_at_ms: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
-                },
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, mut auth) = row?;
-            auth.device_id = id.parse().map_err(|e: String| StoreError::Damaged {
-                device: id.clone(),
-                idx: 0,
-                reason: e,
-            })?;
-            out.push(auth);
+            let (id, name, token_hash, enrolled_at, revoked_at) = row?;
+            out.push(DeviceAuth {
+                device_id: id.parse().map_err(|reason| StoreError::Damaged {
+                    device: id.clone(),
+                    idx: 0,
+                    reason,
+                })?,
+                name,
+                token_hash,
+                enrolled_at_ms: enrolled_at as u64,
+                revoked_at_ms: revoked_at.map(|t| t as u64),
+            });
         }
         Ok(out)
     }

@@ -69,22 +69,31 @@ fn post(
     if let Some(token) = token {
         req = req.header("authorization", &format!("Bearer {token}"));
     }
-    let mut resp = req
-        .send_json(body)
-        .map_err(|e| SyncError::Unreachable(e.to_string()))?;
-    let status = resp.status().as_u16();
-    let value: serde_json::Value = resp
+    match answer(req.send_json(body))? {
+        (200, value) => Ok(value),
+        (status, value) => Err(refused(status, &value)),
+    }
+}
+
+/// The status and JSON body of a node's answer.
+fn answer(
+    resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<(u16, serde_json::Value), SyncError> {
+    let mut resp = resp.map_err(|e| SyncError::Unreachable(e.to_string()))?;
+    let value = resp
         .body_mut()
         .read_json()
         .map_err(|e| SyncError::Garbled(e.to_string()))?;
-    if status != 200 {
-        let message = value["error"]
-            .as_str()
-            .unwrap_or("no reason given")
-            .to_owned();
-        return Err(SyncError::Refused { status, message });
-    }
-    Ok(value)
+    Ok((resp.status().as_u16(), value))
+}
+
+/// A node's refusal, with the reason it gave.
+fn refused(status: u16, value: &serde_json::Value) -> SyncError {
+    let message = value["error"]
+        .as_str()
+        .unwrap_or("no reason given")
+        .to_owned();
+    SyncError::Refused { status, message }
 }
 
 /// Pushes every unpushed record, then pulls what this device lacks.
@@ -167,24 +176,10 @@ fn get_distributed(
     if let Some(token) = token {
         req = req.header("authorization", &format!("Bearer {token}"));
     }
-    let mut resp = req
-        .call()
-        .map_err(|e| SyncError::Unreachable(e.to_string()))?;
-    let status = resp.status().as_u16();
-    let value: serde_json::Value = resp
-        .body_mut()
-        .read_json()
-        .map_err(|e| SyncError::Garbled(e.to_string()))?;
-    match status {
-        200 => Ok(value["body"].as_str().map(str::to_owned)),
-        404 => Ok(None),
-        _ => Err(SyncError::Refused {
-            status,
-            message: value["error"]
-                .as_str()
-                .unwrap_or("no reason given")
-                .to_owned(),
-        }),
+    match answer(req.call())? {
+        (200, value) => Ok(value["body"].as_str().map(str::to_owned)),
+        (404, _) => Ok(None),
+        (status, value) => Err(refused(status, &value)),
     }
 }
 

@@ -177,6 +177,13 @@ impl Browser {
         self.cmd("POST", "/execute/sync", json!({"script": js, "args": []}))
     }
 
+    /// The text of the element with id `id`.
+    pub fn text(&self, id: &str) -> Value {
+        self.script(&format!(
+            "return document.getElementById('{id}').textContent"
+        ))
+    }
+
     /// Types `text` into the element `css` picks, as a keyboard would.
     pub fn type_into(&self, css: &str, text: &str) {
         let found = self.cmd(
@@ -257,12 +264,9 @@ fn the_page_turns_green_then_red_as_scans_happen() {
         browser.script("return document.getElementById('result').className"),
         "admit"
     );
-    let ticket = browser.script("return document.getElementById('ticket').textContent");
+    let ticket = browser.text("ticket");
     assert_eq!(ticket, "Seat A-12-7 · Category 3");
-    assert_eq!(
-        browser.script("return document.getElementById('admitted').textContent"),
-        "1"
-    );
+    assert_eq!(browser.text("admitted"), "1");
 
     // Garbage typed into the manual field (as a wedge types) turns it red with the reason.
     browser.type_into("#code", "not-a-ticket\u{E007}");
@@ -274,12 +278,9 @@ fn the_page_turns_green_then_red_as_scans_happen() {
         browser.script("return document.getElementById('result').className"),
         "refuse"
     );
-    let reason = browser.script("return document.getElementById('reason').textContent");
+    let reason = browser.text("reason");
     assert_eq!(reason, "does not start with \"VT1:\"");
-    assert_eq!(
-        browser.script("return document.getElementById('scans').textContent"),
-        "2"
-    );
+    assert_eq!(browser.text("scans"), "2");
 
     save_screenshot(&browser, "station.png");
 }

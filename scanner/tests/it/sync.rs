@@ -24,36 +24,23 @@ fn sync(st: &Station) -> std::process::Output {
 /// organizer, typed (or scanned) into `scanner enroll`.
 fn enroll(st: &Station, url: &str, state: &gate_sync::AppState) {
     let token = state.lock(|s| s.create_enrollment("tablet", 0)).unwrap();
-    let out = scanner(
-        &[
-            "--db",
-            st.db(),
-            "enroll",
-            "--server",
-            url,
-            "--token",
-            &token,
-        ],
-        b"",
-    );
+    let args = [
+        "--db",
+        st.db(),
+        "enroll",
+        "--server",
+        url,
+        "--token",
+        &token,
+    ];
+    let out = scanner(&args, b"");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     // The one-time token does not work twice.
-    let again = scanner(
-        &[
-            "--db",
-            st.db(),
-            "enroll",
-            "--server",
-            url,
-            "--token",
-            &token,
-        ],
-        b"",
-    );
+    let again = scanner(&args, b"");
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("401"));
 }
@@ -281,14 +268,8 @@ fn the_dashboard_asks_for_the_organizer_token_then_shows_the_counts() {
         browser.script("return document.getElementById('login').style.display"),
         "none"
     );
-    assert_eq!(
-        browser.script("return document.getElementById('admitted').textContent"),
-        "3"
-    );
-    assert_eq!(
-        browser.script("return document.getElementById('inside').textContent"),
-        "2"
-    );
+    assert_eq!(browser.text("admitted"), "3");
+    assert_eq!(browser.text("inside"), "2");
     let gates = browser.script(
         "return [...document.querySelectorAll('#gates tbody tr')].map(r => r.cells[0].textContent + ':' + r.cells[2].textContent).join(',')",
     );
