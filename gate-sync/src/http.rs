@@ -4,21 +4,25 @@
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use shared::protocol::{
+    self, DeviceAuth, EnrollRequest, ErrorBody, MergeRequest, PullRequest, PushRequest,
+};
 use shared::{DeviceId, RecordKey, ScanRecord, VersionVector};
 
-use crate::store::{DeviceAuth, Store, StoreError};
+use crate::net::PeerAddr;
+use crate::store::{Store, StoreError};
 
-/// Largest request body accepted.
-pub const MAX_BODY: usize = 16 << 20;
+/// How long a client may take to send a request body it was allowed to send.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The organizer's live dashboard: counts, entries per minute, duplicates, devices.
 pub const DASHBOARD: &str = include_str!("dashboard.html");
@@ -107,22 +111,48 @@ impl AppState {
 #[derive(Debug)]
 pub enum ApiError {
     Status(StatusCode, String),
+    /// A push above a gap: where the device should push from.
+    Gap {
+        message: String,
+        held: u64,
+    },
     Internal(String),
 }
 
+/// Why a request was refused, kept on the response for the refusal log.
+#[derive(Clone, Debug)]
+struct Refused(String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, message) = match self {
-            ApiError::Status(s, m) => (s, m),
+        let (status, body) = match self {
+            ApiError::Status(s, m) => (
+                s,
+                ErrorBody {
+                    error: m,
+                    held: None,
+                },
+            ),
+            ApiError::Gap { message, held } => (
+                StatusCode::CONFLICT,
+                ErrorBody {
+                    error: message,
+                    held: Some(held),
+                },
+            ),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "request failed");
+                let error = "internal error; nothing was applied".to_owned();
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error; nothing was applied".to_owned(),
+                    ErrorBody { error, held: None },
                 )
             }
         };
-        (status, axum::Json(json!({ "error": message }))).into_response()
+        let reason = Refused(body.error.clone());
+        let mut response = (status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(reason);
+        response
     }
 }
 
@@ -133,9 +163,46 @@ impl From<StoreError> for ApiError {
                 ApiError::Status(StatusCode::UNAUTHORIZED, e.to_string())
             }
             StoreError::NoDevice(_) => ApiError::Status(StatusCode::NOT_FOUND, e.to_string()),
+            StoreError::AlreadyEnrolled(_) | StoreError::Conflict { .. } => {
+                ApiError::Status(StatusCode::CONFLICT, e.to_string())
+            }
+            StoreError::Gap { held, .. } => ApiError::Gap {
+                message: e.to_string(),
+                held,
+            },
             e => ApiError::Internal(e.to_string()),
         }
     }
+}
+
+/// Logs every refusal (4xx) with who asked and why, so an organizer sees
+/// an attack happening: wrong tokens, foreign device ids, oversized bodies.
+async fn log_refusals(
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.is_client_error() {
+        let reason = response
+            .extensions()
+            .get::<Refused>()
+            .map_or("", |r| r.0.as_str());
+        tracing::warn!(%peer, %method, path = %truncated(&path, 200), status = status.as_u16(),
+            reason = %truncated(reason, 300), "request refused");
+    }
+    response
+}
+
+/// At most `max` bytes of `text` (on a character boundary), for log lines.
+fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Whether two secrets are equal, compared as SHA-256 digests so that the
@@ -163,9 +230,59 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::Status(StatusCode::BAD_REQUEST, message.into())
 }
 
-/// The body, with a too-large or unreadable one answered in the API's error shape.
-fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|r| ApiError::Status(r.status(), r.body_text()))
+/// Reads a JSON body of at most `limit` bytes, within [`BODY_TIMEOUT`].
+/// Handlers call it only once the caller is authenticated, so no stranger
+/// makes the node hold a body in memory.
+async fn json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::Status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as `Content-Type: application/json`".into(),
+        ));
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        ApiError::Status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {limit} bytes"),
+        )
+    };
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::Status(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body took too long to arrive".into(),
+        )),
+        Ok(Err(e)) if is_length_limit(&e) => Err(too_large()),
+        Ok(Err(e)) => Err(bad_request(format!("reading the body: {e}"))),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.to_string().contains("length limit exceeded") {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Parses a JSON message, refusing it with what was expected.
+fn parse<T: serde::de::DeserializeOwned>(raw: &[u8], expected: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(raw).map_err(|e| bad_request(format!("expected {expected}: {e}")))
 }
 
 impl AppState {
@@ -191,15 +308,9 @@ impl AppState {
     }
 }
 
-pub const OPENAPI_DOC: &str = "/openapi.json";
-pub const PUSH: &str = "/v1/devices/{device_id}/records";
-pub const PULL: &str = "/v1/pull";
-pub const DUPLICATES: &str = "/v1/duplicates";
-pub const STATS: &str = "/v1/stats";
-pub const MERGE: &str = "/v1/merge";
-pub const ENROLL: &str = "/v1/enroll";
-pub const KEYSET: &str = "/v1/keyset";
-pub const REVOCATIONS: &str = "/v1/revocations";
+use shared::protocol::{
+    DUPLICATES, ENROLL, KEYSET, MERGE, OPENAPI_DOC, PULL, PUSH, REVOCATIONS, STATS,
+};
 
 /// Every route, as (method, path): what the OpenAPI document must list.
 pub const ROUTES: [(&str, &str); 9] = [
@@ -229,60 +340,13 @@ pub fn app(state: AppState) -> Router {
         .route(MERGE, post(merge))
         .route(DUPLICATES, get(duplicates))
         .route(STATS, get(stats))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(log_refusals))
         .with_state(state)
 }
 
-/// A push or merge body. Only peer nodes send `devices`.
-#[derive(Deserialize)]
-struct Batch {
-    records: Vec<ScanRecord>,
-    #[serde(default)]
-    devices: Vec<DeviceAuth>,
-}
-
-/// A push or merge body, refused whole if any part is malformed.
-fn parse_batch(raw: Result<Bytes, BytesRejection>) -> Result<Batch, ApiError> {
-    let batch: Batch = serde_json::from_slice(&body(raw)?)
-        .map_err(|e| bad_request(format!("expected {{\"records\": [scan records]}}: {e}")))?;
-    if let Some(r) = batch.records.iter().find(|r| r.idx == 0) {
-        return Err(bad_request(format!(
-            "record {}/0: indexes start at 1",
-            r.device_id
-        )));
-    }
-    if let Some(r) = batch.records.iter().find(|r| r.idx > i64::MAX as u64) {
-        return Err(bad_request(format!(
-            "record {}/{}: indexes go up to {}",
-            r.device_id,
-            r.idx,
-            i64::MAX
-        )));
-    }
-    // Text fields are labels, not documents: bounded, so that any page of
-    // a pull stays small enough for every client.
-    if let Some(r) = batch.records.iter().find(|r| {
-        r.seat.len() > 64
-            || r.reason.len() > 2048
-            || r.gate.len() > 256
-            || r.device_name.len() > 256
-    }) {
-        return Err(bad_request(format!(
-            "record {}/{}: too long; at most seat 64, reason 2048, gate and device_name 256 bytes",
-            r.device_id, r.idx
-        )));
-    }
-    if let Some(d) = batch
-        .devices
-        .iter()
-        .find(|d| shared::hex::decode::<32>(&d.token_hash).is_none())
-    {
-        return Err(bad_request(format!(
-            "device {}: token_hash is not a SHA-256 in hex",
-            d.device_id
-        )));
-    }
-    Ok(batch)
+/// Records as every receiver checks them: refused whole if any is malformed.
+fn checked(records: &[ScanRecord]) -> Result<(), ApiError> {
+    protocol::check_records(records).map_err(bad_request)
 }
 
 /// A device pushes its own records. The batch is applied whole or not at all;
@@ -291,26 +355,22 @@ async fn push(
     State(s): State<AppState>,
     Path(device): Path<String>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let device: DeviceId = device.parse().map_err(bad_request)?;
     let token = bearer(&headers)?;
     let caller = s
         .with_store_read(move |store| Ok(store.authenticate(&token)?))
         .await?;
+    let device: DeviceId = device.parse().map_err(bad_request)?;
     if caller != device {
         return Err(ApiError::Status(
             StatusCode::FORBIDDEN,
             format!("this token belongs to device {caller}, not {device}"),
         ));
     }
-    let Batch { records, devices } = parse_batch(raw)?;
-    if !devices.is_empty() {
-        return Err(ApiError::Status(
-            StatusCode::FORBIDDEN,
-            "a device pushes only its own records; enrolled devices come from the organizer".into(),
-        ));
-    }
+    let raw = json_body(&headers, body, protocol::MAX_PUSH_BODY).await?;
+    let PushRequest { records } = parse(&raw, "{\"records\": [scan records of this device]}")?;
+    checked(&records)?;
     if let Some(r) = records.iter().find(|r| r.device_id != device) {
         return Err(ApiError::Status(
             StatusCode::FORBIDDEN,
@@ -320,6 +380,11 @@ async fn push(
             ),
         ));
     }
+    // A device never writes a record twice: another version of a record
+    // the node holds is refused, and so is a record above a gap.
+    let check = records.clone();
+    s.with_store_read(move |store| Ok(store.check_push(&check)?))
+        .await?;
     let job = Arc::new(PushJob {
         records,
         device,
@@ -338,7 +403,7 @@ async fn push(
 struct PushJob {
     records: Vec<ScanRecord>,
     device: DeviceId,
-    done: Mutex<Option<Result<(usize, VersionVector), String>>>,
+    done: Mutex<Option<Result<(usize, VersionVector), StoreError>>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -354,7 +419,7 @@ impl AppState {
         locked(&self.queue).push(job.clone());
         let _leader = locked(&self.committing);
         if let Some(done) = locked(&job.done).take() {
-            return done.map_err(ApiError::Internal);
+            return done.map_err(ApiError::from);
         }
         let group = std::mem::take(&mut *locked(&self.queue));
         let now = crate::unix_now_ms();
@@ -378,22 +443,25 @@ impl AppState {
             // the others: each is tried again alone.
             Err(_) if group.len() > 1 => {
                 for j in &group {
-                    let alone = add(std::slice::from_ref(j))
-                        .map(|(stored, vv)| (stored[0], vv))
-                        .map_err(|e| e.to_string());
+                    let alone = add(std::slice::from_ref(j)).map(|(stored, vv)| (stored[0], vv));
                     *locked(&j.done) = Some(alone);
                 }
             }
             Err(e) => {
+                let message = e.to_string();
+                let mut e = Some(e);
                 for j in &group {
-                    *locked(&j.done) = Some(Err(e.to_string()));
+                    let failed = e
+                        .take()
+                        .unwrap_or_else(|| StoreError::Failed(message.clone()));
+                    *locked(&j.done) = Some(Err(failed));
                 }
             }
         }
         locked(&job.done)
             .take()
-            .unwrap_or_else(|| Err("the push was not committed".into()))
-            .map_err(ApiError::Internal)
+            .unwrap_or_else(|| Err(StoreError::Failed("the push was not committed".into())))
+            .map_err(ApiError::from)
     }
 }
 
@@ -401,7 +469,7 @@ impl AppState {
 async fn merge(
     State(s): State<AppState>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<axum::Json<Value>, ApiError> {
     let token = bearer(&headers)?;
     match s.peer_token() {
@@ -419,7 +487,13 @@ async fn merge(
         }
         Some(_) => {}
     }
-    let Batch { records, devices } = parse_batch(raw)?;
+    let raw = json_body(&headers, body, protocol::MAX_MERGE_BODY).await?;
+    let MergeRequest { records, devices } = parse(
+        &raw,
+        "{\"records\": [scan records], \"devices\": [enrolled devices]}",
+    )?;
+    checked(&records)?;
+    protocol::check_devices(&devices).map_err(bad_request)?;
     let now = crate::unix_now_ms();
     s.with_store(move |store| {
         // Devices first: if the records fail, what was applied is only the
@@ -467,22 +541,18 @@ async fn revocations(
     distributed(s, headers, "revocations").await
 }
 
-#[derive(Deserialize)]
-struct EnrollRequest {
-    token: String,
-    device_id: DeviceId,
-}
-
 /// A device trades a one-time enrollment token for its own device token.
+/// The body is small and bounded: anyone may send it.
 async fn enroll(
     State(s): State<AppState>,
-    raw: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let req: EnrollRequest = serde_json::from_slice(&body(raw)?).map_err(|e| {
-        bad_request(format!(
-            "expected {{\"token\": \"...\", \"device_id\": \"...\"}}: {e}"
-        ))
-    })?;
+    let raw = json_body(&headers, body, protocol::MAX_ENROLL_BODY).await?;
+    let req: EnrollRequest = parse(
+        &raw,
+        "{\"token\": \"<enrollment token>\", \"device_id\": \"<32 hex digits>\"}",
+    )?;
     let now = crate::unix_now_ms();
     s.with_store(move |store| {
         let device_token = store.enroll(&req.token, req.device_id, now)?;
@@ -491,40 +561,34 @@ async fn enroll(
     .await
 }
 
-/// Most records in one pull answer; the caller asks again for the rest.
-pub const PULL_PAGE: usize = 5000;
-
-#[derive(Deserialize)]
-struct PullRequest {
-    version_vector: VersionVector,
-    /// The `next` of the previous page, to go on from.
-    #[serde(default)]
-    after: Option<RecordKey>,
-    /// At most this many records (up to [`PULL_PAGE`]).
-    #[serde(default)]
-    limit: Option<usize>,
-}
+pub use shared::protocol::PULL_PAGE;
 
 /// Records the caller lacks, given its version vector, a page at a time:
 /// `next` is the key to send as `after` for the rest, `null` on the last page.
 async fn pull(
     State(s): State<AppState>,
     headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
     let is_peer = s.peer_token().is_some_and(|p| same_secret(p, &token));
-    let req: PullRequest = serde_json::from_slice(&body(raw)?).map_err(|e| {
-        bad_request(format!(
-            "expected {{\"version_vector\": {{device: index}}, \"after\"?: {{\"device_id\", \"idx\"}}, \"limit\"?: n}}: {e}"
-        ))
-    })?;
+    let device = match is_peer {
+        true => None,
+        false => Some(
+            s.with_store_read(move |store| Ok(store.authenticate(&token)?))
+                .await?,
+        ),
+    };
+    let raw = json_body(&headers, body, protocol::MAX_PULL_BODY).await?;
+    let req: PullRequest = parse(
+        &raw,
+        "{\"version_vector\": {device: index}, \"after\"?: {\"device_id\", \"idx\"}, \"limit\"?: n}",
+    )?;
     let limit = req.limit.unwrap_or(PULL_PAGE).clamp(1, PULL_PAGE);
     let now = crate::unix_now_ms();
     let body = s
         .with_store_read(move |store| {
-            if !is_peer {
-                let device = store.authenticate(&token)?;
+            if let Some(device) = device {
                 store.note_pull(device, now);
             }
             let (records, _, next) = store.missing_json(&req.version_vector, req.after, limit);
@@ -576,13 +640,7 @@ fn event_filter(query: Option<String>) -> Result<Option<u64>, ApiError> {
     Ok(None)
 }
 
-/// Unix milliseconds as RFC 3339 UTC, to the second.
-fn time(ms: u64) -> String {
-    // RFC 3339 ends with the year 9999; a device's clock may say anything.
-    let ms = ms.min(253_402_300_799_000);
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+use shared::time::format_ms as time;
 
 fn scan_json(r: &ScanRecord) -> Value {
     json!({

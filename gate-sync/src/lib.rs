@@ -5,6 +5,8 @@
 //!   memory as a [`shared::ScanLog`], the CRDT every replica agrees on.
 //! - [`http`] serves the API: devices push their own records and pull what
 //!   they lack by version vector; duplicates and stats are derived views.
+//! - [`net`] guards connections: idle and lifetime limits, and at most so
+//!   many per address, so silent sockets cannot starve real gates.
 //! - [`peers`] runs anti-entropy with other nodes: pull what we lack by
 //!   version vector, send what they lack. Convergence comes from the CRDT
 //!   alone; there is no leader and no consensus.
@@ -12,6 +14,7 @@
 
 pub mod counts;
 pub mod http;
+pub mod net;
 pub mod peers;
 pub mod store;
 
@@ -25,7 +28,17 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, http::app(state))
+    run_guarded(net::Guarded::new(listener), state, shutdown).await
+}
+
+/// [`run`] on a listener with limits of its own.
+pub async fn run_guarded(
+    listener: net::Guarded,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = http::app(state).into_make_service_with_connect_info::<net::PeerAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -34,12 +47,22 @@ pub async fn run(
 /// embedding a node in another program, a test or a benchmark; returns the
 /// address it listens on. The node runs until the process ends.
 pub fn serve_in_background(state: AppState, addr: &str) -> std::io::Result<std::net::SocketAddr> {
+    serve_in_background_idle(state, addr, net::IDLE)
+}
+
+/// [`serve_in_background`], closing connections idle for `idle`.
+pub fn serve_in_background_idle(
+    state: AppState,
+    addr: &str,
+    idle: std::time::Duration,
+) -> std::io::Result<std::net::SocketAddr> {
     let runtime = runtime()?;
     let listener = runtime.block_on(listen(addr))?;
     let local = listener.local_addr()?;
     std::thread::spawn(move || {
         runtime.block_on(async move {
-            if let Err(e) = run(listener, state, std::future::pending()).await {
+            let listener = net::Guarded::with_idle(listener, idle);
+            if let Err(e) = run_guarded(listener, state, std::future::pending()).await {
                 tracing::error!(error = %e, "gate-sync stopped");
             }
         });

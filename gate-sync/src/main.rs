@@ -28,13 +28,22 @@ enum Command {
         /// Another gate-sync node to exchange records with (repeatable), e.g. http://10.0.0.3:8090.
         #[arg(long = "peer")]
         peers: Vec<String>,
-        /// The secret shared by this venue's nodes; without it no peer is accepted.
+        /// The secret shared by this venue's nodes; without it no peer is
+        /// accepted. Prefer --peer-token-file or the environment: a flag's
+        /// value shows in the process list.
         #[arg(long, env = "GATE_SYNC_PEER_TOKEN", hide_env_values = true)]
         peer_token: Option<String>,
+        /// A file holding the peer token (mode 0600).
+        #[arg(long, conflicts_with = "peer_token")]
+        peer_token_file: Option<PathBuf>,
         /// The secret organizers enter to see duplicates, stats and the
-        /// dashboard; without it they are open to anyone who can reach the node.
+        /// dashboard; without it they are open to anyone who can reach the
+        /// node. Prefer --organizer-token-file or the environment.
         #[arg(long, env = "GATE_SYNC_ORGANIZER_TOKEN", hide_env_values = true)]
         organizer_token: Option<String>,
+        /// A file holding the organizer token (mode 0600).
+        #[arg(long, conflicts_with = "organizer_token")]
+        organizer_token_file: Option<PathBuf>,
         /// Seconds between exchanges with peers.
         #[arg(long, default_value_t = 5)]
         peer_every: u64,
@@ -86,14 +95,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             peers,
             peer_token,
+            peer_token_file,
             organizer_token,
+            organizer_token_file,
             peer_every,
         } => serve(
             store,
             &listen,
             peers,
-            peer_token,
-            organizer_token,
+            secret(peer_token, peer_token_file.as_deref())?,
+            secret(organizer_token, organizer_token_file.as_deref())?,
             peer_every,
         ),
         Command::Keyset(ImportCmd::Import { file }) => {
@@ -143,6 +154,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A secret given directly (flag or environment) or in a file.
+fn secret(given: Option<String>, file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let Some(file) = file else { return Ok(given) };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the token file {}", file.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!("the token file {} is empty", file.display());
+    }
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+        eprintln!(
+            "warning: {} is readable by other users: chmod 600 it",
+            file.display()
+        );
+    }
+    Ok(Some(token.to_owned()))
 }
 
 fn serve(

@@ -5,22 +5,9 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::json;
-use shared::{RecordKey, ScanRecord, VersionVector};
+use shared::protocol::{self, MERGE, PULL, PullPage, PullRequest};
 
 use crate::AppState;
-use crate::store::DeviceAuth;
-
-#[derive(Deserialize)]
-struct Pulled {
-    records: Vec<ScanRecord>,
-    version_vector: VersionVector,
-    next: Option<RecordKey>,
-    /// The peer's enrolled devices, on its first page.
-    #[serde(default)]
-    devices: Vec<DeviceAuth>,
-}
 
 /// One exchange with `peer` (its base URL); returns (received, sent) records
 /// that were new to their receiver. Both ways go a page at a time.
@@ -38,15 +25,24 @@ pub fn exchange(
     let mut received = 0;
     let mut after = None;
     let theirs = loop {
-        let pulled: Pulled = agent
-            .post(&format!("{peer}/v1/pull"))
+        let request = PullRequest {
+            version_vector: ours.clone(),
+            after,
+            limit: None,
+        };
+        let pulled: PullPage = agent
+            .post(&format!("{peer}{PULL}"))
             .header("authorization", &auth)
-            .send_json(json!({ "version_vector": ours, "after": after }))
+            .send_json(&request)
             .map_err(|e| format!("pull from {peer}: {e}"))?
             .body_mut()
             .with_config()
-            .limit(crate::http::MAX_BODY as u64)
+            .limit(protocol::MAX_ANSWER)
             .read_json()
+            .map_err(|e| format!("pull from {peer}: {e}"))?;
+        // A peer is checked as any sender is: a bad page is refused whole.
+        protocol::check_records(&pulled.records)
+            .and_then(|()| protocol::check_devices(&pulled.devices))
             .map_err(|e| format!("pull from {peer}: {e}"))?;
         let now = crate::unix_now_ms();
         received += state
@@ -72,13 +68,13 @@ pub fn exchange(
     let mut after = None;
     loop {
         let (records, n, next) =
-            state.read(|s| s.missing_json(&theirs, after, crate::http::PULL_PAGE));
+            state.read(|s| s.missing_json(&theirs, after, protocol::PULL_PAGE));
         if n == 0 && devices.is_none() {
             break;
         }
         let devices = devices.take().unwrap_or_else(|| b"[]".to_vec());
         let answer: serde_json::Value = agent
-            .post(&format!("{peer}/v1/merge"))
+            .post(&format!("{peer}{MERGE}"))
             .header("authorization", &auth)
             .header("content-type", "application/json")
             .send(
@@ -93,6 +89,8 @@ pub fn exchange(
             )
             .map_err(|e| format!("send to {peer}: {e}"))?
             .body_mut()
+            .with_config()
+            .limit(protocol::MAX_ANSWER)
             .read_json()
             .map_err(|e| format!("send to {peer}: {e}"))?;
         sent += answer["stored"].as_u64().unwrap_or(0) as usize;

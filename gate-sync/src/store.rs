@@ -10,6 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand_core::{OsRng, RngCore};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
+pub use shared::protocol::DeviceAuth;
 use shared::{DeviceId, Duplicate, RecordKey, ScanLog, ScanRecord, VersionVector};
 
 use crate::counts::Counts;
@@ -20,9 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_distribution.sql"),
 ];
 
-/// A pull page stops growing at this many bytes, whatever its record
-/// count: every client reads at least 10 MB.
-pub const PAGE_BYTES: usize = 4 << 20;
+pub use shared::protocol::PAGE_BYTES;
 
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,26 +38,34 @@ pub enum StoreError {
     Keyset(#[from] shared::KeysetError),
     #[error(transparent)]
     Revocations(#[from] shared::revocations::RevocationError),
+    #[error(
+        "device {0} is already enrolled; an enrollment token enrolls a new device only \
+         (to replace a device, revoke it and provision a new database)"
+    )]
+    AlreadyEnrolled(String),
+    #[error(
+        "record {device}/{idx} is already held with other content; a device never writes \
+         an index twice (was this device's database restored from an old copy? provision a new one)"
+    )]
+    Conflict { device: DeviceId, idx: u64 },
+    #[error(
+        "record {device}/{idx} would leave a gap: the node holds this device's records up to \
+         {held} with none missing; send from {next}",
+        next = held + 1
+    )]
+    Gap {
+        device: DeviceId,
+        idx: u64,
+        held: u64,
+    },
+    #[error("{0}")]
+    Failed(String),
     #[error("stored record {device}/{idx} is damaged: {reason}")]
     Damaged {
         device: String,
         idx: i64,
         reason: String,
     },
-}
-
-/// What a node knows of an enrolled device, as peer nodes exchange it so
-/// that a device enrolled at one node can sync with any of them. Merged as
-/// a CRDT: the latest enrollment wins (ties broken by the token hash), and a
-/// revocation wins over everything, at its earliest time.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DeviceAuth {
-    pub device_id: DeviceId,
-    pub name: String,
-    /// SHA-256 of the device token, hex; never the token.
-    pub token_hash: String,
-    pub enrolled_at_ms: u64,
-    pub revoked_at_ms: Option<u64>,
 }
 
 /// A device allowed to sync (or no longer).
@@ -149,7 +156,8 @@ impl Store {
     }
 
     /// Adds a batch in one transaction; records already held change nothing
-    /// (a conflicting record keeps the lesser, as the CRDT says). Returns how
+    /// (of two different records for one key, every replica keeps the one
+    /// [`shared::merge::supersedes`] picks). Returns how
     /// many records were new or changed.
     pub fn add(&mut self, records: &[ScanRecord], now_ms: u64) -> Result<usize, StoreError> {
         Ok(self.add_group(&[(records, None)], now_ms)?[0])
@@ -165,6 +173,16 @@ impl Store {
         batches: &[(&[ScanRecord], Option<DeviceId>)],
         now_ms: u64,
     ) -> Result<Vec<usize>, StoreError> {
+        // No record may land above a gap: what a replica lacks then stays
+        // one range per device, and nothing is sent again on every pull.
+        let all: Vec<&ScanRecord> = batches.iter().flat_map(|(b, _)| b.iter()).collect();
+        if let Some((r, held)) = self.log.above_gap(all.iter().copied()) {
+            return Err(StoreError::Gap {
+                device: r.device_id,
+                idx: r.idx,
+                held,
+            });
+        }
         // What the CRDT takes: per key, the least record that would change
         // the log. Only that is written, so disk and memory agree.
         let mut taken: BTreeMap<(DeviceId, u64), &ScanRecord> = BTreeMap::new();
@@ -174,7 +192,7 @@ impl Store {
             for r in records.iter() {
                 let key = (r.device_id, r.idx);
                 let changes = match taken.get(&key) {
-                    Some(held) => r < *held,
+                    Some(held) => shared::merge::supersedes(r, held),
                     None => self.log.would_change(r),
                 };
                 if changes {
@@ -221,7 +239,7 @@ impl Store {
         for device in batches.iter().filter_map(|(_, d)| *d) {
             pulled.remove(&device);
         }
-        // A faulty device may send two records for one key; the lesser then
+        // A faulty device may send two records for one key; the one kept then
         // replaces one already counted, and everything is counted again.
         // (Counting the rest one by one would read the replaced record in
         // place of the one it replaced.)
@@ -238,6 +256,29 @@ impl Store {
             self.counts = Counts::of(&self.log);
         }
         Ok(stored)
+    }
+
+    /// What a device's push must satisfy beyond the protocol's checks: no
+    /// other version of a record the node holds, and no gap.
+    pub fn check_push(&self, records: &[ScanRecord]) -> Result<(), StoreError> {
+        if let Some(r) = records.iter().find(|r| {
+            self.log
+                .get(&r.device_id, r.idx)
+                .is_some_and(|held| held != *r)
+        }) {
+            return Err(StoreError::Conflict {
+                device: r.device_id,
+                idx: r.idx,
+            });
+        }
+        match self.log.above_gap(records.iter()) {
+            Some((r, held)) => Err(StoreError::Gap {
+                device: r.device_id,
+                idx: r.idx,
+                held,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// One page of the records a replica at `theirs` may lack, in key order
@@ -357,10 +398,10 @@ impl Store {
         Ok(token)
     }
 
-    /// Uses an enrollment token for `device`; returns the device's own token
-    /// for every later request. Enrolling again (a reinstalled tablet) with a
-    /// fresh enrollment token replaces the old device token; a revoked device
-    /// stays revoked.
+    /// Uses an enrollment token for `device`, a device this node has never
+    /// known (here or from a peer); returns the device's own token for every
+    /// later request. A token never takes over an enrolled device: its id
+    /// is in every record it wrote, so anyone could name it.
     pub fn enroll(
         &mut self,
         enrollment: &str,
@@ -376,15 +417,17 @@ impl Store {
             )
             .optional()?;
         let name = name.ok_or(StoreError::Unauthenticated)?;
-        let revoked: Option<Option<i64>> = tx
+        let known: Option<Option<i64>> = tx
             .query_row(
                 "SELECT revoked_at FROM device_auth WHERE device_id = ?1",
                 [device.to_string()],
                 |r| r.get(0),
             )
             .optional()?;
-        if let Some(Some(_)) = revoked {
-            return Err(StoreError::Revoked(device.to_string()));
+        match known {
+            Some(Some(_)) => return Err(StoreError::Revoked(device.to_string())),
+            Some(None) => return Err(StoreError::AlreadyEnrolled(device.to_string())),
+            None => {}
         }
         let token = new_token();
         tx.execute(

@@ -394,6 +394,7 @@ fn write_files(
     }
     let path = out.join("tickets.csv");
     let write_csv = || -> std::io::Result<()> {
+        crate::store::private_file(&path)?;
         let mut csv = BufWriter::new(fs::File::create(&path)?);
         writeln!(csv, "ticket_id,seat,category,code")?;
         for row in rows {

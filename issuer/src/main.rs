@@ -139,8 +139,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let mut store = Store::open(&cli.data)
-        .with_context(|| format!("opening data directory {}", cli.data.display()))?;
+    // Commands that only read refuse a data directory that does not exist.
+    let reads_only = matches!(
+        cli.command,
+        Command::Events(EventsCmd::List { .. })
+            | Command::Keys(KeysCmd::List | KeysCmd::ExportKeyset { .. } | KeysCmd::Retire { .. })
+            | Command::Tickets(TicketsCmd::Export { .. })
+    );
+    let mut store = if reads_only {
+        Store::open_existing(&cli.data)?
+    } else {
+        Store::open(&cli.data)
+            .with_context(|| format!("opening data directory {}", cli.data.display()))?
+    };
     match cli.command {
         Command::Events(cmd) => events_cmd(&mut store, cmd),
         Command::Keys(cmd) => keys_cmd(&store, cmd),

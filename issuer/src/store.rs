@@ -1,5 +1,6 @@
 //! The issuer's data directory: `issuer.db` (SQLite, WAL) and `keys/`.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
@@ -17,9 +18,16 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the data directory and brings its schema up to date.
+    /// The directory and the database (which holds every ticket's code) are
+    /// readable by their owner only.
     pub fn open(dir: &Path) -> Result<Store, Error> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(dir, e))?;
         let path = dir.join("issuer.db");
+        private_file(&path).map_err(|e| Error::io(&path, e))?;
         let mut conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -30,6 +38,20 @@ impl Store {
             conn,
             dir: dir.to_owned(),
         })
+    }
+
+    /// Opens a data directory that must exist already: what commands that
+    /// only read use, so a mistyped `--data` is an error, not a new shop.
+    pub fn open_existing(dir: &Path) -> Result<Store, Error> {
+        if !dir.join("issuer.db").exists() {
+            return Err(Error::Invalid(format!(
+                "{} is not an issuer data directory (no issuer.db): check --data, or create one \
+                 with `issuer --data {} events add ...` or `keys generate`",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        Store::open(dir)
     }
 
     pub fn dir(&self) -> &Path {
@@ -57,4 +79,15 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
         tx.commit()?;
     }
     Ok(())
+}
+
+/// Creates `path` readable by its owner only, or makes it so if it exists
+/// (SQLite gives its journal files the database file's mode).
+pub(crate) fn private_file(path: &Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
 }

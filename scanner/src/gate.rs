@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_device_scans.sql"),
     include_str!("../migrations/0002_sync.sql"),
     include_str!("../migrations/0003_device_token.sql"),
+    include_str!("../migrations/0004_resolve_conflicts.sql"),
 ];
 
 /// Why the gate could not do what was asked. Refusing a ticket is not an
@@ -42,6 +43,8 @@ pub enum GateError {
     Sql(#[from] rusqlite::Error),
     #[error("{0}")]
     Provision(String),
+    #[error("records refused: {0}")]
+    Refused(String),
 }
 
 /// Longest gate or device name, in bytes: a label on a screen, and what
@@ -124,6 +127,16 @@ fn open_conn(path: &Path, create: bool) -> Result<Connection, GateError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        // The file holds the device's token: its owner's alone. (SQLite
+        // gives its journal files the database file's mode.)
+        private_file(path).map_err(|e| GateError::Database {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+    } else if path.exists() {
+        // Made by an older scanner: tighten it (best effort: not ours, say).
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     }
     let mut conn = Connection::open_with_flags(path, flags).map_err(|e| match e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::CannotOpen => {
@@ -168,6 +181,17 @@ fn open_conn(path: &Path, create: bool) -> Result<Connection, GateError> {
     };
     migrate(&mut conn).map_err(db_err)?;
     Ok(conn)
+}
+
+/// Creates `path` readable by its owner only, or makes it so.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
 }
 
 fn provisioned_at(conn: &Connection) -> Result<i64, GateError> {
@@ -389,10 +413,16 @@ impl Gate {
                 first_admission = first;
             }
         }
+        // The clock follows the greatest stamp seen, its own or another
+        // gate's, but never one far ahead of this device's own clock: one
+        // broken or hostile clock must not drag every gate's stamps along.
         let (idx, last_hlc): (i64, i64) = tx.query_row(
             "SELECT (SELECT coalesce(max(idx), 0) FROM scans WHERE device_id = ?1),
-                    (SELECT coalesce(max(hlc), 0) FROM scans)",
-            [self.device.id.to_string()],
+                    (SELECT coalesce(max(hlc), 0) FROM scans WHERE device_id = ?1 OR hlc <= ?2)",
+            params![
+                self.device.id.to_string(),
+                Hlc::adoptable_until(now_ms).0.min(i64::MAX as u64) as i64
+            ],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let ticket = match &outcome {
@@ -514,6 +544,14 @@ impl Gate {
         Ok(())
     }
 
+    /// Pushes again from after `idx`: the node holds this device's records
+    /// only up to there (it lost the rest, or was replaced).
+    pub fn rewind_pushed(&mut self, idx: u64) -> Result<(), GateError> {
+        self.conn
+            .execute("UPDATE sync_state SET pushed_idx = ?1", [idx as i64])?;
+        Ok(())
+    }
+
     /// For each device, the highest index held with none missing below it.
     pub fn version_vector(&self) -> Result<VersionVector, GateError> {
         let parse = |id: String| -> Result<DeviceId, GateError> {
@@ -553,15 +591,37 @@ impl Gate {
         Ok(VersionVector(vv))
     }
 
-    /// Adds records other devices made (from a sync), in one transaction;
-    /// records already held are left as they are. Returns how many were new.
+    /// Adds records other devices made (from a sync), in one transaction,
+    /// after the protocol's checks; returns how many were new. A record is
+    /// taken only next to one held (no gaps); of two versions of another
+    /// device's record, the one every replica keeps stays
+    /// ([`shared::merge::supersedes`]); this device's own are never changed.
     pub fn merge_remote(&mut self, records: &[ScanRecord]) -> Result<usize, GateError> {
+        shared::protocol::check_records(records).map_err(GateError::Refused)?;
+        let mut sorted: Vec<&ScanRecord> = records.iter().collect();
+        sorted.sort_by_key(|r| (r.device_id, r.idx));
+        let own = self.device.id;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut added = 0;
-        for r in records {
-            added += insert_scan(&tx, r)?;
+        for r in sorted {
+            let held = scan_at(&tx, r.device_id, r.idx)?;
+            match held {
+                None if r.idx == 1 || scan_at(&tx, r.device_id, r.idx - 1)?.is_some() => {
+                    added += insert_scan(&tx, r)?;
+                }
+                None => {
+                    return Err(GateError::Refused(format!(
+                        "record {}/{} would leave a gap in the log",
+                        r.device_id, r.idx
+                    )));
+                }
+                Some(held) if r.device_id != own && shared::merge::supersedes(r, &held) => {
+                    replace_scan(&tx, r)?;
+                }
+                Some(_) => {}
+            }
         }
         tx.commit()?;
         Ok(added)
@@ -627,6 +687,46 @@ fn scans_of(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The record held under (device, index), if any.
+fn scan_at(conn: &Connection, device: DeviceId, idx: u64) -> Result<Option<ScanRecord>, GateError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {SCAN_COLUMNS} FROM scans WHERE device_id = ?1 AND idx = ?2"
+        ))?
+        .query_row(params![device.to_string(), idx as i64], row_to_scan)
+        .optional()?)
+}
+
+/// Replaces another device's record by the version every replica keeps.
+fn replace_scan(conn: &Connection, s: &ScanRecord) -> Result<(), GateError> {
+    conn.prepare_cached(
+        "UPDATE scans SET event_id = ?3, ticket_id = ?4, multi_entry = ?5, direction = ?6, result = ?7,
+           reason = ?8, wall_ms = ?9, hlc = ?10, gate = ?11, device_name = ?12, category_id = ?13, seat = ?14
+         WHERE device_id = ?1 AND idx = ?2",
+    )?
+    .execute(rusqlite::params_from_iter(scan_params(s)))?;
+    Ok(())
+}
+
+fn scan_params(s: &ScanRecord) -> [Box<dyn rusqlite::ToSql + '_>; 14] {
+    [
+        Box::new(s.device_id.to_string()),
+        Box::new(s.idx as i64),
+        Box::new(s.ticket.map(|(e, _)| e as i64)),
+        Box::new(s.ticket.map(|(_, t)| t.to_string())),
+        Box::new(s.multi_entry),
+        Box::new(s.direction.as_str()),
+        Box::new(s.result.as_str()),
+        Box::new(&s.reason),
+        Box::new(s.wall_ms as i64),
+        Box::new(s.hlc.0 as i64),
+        Box::new(&s.gate),
+        Box::new(&s.device_name),
+        Box::new(s.category_id),
+        Box::new(&s.seat),
+    ]
+}
+
 /// Appends a record unless its (device, index) is held; returns 1 if added.
 fn insert_scan(conn: &Connection, s: &ScanRecord) -> Result<usize, GateError> {
     conn.prepare_cached(
@@ -634,22 +734,7 @@ fn insert_scan(conn: &Connection, s: &ScanRecord) -> Result<usize, GateError> {
                                       reason, wall_ms, hlc, gate, device_name, category_id, seat)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
-    .execute(params![
-        s.device_id.to_string(),
-        s.idx as i64,
-        s.ticket.map(|(e, _)| e as i64),
-        s.ticket.map(|(_, t)| t.to_string()),
-        s.multi_entry,
-        s.direction.as_str(),
-        s.result.as_str(),
-        s.reason,
-        s.wall_ms as i64,
-        s.hlc.0 as i64,
-        s.gate,
-        s.device_name,
-        s.category_id,
-        s.seat,
-    ])
+    .execute(rusqlite::params_from_iter(scan_params(s)))
     .map_err(GateError::from)
 }
 
@@ -681,18 +766,4 @@ fn row_to_scan(r: &rusqlite::Row<'_>) -> rusqlite::Result<ScanRecord> {
     })
 }
 
-/// Unix milliseconds as RFC 3339 UTC, to the second.
-pub fn format_ms(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_times_in_utc() {
-        assert_eq!(super::format_ms(1_900_000_000_000), "2030-03-17T17:46:40Z");
-        assert_eq!(super::format_ms(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::format_ms(951_782_400_000), "2000-02-29T00:00:00Z");
-    }
-}
+pub use shared::time::format_ms;

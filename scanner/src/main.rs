@@ -101,7 +101,7 @@ enum Command {
         /// Check every line typed on standard input (a keyboard-wedge scanner on a console).
         #[arg(long)]
         stdin: bool,
-        /// Seconds between background syncs with the server set by `scanner sync --server`.
+        /// Seconds between background syncs with the node set by `scanner enroll --server`.
         #[arg(long, default_value_t = 5)]
         sync_every: u64,
     },
@@ -122,8 +122,15 @@ enum Command {
         server: String,
         /// The one-time enrollment token (tokens made before `gs_` prefixes
         /// may start with `-`, which is taken as the token here too).
-        #[arg(long, allow_hyphen_values = true)]
-        token: String,
+        #[arg(
+            long,
+            allow_hyphen_values = true,
+            required_unless_present = "token_file"
+        )]
+        token: Option<String>,
+        /// A file holding the enrollment token, kept out of the process list.
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
     },
     /// Pushes this device's scans to gate-sync and pulls the other gates' (enroll first).
     Sync,
@@ -174,7 +181,11 @@ fn main() -> ExitCode {
         } => scan(&cli.db, &images, now, direction, json),
         Command::Stats { json } => stats(&cli.db, json),
         Command::Sync => sync(&cli.db),
-        Command::Enroll { server, token } => enroll(&cli.db, &server, &token),
+        Command::Enroll {
+            server,
+            token,
+            token_file,
+        } => enroll(&cli.db, &server, token, token_file.as_deref()),
         Command::Station {
             listen,
             stdin,
@@ -504,9 +515,20 @@ fn sync(db: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn enroll(db: &Path, server: &str, token: &str) -> anyhow::Result<ExitCode> {
+fn enroll(
+    db: &Path,
+    server: &str,
+    token: Option<String>,
+    token_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let token = match (token, token_file) {
+        (Some(t), _) => t,
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading the token file {}", file.display()))?,
+        (None, None) => anyhow::bail!("give --token or --token-file"),
+    };
     let mut gate = Gate::open(db)?;
-    scanner::sync::enroll(&mut gate, server, token)?;
+    scanner::sync::enroll(&mut gate, server, token.trim())?;
     println!("device {} enrolled with {server}", gate.device().id);
     Ok(ExitCode::SUCCESS)
 }

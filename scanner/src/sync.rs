@@ -2,14 +2,14 @@
 //! other gates saw. A scan never waits for this: the gate decides alone, and
 //! sync only adds what others admitted to the log it decides from.
 
-use serde::Deserialize;
-use serde_json::json;
-use shared::{RecordKey, ScanRecord, VersionVector};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shared::protocol::{
+    self, ENROLL, EnrollRequest, Enrolled, ErrorBody, KEYSET, PULL, PUSH_BATCH, PullPage,
+    PullRequest, PushRequest, REVOCATIONS, Stored,
+};
 
 use crate::gate::{Gate, GateError};
-
-/// Records a push sends at most.
-const BATCH: usize = 1000;
 
 /// Why a sync failed, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,14 @@ pub enum SyncError {
     #[error("sync server unreachable: {0}")]
     Unreachable(String),
     #[error("sync server refused ({status}): {message}")]
-    Refused { status: u16, message: String },
+    Refused {
+        status: u16,
+        message: String,
+        /// For a push above a gap: where the node wants the device to push from.
+        held: Option<u64>,
+    },
+    #[error("{0}")]
+    BadServer(String),
     #[error("sync server answered something unreadable: {0}")]
     Garbled(String),
     #[error(transparent)]
@@ -33,7 +40,7 @@ impl SyncError {
     /// other than load), so a loop should stop and tell someone.
     pub fn is_permanent(&self) -> bool {
         match self {
-            SyncError::NoServer | SyncError::NotEnrolled => true,
+            SyncError::NoServer | SyncError::NotEnrolled | SyncError::BadServer(_) => true,
             SyncError::Refused { status, .. } => !matches!(status, 408 | 429 | 500..),
             SyncError::Unreachable(_) | SyncError::Garbled(_) | SyncError::Gate(_) => false,
         }
@@ -59,41 +66,42 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn post(
+fn post<T: DeserializeOwned>(
     agent: &ureq::Agent,
     url: &str,
     token: Option<&str>,
-    body: &serde_json::Value,
-) -> Result<serde_json::Value, SyncError> {
+    body: &impl Serialize,
+) -> Result<T, SyncError> {
     let mut req = agent.post(url);
     if let Some(token) = token {
         req = req.header("authorization", &format!("Bearer {token}"));
     }
-    match answer(req.send_json(body))? {
-        (200, value) => Ok(value),
-        (status, value) => Err(refused(status, &value)),
-    }
+    answer(req.send_json(body))
 }
 
-/// The status and JSON body of a node's answer.
-fn answer(
+/// A node's answer: the message when it is 200, its refusal otherwise.
+fn answer<T: DeserializeOwned>(
     resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<(u16, serde_json::Value), SyncError> {
+) -> Result<T, SyncError> {
     let mut resp = resp.map_err(|e| SyncError::Unreachable(e.to_string()))?;
-    let value = resp
+    let status = resp.status().as_u16();
+    let body = resp
         .body_mut()
-        .read_json()
+        .with_config()
+        .limit(protocol::MAX_ANSWER)
+        .read_to_vec()
         .map_err(|e| SyncError::Garbled(e.to_string()))?;
-    Ok((resp.status().as_u16(), value))
-}
-
-/// A node's refusal, with the reason it gave.
-fn refused(status: u16, value: &serde_json::Value) -> SyncError {
-    let message = value["error"]
-        .as_str()
-        .unwrap_or("no reason given")
-        .to_owned();
-    SyncError::Refused { status, message }
+    if status == 200 {
+        return serde_json::from_slice(&body).map_err(|e| SyncError::Garbled(e.to_string()));
+    }
+    let refusal: Option<ErrorBody> = serde_json::from_slice(&body).ok();
+    Err(SyncError::Refused {
+        status,
+        message: refusal
+            .as_ref()
+            .map_or("no reason given".to_owned(), |r| r.error.clone()),
+        held: refusal.and_then(|r| r.held),
+    })
 }
 
 /// Pushes every unpushed record, then pulls what this device lacks.
@@ -112,39 +120,23 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
     let token = gate.device_token()?.ok_or(SyncError::NotEnrolled)?;
     let token = Some(token.as_str());
     let agent = agent();
-    let device = gate.device().id;
+    let node = Node {
+        agent: &agent,
+        server,
+        token,
+    };
     let mut report = SyncReport::default();
-    loop {
-        let batch = gate.unpushed(BATCH)?;
-        let Some(last) = batch.last().map(|r| r.idx) else {
-            break;
-        };
-        post(
-            &agent,
-            &format!("{server}/v1/devices/{device}/records"),
-            token,
-            &json!({ "records": batch }),
-        )?;
-        gate.mark_pushed(last)?;
-        report.pushed += batch.len();
-    }
-    #[derive(Deserialize)]
-    struct Pulled {
-        records: Vec<ScanRecord>,
-        next: Option<RecordKey>,
-    }
+    report.pushed += push_all(gate, &node)?;
     // Page after page with the same version vector, each page merged as it comes.
-    let vv: VersionVector = gate.version_vector()?;
+    let vv = gate.version_vector()?;
     let mut after = None;
-    loop {
-        let answer = post(
-            &agent,
-            &format!("{server}/v1/pull"),
-            token,
-            &json!({ "version_vector": vv, "after": after }),
-        )?;
-        let pulled: Pulled =
-            serde_json::from_value(answer).map_err(|e| SyncError::Garbled(e.to_string()))?;
+    let held_here = loop {
+        let request = PullRequest {
+            version_vector: vv.clone(),
+            after,
+            limit: None,
+        };
+        let pulled: PullPage = post(&agent, &format!("{server}{PULL}"), token, &request)?;
         report.pulled += gate.merge_remote(&pulled.records)?;
         match pulled.next {
             Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
@@ -153,16 +145,60 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
                     "the server's next page does not move forward".into(),
                 ));
             }
-            None => break,
+            None => break pulled.version_vector.get(&gate.device().id),
         }
+    };
+    // The node holds fewer of this device's records than were pushed (it
+    // was restored from a backup, or replaced): push them again.
+    if held_here < gate.sync_status()?.pushed_idx {
+        gate.rewind_pushed(held_here)?;
+        report.pushed += push_all(gate, &node)?;
     }
-    if let Some(list) = get_distributed(&agent, &format!("{server}/v1/revocations"), token)? {
+    if let Some(list) = get_distributed(&agent, &format!("{server}{REVOCATIONS}"), token)? {
         report.revocations = Some(gate.import_revocations(&list)?);
     }
-    if let Some(keyset) = get_distributed(&agent, &format!("{server}/v1/keyset"), token)? {
+    if let Some(keyset) = get_distributed(&agent, &format!("{server}{KEYSET}"), token)? {
         report.keyset_updated = gate.update_keyset(&keyset, crate::unix_now_ms())?;
     }
     Ok(report)
+}
+
+/// Where a sync goes.
+struct Node<'a> {
+    agent: &'a ureq::Agent,
+    server: &'a str,
+    token: Option<&'a str>,
+}
+
+/// Pushes every record not yet pushed, a batch at a time; returns how many.
+fn push_all(gate: &mut Gate, node: &Node<'_>) -> Result<usize, SyncError> {
+    let url = format!("{}{}", node.server, protocol::push_path(gate.device().id));
+    let mut pushed = 0;
+    let mut rewound = false;
+    loop {
+        let records = gate.unpushed(PUSH_BATCH)?;
+        let Some(last) = records.last().map(|r| r.idx) else {
+            return Ok(pushed);
+        };
+        let n = records.len();
+        match post::<Stored>(node.agent, &url, node.token, &PushRequest { records }) {
+            Ok(_) => {
+                gate.mark_pushed(last)?;
+                pushed += n;
+            }
+            // The node lacks records this device took as pushed: push
+            // again from where it holds.
+            Err(SyncError::Refused {
+                status: 409,
+                held: Some(held),
+                ..
+            }) if !rewound && held < gate.sync_status()?.pushed_idx => {
+                gate.rewind_pushed(held)?;
+                rewound = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The body of a keyset or revocation list the node hands out; `None` when
@@ -176,26 +212,42 @@ fn get_distributed(
     if let Some(token) = token {
         req = req.header("authorization", &format!("Bearer {token}"));
     }
-    match answer(req.call())? {
-        (200, value) => Ok(value["body"].as_str().map(str::to_owned)),
-        (404, _) => Ok(None),
-        (status, value) => Err(refused(status, &value)),
+    match answer::<protocol::Distributed>(req.call()) {
+        Ok(d) => Ok(Some(d.body)),
+        Err(SyncError::Refused { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
 /// Enrolls this device with gate-sync using a one-time token from the
 /// organizer, and remembers the server and the device token it answers with.
 pub fn enroll(gate: &mut Gate, server: &str, token: &str) -> Result<(), SyncError> {
-    let server = server.trim_end_matches('/');
-    let answer = post(
-        &agent(),
-        &format!("{server}/v1/enroll"),
-        None,
-        &json!({ "token": token, "device_id": gate.device().id }),
-    )?;
-    let device_token = answer["device_token"]
-        .as_str()
-        .ok_or_else(|| SyncError::Garbled("no device_token in the answer".into()))?;
-    gate.set_enrollment(server, device_token)?;
+    let server = server_url(server)?;
+    let request = EnrollRequest {
+        token: token.trim().to_owned(),
+        device_id: gate.device().id,
+    };
+    let answer: Enrolled = post(&agent(), &format!("{server}{ENROLL}"), None, &request)?;
+    gate.set_enrollment(&server, &answer.device_token)?;
     Ok(())
+}
+
+/// The node's base URL as given, checked: `http://HOST:PORT`, no path.
+pub fn server_url(server: &str) -> Result<String, SyncError> {
+    let server = server.trim().trim_end_matches('/');
+    let Some(rest) = server.strip_prefix("http://") else {
+        let hint = match server.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}:// is not supported here"),
+            None => format!("write it as http://{server}"),
+        };
+        return Err(SyncError::BadServer(format!(
+            "--server {server:?} is not a gate-sync address: {hint} (e.g. http://10.0.0.2:8090)"
+        )));
+    };
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+        return Err(SyncError::BadServer(format!(
+            "--server {server:?}: give the node as http://HOST:PORT, with no path"
+        )));
+    }
+    Ok(server.to_owned())
 }

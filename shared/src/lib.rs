@@ -14,6 +14,9 @@
 //! - [`merge`] holds the merged log of every gate as a CRDT: [`ScanLog`], a
 //!   grow-only set keyed by (device, index), its [`VersionVector`], and the
 //!   [`Duplicate`]s every replica derives alike.
+//! - [`protocol`] is the sync protocol between gates, nodes and peers: its
+//!   paths, messages, limits and the checks every receiver applies.
+//! - [`time`] shows unix milliseconds as RFC 3339, whatever a clock says.
 //!
 //! This crate does no IO: callers read files, clocks and databases and pass the
 //! results in (the current time is always a parameter).
@@ -22,8 +25,10 @@ pub mod code;
 pub mod hex;
 pub mod keyset;
 pub mod merge;
+pub mod protocol;
 pub mod revocations;
 pub mod scan;
+pub mod time;
 pub mod verify;
 
 pub use code::{

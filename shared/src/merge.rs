@@ -6,8 +6,9 @@
 //! associative and idempotent, and replicas that have seen the same records
 //! hold the same state whatever the order they saw them in. Each device
 //! writes only its own keys, so a key never holds two different records; if a
-//! faulty device ever sends two, every replica keeps the lesser of the two
-//! (records are totally ordered), which keeps the merge a join.
+//! faulty device ever sends two, every replica keeps the same one
+//! ([`supersedes`]: an admission first, then the greater record), which keeps
+//! the merge a join. A second version can never erase an admission.
 //!
 //! [`VersionVector`] is what two replicas exchange to know what the other
 //! lacks: for each device, the highest index held with no gap below it.
@@ -103,7 +104,7 @@ impl ScanLog {
                 }
                 true
             }
-            Some(old) if record < *old => {
+            Some(old) if supersedes(&record, old) => {
                 *old = record;
                 true
             }
@@ -121,7 +122,39 @@ impl ScanLog {
         self.records
             .get(&record.device_id)
             .and_then(|held| held.get(&record.idx))
-            .is_none_or(|held| record < held)
+            .is_none_or(|held| supersedes(record, held))
+    }
+
+    /// The first of `records` that would land above a gap in its device's
+    /// log (with the others added), and the index held below the gap: a
+    /// record is taken only next to one held, or where one is held already.
+    pub fn above_gap<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a ScanRecord>,
+    ) -> Option<(&'a ScanRecord, u64)> {
+        let mut sorted: Vec<&ScanRecord> = records.into_iter().collect();
+        sorted.sort_by_key(|r| (r.device_id, r.idx));
+        let mut held = (None, 0u64);
+        for r in sorted {
+            if held.0 != Some(r.device_id) {
+                held = (Some(r.device_id), self.version_vector_of(&r.device_id));
+            }
+            if r.idx == held.1 + 1 {
+                held.1 = r.idx;
+                // Records held above the old gap now join the run.
+                while self.get(&r.device_id, held.1 + 1).is_some() {
+                    held.1 += 1;
+                }
+            } else if r.idx > held.1 && self.get(&r.device_id, r.idx).is_none() {
+                return Some((r, held.1));
+            }
+        }
+        None
+    }
+
+    /// The device's highest index held with none missing below it.
+    pub fn version_vector_of(&self, device: &DeviceId) -> u64 {
+        self.contiguous.get(device).copied().unwrap_or(0)
     }
 
     /// Adds every record of `other`.
@@ -210,6 +243,23 @@ impl ScanLog {
             .filter_map(|(ticket, scans)| duplicate_of(ticket, scans))
             .collect()
     }
+}
+
+/// Whether `new` replaces `old`, a different record for the same key (a
+/// faulty or hostile device wrote both): every replica keeps the same one.
+/// An admitted entry ranks first, so a second version can never erase an
+/// admission and let a ticket in again; then a refusal; an admitted exit
+/// last, so a doubtful exit never lets a holder back in. Equal ranks keep
+/// the greater record.
+pub fn supersedes(new: &ScanRecord, old: &ScanRecord) -> bool {
+    fn rank(r: &ScanRecord) -> u8 {
+        match (r.result, r.direction) {
+            (ResultCode::Ok, Direction::Entry) => 2,
+            (ResultCode::Ok, Direction::Exit) => 0,
+            _ => 1,
+        }
+    }
+    (rank(new), new) > (rank(old), old)
 }
 
 /// The duplicate that a ticket's scans make, if they make one: an entry

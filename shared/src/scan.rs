@@ -90,6 +90,30 @@ impl Hlc {
     pub fn millis(self) -> u64 {
         self.0 >> 16
     }
+
+    /// How far ahead of this device's own clock another device's stamp may
+    /// be and still move this device's clock: one hour. A stamp from further
+    /// ahead (a broken or hostile clock) is not adopted, or every later scan
+    /// on every gate that saw it would carry the same stamp and lose its order.
+    pub const MAX_ADOPT_AHEAD_MS: u64 = 3_600_000;
+
+    /// The greatest stamp another device's record may have and still be
+    /// adopted by a device whose wall clock reads `wall_ms`.
+    pub fn adoptable_until(wall_ms: u64) -> Hlc {
+        let ms = wall_ms
+            .saturating_add(Self::MAX_ADOPT_AHEAD_MS)
+            .min((1 << 48) - 1);
+        Hlc((ms << 16) | 0xffff)
+    }
+}
+
+/// Deserializes an `Option` that must be written out, as `null` if empty.
+fn present<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d)
 }
 
 /// One scan attempt, as recorded and as exchanged between replicas. Totally
@@ -99,7 +123,9 @@ pub struct ScanRecord {
     pub device_id: DeviceId,
     /// 1, 2, 3, ... per device, without gaps: what a peer lacks is a range.
     pub idx: u64,
-    /// The ticket, when its signature was good; `None` for unreadable or forged codes.
+    /// The ticket, when its signature was good; `None` (JSON `null`, never
+    /// left out) for unreadable or forged codes.
+    #[serde(deserialize_with = "present")]
     pub ticket: Option<(u64, TicketId)>,
     pub multi_entry: bool,
     /// The ticket's category and seat, for people reading the log (0 and

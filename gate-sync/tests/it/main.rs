@@ -1,6 +1,7 @@
 //! The one integration-test binary of gate-sync: the real service on
 //! 127.0.0.1 over a real SQLite file, and the partition simulation.
 
+mod attacks;
 mod simulation;
 
 use std::net::SocketAddr;
@@ -121,6 +122,26 @@ fn send(url: &str, token: Option<&str>, body: &str) -> (u16, Value) {
     )
 }
 
+/// Sends `request` as it is over a fresh connection and reads the answer
+/// until the node closes it or 2 s pass (the node may answer before the
+/// request is whole, and close).
+fn raw(addr: SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let _ = conn.write_all(request.as_bytes());
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Enrolls device `device` through the API; returns its device token.
 fn enroll(addr: SocketAddr, state: &gate_sync::AppState, device: u8) -> String {
     let token = state
@@ -192,15 +213,50 @@ fn a_replayed_batch_changes_nothing_and_pull_sends_what_is_lacking() {
         .map(|r| r["idx"].as_u64().unwrap())
         .collect();
     assert_eq!(idxs, [2, 3]);
-    // Gaps are accepted, and visible in the version vector until filled.
-    let (_, gap) = push(addr, &t1, 1, &[entry(1, 5, 9, 1_900_000_100)]);
-    assert_eq!(gap["version_vector"][DeviceId([1; 16]).to_string()], 3);
-    let (_, filled) = push(addr, &t1, 1, &[entry(1, 4, 8, 1_900_000_090)]);
+}
+
+#[test]
+fn records_above_a_gap_are_refused_and_never_sent_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let (t1, t2) = (enroll(addr, &state, 1), enroll(addr, &state, 2));
+    let batch: Vec<ScanRecord> = (1..=3)
+        .map(|i| entry(1, i, i as u8, 1_900_000_000 + i))
+        .collect();
+    assert_eq!(push(addr, &t1, 1, &batch).0, 200);
+    // The attack: records far above what the device wrote.
+    for idx in [5, 1_000_000_000] {
+        let (status, body) = push(addr, &t1, 1, &[entry(1, idx, 9, 1_900_000_100)]);
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["held"], 3, "the node says where to push from: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("send from 4"),
+            "{body}"
+        );
+    }
+    // So every pull of a gate that holds what there is sends nothing.
+    let vv = json!({ "version_vector": { DeviceId([1; 16]).to_string(): 3 } });
+    for _ in 0..2 {
+        let (status, pulled) = send(
+            &format!("http://{addr}/v1/pull"),
+            Some(&t2),
+            &vv.to_string(),
+        );
+        assert_eq!(status, 200);
+        assert_eq!(pulled["records"], json!([]), "{pulled}");
+    }
+    // Pushed in order, the rest is taken.
+    let (_, filled) = push(
+        addr,
+        &t1,
+        1,
+        &[entry(1, 4, 8, 1_900_000_090), entry(1, 5, 9, 1_900_000_100)],
+    );
     assert_eq!(filled["version_vector"][DeviceId([1; 16]).to_string()], 5);
 }
 
 #[test]
-fn a_long_pull_comes_in_pages_that_end_even_above_a_gap() {
+fn a_long_pull_comes_in_pages_that_end() {
     let tmp = tempfile::tempdir().unwrap();
     let (addr, state) = serve_state(&tmp.path().join("sync.db"));
     let (t1, t2, t3) = (
@@ -208,8 +264,8 @@ fn a_long_pull_comes_in_pages_that_end_even_above_a_gap() {
         enroll(addr, &state, 2),
         enroll(addr, &state, 3),
     );
-    // Device 1 holds 1-3 and 6-7 (4 and 5 are still on the gate); device 2 holds 1-2.
-    let one: Vec<ScanRecord> = [1, 2, 3, 6, 7]
+    // Device 1 holds 1-5; device 2 holds 1-2.
+    let one: Vec<ScanRecord> = [1, 2, 3, 4, 5]
         .into_iter()
         .map(|i| entry(1, i, i as u8, 1_900_000_000 + i))
         .collect();
@@ -239,7 +295,7 @@ fn a_long_pull_comes_in_pages_that_end_even_above_a_gap() {
         after = page["next"].clone();
     }
     let keys: Vec<(u8, u64)> = got.iter().map(|r| (r.device_id.0[0], r.idx)).collect();
-    assert_eq!(keys, [(1, 6), (1, 7), (2, 1), (2, 2)]);
+    assert_eq!(keys, [(1, 4), (1, 5), (2, 1), (2, 2)]);
     assert_eq!(got[0], one[3], "a record comes back as it was pushed");
     // A limit beyond the page size is served as a full page, not refused.
     let (status, all) = send(
@@ -415,26 +471,33 @@ fn a_page_stops_at_a_few_megabytes_whatever_its_records() {
 }
 
 #[test]
-fn a_clock_far_in_the_future_does_not_break_the_dashboard() {
+fn a_clock_beyond_the_year_9999_is_refused_and_the_last_day_is_shown() {
     let tmp = tempfile::tempdir().unwrap();
     let (addr, state) = serve_state(&tmp.path().join("sync.db"));
     let token = enroll(addr, &state, 6);
     let mut r = entry(6, 1, 1, 0);
     r.wall_ms = u64::MAX / 2;
+    let (status, body) = push(addr, &token, 6, std::slice::from_ref(&r));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("year 9999"),
+        "{body}"
+    );
+    r.wall_ms = shared::time::MAX_MS;
     assert_eq!(push(addr, &token, 6, &[r]).0, 200);
     let (status, stats) = call("GET", addr, "/v1/stats", None);
     assert_eq!(status, 200, "{stats}");
     assert_eq!(
         stats["entries_per_minute"][0]["minute"],
-        "9999-12-31T23:59:59Z"
+        "9999-12-31T23:59:00Z"
     );
 }
 
 #[test]
-fn a_local_enrollment_wins_over_a_peer_clock_ahead() {
-    // A peer with its clock an hour ahead enrolled this device earlier; the
-    // device is then enrolled again here. The new token must be the one
-    // that works, here and, after merging, everywhere.
+fn an_enrollment_token_never_takes_over_a_device_known_from_a_peer() {
+    // A peer enrolled this device (with its clock an hour ahead); an
+    // enrollment token used here with the same id is refused, and the
+    // device's own token keeps working.
     let tmp = tempfile::tempdir().unwrap();
     let mut store = gate_sync::store::Store::open(&tmp.path().join("sync.db")).unwrap();
     let now = 1_900_000_000_000;
@@ -447,9 +510,14 @@ fn a_local_enrollment_wins_over_a_peer_clock_ahead() {
     };
     store.merge_device_auth(std::slice::from_ref(&old)).unwrap();
     let enrollment = store.create_enrollment("tablet-7", now).unwrap();
-    let token = store.enroll(&enrollment, DeviceId([7; 16]), now).unwrap();
-    store.merge_device_auth(&[old]).unwrap();
-    assert_eq!(store.authenticate(&token).unwrap(), DeviceId([7; 16]));
+    let err = store
+        .enroll(&enrollment, DeviceId([7; 16]), now)
+        .unwrap_err();
+    assert!(err.to_string().contains("already enrolled"), "{err}");
+    let held = store.device_auth().unwrap();
+    assert_eq!(held, [old], "the peer's enrollment stands");
+    // The unused token still enrolls a new device.
+    assert!(store.enroll(&enrollment, DeviceId([8; 16]), now).is_ok());
 }
 
 #[test]
@@ -479,19 +547,38 @@ fn bad_batches_are_refused_whole_with_the_reason() {
         "{\"records\": []}",
     );
     assert_eq!(status, 400);
+    // A body over the limit is refused from its declared length, unread.
+    let answer = raw(
+        addr,
+        &format!(
+            "POST /v1/devices/{}/records HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t1}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{{",
+            DeviceId([1; 16]),
+            shared::protocol::MAX_PUSH_BODY + 1
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // And one that does not declare it is cut off at the limit.
     let huge = format!(
         "{{\"records\": [], \"pad\": \"{}\"}}",
-        "x".repeat(gate_sync::http::MAX_BODY + 1)
+        "x".repeat(shared::protocol::MAX_PUSH_BODY + 1)
     );
-    let (status, body) = send(&url, Some(&t1), &huge);
-    assert_eq!(status, 413);
-    assert!(body["error"].is_string());
+    let chunked = raw(
+        addr,
+        &format!(
+            "POST /v1/devices/{}/records HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t1}\r\n\
+             content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{huge}\r\n0\r\n\r\n",
+            DeviceId([1; 16]),
+            huge.len()
+        ),
+    );
+    assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
     // An index beyond what SQLite stores, and labels as long as documents.
     let mut beyond = mine.clone();
     beyond.idx = 1 << 63;
     let mut wordy = mine.clone();
     wordy.gate = "g".repeat(257);
-    for (bad, why) in [(beyond, "indexes go up to"), (wordy, "too long")] {
+    for (bad, why) in [(beyond, "indexes go from 1 to"), (wordy, "too long")] {
         let (status, body) = push(addr, &t1, 1, &[mine.clone(), bad]);
         assert_eq!(status, 400, "{body}");
         assert!(body["error"].as_str().unwrap().contains(why), "{body}");
@@ -688,12 +775,21 @@ fn a_device_enrolled_at_one_node_syncs_with_its_peers_and_a_revocation_travels()
         "nothing of it was applied"
     );
     // A device cannot slip a device list into its own push.
-    let (status, _) = send(
+    let before = listed(&b_state);
+    let (status, body) = send(
         &format!("http://{b}/v1/devices/{}/records", DeviceId([2; 16])),
         Some(&t2),
-        &json!({ "records": [], "devices": listed(&b_state) }).to_string(),
+        &json!({ "records": [], "devices": [{
+            "device_id": DeviceId([9; 16]), "name": "x", "token_hash": "a".repeat(64),
+            "enrolled_at_ms": 1, "revoked_at_ms": null }] })
+        .to_string(),
     );
-    assert_eq!(status, 403);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("devices"),
+        "{body}"
+    );
+    assert_eq!(listed(&b_state), before);
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! Bulk issuance: every ticket is a real QR picture that decodes to a code
 //! that verifies, seats are sold once, and bad input loses nothing.
 
+use std::path::Path;
+use std::process::Command;
+
 use shared::Verifier;
 
 use crate::{Env, decode_png, read_csv};
@@ -372,4 +375,47 @@ fn rfc3339_and_unix_times_name_the_same_instant_and_events_list() {
     std::fs::write(&bad, "[{\"id\": 1}]").unwrap();
     let err = env.fails(&["events", "import", bad.to_str().unwrap()]);
     assert!(err.contains("not a JSON list"), "{err}");
+}
+
+#[test]
+fn ticket_codes_on_disk_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.generate_key();
+    let out = env.path("batch");
+    env.ok(&[
+        "tickets",
+        "issue",
+        "--event",
+        "1001",
+        "--category",
+        "1",
+        "--count",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&env.data()), 0o700, "the data directory");
+    for file in [env.data().join("issuer.db"), out.join("tickets.csv")] {
+        assert_eq!(mode(&file) & 0o077, 0, "{}", file.display());
+    }
+}
+
+#[test]
+fn a_mistyped_data_directory_is_an_error_not_a_new_shop() {
+    let env = Env::new();
+    let typo = env.path("dta");
+    for args in [["events", "list"], ["keys", "list"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_issuer"))
+            .arg("--data")
+            .arg(&typo)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not an issuer data directory"), "{err}");
+        assert!(!typo.exists(), "nothing was created");
+    }
 }

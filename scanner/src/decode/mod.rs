@@ -15,7 +15,19 @@ pub enum DecodeError {
     Open(#[from] image::ImageError),
     #[error("no QR code found")]
     NotFound,
+    #[error(
+        "the picture is {width}x{height} pixels; at most {MAX_PIXELS} pixels (and {MAX_SIDE} a side) \
+         are read: scale it down"
+    )]
+    TooLarge { width: u32, height: u32 },
 }
+
+/// Most pixels a picture may have (a 40-megapixel photo); its size is read
+/// from the header before anything is decoded, so a small file that claims
+/// a huge picture costs nothing.
+pub const MAX_PIXELS: u64 = 40_000_000;
+/// Longest side of a picture, in pixels.
+pub const MAX_SIDE: u32 = 12_000;
 
 /// Every QR code's text found in a greyscale picture of `width` x `height`
 /// pixels, row-major.
@@ -106,12 +118,21 @@ fn texts<G: rqrr::BitGrid>(grids: Vec<rqrr::Grid<G>>) -> Vec<String> {
 
 /// Opens a picture (PNG or JPEG) and reads every QR code in it.
 pub fn decode_file(path: &Path) -> Result<Vec<String>, DecodeError> {
-    let luma = image::ImageReader::open(path)
-        .map_err(image::ImageError::IoError)?
-        .with_guessed_format()
-        .map_err(image::ImageError::IoError)?
-        .decode()?
-        .into_luma8();
+    let open = || -> Result<_, image::ImageError> {
+        Ok(image::ImageReader::open(path)?.with_guessed_format()?)
+    };
+    let (width, height) = open()?.into_dimensions()?;
+    if u64::from(width) * u64::from(height) > MAX_PIXELS || width.max(height) > MAX_SIDE {
+        return Err(DecodeError::TooLarge { width, height });
+    }
+    let mut reader = open()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    // An RGBA picture of the largest size, and a little more.
+    limits.max_alloc = Some(MAX_PIXELS * 4 + (16 << 20));
+    reader.limits(limits);
+    let luma = reader.decode()?.into_luma8();
     let texts = decode_luma(luma.width() as usize, luma.height() as usize, luma.as_raw());
     if texts.is_empty() {
         return Err(DecodeError::NotFound);

@@ -1,6 +1,7 @@
 //! The one integration-test binary of `scanner`: the real binary, fed the
 //! spec's vectors, real pictures from the issuer, and garbage.
 
+mod attacks;
 mod check;
 mod crash;
 mod decode;

@@ -312,7 +312,7 @@ fn far_scan(idx: u64, wall_ms: u64) -> shared::ScanRecord {
 }
 
 #[test]
-fn the_version_vector_stops_at_a_gap_in_what_other_gates_sent() {
+fn a_gate_takes_no_record_above_a_gap_from_a_node() {
     let st = Station::new("t", "Main", &[]);
     assert_eq!(st.result(NOW, &[], &code(1, false)), "ok");
     let mut gate = scanner::gate::Gate::open(&st.db).unwrap();
@@ -321,18 +321,21 @@ fn the_version_vector_stops_at_a_gap_in_what_other_gates_sent() {
         .into_iter()
         .map(|idx| far_scan(idx, NOW * 1000))
         .collect();
-    assert_eq!(gate.merge_remote(&remote).unwrap(), 3);
+    let err = gate.merge_remote(&remote).unwrap_err();
+    assert!(err.to_string().contains("/4 would leave a gap"), "{err}");
     assert_eq!(
-        gate.merge_remote(&remote).unwrap(),
+        gate.version_vector().unwrap().get(&other),
+        0,
+        "refused whole"
+    );
+    assert_eq!(gate.merge_remote(&remote[..2]).unwrap(), 2);
+    assert_eq!(
+        gate.merge_remote(&remote[..2]).unwrap(),
         0,
         "a replay adds nothing"
     );
     let vv = gate.version_vector().unwrap();
-    assert_eq!(
-        vv.get(&other),
-        2,
-        "index 3 is missing, so 4 does not count yet"
-    );
+    assert_eq!(vv.get(&other), 2);
     assert_eq!(vv.get(&gate.device().id), 1);
 }
 

@@ -1,0 +1,226 @@
+//! Connections from a network that may be hostile. Every connection is
+//! closed when it has moved no byte for [`IDLE`] (a silent socket, a
+//! half-sent request, an idle keep-alive) and at the latest after
+//! [`LIFETIME`]; one address holds at most [`PER_ADDR`] connections, and the
+//! node at most [`MAX_CONNS`], well under the usual limit of 1,024 open
+//! files. Connections past a limit are closed at once, with a log line.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+
+/// A connection that moves no byte for this long is closed.
+pub const IDLE: Duration = Duration::from_secs(20);
+/// No connection lives longer than this; a client simply reconnects.
+pub const LIFETIME: Duration = Duration::from_secs(600);
+/// Most connections open at once from one address.
+pub const PER_ADDR: usize = 64;
+/// Most connections open at once.
+pub const MAX_CONNS: usize = 900;
+
+type Open = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// A TCP listener that applies the limits above.
+pub struct Guarded {
+    inner: TcpListener,
+    open: Open,
+    idle: Duration,
+    /// When a refusal was last logged: one line per second at most.
+    last_warned: Option<Instant>,
+}
+
+impl Guarded {
+    pub fn new(inner: TcpListener) -> Guarded {
+        Guarded::with_idle(inner, IDLE)
+    }
+
+    /// With another idle limit (tests).
+    pub fn with_idle(inner: TcpListener, idle: Duration) -> Guarded {
+        Guarded {
+            inner,
+            open: Default::default(),
+            idle,
+            last_warned: None,
+        }
+    }
+
+    /// Takes a place for a connection from `ip`, unless a limit is reached.
+    fn admit(&self, ip: IpAddr) -> Option<Slot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = open.values().sum();
+        let mine = open.entry(ip).or_insert(0);
+        if total >= MAX_CONNS || *mine >= PER_ADDR {
+            return None;
+        }
+        *mine += 1;
+        Some(Slot {
+            open: self.open.clone(),
+            ip,
+        })
+    }
+}
+
+/// A connection's place; given back when the connection closes.
+struct Slot {
+    open: Open,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Listener for Guarded {
+    type Io = Timed;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Timed, SocketAddr) {
+        loop {
+            let (stream, addr) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before
+                    // it was taken: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = self.admit(addr.ip()) else {
+                let now = Instant::now();
+                if self
+                    .last_warned
+                    .is_none_or(|t| now - t >= Duration::from_secs(1))
+                {
+                    self.last_warned = Some(now);
+                    tracing::warn!(peer = %addr, per_addr = PER_ADDR, max = MAX_CONNS,
+                        "connection refused: too many open connections");
+                }
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            return (Timed::new(stream, self.idle, slot), addr);
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// The client's address, for handlers and the refusal log.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, Guarded>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, Guarded>) -> PeerAddr {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// A TCP stream that fails with `TimedOut` once it has moved no byte for
+/// its idle limit, or has lived its lifetime.
+pub struct Timed {
+    inner: TcpStream,
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    end: Pin<Box<Sleep>>,
+    _slot: Slot,
+}
+
+impl Timed {
+    fn new(inner: TcpStream, idle: Duration, slot: Slot) -> Timed {
+        Timed {
+            inner,
+            idle,
+            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            end: Box::pin(tokio::time::sleep(LIFETIME)),
+            _slot: slot,
+        }
+    }
+
+    fn progressed(&mut self) {
+        let at = Instant::now() + self.idle;
+        self.idle_timer.as_mut().reset(at);
+    }
+
+    /// Whether a limit has passed (registering for the wake-up when not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.idle_timer.as_mut().poll(cx).is_ready() || self.end.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle or too old")
+}
+
+impl AsyncRead for Timed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.progressed();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for Timed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.progressed();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,326 @@
+//! What an attacker with a spare enrollment token, or none, tried against
+//! the node, each as a regression test named after what it guards.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use shared::{DeviceId, Direction, ResultCode};
+
+use crate::{call, enroll, entry, push, raw, record, send, serve_state, two_peers};
+
+#[test]
+fn an_enrollment_token_cannot_claim_an_enrolled_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let real = enroll(addr, &state, 1);
+    assert_eq!(
+        push(addr, &real, 1, &[entry(1, 1, 1, 1_900_000_000)]).0,
+        200
+    );
+    // A spare token, made for a new tablet, names the real gate's id.
+    let spare = state
+        .lock(|s| s.create_enrollment("new tablet", 0))
+        .unwrap();
+    let (status, body) = send(
+        &format!("http://{addr}/v1/enroll"),
+        None,
+        &json!({ "token": spare, "device_id": DeviceId([1; 16]) }).to_string(),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("already enrolled"));
+    assert!(body.get("device_token").is_none());
+    // The real gate is not locked out, and the spare token is not used up.
+    assert_eq!(
+        push(addr, &real, 1, &[entry(1, 2, 2, 1_900_000_001)]).0,
+        200
+    );
+    let (status, _) = send(
+        &format!("http://{addr}/v1/enroll"),
+        None,
+        &json!({ "token": spare, "device_id": DeviceId([2; 16]) }).to_string(),
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn an_accepted_admission_cannot_be_rewritten_by_a_push_or_a_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ((a, a_state), (b, b_state)) = two_peers(tmp.path());
+    let token = enroll(a, &a_state, 1);
+    let other = enroll(a, &a_state, 2);
+    let admitted = entry(1, 1, 7, 1_900_000_000);
+    assert_eq!(push(a, &token, 1, std::slice::from_ref(&admitted)).0, 200);
+    assert_eq!(push(a, &other, 2, &[entry(2, 1, 7, 1_900_000_030)]).0, 200);
+    let (_, dups) = call("GET", a, "/v1/duplicates", None);
+    assert_eq!(dups["duplicates"].as_array().unwrap().len(), 1);
+    // The same index again, now a refusal naming no ticket.
+    let mut erased = record(
+        1,
+        1,
+        7,
+        Direction::Entry,
+        ResultCode::Invalid,
+        1_900_000_000,
+    );
+    erased.ticket = None;
+    let (status, body) = push(a, &token, 1, std::slice::from_ref(&erased));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("other content"),
+        "{body}"
+    );
+    // Sent by a peer instead, it does not win either.
+    let (status, body) = send(
+        &format!("http://{a}/v1/merge"),
+        Some("venue-secret"),
+        &json!({ "records": [erased] }).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        a_state.read(|s| s.log().get(&DeviceId([1; 16]), 1).cloned()),
+        Some(admitted.clone())
+    );
+    let (_, stats) = call("GET", a, "/v1/stats", None);
+    assert_eq!(stats["admitted"], 2, "{stats}");
+    let (_, dups) = call("GET", a, "/v1/duplicates", None);
+    assert_eq!(dups["duplicates"].as_array().unwrap().len(), 1, "{dups}");
+    // A replica that pulls afterwards gets the admission.
+    let agent = ureq::Agent::new_with_defaults();
+    gate_sync::peers::exchange(&b_state, &format!("http://{a}"), &agent).unwrap();
+    assert_eq!(
+        b_state.read(|s| s.log().get(&DeviceId([1; 16]), 1).cloned()),
+        Some(admitted)
+    );
+    let _ = b;
+}
+
+#[test]
+fn bodies_are_not_read_before_the_token_is_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, _state) = serve_state(&tmp.path().join("sync.db"));
+    let device = DeviceId([1; 16]);
+    // A stranger announces 16 MiB and sends none of it: refused at once.
+    for (path, auth) in [
+        (format!("/v1/devices/{device}/records"), ""),
+        (
+            format!("/v1/devices/{device}/records"),
+            "authorization: Bearer made-up\r\n",
+        ),
+        ("/v1/pull".to_owned(), ""),
+        ("/v1/merge".to_owned(), "authorization: Bearer made-up\r\n"),
+    ] {
+        let started = Instant::now();
+        let answer = raw(
+            addr,
+            &format!(
+                "POST {path} HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\n\
+                 content-length: 16777216\r\n\r\n"
+            ),
+        );
+        assert!(
+            answer.starts_with("HTTP/1.1 401") || answer.starts_with("HTTP/1.1 403"),
+            "{path}: {answer}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{path}: answered without the body"
+        );
+    }
+    // Enrollment is open to anyone, so its body is small.
+    let answer = raw(
+        addr,
+        "POST /v1/enroll HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: 100000\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+#[test]
+fn silent_half_sent_and_idle_connections_are_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = gate_sync::AppState::new(
+        gate_sync::store::Store::open(&tmp.path().join("sync.db")).unwrap(),
+    );
+    let addr =
+        gate_sync::serve_in_background_idle(state, "127.0.0.1:0", Duration::from_millis(500))
+            .unwrap();
+    let closed_within = |mut conn: TcpStream, limit: Duration| {
+        conn.set_read_timeout(Some(limit)).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => return started.elapsed() < limit,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    };
+    let silent = TcpStream::connect(addr).unwrap();
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(b"POST /v1/pull HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.write_all(b"GET /openapi.json HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    for (what, conn) in [
+        ("silent", silent),
+        ("half-sent", half),
+        ("idle keep-alive", idle),
+    ] {
+        assert!(
+            closed_within(conn, Duration::from_secs(5)),
+            "{what} connection left open"
+        );
+    }
+    // One address cannot hold every connection the node has.
+    let held: Vec<TcpStream> = (0..gate_sync::net::PER_ADDR)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let extra = TcpStream::connect(addr).unwrap();
+    assert!(
+        closed_within(extra, Duration::from_millis(400)),
+        "the connection over the limit is closed at once"
+    );
+    drop(held);
+}
+
+#[test]
+fn the_node_answers_only_json_in_the_documented_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let token = enroll(addr, &state, 1);
+    let url = format!("http://{addr}/v1/devices/{}/records", DeviceId([1; 16]));
+    // Any other Content-Type is refused.
+    let resp = ureq::post(&url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .header("authorization", &format!("Bearer {token}"))
+        .header("content-type", "text/plain")
+        .send("{\"records\": []}")
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    // A record must say `ticket`, null when the code was unreadable.
+    let mut r = serde_json::to_value(entry(1, 1, 1, 1_900_000_000)).unwrap();
+    r.as_object_mut().unwrap().remove("ticket");
+    let (status, body) = send(&url, Some(&token), &json!({ "records": [r] }).to_string());
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("ticket"), "{body}");
+    // An admission names its ticket.
+    let mut r = entry(1, 1, 1, 1_900_000_000);
+    r.ticket = None;
+    let (status, body) = push(addr, &token, 1, &[r]);
+    assert_eq!(status, 400, "{body}");
+    // Unknown fields are refused, not ignored.
+    let (status, _) = send(&url, Some(&token), "{\"records\": [], \"extra\": 1}");
+    assert_eq!(status, 400);
+    // The document says all this.
+    let doc: serde_json::Value = serde_json::from_str(gate_sync::http::OPENAPI).unwrap();
+    for path in [
+        "/v1/devices/{device_id}/records",
+        "/v1/pull",
+        "/v1/merge",
+        "/v1/enroll",
+    ] {
+        let responses = &doc["paths"][path]["post"]["responses"];
+        for status in ["400", "413", "415"] {
+            assert!(responses.get(status).is_some(), "{path} documents {status}");
+        }
+        if path != "/v1/enroll" {
+            assert!(responses.get("401").is_some(), "{path} documents 401");
+        }
+    }
+}
+
+/// The node's own binary, serving `db` on a port of its own; returns the
+/// child (the caller kills and waits for it) and the address it printed.
+#[allow(clippy::zombie_processes)]
+fn node_process(
+    db: &std::path::Path,
+) -> (
+    std::process::Child,
+    String,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gate-sync"))
+        .args([
+            "--db",
+            db.to_str().unwrap(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .env_remove("GATE_SYNC_ORGANIZER_TOKEN")
+        .env_remove("GATE_SYNC_PEER_TOKEN")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 {
+            let _ = child.wait();
+            panic!("the node stopped before serving");
+        }
+        if let Some(at) = line.split("address=").nth(1) {
+            let addr = at.split_whitespace().next().unwrap().to_owned();
+            return (child, addr, err);
+        }
+    }
+}
+
+#[test]
+fn refusals_leave_a_line_in_the_node_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("sync.db");
+    let enrolled = {
+        let store = gate_sync::store::Store::open(&db).unwrap();
+        store.create_enrollment("tablet-1", 0).unwrap()
+    };
+    let (mut child, addr, mut log) = node_process(&db);
+    let (status, body) = send(
+        &format!("http://{addr}/v1/enroll"),
+        None,
+        &json!({ "token": enrolled, "device_id": DeviceId([1; 16]) }).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let token = body["device_token"].as_str().unwrap().to_owned();
+    let url = |d: u8| format!("http://{addr}/v1/devices/{}/records", DeviceId([d; 16]));
+    assert_eq!(send(&url(1), Some("made-up"), "{\"records\": []}").0, 401);
+    assert_eq!(send(&url(2), Some(&token), "{\"records\": []}").0, 403);
+    let answer = raw(
+        addr.parse().unwrap(),
+        &format!(
+            "POST /v1/devices/{}/records HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: 99999999\r\n\r\n",
+            DeviceId([1; 16])
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut text = String::new();
+    log.read_to_string(&mut text).unwrap();
+    let refusals: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .collect();
+    assert_eq!(refusals.len(), 3, "{text}");
+    for (line, status, why) in [
+        (refusals[0], "status=401", "unknown"),
+        (refusals[1], "status=403", "not"),
+        (refusals[2], "status=413", "over"),
+    ] {
+        assert!(line.contains(status) && line.contains(why), "{line}");
+        assert!(line.contains("peer=127.0.0.1:"), "who asked: {line}");
+    }
+    assert!(!text.contains(&token), "tokens never reach the log");
+}
