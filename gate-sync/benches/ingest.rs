@@ -20,18 +20,44 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use shared::{DeviceId, Direction, Hlc, ResultCode, ScanRecord, TicketId, VersionVector};
+use shared::device::DeviceSigner;
+use shared::{
+    DeviceId, DeviceSig, Direction, Hlc, RecordHash, ResultCode, ScanRecord, TicketId,
+    VersionVector,
+};
+
+/// Device `device`'s key (from a seed made of its number).
+fn signer(device: u16) -> DeviceSigner {
+    let mut seed = [7u8; 32];
+    seed[..2].copy_from_slice(&device.to_be_bytes());
+    DeviceSigner::from_seed(&seed)
+}
 
 fn device_id(device: u16) -> DeviceId {
-    let mut d = [0u8; 16];
-    d[..2].copy_from_slice(&device.to_be_bytes());
-    DeviceId(d)
+    signer(device).id()
+}
+
+/// The issuer of the benchmark's tickets.
+fn issuer() -> shared::code::Signer {
+    shared::code::Signer::new(ed25519_dalek::SigningKey::from_bytes(&[42; 32]))
+}
+
+/// Every record of `device`, 1 to `n`, chained and signed as a gate does.
+fn records_of(device: u16, n: u64) -> Vec<ScanRecord> {
+    let (signer, issuer) = (signer(device), issuer());
+    let mut out: Vec<ScanRecord> = Vec::with_capacity(n as usize);
+    for idx in 1..=n {
+        let mut r = record(device, idx, &issuer);
+        signer.seal(&mut r, out.last());
+        out.push(r);
+    }
+    out
 }
 
 /// Scan `idx` of `device`: a ticket of its own, admitted. One scan in
 /// 1,000 admits the ticket the device before it admitted one index earlier,
 /// as a screenshot shown at two gates would: about 1,000 double admissions.
-fn record(device: u16, idx: u64) -> ScanRecord {
+fn record(device: u16, idx: u64, issuer: &shared::code::Signer) -> ScanRecord {
     let (owner, at) = if idx.is_multiple_of(1000) && device > 0 {
         (device - 1, idx - 1)
     } else {
@@ -41,6 +67,17 @@ fn record(device: u16, idx: u64) -> ScanRecord {
     t[..2].copy_from_slice(&owner.to_be_bytes());
     t[8..].copy_from_slice(&at.to_be_bytes());
     let wall_ms = 1_900_000_000_000 + idx * 250;
+    let proof = issuer
+        .encode(&shared::TicketFields {
+            event_id: 1001,
+            ticket_id: TicketId(t),
+            category_id: 1,
+            multi_entry: false,
+            valid_from: 1_900_000_000,
+            valid_until: 1_900_086_400,
+            seat: String::new(),
+        })
+        .expect("a code");
     ScanRecord {
         device_id: device_id(device),
         idx,
@@ -55,6 +92,10 @@ fn record(device: u16, idx: u64) -> ScanRecord {
         hlc: Hlc(wall_ms << 16),
         gate: format!("gate-{}", device % 12),
         device_name: format!("tablet-{device}"),
+        proof: Some(proof),
+        prev: RecordHash::FIRST,
+        device_key: None,
+        sig: DeviceSig::NONE,
     }
 }
 
@@ -115,15 +156,34 @@ fn main() {
     let (mut server, addr) = start_server(&db);
     let addr = addr.as_str();
 
-    // Bodies are built before the clock starts: the server's work is measured.
+    // Records are signed and bodies built before the clock starts: the
+    // server's work is measured. (Signing a million records and their
+    // tickets' codes takes a while: on every core.)
     let batch = 1000u64;
-    let jobs: Vec<(u16, String)> = (0..devices)
-        .flat_map(|d| (0..per_device.div_ceil(batch)).map(move |b| (d, b)))
-        .map(|(d, b)| {
-            let records: Vec<ScanRecord> = (b * batch + 1..=((b + 1) * batch).min(per_device))
-                .map(|i| record(d, i))
-                .collect();
-            (d, json!({ "records": records }).to_string())
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u16;
+    let all: Vec<Vec<ScanRecord>> = std::thread::scope(|s| {
+        let parts: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (0..devices)
+                        .filter(|d| d % threads == t)
+                        .map(|d| (d, records_of(d, per_device)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<(u16, Vec<ScanRecord>)> =
+            parts.into_iter().flat_map(|p| p.join().unwrap()).collect();
+        all.sort_by_key(|(d, _)| *d);
+        all.into_iter().map(|(_, r)| r).collect()
+    });
+    let jobs: Vec<(u16, String)> = all
+        .iter()
+        .enumerate()
+        .flat_map(|(d, records)| {
+            records
+                .chunks(batch as usize)
+                .map(move |chunk| (d as u16, json!({ "records": chunk }).to_string()))
         })
         .collect();
     let next = AtomicUsize::new(0);
@@ -288,8 +348,9 @@ fn main() {
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
     conn.execute_batch(include_str!("../migrations/0001_records.sql"))
         .unwrap();
-    let bodies: Vec<(String, u64, String)> = (0..devices)
-        .flat_map(|d| (1..=per_device).map(move |i| record(d, i)))
+    let bodies: Vec<(String, u64, String)> = all
+        .iter()
+        .flatten()
         .map(|r| {
             (
                 r.device_id.to_string(),

@@ -166,6 +166,7 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyEnrolled(_) | StoreError::Conflict { .. } => {
                 ApiError::Status(StatusCode::CONFLICT, e.to_string())
             }
+            StoreError::Unauthentic(_) => ApiError::Status(StatusCode::BAD_REQUEST, e.to_string()),
             StoreError::Gap { held, .. } => ApiError::Gap {
                 message: e.to_string(),
                 held,
@@ -380,11 +381,17 @@ async fn push(
             ),
         ));
     }
-    // A device never writes a record twice: another version of a record
-    // the node holds is refused, and so is a record above a gap.
+    // Signed by the device, no gap. A device never writes an index twice:
+    // a second version is kept as proof against it, and answered 409.
     let check = records.clone();
-    s.with_store_read(move |store| Ok(store.check_push(&check)?))
+    let second_versions = s
+        .with_store_read(move |store| Ok(store.check_push(&check)?))
         .await?;
+    let first_second = records
+        .iter()
+        .map(|r| r.idx)
+        .min()
+        .unwrap_or_default();
     let job = Arc::new(PushJob {
         records,
         device,
@@ -394,6 +401,13 @@ async fn push(
     let (stored, vv) = tokio::task::spawn_blocking(move || state.commit(&job))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
+    if second_versions > 0 {
+        return Err(StoreError::Conflict {
+            device,
+            idx: first_second,
+        }
+        .into());
+    }
     Ok(axum::Json(
         json!({ "stored": stored, "version_vector": vv }),
     ))
@@ -488,18 +502,23 @@ async fn merge(
         Some(_) => {}
     }
     let raw = json_body(&headers, body, protocol::MAX_MERGE_BODY).await?;
-    let MergeRequest { records, devices } = parse(
+    let MergeRequest {
+        records,
+        devices,
+        conflicts,
+    } = parse(
         &raw,
-        "{\"records\": [scan records], \"devices\": [enrolled devices]}",
+        "{\"records\": [scan records], \"devices\": [enrolled devices], \"conflicts\": [scan records]}",
     )?;
     checked(&records)?;
+    checked(&conflicts)?;
     protocol::check_devices(&devices).map_err(bad_request)?;
     let now = crate::unix_now_ms();
     s.with_store(move |store| {
         // Devices first: if the records fail, what was applied is only the
         // device list, which merging again leaves as it is.
         store.merge_device_auth(&devices)?;
-        let stored = store.add(&records, now)?;
+        let stored = store.add_authentic(&records, &conflicts, now)?;
         Ok(axum::Json(
             json!({ "stored": stored, "version_vector": store.log().version_vector() }),
         ))
@@ -553,6 +572,8 @@ async fn enroll(
         &raw,
         "{\"token\": \"<enrollment token>\", \"device_id\": \"<32 hex digits>\"}",
     )?;
+    shared::device::verify_enrollment(&req.device_key, req.device_id, &req.token, &req.sig)
+        .map_err(bad_request)?;
     let now = crate::unix_now_ms();
     s.with_store(move |store| {
         let device_token = store.enroll(&req.token, req.device_id, now)?;
@@ -599,10 +620,17 @@ async fn pull(
                 true => Some(store.device_auth()?),
                 false => None,
             };
+            // Every replica learns both versions of an index written twice,
+            // with the first page.
+            let conflicts: Vec<&ScanRecord> = match req.after {
+                None => store.log().conflicts().collect(),
+                Some(_) => Vec::new(),
+            };
             let tail = serde_json::to_vec(&PullTail {
                 version_vector: &vv,
                 next,
                 devices,
+                conflicts,
             })
             .map_err(|e| ApiError::Internal(e.to_string()))?;
             // {"records":[...],"version_vector":...,"next":...}
@@ -624,6 +652,8 @@ struct PullTail<'a> {
     next: Option<RecordKey>,
     #[serde(skip_serializing_if = "Option::is_none")]
     devices: Option<Vec<DeviceAuth>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    conflicts: Vec<&'a ScanRecord>,
 }
 
 /// `event_id=N` from a query string, if given.
@@ -709,7 +739,14 @@ async fn stats(
             .iter()
             .map(|(m, n)| json!({ "minute": time(m * 60_000), "entries": n }))
             .collect();
+        let flagged: Vec<Value> = store
+            .log()
+            .flagged()
+            .into_iter()
+            .map(|(device, indexes)| json!({ "device_id": device.to_string(), "indexes_written_twice": indexes }))
+            .collect();
         Ok(axum::Json(json!({
+            "flagged_devices": flagged,
             "admitted": per_gate.values().map(|c| c.admitted).sum::<u64>(),
             "inside": per_gate.values().map(|c| c.inside).sum::<u64>(),
             "per_gate": gates,

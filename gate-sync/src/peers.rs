@@ -42,13 +42,14 @@ pub fn exchange(
             .map_err(|e| format!("pull from {peer}: {e}"))?;
         // A peer is checked as any sender is: a bad page is refused whole.
         protocol::check_records(&pulled.records)
+            .and_then(|()| protocol::check_records(&pulled.conflicts))
             .and_then(|()| protocol::check_devices(&pulled.devices))
             .map_err(|e| format!("pull from {peer}: {e}"))?;
         let now = crate::unix_now_ms();
         received += state
             .lock(|s| {
                 s.merge_device_auth(&pulled.devices)?;
-                s.add(&pulled.records, now)
+                s.add_authentic(&pulled.records, &pulled.conflicts, now)
             })
             .map_err(|e| e.to_string())?;
         match pulled.next {
@@ -61,9 +62,17 @@ pub fn exchange(
             None => break pulled.version_vector,
         }
     };
-    // Our enrolled devices go with the first page, even when no record does.
-    let devices = state.read(|s| s.device_auth()).map_err(|e| e.to_string())?;
-    let mut devices = Some(serde_json::to_vec(&devices).map_err(|e| e.to_string())?);
+    // Our enrolled devices, and both versions of every index written twice,
+    // go with the first page, even when no record does.
+    let first = state.read(|s| {
+        let devices = s.device_auth().map_err(|e| e.to_string())?;
+        let conflicts: Vec<&shared::ScanRecord> = s.log().conflicts().collect();
+        let mut out = serde_json::to_vec(&devices).map_err(|e| e.to_string())?;
+        out.extend_from_slice(br#","conflicts":"#);
+        out.extend(serde_json::to_vec(&conflicts).map_err(|e| e.to_string())?);
+        Ok::<_, String>(out)
+    })?;
+    let mut devices = Some(first);
     let mut sent = 0;
     let mut after = None;
     loop {

@@ -1,6 +1,7 @@
 //! The node's SQLite store (WAL, `synchronous=FULL`): the grow-only set of
 //! records, kept in memory too as a [`ScanLog`] for the derived views.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -19,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_records.sql"),
     include_str!("../migrations/0002_devices_auth.sql"),
     include_str!("../migrations/0003_distribution.sql"),
+    include_str!("../migrations/0004_conflicts.sql"),
 ];
 
 pub use shared::protocol::PAGE_BYTES;
@@ -60,6 +62,8 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Failed(String),
+    #[error("not signed by its device: {0}")]
+    Unauthentic(String),
     #[error("stored record {device}/{idx} is damaged: {reason}")]
     Damaged {
         device: String,
@@ -75,6 +79,32 @@ pub struct EnrolledDevice {
     pub name: String,
     pub enrolled_at_ms: u64,
     pub revoked_at_ms: Option<u64>,
+}
+
+/// The two greatest versions of one key seen: the one kept and the proof
+/// of a second ([`ScanLog::insert`]'s rule, worked out before writing).
+struct Versions<'a> {
+    kept: Option<Cow<'a, ScanRecord>>,
+    proof: Option<Cow<'a, ScanRecord>>,
+}
+
+impl<'a> Versions<'a> {
+    /// Adds a version; returns whether anything changed.
+    fn add(&mut self, r: &'a ScanRecord) -> bool {
+        use shared::merge::supersedes;
+        match self.kept.as_deref() {
+            None => self.kept = Some(Cow::Borrowed(r)),
+            Some(kept) if kept == r => return false,
+            Some(kept) if supersedes(r, kept) => {
+                self.proof = self.kept.replace(Cow::Borrowed(r));
+            }
+            Some(_) => match self.proof.as_deref() {
+                Some(p) if p == r || supersedes(p, r) => return false,
+                _ => self.proof = Some(Cow::Borrowed(r)),
+            },
+        }
+        true
+    }
 }
 
 pub struct Store {
@@ -108,6 +138,20 @@ impl Store {
         let mut log = ScanLog::new();
         {
             let mut stmt = conn.prepare("SELECT device_id, idx, body FROM records")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let (device, idx, body): (String, i64, String) =
+                    (row.get(0)?, row.get(1)?, row.get(2)?);
+                let record: ScanRecord =
+                    serde_json::from_str(&body).map_err(|e| StoreError::Damaged {
+                        device,
+                        idx,
+                        reason: e.to_string(),
+                    })?;
+                log.insert(record);
+            }
+            // Second versions after the kept ones: the log ends the same.
+            let mut stmt = conn.prepare("SELECT device_id, idx, body FROM conflicts")?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let (device, idx, body): (String, i64, String) =
@@ -183,25 +227,29 @@ impl Store {
                 held,
             });
         }
-        // What the CRDT takes: per key, the least record that would change
-        // the log. Only that is written, so disk and memory agree.
-        let mut taken: BTreeMap<(DeviceId, u64), &ScanRecord> = BTreeMap::new();
+        // What the CRDT takes: per key, the version kept and the proof of
+        // a second version, as they end after every record is added. Only
+        // what changed is written, so disk and memory agree.
+        let mut ends: BTreeMap<(DeviceId, u64), Versions<'_>> = BTreeMap::new();
         let mut stored = Vec::with_capacity(batches.len());
         for (records, _) in batches {
             let mut changed = std::collections::BTreeSet::new();
             for r in records.iter() {
                 let key = (r.device_id, r.idx);
-                let changes = match taken.get(&key) {
-                    Some(held) => shared::merge::supersedes(r, held),
-                    None => self.log.would_change(r),
-                };
-                if changes {
-                    taken.insert(key, r);
+                let versions = ends.entry(key).or_insert_with(|| Versions {
+                    kept: self.log.get(&r.device_id, r.idx).cloned().map(Cow::Owned),
+                    proof: self.log.runner_up(&r.device_id, r.idx).cloned().map(Cow::Owned),
+                });
+                if versions.add(r) {
                     changed.insert(key);
                 }
             }
             stored.push(changed.len());
         }
+        ends.retain(|(device, idx), v| {
+            v.kept.as_deref() != self.log.get(device, *idx)
+                || v.proof.as_deref() != self.log.runner_up(device, *idx)
+        });
         let tx = self
             .conn
             .get_mut()
@@ -213,18 +261,32 @@ impl Store {
                  ON CONFLICT(device_id, idx) DO UPDATE SET body = excluded.body
                  WHERE excluded.body <> records.body",
             )?;
+            let mut proof = tx.prepare_cached(
+                "INSERT INTO conflicts (device_id, idx, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(device_id, idx) DO UPDATE SET body = excluded.body",
+            )?;
             // Keys are sorted by device: its hex id is worked out once per run.
             let mut device = (None, String::new());
             let mut body = Vec::with_capacity(512);
-            for r in taken.values() {
-                if device.0 != Some(r.device_id) {
-                    device = (Some(r.device_id), r.device_id.to_string());
+            for ((id, idx), v) in &ends {
+                if device.0 != Some(*id) {
+                    device = (Some(*id), id.to_string());
                 }
-                body.clear();
-                r.write_json(&mut body);
-                // write_json writes UTF-8 only.
-                let text = std::str::from_utf8(&body).unwrap_or_default();
-                upsert.execute(params![device.1, r.idx as i64, text, now_ms as i64])?;
+                if let Some(kept) = &v.kept {
+                    body.clear();
+                    kept.write_json(&mut body);
+                    // write_json writes UTF-8 only.
+                    let text = std::str::from_utf8(&body).unwrap_or_default();
+                    upsert.execute(params![device.1, *idx as i64, text, now_ms as i64])?;
+                }
+                if let Some(p) = &v.proof
+                    && self.log.runner_up(id, *idx) != Some(p)
+                {
+                    body.clear();
+                    p.write_json(&mut body);
+                    let text = std::str::from_utf8(&body).unwrap_or_default();
+                    proof.execute(params![device.1, *idx as i64, text])?;
+                }
             }
             let mut touch = tx.prepare_cached(
                 "INSERT INTO devices (device_id, last_sync) VALUES (?1, ?2)
@@ -243,14 +305,21 @@ impl Store {
         // replaces one already counted, and everything is counted again.
         // (Counting the rest one by one would read the replaced record in
         // place of the one it replaced.)
-        let replaced = taken
-            .values()
-            .any(|r| self.log.get(&r.device_id, r.idx).is_some());
-        for r in taken.into_values() {
-            if !replaced {
-                self.counts.add(r, &self.log);
+        let replaced = ends.iter().any(|((device, idx), v)| {
+            self.log
+                .get(device, *idx)
+                .is_some_and(|held| Some(held) != v.kept.as_deref())
+        });
+        for v in ends.into_values() {
+            if let Some(kept) = v.kept {
+                if !replaced && self.log.get(&kept.device_id, kept.idx).is_none() {
+                    self.counts.add(&kept, &self.log);
+                }
+                self.log.insert(kept.into_owned());
             }
-            self.log.insert(r.clone());
+            if let Some(proof) = v.proof {
+                self.log.insert(proof.into_owned());
+            }
         }
         if replaced {
             self.counts = Counts::of(&self.log);
@@ -258,27 +327,49 @@ impl Store {
         Ok(stored)
     }
 
-    /// What a device's push must satisfy beyond the protocol's checks: no
-    /// other version of a record the node holds, and no gap.
-    pub fn check_push(&self, records: &[ScanRecord]) -> Result<(), StoreError> {
-        if let Some(r) = records.iter().find(|r| {
-            self.log
-                .get(&r.device_id, r.idx)
-                .is_some_and(|held| held != *r)
-        }) {
-            return Err(StoreError::Conflict {
-                device: r.device_id,
-                idx: r.idx,
-            });
-        }
-        match self.log.above_gap(records.iter()) {
-            Some((r, held)) => Err(StoreError::Gap {
+    /// What a device's push must satisfy beyond the protocol's checks:
+    /// signed by the device, and no gap. Returns how many of its records
+    /// are a second version of one held: proof of a faulty device, kept
+    /// and answered as a conflict.
+    pub fn check_push(&self, records: &[ScanRecord]) -> Result<usize, StoreError> {
+        if let Some((r, held)) = self.log.above_gap(records.iter()) {
+            return Err(StoreError::Gap {
                 device: r.device_id,
                 idx: r.idx,
                 held,
-            }),
-            None => Ok(()),
+            });
         }
+        shared::device::authenticate_all(records, &self.log)
+            .map_err(|e| StoreError::Unauthentic(e.to_string()))?;
+        Ok(records
+            .iter()
+            .filter(|r| self.log.get(&r.device_id, r.idx).is_some_and(|held| held != *r))
+            .count())
+    }
+
+    /// Adds records from a peer node, and second versions of indexes it
+    /// holds: only what their devices signed. A device whose chain breaks
+    /// loses what follows the break (logged); every other device's records
+    /// are taken. Returns how many records were new or changed.
+    pub fn add_authentic(
+        &mut self,
+        records: &[ScanRecord],
+        conflicts: &[ScanRecord],
+        now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let (records, refused) = shared::device::authentic(records, &self.log);
+        let mut stored = self.add(&records, now_ms)?;
+        let held: Vec<ScanRecord> = conflicts
+            .iter()
+            .filter(|r| self.log.get(&r.device_id, r.idx).is_some())
+            .cloned()
+            .collect();
+        let (pairs, refused_pairs) = shared::device::authentic(&held, &self.log);
+        stored += self.add(&pairs, now_ms)?;
+        for u in refused.iter().chain(&refused_pairs) {
+            tracing::warn!(error = %u, "records refused: not signed by their device");
+        }
+        Ok(stored)
     }
 
     /// One page of the records a replica at `theirs` may lack, in key order

@@ -11,9 +11,10 @@ use std::path::Path;
 
 use rand_core::{OsRng, RngCore};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use shared::device::{DeviceSigner, Held};
 use shared::{
-    DeviceId, Direction, Hlc, Keyset, Refusal, ResultCode, ScanRecord, TicketId, TicketState,
-    Verifier, VersionVector,
+    DeviceId, DeviceKey, DeviceSig, Direction, Hlc, Keyset, RecordHash, Refusal, ResultCode,
+    ScanRecord, TicketId, TicketState, Verifier, VersionVector,
 };
 
 use crate::report::Outcome;
@@ -25,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_sync.sql"),
     include_str!("../migrations/0003_device_token.sql"),
     include_str!("../migrations/0004_resolve_conflicts.sql"),
+    include_str!("../migrations/0005_signed_records.sql"),
 ];
 
 /// Why the gate could not do what was asked. Refusing a ticket is not an
@@ -57,6 +59,9 @@ pub struct Device {
     pub id: DeviceId,
     pub name: String,
     pub gate: String,
+    /// Whether the id is its key's, so that what it signs is accepted
+    /// (false for a device provisioned before records were signed).
+    pub signs: bool,
 }
 
 /// What `init` sets; re-running it updates everything but the device id.
@@ -100,6 +105,8 @@ pub struct Stats {
     /// Tickets whose last admitted movement was an entry.
     pub inside: u64,
     pub last_scan: Option<ScanRecord>,
+    /// Devices that wrote two versions of an index, and how many indexes.
+    pub flagged: BTreeMap<String, u64>,
 }
 
 /// An open scanner database.
@@ -108,6 +115,7 @@ pub struct Gate {
     path: String,
     device: Device,
     verifier: Verifier,
+    signer: DeviceSigner,
     /// The device row's version when `verifier` was built: another process
     /// (a sync bringing a new keyset, a re-`init`) bumps it.
     provisioned_at: i64,
@@ -194,6 +202,18 @@ fn private_file(path: &Path) -> std::io::Result<()> {
     file.set_permissions(std::fs::Permissions::from_mode(0o600))
 }
 
+/// A new device signing seed, in hex.
+fn new_seed() -> String {
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    shared::hex::encode(&seed)
+}
+
+/// The signer of a seed in hex (a damaged seed signs nothing anyone accepts).
+fn signer_of(seed: &str) -> DeviceSigner {
+    DeviceSigner::from_seed(&shared::hex::decode::<32>(seed).unwrap_or_default())
+}
+
 fn provisioned_at(conn: &Connection) -> Result<i64, GateError> {
     Ok(conn
         .query_row("SELECT provisioned_at FROM device", [], |r| r.get(0))
@@ -201,10 +221,13 @@ fn provisioned_at(conn: &Connection) -> Result<i64, GateError> {
         .unwrap_or(0))
 }
 
-fn load_device(conn: &Connection, path: &str) -> Result<(Device, Verifier), GateError> {
+fn load_device(
+    conn: &Connection,
+    path: &str,
+) -> Result<(Device, Verifier, DeviceSigner), GateError> {
     let row = conn
         .query_row(
-            "SELECT device_id, name, gate, keyset_json, skew_secs FROM device WHERE singleton = 1",
+            "SELECT device_id, name, gate, keyset_json, skew_secs, device_seed FROM device WHERE singleton = 1",
             [],
             |r| {
                 Ok((
@@ -213,11 +236,12 @@ fn load_device(conn: &Connection, path: &str) -> Result<(Device, Verifier), Gate
                     r.get(2)?,
                     r.get::<_, String>(3)?,
                     r.get(4)?,
+                    r.get::<_, Option<String>>(5)?,
                 ))
             },
         )
         .optional()?;
-    let Some((id, name, gate, keyset_json, skew_secs)) = row else {
+    let Some((id, name, gate, keyset_json, skew_secs, seed)) = row else {
         return Err(GateError::NotProvisioned(path.to_owned()));
     };
     let id = id.parse().map_err(|reason| GateError::Database {
@@ -232,7 +256,17 @@ fn load_device(conn: &Connection, path: &str) -> Result<(Device, Verifier), Gate
     let verifier = Verifier::new(Keyset::from_json(&keyset_json)?)
         .with_skew(skew_secs)
         .only_events(events);
-    Ok((Device { id, name, gate }, verifier))
+    let signer = signer_of(seed.as_deref().unwrap_or_default());
+    Ok((
+        Device {
+            id,
+            name,
+            gate,
+            signs: signer.id() == id,
+        },
+        verifier,
+        signer,
+    ))
 }
 
 impl Gate {
@@ -251,21 +285,38 @@ impl Gate {
         }
         let mut conn = open_conn(path, true)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let existing: Option<String> = tx
-            .query_row("SELECT device_id FROM device", [], |r| r.get(0))
+        let existing: Option<(String, Option<String>)> = tx
+            .query_row("SELECT device_id, device_seed FROM device", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
-        let id = existing.unwrap_or_else(|| {
-            let mut id = [0u8; 16];
-            OsRng.fill_bytes(&mut id);
-            DeviceId(id).to_string()
-        });
+        // The device keeps its key and id. A device made before records were
+        // signed gets a key now, and the id of that key if it wrote nothing.
+        let (id, seed) = match existing {
+            Some((id, Some(seed))) => (id, seed),
+            Some((id, None)) => {
+                let seed = new_seed();
+                let wrote: bool = tx
+                    .prepare("SELECT 1 FROM scans WHERE device_id = ?1 LIMIT 1")?
+                    .exists([&id])?;
+                match wrote {
+                    true => (id, seed),
+                    false => (signer_of(&seed).id().to_string(), seed),
+                }
+            }
+            None => {
+                let seed = new_seed();
+                (signer_of(&seed).id().to_string(), seed)
+            }
+        };
         tx.execute(
-            "INSERT INTO device (singleton, device_id, name, gate, keyset_json, skew_secs, provisioned_at)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(singleton) DO UPDATE SET name = excluded.name, gate = excluded.gate,
-               keyset_json = excluded.keyset_json, skew_secs = excluded.skew_secs,
-               provisioned_at = max(excluded.provisioned_at, device.provisioned_at + 1)",
-            params![id, p.device_name, p.gate, p.keyset_json, p.skew_secs, now_ms as i64],
+            "INSERT INTO device (singleton, device_id, name, gate, keyset_json, skew_secs, provisioned_at, device_seed)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(singleton) DO UPDATE SET device_id = excluded.device_id, name = excluded.name,
+               gate = excluded.gate, keyset_json = excluded.keyset_json, skew_secs = excluded.skew_secs,
+               provisioned_at = max(excluded.provisioned_at, device.provisioned_at + 1),
+               device_seed = excluded.device_seed",
+            params![id, p.device_name, p.gate, p.keyset_json, p.skew_secs, now_ms as i64, seed],
         )?;
         tx.execute("DELETE FROM admitted_events", [])?;
         for e in &p.events {
@@ -286,12 +337,13 @@ impl Gate {
     fn from_conn(conn: Connection, path: &Path) -> Result<Gate, GateError> {
         let path = path.display().to_string();
         let provisioned_at = provisioned_at(&conn)?;
-        let (device, verifier) = load_device(&conn, &path)?;
+        let (device, verifier, signer) = load_device(&conn, &path)?;
         Ok(Gate {
             conn,
             path,
             device,
             verifier,
+            signer,
             provisioned_at,
         })
     }
@@ -300,9 +352,10 @@ impl Gate {
     fn refresh(&mut self) -> Result<(), GateError> {
         let current = provisioned_at(&self.conn)?;
         if current != self.provisioned_at {
-            let (device, verifier) = load_device(&self.conn, &self.path)?;
+            let (device, verifier, signer) = load_device(&self.conn, &self.path)?;
             self.device = device;
             self.verifier = verifier;
+            self.signer = signer;
             self.provisioned_at = current;
         }
         Ok(())
@@ -392,7 +445,20 @@ impl Gate {
             && direction == Direction::Entry
         {
             let f = t.fields();
-            let scans = scans_of(&tx, f.event_id, f.ticket_id)?;
+            // Another gate's admission counts only with proof that the
+            // ticket was there: its code, genuine under this keyset.
+            let presented = code.trim_matches(|c: char| c.is_ascii_whitespace());
+            let own = self.device.id;
+            let scans: Vec<ScanRecord> = scans_of(&tx, f.event_id, f.ticket_id)?
+                .into_iter()
+                .filter(|s| {
+                    s.device_id == own
+                        || s.proof.as_deref().is_some_and(|p| {
+                            p == presented
+                                || self.verifier.proves(p, (f.event_id, f.ticket_id))
+                        })
+                })
+                .collect();
             let state = TicketState::of(&scans);
             if state.refuses_entry(f.multi_entry) {
                 let first = state.first_entry.cloned();
@@ -416,22 +482,22 @@ impl Gate {
         // The clock follows the greatest stamp seen, its own or another
         // gate's, but never one far ahead of this device's own clock: one
         // broken or hostile clock must not drag every gate's stamps along.
-        let (idx, last_hlc): (i64, i64) = tx.query_row(
-            "SELECT (SELECT coalesce(max(idx), 0) FROM scans WHERE device_id = ?1),
-                    (SELECT coalesce(max(hlc), 0) FROM scans WHERE device_id = ?1 OR hlc <= ?2)",
+        let last_hlc: i64 = tx.query_row(
+            "SELECT coalesce(max(hlc), 0) FROM scans WHERE device_id = ?1 OR hlc <= ?2",
             params![
                 self.device.id.to_string(),
                 Hlc::adoptable_until(now_ms).0.min(i64::MAX as u64) as i64
             ],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )?;
+        let previous = last_own(&tx, self.device.id)?;
         let ticket = match &outcome {
             Ok(t) => Some(t),
             Err(r) => r.ticket.as_ref(),
         };
-        let record = ScanRecord {
+        let mut record = ScanRecord {
             device_id: self.device.id,
-            idx: idx as u64 + 1,
+            idx: previous.as_ref().map_or(1, |p| p.idx + 1),
             ticket: ticket.map(|t| (t.fields().event_id, t.fields().ticket_id)),
             multi_entry: ticket.is_some_and(|t| t.fields().multi_entry),
             category_id: ticket.map_or(0, |t| t.fields().category_id),
@@ -447,7 +513,14 @@ impl Gate {
             hlc: Hlc::next(Hlc(last_hlc as u64), now_ms),
             gate: self.device.gate.clone(),
             device_name: self.device.name.clone(),
+            proof: ticket.map(|_| code.trim_matches(|c: char| c.is_ascii_whitespace()).to_owned()),
+            prev: RecordHash::FIRST,
+            device_key: None,
+            sig: DeviceSig::NONE,
         };
+        if self.device.signs {
+            self.signer.seal(&mut record, previous.as_ref());
+        }
         insert_scan(&tx, &record)?;
         tx.commit()?;
         Ok(Checked {
@@ -592,39 +665,74 @@ impl Gate {
     }
 
     /// Adds records other devices made (from a sync), in one transaction,
-    /// after the protocol's checks; returns how many were new. A record is
-    /// taken only next to one held (no gaps); of two versions of another
-    /// device's record, the one every replica keeps stays
-    /// ([`shared::merge::supersedes`]); this device's own are never changed.
-    pub fn merge_remote(&mut self, records: &[ScanRecord]) -> Result<usize, GateError> {
-        shared::protocol::check_records(records).map_err(GateError::Refused)?;
-        let mut sorted: Vec<&ScanRecord> = records.iter().collect();
-        sorted.sort_by_key(|r| (r.device_id, r.idx));
+    /// after the protocol's checks and their devices' signatures; returns
+    /// how many were new. A record is taken only next to one held (no
+    /// gaps). Of two versions of another device's record, the one every
+    /// replica keeps stays ([`shared::merge::supersedes`]) and the other is
+    /// kept as proof against that device; this device's own records are
+    /// never changed. `conflicts` are such pairs, as a node hands them out;
+    /// those above what this gate holds wait for a later sync.
+    pub fn merge_remote(
+        &mut self,
+        records: &[ScanRecord],
+        conflicts: &[ScanRecord],
+    ) -> Result<usize, GateError> {
+        shared::protocol::check_records(records)
+            .and_then(|()| shared::protocol::check_records(conflicts))
+            .map_err(GateError::Refused)?;
         let own = self.device.id;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // A device that broke its own chain loses what follows the break;
+        // every other device's records are taken.
+        let (records, refused) = shared::device::authentic(records, &GateHeld(&tx));
+        for u in &refused {
+            tracing::warn!(error = %u, "records refused: not signed by their device");
+        }
         let mut added = 0;
+        let mut sorted: Vec<&ScanRecord> = records.iter().collect();
+        sorted.sort_by_key(|r| (r.device_id, r.idx));
         for r in sorted {
-            let held = scan_at(&tx, r.device_id, r.idx)?;
-            match held {
-                None if r.idx == 1 || scan_at(&tx, r.device_id, r.idx - 1)?.is_some() => {
-                    added += insert_scan(&tx, r)?;
-                }
-                None => {
-                    return Err(GateError::Refused(format!(
-                        "record {}/{} would leave a gap in the log",
-                        r.device_id, r.idx
-                    )));
-                }
-                Some(held) if r.device_id != own && shared::merge::supersedes(r, &held) => {
-                    replace_scan(&tx, r)?;
-                }
-                Some(_) => {}
+            if scan_at(&tx, r.device_id, r.idx)?.is_none()
+                && r.idx > 1
+                && scan_at(&tx, r.device_id, r.idx - 1)?.is_none()
+            {
+                return Err(GateError::Refused(format!(
+                    "record {}/{} would leave a gap in the log",
+                    r.device_id, r.idx
+                )));
             }
+            added += take(&tx, r, own)?;
+        }
+        // Pairs of versions: each is checked on its own against what is held.
+        let mut pairs: Vec<&ScanRecord> = conflicts
+            .iter()
+            .filter(|r| scan_at(&tx, r.device_id, r.idx).is_ok_and(|held| held.is_some()))
+            .collect();
+        pairs.sort_by_key(|r| (r.device_id, r.idx));
+        for r in pairs {
+            shared::device::authenticate_all(std::slice::from_ref(r), &GateHeld(&tx))
+                .map_err(|e| GateError::Refused(e.to_string()))?;
+            take(&tx, r, own)?;
         }
         tx.commit()?;
         Ok(added)
+    }
+
+    /// Devices that wrote two versions of an index (faulty or hostile), and
+    /// how many indexes.
+    pub fn flagged(&self) -> Result<BTreeMap<String, u64>, GateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT device_id, count(*) FROM conflicts GROUP BY device_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The key this device signs with.
+    pub fn signer(&self) -> &DeviceSigner {
+        &self.signer
     }
 
     /// Records stamped after `after`, oldest first, at most `limit`: what a
@@ -660,6 +768,7 @@ impl Gate {
             [],
             |r| r.get::<_, i64>(0),
         )? as u64;
+        stats.flagged = self.flagged()?;
         stats.last_scan = self
             .conn
             .query_row(
@@ -673,7 +782,7 @@ impl Gate {
 }
 
 const SCAN_COLUMNS: &str = "device_id, idx, event_id, ticket_id, multi_entry, direction, result, reason, \
-                            wall_ms, hlc, gate, device_name, category_id, seat";
+                            wall_ms, hlc, gate, device_name, category_id, seat, proof, prev, device_key, sig";
 
 fn scans_of(
     conn: &Connection,
@@ -685,6 +794,67 @@ fn scans_of(
     ))?;
     let rows = stmt.query_map(params![event_id as i64, ticket_id.to_string()], row_to_scan)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Takes one authenticated record of another device: new, or a second
+/// version of one held. Returns 1 if it was new.
+fn take(tx: &Connection, r: &ScanRecord, own: DeviceId) -> Result<usize, GateError> {
+    let Some(held) = scan_at(tx, r.device_id, r.idx)? else {
+        return insert_scan(tx, r);
+    };
+    if held == *r {
+        return Ok(0);
+    }
+    let loser = if r.device_id != own && shared::merge::supersedes(r, &held) {
+        replace_scan(tx, r)?;
+        held
+    } else {
+        r.clone()
+    };
+    let proof = conflict_at(tx, r.device_id, r.idx)?;
+    if proof.is_none_or(|p| p != loser && shared::merge::supersedes(&loser, &p)) {
+        let mut body = Vec::new();
+        loser.write_json(&mut body);
+        tx.prepare_cached(
+            "INSERT INTO conflicts (device_id, idx, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT(device_id, idx) DO UPDATE SET body = excluded.body",
+        )?
+        .execute(params![
+            r.device_id.to_string(),
+            r.idx as i64,
+            String::from_utf8_lossy(&body)
+        ])?;
+    }
+    Ok(0)
+}
+
+/// The version of (device, index) kept as proof, if it was written twice.
+fn conflict_at(conn: &Connection, device: DeviceId, idx: u64) -> Result<Option<ScanRecord>, GateError> {
+    let body: Option<String> = conn
+        .prepare_cached("SELECT body FROM conflicts WHERE device_id = ?1 AND idx = ?2")?
+        .query_row(params![device.to_string(), idx as i64], |r| r.get(0))
+        .optional()?;
+    body.map(|b| serde_json::from_str(&b))
+        .transpose()
+        .map_err(|e| GateError::Refused(format!("a stored proof is damaged: {e}")))
+}
+
+/// What the gate holds, for checking other devices' signatures.
+struct GateHeld<'a>(&'a Connection);
+
+impl Held for GateHeld<'_> {
+    fn hashes(&self, device: &DeviceId, idx: u64) -> Vec<RecordHash> {
+        let kept = scan_at(self.0, *device, idx).ok().flatten();
+        let proof = conflict_at(self.0, *device, idx).ok().flatten();
+        kept.iter()
+            .chain(proof.iter())
+            .map(shared::device::record_hash)
+            .collect()
+    }
+
+    fn key(&self, device: &DeviceId) -> Option<DeviceKey> {
+        scan_at(self.0, *device, 1).ok().flatten()?.device_key
+    }
 }
 
 /// The record held under (device, index), if any.
@@ -701,14 +871,15 @@ fn scan_at(conn: &Connection, device: DeviceId, idx: u64) -> Result<Option<ScanR
 fn replace_scan(conn: &Connection, s: &ScanRecord) -> Result<(), GateError> {
     conn.prepare_cached(
         "UPDATE scans SET event_id = ?3, ticket_id = ?4, multi_entry = ?5, direction = ?6, result = ?7,
-           reason = ?8, wall_ms = ?9, hlc = ?10, gate = ?11, device_name = ?12, category_id = ?13, seat = ?14
+           reason = ?8, wall_ms = ?9, hlc = ?10, gate = ?11, device_name = ?12, category_id = ?13, seat = ?14,
+           proof = ?15, prev = ?16, device_key = ?17, sig = ?18
          WHERE device_id = ?1 AND idx = ?2",
     )?
     .execute(rusqlite::params_from_iter(scan_params(s)))?;
     Ok(())
 }
 
-fn scan_params(s: &ScanRecord) -> [Box<dyn rusqlite::ToSql + '_>; 14] {
+fn scan_params(s: &ScanRecord) -> [Box<dyn rusqlite::ToSql + '_>; 18] {
     [
         Box::new(s.device_id.to_string()),
         Box::new(s.idx as i64),
@@ -724,6 +895,10 @@ fn scan_params(s: &ScanRecord) -> [Box<dyn rusqlite::ToSql + '_>; 14] {
         Box::new(&s.device_name),
         Box::new(s.category_id),
         Box::new(&s.seat),
+        Box::new(&s.proof),
+        Box::new(s.prev.to_string()),
+        Box::new(s.device_key.map(|k| k.to_string())),
+        Box::new(s.sig.to_string()),
     ]
 }
 
@@ -731,8 +906,9 @@ fn scan_params(s: &ScanRecord) -> [Box<dyn rusqlite::ToSql + '_>; 14] {
 fn insert_scan(conn: &Connection, s: &ScanRecord) -> Result<usize, GateError> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO scans (device_id, idx, event_id, ticket_id, multi_entry, direction, result,
-                                      reason, wall_ms, hlc, gate, device_name, category_id, seat)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                      reason, wall_ms, hlc, gate, device_name, category_id, seat,
+                                      proof, prev, device_key, sig)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?
     .execute(rusqlite::params_from_iter(scan_params(s)))
     .map_err(GateError::from)
@@ -763,7 +939,32 @@ fn row_to_scan(r: &rusqlite::Row<'_>) -> rusqlite::Result<ScanRecord> {
         device_name: r.get(11)?,
         category_id: r.get(12)?,
         seat: r.get(13)?,
+        proof: r.get(14)?,
+        // Empty in records written before devices signed them.
+        prev: match r.get::<_, String>(15)?.as_str() {
+            "" => RecordHash::FIRST,
+            text => text.parse().map_err(|m| bad(15, m))?,
+        },
+        device_key: r
+            .get::<_, Option<String>>(16)?
+            .map(|k| k.parse::<DeviceKey>())
+            .transpose()
+            .map_err(|m| bad(16, m))?,
+        sig: match r.get::<_, String>(17)?.as_str() {
+            "" => DeviceSig::NONE,
+            text => text.parse().map_err(|m| bad(17, m))?,
+        },
     })
+}
+
+/// This device's last record, if it wrote any.
+fn last_own(conn: &Connection, device: DeviceId) -> Result<Option<ScanRecord>, GateError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {SCAN_COLUMNS} FROM scans WHERE device_id = ?1 ORDER BY idx DESC LIMIT 1"
+        ))?
+        .query_row([device.to_string()], row_to_scan)
+        .optional()?)
 }
 
 pub use shared::time::format_ms;

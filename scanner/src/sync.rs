@@ -130,6 +130,7 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
     // Page after page with the same version vector, each page merged as it comes.
     let vv = gate.version_vector()?;
     let mut after = None;
+    let mut conflicts = Vec::new();
     let held_here = loop {
         let request = PullRequest {
             version_vector: vv.clone(),
@@ -137,7 +138,10 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
             limit: None,
         };
         let pulled: PullPage = post(&agent, &format!("{server}{PULL}"), token, &request)?;
-        report.pulled += gate.merge_remote(&pulled.records)?;
+        report.pulled += gate.merge_remote(&pulled.records, &[])?;
+        if after.is_none() {
+            conflicts = pulled.conflicts;
+        }
         match pulled.next {
             Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
             Some(_) => {
@@ -148,6 +152,9 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
             None => break pulled.version_vector.get(&gate.device().id),
         }
     };
+    // Two versions of an index, as the node holds them: applied once every
+    // page is in.
+    gate.merge_remote(&[], &conflicts)?;
     // The node holds fewer of this device's records than were pushed (it
     // was restored from a backup, or replaced): push them again.
     if held_here < gate.sync_status()?.pushed_idx {
@@ -223,9 +230,19 @@ fn get_distributed(
 /// organizer, and remembers the server and the device token it answers with.
 pub fn enroll(gate: &mut Gate, server: &str, token: &str) -> Result<(), SyncError> {
     let server = server_url(server)?;
+    if !gate.device().signs {
+        return Err(SyncError::BadServer(
+            "this device was provisioned before devices signed their records: \
+             provision it again on a new database (scanner --db NEW.db init ...)"
+                .into(),
+        ));
+    }
+    let token = token.trim();
     let request = EnrollRequest {
-        token: token.trim().to_owned(),
+        token: token.to_owned(),
         device_id: gate.device().id,
+        device_key: gate.signer().public_key(),
+        sig: gate.signer().sign_enrollment(token),
     };
     let answer: Enrolled = post(&agent(), &format!("{server}{ENROLL}"), None, &request)?;
     gate.set_enrollment(&server, &answer.device_token)?;

@@ -14,6 +14,8 @@
 //! - [`merge`] holds the merged log of every gate as a CRDT: [`ScanLog`], a
 //!   grow-only set keyed by (device, index), its [`VersionVector`], and the
 //!   [`Duplicate`]s every replica derives alike.
+//! - [`device`]: devices sign their records, chained by hash, so no node or
+//!   impostor can forge or alter a gate's admissions.
 //! - [`protocol`] is the sync protocol between gates, nodes and peers: its
 //!   paths, messages, limits and the checks every receiver applies.
 //! - [`time`] shows unix milliseconds as RFC 3339, whatever a clock says.
@@ -22,6 +24,7 @@
 //! results in (the current time is always a parameter).
 
 pub mod code;
+pub mod device;
 pub mod hex;
 pub mod keyset;
 pub mod merge;
@@ -36,5 +39,7 @@ pub use code::{
 };
 pub use keyset::{Keyset, KeysetEntry, KeysetError};
 pub use merge::{Duplicate, RecordKey, ScanLog, VersionVector};
-pub use scan::{DeviceId, Direction, Hlc, ScanRecord, TicketState};
+pub use scan::{
+    DeviceId, DeviceKey, DeviceSig, Direction, Hlc, RecordHash, ScanRecord, TicketState,
+};
 pub use verify::{DEFAULT_SKEW_SECS, Refusal, ResultCode, VerifiedTicket, Verifier};

@@ -67,6 +67,10 @@ pub struct ScanLog {
     /// The version vector, kept up to date on insert (it depends only on
     /// `records`, so equal logs have equal caches).
     contiguous: BTreeMap<DeviceId, u64>,
+    /// For an index its device wrote twice (a faulty or hostile device):
+    /// the version not kept, the greatest such. With the kept one, it is
+    /// the proof against the device; every replica ends with the same pair.
+    runner_up: BTreeMap<RecordKey, ScanRecord>,
 }
 
 /// A ticket admitted while already inside: the same single-entry ticket (or
@@ -87,11 +91,16 @@ impl ScanLog {
         ScanLog::default()
     }
 
-    /// Adds one record; returns whether the log changed.
+    /// Adds one record; returns whether the log changed. Of two versions
+    /// of one index, the one [`supersedes`] picks is kept and the other is
+    /// held as proof against the device (the greatest such, if more).
     pub fn insert(&mut self, record: ScanRecord) -> bool {
         let (device, idx) = (record.device_id, record.idx);
+        let key = RecordKey { device_id: device, idx };
         let held = self.records.entry(device).or_default();
-        match held.get_mut(&idx) {
+        // The versions kept are the two greatest seen: the one kept, and
+        // the proof.
+        let loser = match held.get_mut(&idx) {
             None => {
                 held.insert(idx, record);
                 self.len += 1;
@@ -102,14 +111,49 @@ impl ScanLog {
                         *contiguous += 1;
                     }
                 }
+                return true;
+            }
+            Some(kept) if *kept == record => return false,
+            Some(kept) if supersedes(&record, kept) => {
+                // The old kept version is greater than any old proof.
+                let old = std::mem::replace(kept, record);
+                self.runner_up.insert(key, old);
+                return true;
+            }
+            Some(_) => record,
+        };
+        match self.runner_up.get(&key) {
+            Some(proof) if *proof == loser || supersedes(proof, &loser) => false,
+            _ => {
+                self.runner_up.insert(key, loser);
                 true
             }
-            Some(old) if supersedes(&record, old) => {
-                *old = record;
-                true
-            }
-            Some(_) => false,
         }
+    }
+
+    /// Devices that wrote two versions of an index, and how many indexes.
+    pub fn flagged(&self) -> BTreeMap<DeviceId, usize> {
+        let mut out = BTreeMap::new();
+        for key in self.runner_up.keys() {
+            *out.entry(key.device_id).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// Both versions of every index its device wrote twice: what a replica
+    /// sends so that every other ends with the same records and flags.
+    pub fn conflicts(&self) -> impl Iterator<Item = &ScanRecord> {
+        self.runner_up.iter().flat_map(|(key, proof)| {
+            self.get(&key.device_id, key.idx).into_iter().chain([proof])
+        })
+    }
+
+    /// The version of (device, index) held as proof, if it was written twice.
+    pub fn runner_up(&self, device: &DeviceId, idx: u64) -> Option<&ScanRecord> {
+        self.runner_up.get(&RecordKey {
+            device_id: *device,
+            idx,
+        })
     }
 
     /// The record held under (device, index), if any.
@@ -281,6 +325,20 @@ pub fn duplicate_of(ticket: TicketKey, scans: Vec<&ScanRecord>) -> Option<Duplic
         extra_admissions: extra,
         scans: scans.into_iter().cloned().collect(),
     })
+}
+
+impl crate::device::Held for ScanLog {
+    fn hashes(&self, device: &DeviceId, idx: u64) -> Vec<crate::scan::RecordHash> {
+        self.get(device, idx)
+            .into_iter()
+            .chain(self.runner_up(device, idx))
+            .map(crate::device::record_hash)
+            .collect()
+    }
+
+    fn key(&self, device: &DeviceId) -> Option<crate::scan::DeviceKey> {
+        self.get(device, 1).and_then(|r| r.device_key)
+    }
 }
 
 impl FromIterator<ScanRecord> for ScanLog {

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::merge::{RecordKey, VersionVector};
-use crate::scan::{DeviceId, ScanRecord};
+use crate::scan::{DeviceId, DeviceKey, DeviceSig, ScanRecord};
 use crate::verify::ResultCode;
 
 /// The OpenAPI document of the node's API.
@@ -61,6 +61,8 @@ pub const MAX_SEAT: usize = 64;
 pub const MAX_REASON: usize = 2048;
 /// Longest gate or device name in a record, in bytes.
 pub const MAX_LABEL: usize = 256;
+/// Longest proof (a ticket code: at most 187 characters, and whitespace).
+pub const MAX_PROOF: usize = 512;
 
 /// What a device pushes: records of its own device only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +104,10 @@ pub struct PullPage {
     /// Only to peer nodes, on the first page: every enrolled device.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceAuth>,
+    /// On the first page: both versions of every index a device wrote
+    /// twice, so every replica keeps the same one and flags the device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<ScanRecord>,
 }
 
 /// What a peer node sends another: records of any device, and the devices
@@ -112,6 +118,9 @@ pub struct MergeRequest {
     pub records: Vec<ScanRecord>,
     #[serde(default)]
     pub devices: Vec<DeviceAuth>,
+    /// Both versions of every index a device wrote twice.
+    #[serde(default)]
+    pub conflicts: Vec<ScanRecord>,
 }
 
 /// A device's enrollment: the one-time token and its own id.
@@ -120,6 +129,11 @@ pub struct MergeRequest {
 pub struct EnrollRequest {
     pub token: String,
     pub device_id: DeviceId,
+    /// The device's public key; the id is the start of its SHA-256.
+    pub device_key: DeviceKey,
+    /// The device's signature of the request ([`crate::device`]), so only
+    /// the holder of the key enrolls its id.
+    pub sig: DeviceSig,
 }
 
 /// The token a device sends with every later request.
@@ -188,6 +202,29 @@ pub fn check_record(r: &ScanRecord) -> Result<(), String> {
     }
     if r.result == ResultCode::Ok && r.ticket.is_none() {
         return Err(format!("{at}: an admission names its ticket"));
+    }
+    // The proof is the code presented: it must name the same ticket.
+    if r.proof.as_ref().is_some_and(|p| p.len() > MAX_PROOF) {
+        return Err(format!("{at}: proof longer than {MAX_PROOF} bytes"));
+    }
+    match (&r.ticket, &r.proof) {
+        (None, None) => {}
+        (Some((event, ticket)), Some(proof)) => {
+            let code = crate::code::parse(proof)
+                .map_err(|e| format!("{at}: its proof is not a ticket code: {e}"))?;
+            let f = code.claimed();
+            if (f.event_id, f.ticket_id) != (*event, *ticket)
+                || f.category_id != r.category_id
+                || f.multi_entry != r.multi_entry
+                || f.seat != r.seat
+            {
+                return Err(format!("{at}: its proof is the code of another ticket"));
+            }
+        }
+        (Some(_), None) => {
+            return Err(format!("{at}: a record naming a ticket carries its code as proof"));
+        }
+        (None, Some(_)) => return Err(format!("{at}: a proof without a ticket")),
     }
     Ok(())
 }

@@ -169,6 +169,26 @@ impl Verifier {
         self.skew_secs
     }
 
+    /// Whether `code` is a genuine code of `ticket` under this keyset,
+    /// whatever the time and the gate: how a gate checks another gate's
+    /// proof that a ticket was presented there.
+    pub fn proves(&self, code: &str, ticket: (u64, crate::TicketId)) -> bool {
+        let Ok(parsed) = code::parse(code) else {
+            return false;
+        };
+        let f = parsed.claimed();
+        if (f.event_id, f.ticket_id) != ticket {
+            return false;
+        }
+        self.keyset.get(&parsed.key_id).is_some_and(|entry| {
+            entry.event_ids.contains(&f.event_id)
+                && entry
+                    .public_key
+                    .verify_strict(&parsed.signed_message, &Signature::from_bytes(&parsed.signature))
+                    .is_ok()
+        })
+    }
+
     /// Verifies a code's text at unix time `now`.
     pub fn verify(&self, text: &str, now: u64) -> Result<VerifiedTicket, Refusal> {
         let ticket = code::parse(text).map_err(|e| Refusal::invalid(e.to_string()))?;

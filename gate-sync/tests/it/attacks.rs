@@ -6,9 +6,12 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use shared::{DeviceId, Direction, ResultCode};
+use shared::{Direction, ResultCode};
 
-use crate::{call, enroll, entry, push, raw, record, send, serve_state, two_peers};
+use crate::{
+    call, dev, enroll, enroll_request, entry, push, raw, record, send, serve_state, signed,
+    two_peers,
+};
 
 #[test]
 fn an_enrollment_token_cannot_claim_an_enrolled_device() {
@@ -26,7 +29,18 @@ fn an_enrollment_token_cannot_claim_an_enrolled_device() {
     let (status, body) = send(
         &format!("http://{addr}/v1/enroll"),
         None,
-        &json!({ "token": spare, "device_id": DeviceId([1; 16]) }).to_string(),
+        &json!({ "token": spare, "device_id": dev(1),
+                 "device_key": crate::signer(9).public_key(),
+                 "sig": crate::signer(9).sign_enrollment(&spare) })
+        .to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("not the one of its key"), "{body}");
+    // Even with the real key's signature, a known id is not enrolled again.
+    let (status, body) = send(
+        &format!("http://{addr}/v1/enroll"),
+        None,
+        &enroll_request(&spare, 1),
     );
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("already enrolled"));
@@ -39,7 +53,7 @@ fn an_enrollment_token_cannot_claim_an_enrolled_device() {
     let (status, _) = send(
         &format!("http://{addr}/v1/enroll"),
         None,
-        &json!({ "token": spare, "device_id": DeviceId([2; 16]) }).to_string(),
+        &enroll_request(&spare, 2),
     );
     assert_eq!(status, 200);
 }
@@ -65,12 +79,17 @@ fn an_accepted_admission_cannot_be_rewritten_by_a_push_or_a_peer() {
         1_900_000_000,
     );
     erased.ticket = None;
+    erased.proof = None;
+    // Forged by anyone but the device, it is refused.
+    let (status, body) = push(a, &token, 1, std::slice::from_ref(&erased));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("signature"), "{body}");
+    // Signed by the device itself (a faulty one), it is kept as proof
+    // against it, answered as a conflict, and the admission stays.
+    let erased = signed(erased);
     let (status, body) = push(a, &token, 1, std::slice::from_ref(&erased));
     assert_eq!(status, 409, "{body}");
-    assert!(
-        body["error"].as_str().unwrap().contains("other content"),
-        "{body}"
-    );
+    assert!(body["error"].as_str().unwrap().contains("other content"), "{body}");
     // Sent by a peer instead, it does not win either.
     let (status, body) = send(
         &format!("http://{a}/v1/merge"),
@@ -79,18 +98,19 @@ fn an_accepted_admission_cannot_be_rewritten_by_a_push_or_a_peer() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        a_state.read(|s| s.log().get(&DeviceId([1; 16]), 1).cloned()),
+        a_state.read(|s| s.log().get(&dev(1), 1).cloned()),
         Some(admitted.clone())
     );
     let (_, stats) = call("GET", a, "/v1/stats", None);
     assert_eq!(stats["admitted"], 2, "{stats}");
+    assert_eq!(stats["flagged_devices"][0]["device_id"], dev(1).to_string(), "{stats}");
     let (_, dups) = call("GET", a, "/v1/duplicates", None);
     assert_eq!(dups["duplicates"].as_array().unwrap().len(), 1, "{dups}");
     // A replica that pulls afterwards gets the admission.
     let agent = ureq::Agent::new_with_defaults();
     gate_sync::peers::exchange(&b_state, &format!("http://{a}"), &agent).unwrap();
     assert_eq!(
-        b_state.read(|s| s.log().get(&DeviceId([1; 16]), 1).cloned()),
+        b_state.read(|s| s.log().get(&dev(1), 1).cloned()),
         Some(admitted)
     );
     let _ = b;
@@ -100,7 +120,7 @@ fn an_accepted_admission_cannot_be_rewritten_by_a_push_or_a_peer() {
 fn bodies_are_not_read_before_the_token_is_checked() {
     let tmp = tempfile::tempdir().unwrap();
     let (addr, _state) = serve_state(&tmp.path().join("sync.db"));
-    let device = DeviceId([1; 16]);
+    let device = dev(1);
     // A stranger announces 16 MiB and sends none of it: refused at once.
     for (path, auth) in [
         (format!("/v1/devices/{device}/records"), ""),
@@ -194,7 +214,7 @@ fn the_node_answers_only_json_in_the_documented_shape() {
     let tmp = tempfile::tempdir().unwrap();
     let (addr, state) = serve_state(&tmp.path().join("sync.db"));
     let token = enroll(addr, &state, 1);
-    let url = format!("http://{addr}/v1/devices/{}/records", DeviceId([1; 16]));
+    let url = format!("http://{addr}/v1/devices/{}/records", dev(1));
     // Any other Content-Type is refused.
     let resp = ureq::post(&url)
         .config()
@@ -214,7 +234,8 @@ fn the_node_answers_only_json_in_the_documented_shape() {
     // An admission names its ticket.
     let mut r = entry(1, 1, 1, 1_900_000_000);
     r.ticket = None;
-    let (status, body) = push(addr, &token, 1, &[r]);
+    r.proof = None;
+    let (status, body) = push(addr, &token, 1, &[signed(r)]);
     assert_eq!(status, 400, "{body}");
     // Unknown fields are refused, not ignored.
     let (status, _) = send(&url, Some(&token), "{\"records\": [], \"extra\": 1}");
@@ -289,11 +310,11 @@ fn refusals_leave_a_line_in_the_node_log() {
     let (status, body) = send(
         &format!("http://{addr}/v1/enroll"),
         None,
-        &json!({ "token": enrolled, "device_id": DeviceId([1; 16]) }).to_string(),
+        &enroll_request(&enrolled, 1),
     );
     assert_eq!(status, 200, "{body}");
     let token = body["device_token"].as_str().unwrap().to_owned();
-    let url = |d: u8| format!("http://{addr}/v1/devices/{}/records", DeviceId([d; 16]));
+    let url = |d: u8| format!("http://{addr}/v1/devices/{}/records", dev(d));
     assert_eq!(send(&url(1), Some("made-up"), "{\"records\": []}").0, 401);
     assert_eq!(send(&url(2), Some(&token), "{\"records\": []}").0, 403);
     let answer = raw(
@@ -301,7 +322,7 @@ fn refusals_leave_a_line_in_the_node_log() {
         &format!(
             "POST /v1/devices/{}/records HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
              content-type: application/json\r\ncontent-length: 99999999\r\n\r\n",
-            DeviceId([1; 16])
+            dev(1)
         ),
     );
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");

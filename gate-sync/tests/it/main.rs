@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use serde_json::{Value, json};
-use shared::{DeviceId, Direction, Hlc, ResultCode, ScanRecord, TicketId};
+use shared::device::DeviceSigner;
+use shared::{DeviceId, DeviceSig, Direction, Hlc, RecordHash, ResultCode, ScanRecord, TicketId};
 
 /// Starts gate-sync on `db` at 127.0.0.1:0 in a background runtime.
 fn serve(db: &Path) -> SocketAddr {
@@ -38,6 +39,42 @@ fn two_peers(dir: &Path) -> (Node, Node) {
     )
 }
 
+/// Test device `d`: its key is made from the seed `[d; 32]`.
+fn signer(d: u8) -> DeviceSigner {
+    DeviceSigner::from_seed(&[d; 32])
+}
+
+/// Test device `d`'s id.
+fn dev(d: u8) -> DeviceId {
+    signer(d).id()
+}
+
+/// The code of ticket `ticket` (event 1001, category 1, seat A-1-1): what
+/// a record naming it carries as proof.
+fn ticket_code(ticket: u8) -> String {
+    shared::code::Signer::new(ed25519_dalek::SigningKey::from_bytes(&[42; 32]))
+        .encode(&shared::TicketFields {
+            event_id: 1001,
+            ticket_id: TicketId([ticket; 16]),
+            category_id: 1,
+            multi_entry: false,
+            valid_from: 1_900_000_000,
+            valid_until: 1_900_086_400,
+            seat: "A-1-1".into(),
+        })
+        .unwrap()
+}
+
+/// `r` signed again by its device, after a change.
+fn signed(mut r: ScanRecord) -> ScanRecord {
+    let d = (0..=255u8)
+        .find(|d| dev(*d) == r.device_id)
+        .expect("a test device");
+    signer(d).sign(&mut r);
+    r
+}
+
+/// Record `idx` of test device `device`, about `ticket`, signed on its own.
 fn record(
     device: u8,
     idx: u64,
@@ -46,8 +83,8 @@ fn record(
     result: ResultCode,
     at_s: u64,
 ) -> ScanRecord {
-    ScanRecord {
-        device_id: DeviceId([device; 16]),
+    let mut r = ScanRecord {
+        device_id: dev(device),
         idx,
         ticket: Some((1001, TicketId([ticket; 16]))),
         multi_entry: false,
@@ -60,7 +97,24 @@ fn record(
         hlc: Hlc((at_s * 1000) << 16),
         gate: format!("gate-{device}"),
         device_name: format!("tablet-{device}"),
-    }
+        proof: Some(ticket_code(ticket)),
+        prev: RecordHash::FIRST,
+        device_key: None,
+        sig: DeviceSig::NONE,
+    };
+    signer(device).sign(&mut r);
+    r
+}
+
+/// An enrollment request for test device `device` with `token`.
+fn enroll_request(token: &str, device: u8) -> String {
+    json!({
+        "token": token,
+        "device_id": dev(device),
+        "device_key": signer(device).public_key(),
+        "sig": signer(device).sign_enrollment(token),
+    })
+    .to_string()
 }
 
 fn call(method: &str, addr: SocketAddr, path: &str, body: Option<String>) -> (u16, Value) {
@@ -95,7 +149,7 @@ fn call(method: &str, addr: SocketAddr, path: &str, body: Option<String>) -> (u1
 fn push(addr: SocketAddr, token: &str, device: u8, records: &[ScanRecord]) -> (u16, Value) {
     let url = format!(
         "http://{addr}/v1/devices/{}/records",
-        DeviceId([device; 16])
+        dev(device)
     );
     send(
         &url,
@@ -152,7 +206,7 @@ fn enroll(addr: SocketAddr, state: &gate_sync::AppState, device: u8) -> String {
     let (status, body) = send(
         &format!("http://{addr}/v1/enroll"),
         None,
-        &json!({ "token": token, "device_id": DeviceId([device; 16]) }).to_string(),
+        &enroll_request(&token, device),
     );
     assert_eq!(status, 200, "{body}");
     body["device_token"].as_str().unwrap().to_owned()
@@ -197,9 +251,9 @@ fn a_replayed_batch_changes_nothing_and_pull_sends_what_is_lacking() {
     assert_eq!(first["stored"], 3);
     let (_, again) = push(addr, &t1, 1, &batch);
     assert_eq!(again["stored"], 0);
-    assert_eq!(again["version_vector"][DeviceId([1; 16]).to_string()], 3);
+    assert_eq!(again["version_vector"][dev(1).to_string()], 3);
     // A device that holds 1 of device 1's records is sent the other two.
-    let vv = json!({ "version_vector": { DeviceId([1; 16]).to_string(): 1 } });
+    let vv = json!({ "version_vector": { dev(1).to_string(): 1 } });
     let (status, pulled) = send(
         &format!("http://{addr}/v1/pull"),
         Some(&t2),
@@ -235,7 +289,7 @@ fn records_above_a_gap_are_refused_and_never_sent_again() {
         );
     }
     // So every pull of a gate that holds what there is sends nothing.
-    let vv = json!({ "version_vector": { DeviceId([1; 16]).to_string(): 3 } });
+    let vv = json!({ "version_vector": { dev(1).to_string(): 3 } });
     for _ in 0..2 {
         let (status, pulled) = send(
             &format!("http://{addr}/v1/pull"),
@@ -252,7 +306,7 @@ fn records_above_a_gap_are_refused_and_never_sent_again() {
         1,
         &[entry(1, 4, 8, 1_900_000_090), entry(1, 5, 9, 1_900_000_100)],
     );
-    assert_eq!(filled["version_vector"][DeviceId([1; 16]).to_string()], 5);
+    assert_eq!(filled["version_vector"][dev(1).to_string()], 5);
 }
 
 #[test]
@@ -273,7 +327,7 @@ fn a_long_pull_comes_in_pages_that_end() {
     assert_eq!(push(addr, &t2, 2, &[entry(2, 1, 20, 1_900_000_001)]).0, 200);
     assert_eq!(push(addr, &t2, 2, &[entry(2, 2, 21, 1_900_000_002)]).0, 200);
     // Device 3 holds device 1's 1-3 and pages through the rest two at a time.
-    let vv = json!({ DeviceId([1; 16]).to_string(): 3 });
+    let vv = json!({ dev(1).to_string(): 3 });
     let mut after = Value::Null;
     let mut got = Vec::new();
     let mut pages = 0;
@@ -294,8 +348,10 @@ fn a_long_pull_comes_in_pages_that_end() {
         }
         after = page["next"].clone();
     }
-    let keys: Vec<(u8, u64)> = got.iter().map(|r| (r.device_id.0[0], r.idx)).collect();
-    assert_eq!(keys, [(1, 4), (1, 5), (2, 1), (2, 2)]);
+    let keys: Vec<(DeviceId, u64)> = got.iter().map(|r| (r.device_id, r.idx)).collect();
+    let mut want = vec![(dev(1), 4), (dev(1), 5), (dev(2), 1), (dev(2), 2)];
+    want.sort();
+    assert_eq!(keys, want, "in key order");
     assert_eq!(got[0], one[3], "a record comes back as it was pushed");
     // A limit beyond the page size is served as a full page, not refused.
     let (status, all) = send(
@@ -451,8 +507,9 @@ fn a_page_stops_at_a_few_megabytes_whatever_its_records() {
                 1_900_000_000,
             );
             r.ticket = None;
+            r.proof = None;
             r.reason = "x".repeat(2000);
-            r
+            signed(r)
         })
         .collect();
     store.add(&records, 0).unwrap();
@@ -484,7 +541,7 @@ fn a_clock_beyond_the_year_9999_is_refused_and_the_last_day_is_shown() {
         "{body}"
     );
     r.wall_ms = shared::time::MAX_MS;
-    assert_eq!(push(addr, &token, 6, &[r]).0, 200);
+    assert_eq!(push(addr, &token, 6, &[signed(r)]).0, 200);
     let (status, stats) = call("GET", addr, "/v1/stats", None);
     assert_eq!(status, 200, "{stats}");
     assert_eq!(
@@ -502,7 +559,7 @@ fn an_enrollment_token_never_takes_over_a_device_known_from_a_peer() {
     let mut store = gate_sync::store::Store::open(&tmp.path().join("sync.db")).unwrap();
     let now = 1_900_000_000_000;
     let old = gate_sync::store::DeviceAuth {
-        device_id: DeviceId([7; 16]),
+        device_id: dev(7),
         name: "tablet-7".into(),
         token_hash: "a".repeat(64),
         enrolled_at_ms: now + 3_600_000,
@@ -511,13 +568,13 @@ fn an_enrollment_token_never_takes_over_a_device_known_from_a_peer() {
     store.merge_device_auth(std::slice::from_ref(&old)).unwrap();
     let enrollment = store.create_enrollment("tablet-7", now).unwrap();
     let err = store
-        .enroll(&enrollment, DeviceId([7; 16]), now)
+        .enroll(&enrollment, dev(7), now)
         .unwrap_err();
     assert!(err.to_string().contains("already enrolled"), "{err}");
     let held = store.device_auth().unwrap();
     assert_eq!(held, [old], "the peer's enrollment stands");
     // The unused token still enrolls a new device.
-    assert!(store.enroll(&enrollment, DeviceId([8; 16]), now).is_ok());
+    assert!(store.enroll(&enrollment, dev(8), now).is_ok());
 }
 
 #[test]
@@ -535,7 +592,7 @@ fn bad_batches_are_refused_whole_with_the_reason() {
             .unwrap()
             .contains("belongs to another device")
     );
-    let url = format!("http://{addr}/v1/devices/{}/records", DeviceId([1; 16]));
+    let url = format!("http://{addr}/v1/devices/{}/records", dev(1));
     for bad in ["{", "{\"records\": [{\"idx\": 1}]}", "[]"] {
         let (status, body) = send(&url, Some(&t1), bad);
         assert_eq!(status, 400, "{bad}");
@@ -553,7 +610,7 @@ fn bad_batches_are_refused_whole_with_the_reason() {
         &format!(
             "POST /v1/devices/{}/records HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t1}\r\n\
              content-type: application/json\r\ncontent-length: {}\r\n\r\n{{",
-            DeviceId([1; 16]),
+            dev(1),
             shared::protocol::MAX_PUSH_BODY + 1
         ),
     );
@@ -568,7 +625,7 @@ fn bad_batches_are_refused_whole_with_the_reason() {
         &format!(
             "POST /v1/devices/{}/records HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t1}\r\n\
              content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{huge}\r\n0\r\n\r\n",
-            DeviceId([1; 16]),
+            dev(1),
             huge.len()
         ),
     );
@@ -595,7 +652,7 @@ fn bad_batches_are_refused_whole_with_the_reason() {
     assert_eq!(stats["per_gate"][0]["gate"], "gate-1");
     assert_eq!(
         stats["devices"][0]["device_id"],
-        DeviceId([1; 16]).to_string()
+        dev(1).to_string()
     );
 }
 
@@ -605,7 +662,7 @@ fn devices_are_known_not_anonymous() {
     let (addr, state) = serve_state(&tmp.path().join("sync.db"));
     let r = entry(1, 1, 1, 1_900_000_000);
     // No token, a made-up token: 401.
-    let url = format!("http://{addr}/v1/devices/{}/records", DeviceId([1; 16]));
+    let url = format!("http://{addr}/v1/devices/{}/records", dev(1));
     assert_eq!(send(&url, None, "{\"records\": []}").0, 401);
     assert_eq!(push(addr, "made-up", 1, std::slice::from_ref(&r)).0, 401);
     assert_eq!(
@@ -619,7 +676,7 @@ fn devices_are_known_not_anonymous() {
     );
     // An enrollment token works once.
     let token = state.lock(|s| s.create_enrollment("tablet-1", 0)).unwrap();
-    let body = json!({ "token": token, "device_id": DeviceId([1; 16]) }).to_string();
+    let body = enroll_request(&token, 1);
     let (status, first) = send(&format!("http://{addr}/v1/enroll"), None, &body);
     assert_eq!(status, 200);
     assert_eq!(
@@ -629,13 +686,13 @@ fn devices_are_known_not_anonymous() {
     );
     let t1 = first["device_token"].as_str().unwrap().to_owned();
     // A device pushes only under its own id.
-    let other = format!("http://{addr}/v1/devices/{}/records", DeviceId([2; 16]));
+    let other = format!("http://{addr}/v1/devices/{}/records", dev(2));
     let (status, body) = send(&other, Some(&t1), "{\"records\": []}");
     assert_eq!(status, 403, "{body}");
     assert_eq!(push(addr, &t1, 1, std::slice::from_ref(&r)).0, 200);
     // Revoked: refused from then on, its records stay.
     state
-        .lock(|s| s.revoke(&DeviceId([1; 16]).to_string(), 1))
+        .lock(|s| s.revoke(&dev(1).to_string(), 1))
         .unwrap();
     let (status, body) = push(addr, &t1, 1, &[entry(1, 2, 2, 1_900_000_010)]);
     assert_eq!(status, 401);
@@ -664,7 +721,7 @@ fn the_openapi_document_lists_exactly_the_served_routes() {
     let tmp = tempfile::tempdir().unwrap();
     let addr = serve(&tmp.path().join("sync.db"));
     for (method, path) in served {
-        let path = path.replace("{device_id}", &DeviceId([3; 16]).to_string());
+        let path = path.replace("{device_id}", &dev(3).to_string());
         let (status, _) = if method == "post" {
             send(&format!("http://{addr}{path}"), None, "{}")
         } else {
@@ -747,7 +804,7 @@ fn a_device_enrolled_at_one_node_syncs_with_its_peers_and_a_revocation_travels()
     assert_eq!(push(a, &t2, 2, &[entry(2, 1, 8, 1_900_000_000)]).0, 200);
     // Device 1 is lost: revoked at B, the revocation reaches A.
     b_state
-        .lock(|s| s.revoke(&DeviceId([1; 16]).to_string(), 5))
+        .lock(|s| s.revoke(&dev(1).to_string(), 5))
         .unwrap();
     gate_sync::peers::exchange(&b_state, &format!("http://{a}"), &agent).unwrap();
     let (status, body) = push(a, &t1, 1, &[entry(1, 2, 9, 1_900_000_001)]);
@@ -764,7 +821,7 @@ fn a_device_enrolled_at_one_node_syncs_with_its_peers_and_a_revocation_travels()
         &format!("http://{a}/v1/merge"),
         Some("venue-secret"),
         &json!({ "records": [entry(3, 1, 1, 1_900_000_000)], "devices": [{
-            "device_id": DeviceId([3; 16]), "name": "x", "token_hash": "not-hex",
+            "device_id": dev(3), "name": "x", "token_hash": "not-hex",
             "enrolled_at_ms": 1, "revoked_at_ms": null }] })
         .to_string(),
     );
@@ -777,10 +834,10 @@ fn a_device_enrolled_at_one_node_syncs_with_its_peers_and_a_revocation_travels()
     // A device cannot slip a device list into its own push.
     let before = listed(&b_state);
     let (status, body) = send(
-        &format!("http://{b}/v1/devices/{}/records", DeviceId([2; 16])),
+        &format!("http://{b}/v1/devices/{}/records", dev(2)),
         Some(&t2),
         &json!({ "records": [], "devices": [{
-            "device_id": DeviceId([9; 16]), "name": "x", "token_hash": "a".repeat(64),
+            "device_id": dev(9), "name": "x", "token_hash": "a".repeat(64),
             "enrolled_at_ms": 1, "revoked_at_ms": null }] })
         .to_string(),
     );
@@ -797,7 +854,7 @@ fn device_lists_merge_alike_in_any_order() {
     use gate_sync::store::{DeviceAuth, Store};
     let tmp = tempfile::tempdir().unwrap();
     let auth = |hash: char, enrolled: u64, revoked: Option<u64>| DeviceAuth {
-        device_id: DeviceId([4; 16]),
+        device_id: dev(4),
         name: format!("tablet-{hash}"),
         token_hash: hash.to_string().repeat(64),
         enrolled_at_ms: enrolled,

@@ -65,7 +65,7 @@ fn scanner_sync(gate: &mut Gate, node: &mut Store, now_ms: u64) {
         gate.mark_pushed(last.idx).unwrap();
     }
     let missing = node.log().missing_for(&gate.version_vector().unwrap());
-    gate.merge_remote(&missing).unwrap();
+    gate.merge_remote(&missing, &[]).unwrap();
 }
 
 fn node_sync(a: &mut Store, b: &mut Store, now_ms: u64) {

@@ -3,18 +3,20 @@
 
 use std::path::Path;
 
-use shared::{DeviceId, Direction, Hlc, ResultCode, ScanRecord};
+use shared::{Direction, Hlc, ResultCode, ScanRecord};
 
 use crate::check::{NOW, Station, code};
 use crate::scanner;
 
-/// A record of another gate (device 7...7) about `ticket` (a code from
-/// [`code`]), at `wall_ms` with stamp `hlc`.
+/// A record of another gate (a device whose key is made from `[7; 32]`)
+/// about `ticket` (a code from [`code`]), at `wall_ms` with stamp `hlc`,
+/// signed by that device.
 fn remote(idx: u64, ticket: &str, direction: Direction, wall_ms: u64, hlc: u64) -> ScanRecord {
     let t = shared::parse(ticket).unwrap();
     let f = t.claimed();
-    ScanRecord {
-        device_id: DeviceId([7; 16]),
+    let signer = shared::device::DeviceSigner::from_seed(&[7; 32]);
+    let mut r = ScanRecord {
+        device_id: signer.id(),
         idx,
         ticket: Some((f.event_id, f.ticket_id)),
         multi_entry: f.multi_entry,
@@ -27,7 +29,13 @@ fn remote(idx: u64, ticket: &str, direction: Direction, wall_ms: u64, hlc: u64) 
         hlc: Hlc(hlc),
         gate: "Far".into(),
         device_name: "far".into(),
-    }
+        proof: Some(ticket.to_owned()),
+        prev: shared::RecordHash::FIRST,
+        device_key: None,
+        sig: shared::DeviceSig::NONE,
+    };
+    signer.sign(&mut r);
+    r
 }
 
 fn gate(st: &Station) -> scanner::gate::Gate {
@@ -40,7 +48,7 @@ fn a_clock_at_the_end_of_the_year_9999_does_not_crash_check() {
     let ticket = code(41, false);
     let end = shared::time::MAX_MS;
     gate(&st)
-        .merge_remote(&[remote(1, &ticket, Direction::Entry, end, 1 << 20)])
+        .merge_remote(&[remote(1, &ticket, Direction::Entry, end, 1 << 20)], &[])
         .unwrap();
     let now = NOW.to_string();
     let out = scanner(&["--db", st.db(), "check", "--now", &now, &ticket], b"");
@@ -52,7 +60,7 @@ fn a_clock_at_the_end_of_the_year_9999_does_not_crash_check() {
     );
     // Beyond that, the record never gets in.
     let beyond = remote(2, &ticket, Direction::Entry, end + 1, 1 << 20);
-    let err = gate(&st).merge_remote(&[beyond]).unwrap_err();
+    let err = gate(&st).merge_remote(&[beyond], &[]).unwrap_err();
     assert!(err.to_string().contains("year 9999"), "{err}");
 }
 
@@ -72,7 +80,7 @@ fn a_stamp_far_ahead_does_not_drag_the_gates_clocks() {
     );
     for st in [&a, &b] {
         gate(st)
-            .merge_remote(std::slice::from_ref(&poison))
+            .merge_remote(std::slice::from_ref(&poison), &[])
             .unwrap();
     }
     let holder = code(43, true);
@@ -83,7 +91,7 @@ fn a_stamp_far_ahead_does_not_drag_the_gates_clocks() {
             .into_iter()
             .filter(|r| r.device_id == own)
             .collect();
-        gate(to).merge_remote(&log).unwrap();
+        gate(to).merge_remote(&log, &[]).unwrap();
     };
     // In at North, out at South, in again at North: a multi-entry holder.
     assert_eq!(a.result(NOW, &[], &holder), "ok");

@@ -292,10 +292,16 @@ fn the_dashboard_asks_for_the_organizer_token_then_shows_the_counts() {
     crate::station::save_screenshot(&browser, "dashboard.png");
 }
 
-/// Scan `idx` of a gate far away (device 9...9): an unreadable code at `wall_ms`.
+/// The far gate's key.
+fn far_gate() -> shared::device::DeviceSigner {
+    shared::device::DeviceSigner::from_seed(&[9; 32])
+}
+
+/// Scan `idx` of a gate far away: an unreadable code at `wall_ms`, signed
+/// by that gate.
 fn far_scan(idx: u64, wall_ms: u64) -> shared::ScanRecord {
-    shared::ScanRecord {
-        device_id: shared::DeviceId([9; 16]),
+    let mut r = shared::ScanRecord {
+        device_id: far_gate().id(),
         idx,
         ticket: None,
         multi_entry: false,
@@ -308,7 +314,13 @@ fn far_scan(idx: u64, wall_ms: u64) -> shared::ScanRecord {
         hlc: shared::Hlc(wall_ms << 16),
         gate: "Far".into(),
         device_name: "far".into(),
-    }
+        proof: None,
+        prev: shared::RecordHash::FIRST,
+        device_key: None,
+        sig: shared::DeviceSig::NONE,
+    };
+    far_gate().sign(&mut r);
+    r
 }
 
 #[test]
@@ -316,21 +328,21 @@ fn a_gate_takes_no_record_above_a_gap_from_a_node() {
     let st = Station::new("t", "Main", &[]);
     assert_eq!(st.result(NOW, &[], &code(1, false)), "ok");
     let mut gate = scanner::gate::Gate::open(&st.db).unwrap();
-    let other = shared::DeviceId([9; 16]);
+    let other = far_gate().id();
     let remote: Vec<shared::ScanRecord> = [1, 2, 4]
         .into_iter()
         .map(|idx| far_scan(idx, NOW * 1000))
         .collect();
-    let err = gate.merge_remote(&remote).unwrap_err();
+    let err = gate.merge_remote(&remote, &[]).unwrap_err();
     assert!(err.to_string().contains("/4 would leave a gap"), "{err}");
     assert_eq!(
         gate.version_vector().unwrap().get(&other),
         0,
         "refused whole"
     );
-    assert_eq!(gate.merge_remote(&remote[..2]).unwrap(), 2);
+    assert_eq!(gate.merge_remote(&remote[..2], &[]).unwrap(), 2);
     assert_eq!(
-        gate.merge_remote(&remote[..2]).unwrap(),
+        gate.merge_remote(&remote[..2], &[]).unwrap(),
         0,
         "a replay adds nothing"
     );
@@ -344,7 +356,7 @@ fn a_gate_back_from_a_long_offline_spell_pulls_every_page() {
     let tmp = tempfile::tempdir().unwrap();
     let (addr, state) = serve_gate_sync(&tmp.path().join("node.db"));
     // Other gates' scans, more than two pages of a pull answer.
-    let other = shared::DeviceId([9; 16]);
+    let other = far_gate().id();
     let n = gate_sync::http::PULL_PAGE as u64 * 2 + 17;
     let remote: Vec<shared::ScanRecord> =
         (1..=n).map(|idx| far_scan(idx, NOW * 1000 + idx)).collect();

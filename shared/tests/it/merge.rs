@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 use shared::{
-    DeviceId, Direction, Hlc, RecordKey, ResultCode, ScanLog, ScanRecord, TicketId, VersionVector,
+    DeviceId, DeviceSig, Direction, Hlc, RecordHash, RecordKey, ResultCode, ScanLog, ScanRecord,
+    TicketId, VersionVector,
 };
 
 fn record(
@@ -30,6 +31,10 @@ fn record(
         hlc: Hlc(hlc),
         gate: format!("gate-{device}"),
         device_name: format!("tablet-{device}"),
+        proof: None,
+        prev: RecordHash::FIRST,
+        device_key: None,
+        sig: DeviceSig::NONE,
     }
 }
 
