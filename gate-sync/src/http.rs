@@ -387,11 +387,7 @@ async fn push(
     let second_versions = s
         .with_store_read(move |store| Ok(store.check_push(&check)?))
         .await?;
-    let first_second = records
-        .iter()
-        .map(|r| r.idx)
-        .min()
-        .unwrap_or_default();
+    let first_second = records.iter().map(|r| r.idx).min().unwrap_or_default();
     let job = Arc::new(PushJob {
         records,
         device,
@@ -622,7 +618,14 @@ async fn pull(
             };
             // Every replica learns both versions of an index written twice,
             // with the first page.
+            // A peer also gets every version of a device whose log forked
+            // from its own.
             let conflicts: Vec<&ScanRecord> = match req.after {
+                None if is_peer => store
+                    .log()
+                    .conflicts()
+                    .chain(store.log().diverging(&req.version_vector, &req.digests))
+                    .collect(),
                 None => store.log().conflicts().collect(),
                 Some(_) => Vec::new(),
             };

@@ -21,7 +21,7 @@ pub fn exchange(
         .peer_token()
         .ok_or("no --peer-token: peers cannot be reached")?;
     let auth = format!("Bearer {token}");
-    let ours = state.read(|s| s.log().version_vector());
+    let (ours, digests) = state.read(|s| (s.log().version_vector(), s.log().digests()));
     let mut received = 0;
     let mut after = None;
     let theirs = loop {
@@ -29,6 +29,10 @@ pub fn exchange(
             version_vector: ours.clone(),
             after,
             limit: None,
+            digests: match after {
+                None => digests.clone(),
+                Some(_) => Default::default(),
+            },
         };
         let pulled: PullPage = agent
             .post(&format!("{peer}{PULL}"))

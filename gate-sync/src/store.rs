@@ -238,7 +238,11 @@ impl Store {
                 let key = (r.device_id, r.idx);
                 let versions = ends.entry(key).or_insert_with(|| Versions {
                     kept: self.log.get(&r.device_id, r.idx).cloned().map(Cow::Owned),
-                    proof: self.log.runner_up(&r.device_id, r.idx).cloned().map(Cow::Owned),
+                    proof: self
+                        .log
+                        .runner_up(&r.device_id, r.idx)
+                        .cloned()
+                        .map(Cow::Owned),
                 });
                 if versions.add(r) {
                     changed.insert(key);
@@ -343,7 +347,11 @@ impl Store {
             .map_err(|e| StoreError::Unauthentic(e.to_string()))?;
         Ok(records
             .iter()
-            .filter(|r| self.log.get(&r.device_id, r.idx).is_some_and(|held| held != *r))
+            .filter(|r| {
+                self.log
+                    .get(&r.device_id, r.idx)
+                    .is_some_and(|held| held != *r)
+            })
             .count())
     }
 

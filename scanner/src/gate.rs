@@ -454,8 +454,7 @@ impl Gate {
                 .filter(|s| {
                     s.device_id == own
                         || s.proof.as_deref().is_some_and(|p| {
-                            p == presented
-                                || self.verifier.proves(p, (f.event_id, f.ticket_id))
+                            p == presented || self.verifier.proves(p, (f.event_id, f.ticket_id))
                         })
                 })
                 .collect();
@@ -513,7 +512,10 @@ impl Gate {
             hlc: Hlc::next(Hlc(last_hlc as u64), now_ms),
             gate: self.device.gate.clone(),
             device_name: self.device.name.clone(),
-            proof: ticket.map(|_| code.trim_matches(|c: char| c.is_ascii_whitespace()).to_owned()),
+            proof: ticket.map(|_| {
+                code.trim_matches(|c: char| c.is_ascii_whitespace())
+                    .to_owned()
+            }),
             prev: RecordHash::FIRST,
             device_key: None,
             sig: DeviceSig::NONE,
@@ -829,7 +831,11 @@ fn take(tx: &Connection, r: &ScanRecord, own: DeviceId) -> Result<usize, GateErr
 }
 
 /// The version of (device, index) kept as proof, if it was written twice.
-fn conflict_at(conn: &Connection, device: DeviceId, idx: u64) -> Result<Option<ScanRecord>, GateError> {
+fn conflict_at(
+    conn: &Connection,
+    device: DeviceId,
+    idx: u64,
+) -> Result<Option<ScanRecord>, GateError> {
     let body: Option<String> = conn
         .prepare_cached("SELECT body FROM conflicts WHERE device_id = ?1 AND idx = ?2")?
         .query_row(params![device.to_string(), idx as i64], |r| r.get(0))

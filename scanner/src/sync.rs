@@ -136,6 +136,7 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
             version_vector: vv.clone(),
             after,
             limit: None,
+            digests: Default::default(),
         };
         let pulled: PullPage = post(&agent, &format!("{server}{PULL}"), token, &request)?;
         report.pulled += gate.merge_remote(&pulled.records, &[])?;

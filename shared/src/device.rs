@@ -208,7 +208,10 @@ fn authenticate_device(records: &[&ScanRecord], held: &impl Held) -> Result<(), 
             .ok_or_else(|| refuse(records[0], "the device's first record is not held"))?,
     };
     let vk = verifying_key(&key).map_err(|e| refuse(records[0], &e))?;
-    if let Some(r) = records.iter().find(|r| r.idx != 1 && r.device_key.is_some()) {
+    if let Some(r) = records
+        .iter()
+        .find(|r| r.idx != 1 && r.device_key.is_some())
+    {
         return Err(refuse(r, "only a device's first record carries its key"));
     }
     // Runs of records that each name the one before; a run that starts
@@ -235,7 +238,10 @@ fn authenticate_device(records: &[&ScanRecord], held: &impl Held) -> Result<(), 
                 // what a signature still vouches for holds, the rest not.
                 let good = run.iter().rposition(|r| signature_holds(&vk, r));
                 let bad = run[good.map_or(0, |g| g + 1)];
-                return Err(refuse(bad, "its signature does not verify under the device's key"));
+                return Err(refuse(
+                    bad,
+                    "its signature does not verify under the device's key",
+                ));
             }
         } else if let Some(bad) = run.iter().find(|r| !signature_holds(&vk, r)) {
             return Err(refuse(

@@ -25,7 +25,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::code::TicketId;
-use crate::scan::{DeviceId, Direction, ScanRecord};
+use crate::device::record_hash;
+use crate::scan::{DeviceId, Direction, RecordHash, ScanRecord};
+
+fn xor(digest: &mut RecordHash, hash: &RecordHash) {
+    for (d, h) in digest.0.iter_mut().zip(hash.0) {
+        *d ^= h;
+    }
+}
 use crate::verify::ResultCode;
 
 /// A ticket's identity: (event id, ticket id).
@@ -71,6 +78,11 @@ pub struct ScanLog {
     /// the version not kept, the greatest such. With the kept one, it is
     /// the proof against the device; every replica ends with the same pair.
     runner_up: BTreeMap<RecordKey, ScanRecord>,
+    /// Per device, the XOR of the hashes of the versions kept: two replicas
+    /// with the same version vector but different digests hold different
+    /// versions of some index (a device forked its log while partitioned),
+    /// which a version vector alone never shows.
+    digests: BTreeMap<DeviceId, RecordHash>,
 }
 
 /// A ticket admitted while already inside: the same single-entry ticket (or
@@ -96,12 +108,19 @@ impl ScanLog {
     /// held as proof against the device (the greatest such, if more).
     pub fn insert(&mut self, record: ScanRecord) -> bool {
         let (device, idx) = (record.device_id, record.idx);
-        let key = RecordKey { device_id: device, idx };
+        let key = RecordKey {
+            device_id: device,
+            idx,
+        };
         let held = self.records.entry(device).or_default();
         // The versions kept are the two greatest seen: the one kept, and
         // the proof.
         let loser = match held.get_mut(&idx) {
             None => {
+                xor(
+                    self.digests.entry(device).or_default(),
+                    &record_hash(&record),
+                );
                 held.insert(idx, record);
                 self.len += 1;
                 let contiguous = self.contiguous.entry(device).or_insert(0);
@@ -116,6 +135,9 @@ impl ScanLog {
             Some(kept) if *kept == record => return false,
             Some(kept) if supersedes(&record, kept) => {
                 // The old kept version is greater than any old proof.
+                let digest = self.digests.entry(device).or_default();
+                xor(digest, &record_hash(kept));
+                xor(digest, &record_hash(&record));
                 let old = std::mem::replace(kept, record);
                 self.runner_up.insert(key, old);
                 return true;
@@ -131,6 +153,44 @@ impl ScanLog {
         }
     }
 
+    /// The digest of the versions kept of `device`'s records.
+    pub fn digest(&self, device: &DeviceId) -> RecordHash {
+        self.digests.get(device).copied().unwrap_or_default()
+    }
+
+    /// Every device's digest, for a peer to compare ([`ScanLog::diverging`]).
+    pub fn digests(&self) -> BTreeMap<DeviceId, RecordHash> {
+        self.digests.clone()
+    }
+
+    /// What a replica with version vector `theirs` and `digests` needs to
+    /// see a fork: for each device where both hold the same indexes but
+    /// not the same versions, every version held here.
+    pub fn diverging<'a>(
+        &'a self,
+        theirs: &'a VersionVector,
+        digests: &'a BTreeMap<DeviceId, RecordHash>,
+    ) -> impl Iterator<Item = &'a ScanRecord> + 'a {
+        digests
+            .iter()
+            .filter(move |(device, digest)| {
+                theirs.get(device) == self.version_vector_of(device)
+                    && self.digest(device) != **digest
+            })
+            .filter_map(move |(device, _)| self.records.get(device))
+            .flat_map(BTreeMap::values)
+            .chain(
+                self.runner_up
+                    .iter()
+                    .filter(move |(k, _)| {
+                        digests
+                            .get(&k.device_id)
+                            .is_some_and(|d| *d != self.digest(&k.device_id))
+                    })
+                    .map(|(_, r)| r),
+            )
+    }
+
     /// Devices that wrote two versions of an index, and how many indexes.
     pub fn flagged(&self) -> BTreeMap<DeviceId, usize> {
         let mut out = BTreeMap::new();
@@ -143,9 +203,9 @@ impl ScanLog {
     /// Both versions of every index its device wrote twice: what a replica
     /// sends so that every other ends with the same records and flags.
     pub fn conflicts(&self) -> impl Iterator<Item = &ScanRecord> {
-        self.runner_up.iter().flat_map(|(key, proof)| {
-            self.get(&key.device_id, key.idx).into_iter().chain([proof])
-        })
+        self.runner_up
+            .iter()
+            .flat_map(|(key, proof)| self.get(&key.device_id, key.idx).into_iter().chain([proof]))
     }
 
     /// The version of (device, index) held as proof, if it was written twice.

@@ -8,10 +8,12 @@
 //! authenticates with `Authorization: Bearer <device token>`; a peer node
 //! with the venue's peer token.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::merge::{RecordKey, VersionVector};
-use crate::scan::{DeviceId, DeviceKey, DeviceSig, ScanRecord};
+use crate::scan::{DeviceId, DeviceKey, DeviceSig, RecordHash, ScanRecord};
 use crate::verify::ResultCode;
 
 /// The OpenAPI document of the node's API.
@@ -90,6 +92,11 @@ pub struct PullRequest {
     /// At most this many records (1 to [`PULL_PAGE`]).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Peer nodes only, on the first page: each device's digest
+    /// ([`crate::ScanLog::digest`]), so that a node holding other versions
+    /// of the same indexes (a forked device) sends them as `conflicts`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub digests: BTreeMap<DeviceId, RecordHash>,
 }
 
 /// One page of a pull answer. Nodes write it by hand for speed; this is
@@ -222,7 +229,9 @@ pub fn check_record(r: &ScanRecord) -> Result<(), String> {
             }
         }
         (Some(_), None) => {
-            return Err(format!("{at}: a record naming a ticket carries its code as proof"));
+            return Err(format!(
+                "{at}: a record naming a ticket carries its code as proof"
+            ));
         }
         (None, Some(_)) => return Err(format!("{at}: a proof without a ticket")),
     }

@@ -234,7 +234,9 @@ impl FromStr for DeviceSig {
         let mut out = [0u8; 64];
         match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(s, &mut out) {
             Ok(64) if s.len() == 86 => Ok(DeviceSig(out)),
-            _ => Err(format!("signature {s:?} is not 64 bytes of unpadded base64url")),
+            _ => Err(format!(
+                "signature {s:?} is not 64 bytes of unpadded base64url"
+            )),
         }
     }
 }

@@ -184,7 +184,10 @@ impl Verifier {
             entry.event_ids.contains(&f.event_id)
                 && entry
                     .public_key
-                    .verify_strict(&parsed.signed_message, &Signature::from_bytes(&parsed.signature))
+                    .verify_strict(
+                        &parsed.signed_message,
+                        &Signature::from_bytes(&parsed.signature),
+                    )
                     .is_ok()
         })
     }

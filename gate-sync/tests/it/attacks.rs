@@ -35,7 +35,13 @@ fn an_enrollment_token_cannot_claim_an_enrolled_device() {
         .to_string(),
     );
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("not the one of its key"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not the one of its key"),
+        "{body}"
+    );
     // Even with the real key's signature, a known id is not enrolled again.
     let (status, body) = send(
         &format!("http://{addr}/v1/enroll"),
@@ -83,13 +89,19 @@ fn an_accepted_admission_cannot_be_rewritten_by_a_push_or_a_peer() {
     // Forged by anyone but the device, it is refused.
     let (status, body) = push(a, &token, 1, std::slice::from_ref(&erased));
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("signature"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("signature"),
+        "{body}"
+    );
     // Signed by the device itself (a faulty one), it is kept as proof
     // against it, answered as a conflict, and the admission stays.
     let erased = signed(erased);
     let (status, body) = push(a, &token, 1, std::slice::from_ref(&erased));
     assert_eq!(status, 409, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("other content"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("other content"),
+        "{body}"
+    );
     // Sent by a peer instead, it does not win either.
     let (status, body) = send(
         &format!("http://{a}/v1/merge"),
@@ -103,7 +115,11 @@ fn an_accepted_admission_cannot_be_rewritten_by_a_push_or_a_peer() {
     );
     let (_, stats) = call("GET", a, "/v1/stats", None);
     assert_eq!(stats["admitted"], 2, "{stats}");
-    assert_eq!(stats["flagged_devices"][0]["device_id"], dev(1).to_string(), "{stats}");
+    assert_eq!(
+        stats["flagged_devices"][0]["device_id"],
+        dev(1).to_string(),
+        "{stats}"
+    );
     let (_, dups) = call("GET", a, "/v1/duplicates", None);
     assert_eq!(dups["duplicates"].as_array().unwrap().len(), 1, "{dups}");
     // A replica that pulls afterwards gets the admission.

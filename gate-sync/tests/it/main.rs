@@ -147,10 +147,7 @@ fn call(method: &str, addr: SocketAddr, path: &str, body: Option<String>) -> (u1
 }
 
 fn push(addr: SocketAddr, token: &str, device: u8, records: &[ScanRecord]) -> (u16, Value) {
-    let url = format!(
-        "http://{addr}/v1/devices/{}/records",
-        dev(device)
-    );
+    let url = format!("http://{addr}/v1/devices/{}/records", dev(device));
     send(
         &url,
         Some(token),
@@ -567,9 +564,7 @@ fn an_enrollment_token_never_takes_over_a_device_known_from_a_peer() {
     };
     store.merge_device_auth(std::slice::from_ref(&old)).unwrap();
     let enrollment = store.create_enrollment("tablet-7", now).unwrap();
-    let err = store
-        .enroll(&enrollment, dev(7), now)
-        .unwrap_err();
+    let err = store.enroll(&enrollment, dev(7), now).unwrap_err();
     assert!(err.to_string().contains("already enrolled"), "{err}");
     let held = store.device_auth().unwrap();
     assert_eq!(held, [old], "the peer's enrollment stands");
@@ -650,10 +645,7 @@ fn bad_batches_are_refused_whole_with_the_reason() {
     assert_eq!(stats["admitted"], 1);
     assert_eq!(stats["inside"], 1);
     assert_eq!(stats["per_gate"][0]["gate"], "gate-1");
-    assert_eq!(
-        stats["devices"][0]["device_id"],
-        dev(1).to_string()
-    );
+    assert_eq!(stats["devices"][0]["device_id"], dev(1).to_string());
 }
 
 #[test]
@@ -691,9 +683,7 @@ fn devices_are_known_not_anonymous() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(push(addr, &t1, 1, std::slice::from_ref(&r)).0, 200);
     // Revoked: refused from then on, its records stay.
-    state
-        .lock(|s| s.revoke(&dev(1).to_string(), 1))
-        .unwrap();
+    state.lock(|s| s.revoke(&dev(1).to_string(), 1)).unwrap();
     let (status, body) = push(addr, &t1, 1, &[entry(1, 2, 2, 1_900_000_010)]);
     assert_eq!(status, 401);
     assert!(body["error"].as_str().unwrap().contains("revoked"));
@@ -803,9 +793,7 @@ fn a_device_enrolled_at_one_node_syncs_with_its_peers_and_a_revocation_travels()
     assert_eq!(push(b, &t1, 1, &[entry(1, 1, 7, 1_900_000_000)]).0, 200);
     assert_eq!(push(a, &t2, 2, &[entry(2, 1, 8, 1_900_000_000)]).0, 200);
     // Device 1 is lost: revoked at B, the revocation reaches A.
-    b_state
-        .lock(|s| s.revoke(&dev(1).to_string(), 5))
-        .unwrap();
+    b_state.lock(|s| s.revoke(&dev(1).to_string(), 5)).unwrap();
     gate_sync::peers::exchange(&b_state, &format!("http://{a}"), &agent).unwrap();
     let (status, body) = push(a, &t1, 1, &[entry(1, 2, 9, 1_900_000_001)]);
     assert_eq!(status, 401, "{body}");

@@ -3,6 +3,9 @@
 //! presented at different gates, and multi-entry tickets go in and out. After
 //! healing, every replica holds the same records, every double admission is
 //! flagged on every replica, no in/out flow is flagged, and nothing is lost.
+//! One device equivocates (writes two versions of an index to two nodes):
+//! every replica, gates included, keeps the same version, flags the device,
+//! and leaves honest devices' records as they were.
 //!
 //! The parts are the real ones (`scanner::gate::Gate` on SQLite files,
 //! `gate_sync::store::Store`); only the network between them is a function
@@ -12,8 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use scanner::gate::{Gate, Provision};
 use shared::code::Signer;
+use shared::device::DeviceSigner;
 use shared::{
-    DeviceId, Direction, Keyset, ResultCode, ScanLog, ScanRecord, TicketFields, TicketId,
+    DeviceId, Direction, Keyset, RecordHash, ResultCode, ScanLog, ScanRecord, TicketFields,
+    TicketId,
 };
 
 use gate_sync::store::Store;
@@ -60,19 +65,87 @@ fn code(signer: &Signer, ticket: u8, multi_entry: bool) -> String {
 
 fn scanner_sync(gate: &mut Gate, node: &mut Store, now_ms: u64) {
     let mine = gate.unpushed(10_000).unwrap();
+    node.check_push(&mine).unwrap();
     node.add(&mine, now_ms).unwrap();
     if let Some(last) = mine.last() {
         gate.mark_pushed(last.idx).unwrap();
     }
     let missing = node.log().missing_for(&gate.version_vector().unwrap());
-    gate.merge_remote(&missing, &[]).unwrap();
+    let conflicts: Vec<ScanRecord> = node.log().conflicts().cloned().collect();
+    gate.merge_remote(&missing, &conflicts).unwrap();
 }
 
+/// What a peer exchange does: each node gets what it lacks by version
+/// vector, every version of a device whose log forked from its own, and
+/// both versions of every index written twice.
 fn node_sync(a: &mut Store, b: &mut Store, now_ms: u64) {
-    let to_a = b.log().missing_for(&a.log().version_vector());
-    a.add(&to_a, now_ms).unwrap();
-    let to_b = a.log().missing_for(&b.log().version_vector());
-    b.add(&to_b, now_ms).unwrap();
+    pull(a, b, now_ms);
+    pull(b, a, now_ms);
+}
+
+fn pull(to: &mut Store, from: &Store, now_ms: u64) {
+    let (vv, digests) = (to.log().version_vector(), to.log().digests());
+    let missing = from.log().missing_for(&vv);
+    let extra: Vec<ScanRecord> = from
+        .log()
+        .conflicts()
+        .chain(from.log().diverging(&vv, &digests))
+        .cloned()
+        .collect();
+    to.add_authentic(&missing, &extra, now_ms).unwrap();
+}
+
+/// A faulty or hostile device that forks its log while the nodes are
+/// partitioned: one version of an index to one node, another to another.
+struct Rogue {
+    signer: DeviceSigner,
+    forks: [Vec<ScanRecord>; 2],
+}
+
+impl Rogue {
+    /// Writes record `idx` on fork `f` (an admission of ticket 99, or a
+    /// refusal) and pushes it, and what that node lacks of the fork, to `node`.
+    fn write(
+        &mut self,
+        f: usize,
+        admit: bool,
+        node: &mut Store,
+        issuer: &Signer,
+        now_ms: u64,
+    ) -> ScanRecord {
+        let idx = self.forks[f].len() as u64 + 1;
+        let mut r = ScanRecord {
+            device_id: self.signer.id(),
+            idx,
+            ticket: admit.then_some((1001, TicketId([99; 16]))),
+            multi_entry: false,
+            category_id: if admit { 1 } else { 0 },
+            seat: String::new(),
+            direction: Direction::Entry,
+            result: if admit {
+                ResultCode::Ok
+            } else {
+                ResultCode::Invalid
+            },
+            reason: if admit {
+                String::new()
+            } else {
+                format!("fork {f}")
+            },
+            wall_ms: now_ms,
+            hlc: shared::Hlc(now_ms << 16),
+            gate: "rogue".into(),
+            device_name: "rogue".into(),
+            proof: admit.then(|| code(issuer, 99, false)),
+            prev: RecordHash::FIRST,
+            device_key: None,
+            sig: shared::DeviceSig::NONE,
+        };
+        self.signer.seal(&mut r, self.forks[f].last());
+        self.forks[f].push(r.clone());
+        node.add_authentic(&self.forks[f], &[], now_ms).unwrap();
+        r
+    }
 }
 
 /// Runs one seeded schedule; returns (tickets flagged, multi-entry exits admitted).
@@ -102,9 +175,28 @@ fn run(seed: u64) -> (usize, usize) {
     let mut holder_inside: BTreeMap<u8, bool> = MULTI.iter().map(|&t| (t, false)).collect();
     let mut links_up = vec![false; HOME.len() + NODES];
     let mut now_ms = 1_900_003_600_000u64;
+    let mut rogue = Rogue {
+        signer: DeviceSigner::from_seed(&[77; 32]),
+        forks: [Vec::new(), Vec::new()],
+    };
 
     for step in 0..80 {
         now_ms += 1000;
+        // The rogue: record 1 alike on both forks, then index 2 an admission
+        // to node 0 and a refusal to node 1, then a third on each.
+        match step {
+            5 => {
+                let first = rogue.write(0, false, &mut nodes[0], &signer, now_ms);
+                rogue.forks[1].push(first.clone());
+                made.push(first);
+            }
+            30 | 50 => {
+                let a = rogue.write(0, step == 30, &mut nodes[0], &signer, now_ms);
+                let b = rogue.write(1, false, &mut nodes[1], &signer, now_ms + 7);
+                made.extend([a, b]);
+            }
+            _ => {}
+        }
         if step % 8 == 0 {
             for up in links_up.iter_mut() {
                 *up = rng.chance(40);
@@ -183,9 +275,36 @@ fn run(seed: u64) -> (usize, usize) {
     for (i, node) in nodes.iter().enumerate() {
         assert_eq!(node.log(), &reference, "seed {seed}: node {i} differs");
     }
+    let kept: Vec<ScanRecord> = reference.records().cloned().collect();
     for (i, gate) in gates.iter().enumerate() {
-        let held: ScanLog = gate.log().unwrap().into_iter().collect();
-        assert_eq!(held, reference, "seed {seed}: scanner {i} differs");
+        assert_eq!(
+            gate.log().unwrap(),
+            kept,
+            "seed {seed}: scanner {i} differs"
+        );
+    }
+    // The rogue wrote indexes 2 and 3 twice: flagged on every replica,
+    // gates included, which all keep its admission; honest records stand.
+    let rogue_id = rogue.signer.id();
+    let flagged_everywhere = BTreeMap::from([(rogue_id, 2)]);
+    for node in &nodes {
+        assert_eq!(node.log().flagged(), flagged_everywhere, "seed {seed}");
+    }
+    for gate in &gates {
+        let flagged = gate.flagged().unwrap();
+        assert_eq!(
+            flagged,
+            BTreeMap::from([(rogue_id.to_string(), 2)]),
+            "seed {seed}"
+        );
+    }
+    assert_eq!(
+        reference.get(&rogue_id, 2).map(|r| r.result),
+        Some(ResultCode::Ok),
+        "seed {seed}: a second version never erases an admission"
+    );
+    for r in made.iter().filter(|r| r.device_id != rogue_id) {
+        assert_eq!(reference.get(&r.device_id, r.idx), Some(r), "seed {seed}");
     }
     // Every double admission is flagged, on every replica alike.
     let dups = reference.duplicates(None);
@@ -232,7 +351,9 @@ fn run(seed: u64) -> (usize, usize) {
         assert_eq!(kept, walked, "seed {seed}: node {i}'s counts");
     }
     let inside: u64 = walked.values().map(|c| c.1).sum();
-    let really_inside = holder_inside.values().filter(|&&i| i).count()
+    // The rogue's kept admission of ticket 99 counts as inside too.
+    let really_inside = 1
+        + holder_inside.values().filter(|&&i| i).count()
         + SINGLE
             .iter()
             .filter(|&&t| {
