@@ -221,14 +221,6 @@ impl ScanLog {
         self.records.get(device).and_then(|held| held.get(&idx))
     }
 
-    /// Whether [`ScanLog::insert`] of `record` would change the log.
-    pub fn would_change(&self, record: &ScanRecord) -> bool {
-        self.records
-            .get(&record.device_id)
-            .and_then(|held| held.get(&record.idx))
-            .is_none_or(|held| supersedes(record, held))
-    }
-
     /// The first of `records` that would land above a gap in its device's
     /// log (with the others added), and the index held below the gap: a
     /// record is taken only next to one held, or where one is held already.
@@ -261,9 +253,9 @@ impl ScanLog {
         self.contiguous.get(device).copied().unwrap_or(0)
     }
 
-    /// Adds every record of `other`.
+    /// Adds every record of `other`, and its proofs.
     pub fn merge(&mut self, other: &ScanLog) {
-        for r in other.records() {
+        for r in other.records().chain(other.runner_up.values()) {
             self.insert(r.clone());
         }
     }

@@ -361,3 +361,46 @@ fn refusals_leave_a_line_in_the_node_log() {
     }
     assert!(!text.contains(&token), "tokens never reach the log");
 }
+
+#[test]
+fn a_peer_cannot_forge_or_alter_a_gates_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ((a, a_state), _) = two_peers(tmp.path());
+    let token = enroll(a, &a_state, 1);
+    assert_eq!(push(a, &token, 1, &[entry(1, 1, 1, 1_900_000_000)]).0, 200);
+    // A hostile peer (it holds the peer token) sends an admission in device
+    // 1's name, signed by another key, and a device whose id is not its key's.
+    let mut forged = entry(1, 2, 2, 1_900_000_010);
+    crate::signer(9).sign(&mut forged);
+    forged.device_id = dev(1);
+    let mut renamed = entry(3, 1, 3, 1_900_000_020);
+    renamed.device_id = shared::DeviceId([3; 16]);
+    let (status, body) = send(
+        &format!("http://{a}/v1/merge"),
+        Some("venue-secret"),
+        &json!({ "records": [forged, renamed] }).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stored"], 0, "{body}");
+    assert_eq!(
+        a_state.read(|s| s.log().len()),
+        1,
+        "nothing forged was taken"
+    );
+    // Genuine records of another device in the same merge are taken.
+    let (status, body) = send(
+        &format!("http://{a}/v1/merge"),
+        Some("venue-secret"),
+        &json!({ "records": [entry(4, 1, 4, 1_900_000_030), forged_again()] }).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stored"], 1, "{body}");
+}
+
+/// Device 1's record 2, signed by device 9.
+fn forged_again() -> shared::ScanRecord {
+    let mut forged = entry(1, 2, 2, 1_900_000_010);
+    crate::signer(9).sign(&mut forged);
+    forged.device_id = dev(1);
+    forged
+}

@@ -270,3 +270,38 @@ fn a_gate_pushes_again_what_a_node_restored_from_a_backup_lost() {
     let own = g.device().id;
     assert_eq!(restored.read(|s| s.log().version_vector().get(&own)), 3);
 }
+
+#[test]
+fn another_gates_admission_counts_only_with_a_genuine_code_as_proof() {
+    let st = Station::new("t", "Main", &[]);
+    let ticket = code(49, false);
+    // An enrolled but hostile device claims it admitted ticket 49, with a
+    // code for it signed by a key the issuer never had.
+    let forged = shared::code::Signer::new(ed25519_dalek::SigningKey::from_bytes(&[66; 32]))
+        .encode(shared::parse(&ticket).unwrap().claimed())
+        .unwrap();
+    let mut claim = remote(1, &ticket, Direction::Entry, NOW * 1000, (NOW * 1000) << 16);
+    claim.proof = Some(forged);
+    shared::device::DeviceSigner::from_seed(&[7; 32]).sign(&mut claim);
+    gate(&st).merge_remote(&[claim], &[]).unwrap();
+    assert_eq!(
+        st.result(NOW + 1, &[], &ticket),
+        "ok",
+        "the holder is let in"
+    );
+    // With the real code as proof, the ticket is used up.
+    let other = code(50, false);
+    gate(&st)
+        .merge_remote(
+            &[remote(
+                2,
+                &other,
+                Direction::Entry,
+                NOW * 1000,
+                (NOW * 1000) << 16,
+            )],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(st.result(NOW + 2, &[], &other), "already_redeemed");
+}

@@ -238,6 +238,14 @@ fn the_dashboard_asks_for_the_organizer_token_then_shows_the_counts() {
     assert_eq!(south.result(NOW + 5, &[], &ticket), "ok");
     assert_eq!(south.result(NOW + 6, &[], &code(22, false)), "ok");
     assert!(sync(&north).status.success() && sync(&south).status.success());
+    // A faulty far gate wrote its first record twice: flagged on the page.
+    let first = far_scan(1, NOW * 1000);
+    let mut again = first.clone();
+    again.reason = "written again".into();
+    far_gate().sign(&mut again);
+    state
+        .lock(|s| s.add_authentic(&[first, again], &[], 0))
+        .unwrap();
 
     let Some(browser) = crate::station::Browser::start() else {
         return;
@@ -287,7 +295,17 @@ fn the_dashboard_asks_for_the_organizer_token_then_shows_the_counts() {
     );
     assert_eq!(
         browser.script("return document.querySelectorAll('#devices tbody tr').length"),
-        2
+        3
+    );
+    let flagged = browser.script(
+        "return [...document.querySelectorAll('#devices tr.flagged')].map(r => r.cells[0].textContent + ' ' + r.cells[2].textContent).join()",
+    );
+    assert_eq!(
+        flagged,
+        format!(
+            "{} FLAGGED: wrote 1 record(s) twice; revoke it",
+            &far_gate().id().to_string()[..8]
+        )
     );
     crate::station::save_screenshot(&browser, "dashboard.png");
 }

@@ -1,5 +1,6 @@
 //! The one integration-test binary of `shared`.
 
+mod device;
 mod keyset;
 mod merge;
 mod properties;
