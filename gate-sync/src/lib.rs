@@ -17,6 +17,7 @@ pub mod http;
 pub mod net;
 pub mod peers;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 
@@ -50,19 +51,36 @@ pub fn serve_in_background(state: AppState, addr: &str) -> std::io::Result<std::
     serve_in_background_idle(state, addr, net::IDLE)
 }
 
+/// [`serve_in_background`] over TLS with `cert`.
+pub fn serve_in_background_tls(
+    state: AppState,
+    addr: &str,
+    cert: &tls::NodeCert,
+) -> std::io::Result<std::net::SocketAddr> {
+    let config = cert.server_config().map_err(std::io::Error::other)?;
+    background(state, addr, move |l| net::Guarded::new(l).with_tls(config))
+}
+
 /// [`serve_in_background`], closing connections idle for `idle`.
 pub fn serve_in_background_idle(
     state: AppState,
     addr: &str,
     idle: std::time::Duration,
 ) -> std::io::Result<std::net::SocketAddr> {
+    background(state, addr, move |l| net::Guarded::with_idle(l, idle))
+}
+
+fn background(
+    state: AppState,
+    addr: &str,
+    guard: impl FnOnce(tokio::net::TcpListener) -> net::Guarded + Send + 'static,
+) -> std::io::Result<std::net::SocketAddr> {
     let runtime = runtime()?;
     let listener = runtime.block_on(listen(addr))?;
     let local = listener.local_addr()?;
     std::thread::spawn(move || {
         runtime.block_on(async move {
-            let listener = net::Guarded::with_idle(listener, idle);
-            if let Err(e) = run_guarded(listener, state, std::future::pending()).await {
+            if let Err(e) = run_guarded(guard(listener), state, std::future::pending()).await {
                 tracing::error!(error = %e, "gate-sync stopped");
             }
         });

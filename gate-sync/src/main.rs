@@ -25,9 +25,15 @@ enum Command {
     Serve {
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: String,
-        /// Another gate-sync node to exchange records with (repeatable), e.g. http://10.0.0.3:8090.
+        /// Another gate-sync node to exchange records with (repeatable), as
+        /// https://10.0.0.3:8090#FINGERPRINT (`gate-sync tls fingerprint`
+        /// on that node prints it; its certificate is pinned).
         #[arg(long = "peer")]
         peers: Vec<String>,
+        /// Serve TLS with the node's own certificate: `auto` does unless
+        /// listening on this machine only (127.0.0.1, ::1).
+        #[arg(long, default_value = "auto")]
+        tls: TlsMode,
         /// The secret shared by this venue's nodes; without it no peer is
         /// accepted. Prefer --peer-token-file or the environment: a flag's
         /// value shows in the process list.
@@ -57,6 +63,23 @@ enum Command {
     /// The revocation list handed to devices.
     #[command(subcommand)]
     Revocations(ImportCmd),
+    /// The node's TLS certificate.
+    #[command(subcommand)]
+    Tls(TlsCmd),
+}
+
+#[derive(Subcommand)]
+enum TlsCmd {
+    /// Prints the SHA-256 fingerprint of the node's certificate (made now
+    /// if the node has none yet): what gates and peer nodes pin.
+    Fingerprint,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TlsMode {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -94,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             listen,
             peers,
+            tls,
             peer_token,
             peer_token_file,
             organizer_token,
@@ -103,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             &listen,
             peers,
+            tls,
             secret(peer_token, peer_token_file.as_deref())?,
             secret(organizer_token, organizer_token_file.as_deref())?,
             peer_every,
@@ -121,8 +146,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{n} revoked tickets imported; devices pick them up at their next sync");
             Ok(())
         }
+        Command::Tls(TlsCmd::Fingerprint) => {
+            println!("{}", store.node_cert()?.fingerprint());
+            Ok(())
+        }
         Command::Devices(DevicesCmd::Enroll { name }) => {
-            let token = store.create_enrollment(&name, gate_sync::unix_now_ms())?;
+            // The token carries the node's certificate fingerprint, which
+            // the gate pins when it enrolls over https.
+            let code = gate_sync::tls::EnrollmentCode {
+                token: store.create_enrollment(&name, gate_sync::unix_now_ms())?,
+                fingerprint: Some(store.node_cert()?.fingerprint()),
+            };
+            let token = code.to_string();
             let qr = qrcode::QrCode::new(token.as_bytes())
                 .map(|c| {
                     c.render::<qrcode::render::unicode::Dense1x2>()
@@ -133,7 +168,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "{qr}\nEnrollment token for {name:?} (shown once, valid for one device):\n{token}"
             );
-            println!("On the device: scanner --db FILE enroll --server URL --token {token}");
+            println!(
+                "On the device: scanner --db FILE enroll --server https://THIS-HOST:PORT --token {token}"
+            );
             Ok(())
         }
         Command::Devices(DevicesCmd::List) => {
@@ -179,6 +216,7 @@ fn serve(
     store: Store,
     listen: &str,
     peers: Vec<String>,
+    tls: TlsMode,
     peer_token: Option<String>,
     organizer_token: Option<String>,
     peer_every: u64,
@@ -193,6 +231,11 @@ fn serve(
     if !peers.is_empty() && peer_token.is_none() {
         anyhow::bail!("--peer needs --peer-token (the secret this venue's nodes share)");
     }
+    let peers = peers
+        .iter()
+        .map(|p| gate_sync::peers::parse_peer(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     if organizer_token
         .as_deref()
         .is_some_and(|t| t.trim().is_empty())
@@ -204,6 +247,8 @@ fn serve(
             "no --organizer-token: duplicates, stats and the dashboard are open to anyone who can reach this node"
         );
     }
+    let cert = store.node_cert()?;
+    let (fingerprint, tls_config) = (cert.fingerprint(), cert.server_config());
     let state = gate_sync::AppState::new(store)
         .with_peer_token(peer_token)
         .with_organizer_token(organizer_token);
@@ -217,11 +262,24 @@ fn serve(
         let listener = gate_sync::listen(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
-        tracing::info!(address = %listener.local_addr()?, "gate-sync serving");
+        let local = listener.local_addr()?;
+        let tls = match tls {
+            TlsMode::On => true,
+            TlsMode::Off => false,
+            TlsMode::Auto => !local.ip().is_loopback(),
+        };
+        let mut guarded = gate_sync::net::Guarded::new(listener);
+        if tls {
+            guarded = guarded.with_tls(tls_config.map_err(anyhow::Error::msg)?);
+            tracing::info!(fingerprint = %fingerprint, "serving TLS; gates and peers pin this fingerprint");
+        } else if !local.ip().is_loopback() {
+            tracing::warn!("serving plain HTTP on the network (--tls off): tokens and scans travel in the clear");
+        }
+        tracing::info!(address = %local, tls, "gate-sync serving");
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        gate_sync::run(listener, state, shutdown).await?;
+        gate_sync::run_guarded(guarded, state, shutdown).await?;
         anyhow::Ok(())
     })
 }

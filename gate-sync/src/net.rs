@@ -6,6 +6,7 @@
 //! files. Connections past a limit are closed at once, with a log line.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -29,11 +30,13 @@ pub const MAX_CONNS: usize = 900;
 
 type Open = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
-/// A TCP listener that applies the limits above.
+/// A TCP listener that applies the limits above, and TLS when given a
+/// configuration.
 pub struct Guarded {
     inner: TcpListener,
     open: Open,
     idle: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// When a refusal was last logged: one line per second at most.
     last_warned: Option<Instant>,
 }
@@ -49,8 +52,15 @@ impl Guarded {
             inner,
             open: Default::default(),
             idle,
+            tls: None,
             last_warned: None,
         }
+    }
+
+    /// Serves TLS with `config` on every connection.
+    pub fn with_tls(mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Guarded {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
     }
 
     /// Takes a place for a connection from `ip`, unless a limit is reached.
@@ -116,7 +126,13 @@ impl Listener for Guarded {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            return (Timed::new(stream, self.idle, slot), addr);
+            // The handshake runs on the connection's own task, at its
+            // first read: a slow client never holds up the others.
+            let conn = match &self.tls {
+                Some(acceptor) => Conn::Handshake(Box::new(acceptor.accept(stream))),
+                None => Conn::Plain(stream),
+            };
+            return (Timed::new(conn, self.idle, slot), addr);
         }
     }
 
@@ -135,10 +151,94 @@ impl Connected<IncomingStream<'_, Guarded>> for PeerAddr {
     }
 }
 
-/// A TCP stream that fails with `TimedOut` once it has moved no byte for
+/// A connection, plain or TLS (its handshake done on first use).
+pub enum Conn {
+    Plain(TcpStream),
+    Handshake(Box<tokio_rustls::Accept<TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Failed,
+}
+
+impl Conn {
+    /// Finishes the handshake, if one is under way.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Conn::Handshake(accept) = self {
+            match std::pin::Pin::new(accept.as_mut()).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(tls)) => *self = Conn::Tls(Box::new(tls)),
+                Poll::Ready(Err(e)) => {
+                    *self = Conn::Failed;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        match self {
+            Conn::Failed => Poll::Ready(Err(std::io::Error::other("TLS handshake failed"))),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        match this {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            _ => Poll::Ready(Err(std::io::Error::other("no connection"))),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match this.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        match this {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            _ => Poll::Ready(Err(std::io::Error::other("no connection"))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// A connection that fails with `TimedOut` once it has moved no byte for
 /// its idle limit, or has lived its lifetime.
 pub struct Timed {
-    inner: TcpStream,
+    inner: Conn,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     end: Pin<Box<Sleep>>,
@@ -146,7 +246,7 @@ pub struct Timed {
 }
 
 impl Timed {
-    fn new(inner: TcpStream, idle: Duration, slot: Slot) -> Timed {
+    fn new(inner: Conn, idle: Duration, slot: Slot) -> Timed {
         Timed {
             inner,
             idle,

@@ -34,16 +34,11 @@ pub fn exchange(
                 Some(_) => Default::default(),
             },
         };
-        let pulled: PullPage = agent
+        let sent = agent
             .post(&format!("{peer}{PULL}"))
             .header("authorization", &auth)
-            .send_json(&request)
-            .map_err(|e| format!("pull from {peer}: {e}"))?
-            .body_mut()
-            .with_config()
-            .limit(protocol::MAX_ANSWER)
-            .read_json()
-            .map_err(|e| format!("pull from {peer}: {e}"))?;
+            .send_json(&request);
+        let pulled: PullPage = answer(sent).map_err(|e| format!("pull from {peer}: {e}"))?;
         // A peer is checked as any sender is: a bad page is refused whole.
         protocol::check_records(&pulled.records)
             .and_then(|()| protocol::check_records(&pulled.conflicts))
@@ -86,7 +81,7 @@ pub fn exchange(
             break;
         }
         let devices = devices.take().unwrap_or_else(|| b"[]".to_vec());
-        let answer: serde_json::Value = agent
+        let merged = agent
             .post(&format!("{peer}{MERGE}"))
             .header("authorization", &auth)
             .header("content-type", "application/json")
@@ -99,14 +94,10 @@ pub fn exchange(
                     b"}",
                 ]
                 .concat(),
-            )
-            .map_err(|e| format!("send to {peer}: {e}"))?
-            .body_mut()
-            .with_config()
-            .limit(protocol::MAX_ANSWER)
-            .read_json()
-            .map_err(|e| format!("send to {peer}: {e}"))?;
-        sent += answer["stored"].as_u64().unwrap_or(0) as usize;
+            );
+        let stored: protocol::Stored =
+            answer(merged).map_err(|e| format!("send to {peer}: {e}"))?;
+        sent += stored.stored;
         match next {
             Some(next) => after = Some(next),
             None => break,
@@ -115,19 +106,63 @@ pub fn exchange(
     Ok((received, sent))
 }
 
+/// A peer's answer: its message when 200, its refusal otherwise.
+fn answer<T: serde::de::DeserializeOwned>(
+    sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<T, String> {
+    let mut resp = sent.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(protocol::MAX_ANSWER)
+        .read_to_vec()
+        .map_err(|e| e.to_string())?;
+    if status != 200 {
+        let why: Option<protocol::ErrorBody> = serde_json::from_slice(&body).ok();
+        return Err(format!(
+            "refused ({status}): {}",
+            why.map_or("no reason given".to_owned(), |w| w.error)
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("an unreadable answer: {e}"))
+}
+
+/// A peer as named on the command line: `URL`, or `URL#FINGERPRINT` for a
+/// node serving TLS, whose certificate is then pinned. Plain HTTP only to
+/// this machine.
+pub fn parse_peer(text: &str) -> Result<(String, Option<String>), String> {
+    let (url, pin) = crate::tls::split_pinned_url(text)?;
+    if url.starts_with("https://") && pin.is_none() {
+        return Err(format!(
+            "peer {url}: add the node's certificate fingerprint as {url}#FINGERPRINT \
+             (`gate-sync tls fingerprint` on that node prints it)"
+        ));
+    }
+    if !url.starts_with("https://") && !crate::tls::plain_allowed(&url) {
+        return Err(format!(
+            "peer {url}: use https://HOST:PORT#FINGERPRINT; plain http is only for this machine"
+        ));
+    }
+    Ok((url, pin))
+}
+
 /// Exchanges with every peer every `every`, forever, on a thread of its own.
-pub fn spawn(state: AppState, peers: Vec<String>, every: Duration) {
+pub fn spawn(state: AppState, peers: Vec<(String, Option<String>)>, every: Duration) {
     if peers.is_empty() {
         return;
     }
     std::thread::spawn(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
+        let agents: Vec<(String, ureq::Agent)> = peers
+            .into_iter()
+            .map(|(url, pin)| {
+                let agent = crate::tls::agent(pin.as_deref(), Duration::from_secs(30));
+                (url, agent)
+            })
+            .collect();
         loop {
-            for peer in &peers {
-                match exchange(&state, peer, &agent) {
+            for (peer, agent) in &agents {
+                match exchange(&state, peer, agent) {
                     Ok((0, 0)) => {}
                     Ok((received, sent)) => {
                         tracing::info!(%peer, received, sent, "exchanged with peer")

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_devices_auth.sql"),
     include_str!("../migrations/0003_distribution.sql"),
     include_str!("../migrations/0004_conflicts.sql"),
+    include_str!("../migrations/0005_tls.sql"),
 ];
 
 pub use shared::protocol::PAGE_BYTES;
@@ -124,6 +125,18 @@ pub struct Store {
 impl Store {
     /// Opens (creating) the store and loads every record.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        // It holds the node's TLS key: its owner's alone (SQLite gives its
+        // journal files the database file's mode).
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Failed(format!("{}: {e}", path.display())))?;
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -484,6 +497,28 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
             )
             .optional()?)
+    }
+
+    /// The node's TLS certificate, made and kept on first use.
+    pub fn node_cert(&self) -> Result<crate::tls::NodeCert, StoreError> {
+        let conn = self.conn();
+        let held: Option<(Vec<u8>, Vec<u8>)> = conn
+            .query_row("SELECT cert_der, key_der FROM tls", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        if let Some((cert_der, key_der)) = held {
+            return Ok(crate::tls::NodeCert { cert_der, key_der });
+        }
+        let cert = crate::tls::NodeCert::generate().map_err(StoreError::Failed)?;
+        conn.execute(
+            "INSERT INTO tls (singleton, cert_der, key_der) VALUES (1, ?1, ?2)
+             ON CONFLICT(singleton) DO NOTHING",
+            params![cert.cert_der, cert.key_der],
+        )?;
+        drop(conn);
+        // Another process may have made one first: the stored one counts.
+        self.node_cert()
     }
 
     /// Makes a one-time enrollment token for a device called `name`; only its

@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_device_token.sql"),
     include_str!("../migrations/0004_resolve_conflicts.sql"),
     include_str!("../migrations/0005_signed_records.sql"),
+    include_str!("../migrations/0006_pin.sql"),
 ];
 
 /// Why the gate could not do what was asked. Refusing a ticket is not an
@@ -567,13 +568,26 @@ impl Gate {
         })
     }
 
-    /// Remembers the sync server and the token it gave this device.
-    pub fn set_enrollment(&mut self, server: &str, device_token: &str) -> Result<(), GateError> {
+    /// Remembers the sync server, the token it gave this device, and the
+    /// fingerprint of its certificate (for https).
+    pub fn set_enrollment(
+        &mut self,
+        server: &str,
+        device_token: &str,
+        pin: Option<&str>,
+    ) -> Result<(), GateError> {
         self.conn.execute(
-            "UPDATE sync_state SET server = ?1, device_token = ?2, last_error = NULL",
-            params![server, device_token],
+            "UPDATE sync_state SET server = ?1, device_token = ?2, pin = ?3, last_error = NULL",
+            params![server, device_token, pin],
         )?;
         Ok(())
+    }
+
+    /// The fingerprint of the sync node's certificate, once enrolled over https.
+    pub fn pin(&self) -> Result<Option<String>, GateError> {
+        Ok(self
+            .conn
+            .query_row("SELECT pin FROM sync_state", [], |r| r.get(0))?)
     }
 
     /// The token this device syncs with, once enrolled.

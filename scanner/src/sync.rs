@@ -58,12 +58,10 @@ pub struct SyncReport {
     pub keyset_updated: bool,
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(20)))
-        .build()
-        .into()
+/// The client for `server`, pinned to the certificate fingerprint the
+/// enrollment token carried.
+fn agent(pin: Option<&str>) -> ureq::Agent {
+    gate_sync::tls::agent(pin, std::time::Duration::from_secs(20))
 }
 
 fn post<T: DeserializeOwned>(
@@ -119,7 +117,7 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
     let server = server.trim_end_matches('/');
     let token = gate.device_token()?.ok_or(SyncError::NotEnrolled)?;
     let token = Some(token.as_str());
-    let agent = agent();
+    let agent = agent(gate.pin()?.as_deref());
     let node = Node {
         agent: &agent,
         server,
@@ -231,6 +229,15 @@ fn get_distributed(
 /// organizer, and remembers the server and the device token it answers with.
 pub fn enroll(gate: &mut Gate, server: &str, token: &str) -> Result<(), SyncError> {
     let server = server_url(server)?;
+    let code = gate_sync::tls::EnrollmentCode::parse(token).map_err(SyncError::BadServer)?;
+    if server.starts_with("https://") && code.fingerprint.is_none() {
+        return Err(SyncError::BadServer(
+            "this token carries no certificate fingerprint to pin: use the whole token \
+             `gate-sync devices enroll` printed (TOKEN.FINGERPRINT)"
+                .into(),
+        ));
+    }
+    let token = code.token.as_str();
     if !gate.device().signs {
         return Err(SyncError::BadServer(
             "this device was provisioned before devices signed their records: \
@@ -245,26 +252,36 @@ pub fn enroll(gate: &mut Gate, server: &str, token: &str) -> Result<(), SyncErro
         device_key: gate.signer().public_key(),
         sig: gate.signer().sign_enrollment(token),
     };
-    let answer: Enrolled = post(&agent(), &format!("{server}{ENROLL}"), None, &request)?;
-    gate.set_enrollment(&server, &answer.device_token)?;
+    let pin = code.fingerprint.as_deref();
+    let answer: Enrolled = post(&agent(pin), &format!("{server}{ENROLL}"), None, &request)?;
+    gate.set_enrollment(&server, &answer.device_token, pin)?;
     Ok(())
 }
 
-/// The node's base URL as given, checked: `http://HOST:PORT`, no path.
+/// The node's base URL as given, checked: `https://HOST:PORT` (plain
+/// `http://` only to this machine), no path.
 pub fn server_url(server: &str) -> Result<String, SyncError> {
     let server = server.trim().trim_end_matches('/');
-    let Some(rest) = server.strip_prefix("http://") else {
+    let Some(rest) = server
+        .strip_prefix("https://")
+        .or_else(|| server.strip_prefix("http://"))
+    else {
         let hint = match server.split_once("://") {
             Some((scheme, _)) => format!("{scheme}:// is not supported here"),
-            None => format!("write it as http://{server}"),
+            None => format!("write it as https://{server}"),
         };
         return Err(SyncError::BadServer(format!(
-            "--server {server:?} is not a gate-sync address: {hint} (e.g. http://10.0.0.2:8090)"
+            "--server {server:?} is not a gate-sync address: {hint} (e.g. https://10.0.0.2:8090)"
         )));
     };
     if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
         return Err(SyncError::BadServer(format!(
-            "--server {server:?}: give the node as http://HOST:PORT, with no path"
+            "--server {server:?}: give the node as https://HOST:PORT, with no path"
+        )));
+    }
+    if server.starts_with("http://") && !gate_sync::tls::plain_allowed(server) {
+        return Err(SyncError::BadServer(format!(
+            "--server {server:?}: use https:// (plain http is only for a node on this machine)"
         )));
     }
     Ok(server.to_owned())

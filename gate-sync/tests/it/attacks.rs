@@ -404,3 +404,42 @@ fn forged_again() -> shared::ScanRecord {
     forged.device_id = dev(1);
     forged
 }
+
+#[test]
+fn peer_nodes_pin_each_other_over_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = Some("venue-secret".to_owned());
+    let store = gate_sync::store::Store::open(&tmp.path().join("a.db")).unwrap();
+    let cert = store.node_cert().unwrap();
+    let a_state = gate_sync::AppState::new(store).with_peer_token(secret.clone());
+    let a = gate_sync::serve_in_background_tls(a_state.clone(), "127.0.0.1:0", &cert).unwrap();
+    let (_, b_state) = crate::serve_with(&tmp.path().join("b.db"), secret);
+    a_state
+        .lock(|s| s.add_authentic(&[entry(1, 1, 7, 1_900_000_000)], &[], 0))
+        .unwrap();
+    // Named as URL#FINGERPRINT, as `--peer` takes it.
+    let named = format!("https://{a}#{}", cert.fingerprint());
+    let (url, pin) = gate_sync::peers::parse_peer(&named).unwrap();
+    let agent = gate_sync::tls::agent(pin.as_deref(), Duration::from_secs(10));
+    assert_eq!(
+        gate_sync::peers::exchange(&b_state, &url, &agent).unwrap(),
+        (1, 0)
+    );
+    // Another fingerprint: no exchange, and the reason.
+    let other = gate_sync::tls::NodeCert::generate().unwrap().fingerprint();
+    let wrong = gate_sync::tls::agent(Some(&other), Duration::from_secs(10));
+    let err = gate_sync::peers::exchange(&b_state, &url, &wrong).unwrap_err();
+    assert!(err.contains("not the pinned"), "{err}");
+    // https without a fingerprint, or plain http across the network: refused.
+    assert!(
+        gate_sync::peers::parse_peer(&format!("https://{a}"))
+            .unwrap_err()
+            .contains("fingerprint")
+    );
+    assert!(
+        gate_sync::peers::parse_peer("http://10.0.0.3:8090")
+            .unwrap_err()
+            .contains("https")
+    );
+    assert!(gate_sync::peers::parse_peer("http://127.0.0.1:8090").is_ok());
+}

@@ -206,7 +206,7 @@ fn enroll_says_how_to_write_the_node_address() {
     );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("write it as http://127.0.0.1:8090"), "{err}");
+    assert!(err.contains("write it as https://127.0.0.1:8090"), "{err}");
     assert_eq!(err.matches("error").count(), 1, "said once: {err}");
 }
 
@@ -259,7 +259,7 @@ fn a_gate_pushes_again_what_a_node_restored_from_a_backup_lost() {
     let again = gate_sync::serve_in_background(restored.clone(), "127.0.0.1:0").unwrap();
     let mut g = gate(&st);
     let device_token = g.device_token().unwrap().unwrap();
-    g.set_enrollment(&format!("http://{again}"), &device_token)
+    g.set_enrollment(&format!("http://{again}"), &device_token, None)
         .unwrap();
     let out = scanner(&["--db", st.db(), "sync"], b"");
     assert!(

@@ -162,7 +162,7 @@ fn an_unreachable_server_is_a_clear_error_and_the_gate_keeps_working() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unreachable"));
     scanner::gate::Gate::open(&st.db)
         .unwrap()
-        .set_enrollment(&dead, "token")
+        .set_enrollment(&dead, "token", None)
         .unwrap();
     let out = sync(&st);
     assert_eq!(out.status.code(), Some(2));
@@ -389,4 +389,93 @@ fn a_gate_back_from_a_long_offline_spell_pulls_every_page() {
     );
     let gate = scanner::gate::Gate::open(&st.db).unwrap();
     assert_eq!(gate.version_vector().unwrap().get(&other), n);
+}
+
+#[test]
+fn gates_sync_over_tls_with_the_pinned_certificate_and_refuse_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = gate_sync::store::Store::open(&tmp.path().join("node.db")).unwrap();
+    let cert = store.node_cert().unwrap();
+    let state = gate_sync::AppState::new(store);
+    let addr = gate_sync::serve_in_background_tls(state.clone(), "127.0.0.1:0", &cert).unwrap();
+    let url = format!("https://{addr}");
+    let code = |fingerprint: Option<String>| {
+        gate_sync::tls::EnrollmentCode {
+            token: state.lock(|s| s.create_enrollment("tablet", 0)).unwrap(),
+            fingerprint,
+        }
+        .to_string()
+    };
+    let enroll = |st: &Station, token: &str| {
+        scanner(
+            &[
+                "--db",
+                st.db(),
+                "enroll",
+                "--server",
+                &url,
+                "--token",
+                token,
+            ],
+            b"",
+        )
+    };
+    // Enrolled with the token the node printed: scans reach the node.
+    let north = Station::new("tablet-n", "North", &[]);
+    let out = enroll(&north, &code(Some(cert.fingerprint())));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(north.result(NOW, &[], &code_of(31)), "ok");
+    let out = sync(&north);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state.read(|s| s.log().len()), 1);
+    // Another certificate's fingerprint: the gate refuses to talk, and says why.
+    let other = gate_sync::tls::NodeCert::generate().unwrap().fingerprint();
+    let south = Station::new("tablet-s", "South", &[]);
+    let out = enroll(&south, &code(Some(other.clone())));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not the node this device enrolled with"),
+        "{err}"
+    );
+    // A gate whose pin no longer matches (the node was replaced) will not sync.
+    let mut gate = scanner::gate::Gate::open(&north.db).unwrap();
+    let token = gate.device_token().unwrap().unwrap();
+    gate.set_enrollment(&url, &token, Some(&other)).unwrap();
+    assert_eq!(north.result(NOW + 1, &[], &code_of(32)), "ok");
+    let out = sync(&north);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not the pinned"), "{err}");
+    assert_eq!(state.read(|s| s.log().len()), 1, "nothing was sent");
+    // https with a token that carries no fingerprint, or plain http across
+    // the network: refused before anything is sent.
+    let out = enroll(&south, &code(None));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no certificate fingerprint"));
+    let out = scanner(
+        &[
+            "--db",
+            south.db(),
+            "enroll",
+            "--server",
+            "http://10.0.0.2:8090",
+            "--token",
+            "gs_x",
+        ],
+        b"",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use https://"));
+}
+
+/// A code of ticket `n` (single entry).
+fn code_of(n: u32) -> String {
+    code(n, false)
 }
