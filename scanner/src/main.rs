@@ -421,6 +421,11 @@ fn stats(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
     }
     println!("admitted  {}", stats.admitted);
     println!("inside    {}", stats.inside);
+    for (device, n) in &stats.flagged {
+        println!(
+            "FLAGGED   device {device} wrote {n} record(s) twice: faulty or hostile; ask the organizer to revoke it"
+        );
+    }
     if let Some(s) = &stats.last_scan {
         println!(
             "last scan {}  {}  gate {:?}  device {:?}",

@@ -248,7 +248,11 @@ impl Verifier {
         }
         let (now, skew) = (i128::from(now), i128::from(self.skew_secs));
         if now < i128::from(f.valid_from) - skew {
-            let reason = format!("valid from {} (unix), now is {now}", f.valid_from);
+            let reason = format!(
+                "not valid yet: from {}, and this gate's clock says {}",
+                crate::time::format_secs(u64::from(f.valid_from)),
+                crate::time::format_secs(now.max(0) as u64)
+            );
             return Err(Refusal::of_ticket(
                 ResultCode::NotYetValid,
                 reason,
@@ -256,7 +260,11 @@ impl Verifier {
             ));
         }
         if now > i128::from(f.valid_until) + skew {
-            let reason = format!("valid until {} (unix), now is {now}", f.valid_until);
+            let reason = format!(
+                "expired: valid until {}, and this gate's clock says {}",
+                crate::time::format_secs(u64::from(f.valid_until)),
+                crate::time::format_secs(now.max(0) as u64)
+            );
             return Err(Refusal::of_ticket(ResultCode::Expired, reason, verified));
         }
         Ok(verified)

@@ -305,3 +305,32 @@ fn another_gates_admission_counts_only_with_a_genuine_code_as_proof() {
         .unwrap();
     assert_eq!(st.result(NOW + 2, &[], &other), "already_redeemed");
 }
+
+#[test]
+fn a_device_that_wrote_an_index_twice_is_flagged_at_the_gate_and_keeps_its_admission() {
+    let st = Station::new("t", "Main", &[]);
+    let ticket = code(51, false);
+    let admitted = remote(1, &ticket, Direction::Entry, NOW * 1000, (NOW * 1000) << 16);
+    // The same index again, now a refusal: signed by the same (faulty) device.
+    let mut refused = admitted.clone();
+    refused.result = ResultCode::Invalid;
+    refused.ticket = None;
+    refused.proof = None;
+    refused.reason = "second version".into();
+    shared::device::DeviceSigner::from_seed(&[7; 32]).sign(&mut refused);
+    // Whichever arrives first, the gate ends with the admission and the flag.
+    gate(&st).merge_remote(&[refused.clone()], &[]).unwrap();
+    gate(&st)
+        .merge_remote(&[], &[admitted.clone(), refused])
+        .unwrap();
+    assert_eq!(st.result(NOW + 5, &[], &ticket), "already_redeemed");
+    let out = scanner(&["--db", st.db(), "stats"], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let device = admitted.device_id.to_string();
+    assert!(
+        text.contains(&format!(
+            "FLAGGED   device {device} wrote 1 record(s) twice"
+        )),
+        "{text}"
+    );
+}
