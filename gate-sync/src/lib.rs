@@ -124,6 +124,18 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Creates `path` readable by its owner only, or makes it so if it exists
+/// (SQLite gives its journal files the database file's mode).
+pub fn private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+}
+
 /// The wall clock, in unix milliseconds.
 pub fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -125,18 +125,9 @@ pub struct Store {
 impl Store {
     /// Opens (creating) the store and loads every record.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        // It holds the node's TLS key: its owner's alone (SQLite gives its
-        // journal files the database file's mode).
-        {
-            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| StoreError::Failed(format!("{}: {e}", path.display())))?;
-            let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
-        }
+        // It holds the node's TLS key: its owner's alone.
+        crate::private_file(path)
+            .map_err(|e| StoreError::Failed(format!("{}: {e}", path.display())))?;
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;

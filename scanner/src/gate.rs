@@ -138,7 +138,7 @@ fn open_conn(path: &Path, create: bool) -> Result<Connection, GateError> {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
         // The file holds the device's token: its owner's alone. (SQLite
         // gives its journal files the database file's mode.)
-        private_file(path).map_err(|e| GateError::Database {
+        gate_sync::private_file(path).map_err(|e| GateError::Database {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
@@ -192,16 +192,6 @@ fn open_conn(path: &Path, create: bool) -> Result<Connection, GateError> {
     Ok(conn)
 }
 
-/// Creates `path` readable by its owner only, or makes it so.
-fn private_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-}
 
 /// A new device signing seed, in hex.
 fn new_seed() -> String {

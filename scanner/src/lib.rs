@@ -24,12 +24,7 @@ pub mod report;
 pub mod station;
 pub mod sync;
 
-/// The wall clock, in unix milliseconds.
-pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use gate_sync::unix_now_ms;
 
 /// Reads and validates a keyset file.
 pub fn load_keyset(path: &std::path::Path) -> anyhow::Result<shared::Keyset> {
