@@ -198,9 +198,28 @@ fn main() -> ExitCode {
         } => camera(&cli.db, device, direction, json),
     };
     result.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_line(&e));
         ExitCode::from(2)
     })
+}
+
+/// An error and its causes on one line, each said once. A cause whose words
+/// the line holds already is left out: an error that quotes its source
+/// (thiserror's `"...: {0}"` beside `#[from]`) would otherwise say it twice.
+/// (The same in each binary: `shared` knows nothing of anyhow.)
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 use scanner::unix_now_ms;
@@ -300,8 +319,7 @@ fn init(
     events: Vec<u64>,
     skew_secs: u32,
 ) -> anyhow::Result<ExitCode> {
-    let keyset_json = std::fs::read_to_string(keyset)
-        .with_context(|| format!("reading keyset {}", keyset.display()))?;
+    let (keyset_json, _) = scanner::read_keyset(keyset)?;
     let p = Provision {
         keyset_json,
         device_name,

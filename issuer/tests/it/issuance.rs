@@ -482,3 +482,19 @@ fn a_mistyped_data_directory_is_an_error_not_a_new_shop() {
         assert!(!typo.exists(), "nothing was created");
     }
 }
+
+/// An `issuer.db` that is not SQLite: named once, with what to do, instead
+/// of SQLite's words said three times over.
+#[test]
+fn a_corrupt_issuer_database_is_named_once_with_what_to_do() {
+    let env = Env::new();
+    let db = env.data().join("issuer.db");
+    std::fs::write(&db, b"garbage ".repeat(512)).unwrap();
+    for args in [&["events", "list"][..], &["keys", "generate"]] {
+        let err = env.fails(args);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(err.matches("is not an issuer database").count(), 1, "{err}");
+        assert!(!err.contains("file is not a database"), "{err}");
+        assert!(err.contains("restore the file from a backup"), "{err}");
+    }
+}
