@@ -104,6 +104,10 @@ enum Command {
         /// Seconds between background syncs with the node set by `scanner enroll --server`.
         #[arg(long, default_value_t = 5)]
         sync_every: u64,
+        /// Seconds a scan's result stays on screen before the page shows
+        /// "Ready" for the next holder.
+        #[arg(long, default_value_t = scanner::station::RESULT_SHOWN_FOR.as_secs())]
+        result_secs: u64,
     },
     /// Reads codes from a camera, checks and records each (built with `--features camera`).
     Camera {
@@ -190,7 +194,8 @@ fn main() -> ExitCode {
             listen,
             stdin,
             sync_every,
-        } => station(&cli.db, &listen, stdin, sync_every),
+            result_secs,
+        } => station(&cli.db, &listen, stdin, sync_every, result_secs),
         Command::Camera {
             device,
             direction,
@@ -451,7 +456,13 @@ fn stats(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn station(db: &Path, listen: &str, stdin: bool, sync_every: u64) -> anyhow::Result<ExitCode> {
+fn station(
+    db: &Path,
+    listen: &str,
+    stdin: bool,
+    sync_every: u64,
+    result_secs: u64,
+) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -460,7 +471,8 @@ fn station(db: &Path, listen: &str, stdin: bool, sync_every: u64) -> anyhow::Res
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let gate = Gate::open(db)?;
-    let state = scanner::station::AppState::new(gate);
+    let state = scanner::station::AppState::new(gate)
+        .with_result_shown_for(std::time::Duration::from_secs(result_secs.max(1)));
     let every = std::time::Duration::from_secs(sync_every.max(1));
     scanner::station::spawn_sync_loop(db.to_owned(), every, Some(state.clone()));
     if stdin {

@@ -1,16 +1,20 @@
-//! The station page: what gate staff look at on the tablet. The last result,
-//! huge and coloured, with seat and category; a manual entry field (which is
-//! also where a keyboard-wedge scanner types); counts; and the sync state.
+//! The station page: what gate staff look at on the tablet. The result of a
+//! scan made at this device, huge and coloured, with seat and category, for
+//! [`RESULT_SHOWN_FOR`], then "Ready" again for the next holder; a manual
+//! entry field (which is also where a keyboard-wedge scanner types); counts;
+//! and the sync state.
 //!
 //! The page follows the redemption log, not the inputs: a task tails the log
 //! and pushes every new record to the browsers over server-sent events, so a
 //! scan shows whether it came from the page, the wedge on standard input, the
-//! camera, or another `scanner check` process on the same database.
+//! camera, or another `scanner check` process on the same database (the same
+//! device). Records other gates made, which a sync brings, change the counts
+//! and never the result on screen.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -30,6 +34,10 @@ use crate::report;
 
 const PAGE: &str = include_str!("station.html");
 
+/// How long a scan's result stays on screen before the page shows "Ready"
+/// again, so the next holder is never shown the previous one's green.
+pub const RESULT_SHOWN_FOR: Duration = Duration::from_secs(5);
+
 /// Shared by every request; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -37,6 +45,11 @@ pub struct AppState {
     updates: broadcast::Sender<String>,
     /// Wakes the log tail at once after a scan made here.
     scanned: Arc<Notify>,
+    /// How long a result stays on screen ([`RESULT_SHOWN_FOR`] unless set).
+    shown_for: Duration,
+    /// The newest scan made at this device and when the tail saw it: what a
+    /// page opened (or reconnected) within `shown_for` of it shows.
+    latest_here: Arc<Mutex<Option<(ScanRecord, Instant)>>>,
 }
 
 /// The station's one error type: the status comes from the variant; details
@@ -75,7 +88,23 @@ impl AppState {
             gate: Arc::new(Mutex::new(gate)),
             updates: broadcast::channel(256).0,
             scanned: Arc::new(Notify::new()),
+            shown_for: RESULT_SHOWN_FOR,
+            latest_here: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Keeps each result on screen for `d` instead of [`RESULT_SHOWN_FOR`].
+    pub fn with_result_shown_for(mut self, d: Duration) -> AppState {
+        self.shown_for = d;
+        self
+    }
+
+    /// The scan made here that is still on screen, with the time it has left.
+    fn current(&self) -> Option<(ScanRecord, Duration)> {
+        let latest = self.latest_here.lock().unwrap_or_else(|p| p.into_inner());
+        let (record, seen) = latest.as_ref()?;
+        let left = self.shown_for.checked_sub(seen.elapsed())?;
+        Some((record.clone(), left))
     }
 
     /// Runs `f` on the gate off the async threads (SQLite commits block).
@@ -127,14 +156,22 @@ pub fn scan_view(r: &ScanRecord) -> Value {
     })
 }
 
-fn state_json(gate: &Gate) -> Result<Value, GateError> {
+/// Everything the page draws but a scan: device, counts, the result still on
+/// screen (`current`: a scan made here, and for how long yet), sync state.
+/// `last` is the newest record of any gate, for programs.
+fn state_json(gate: &Gate, s: &AppState) -> Result<Value, GateError> {
     let stats = gate.stats()?;
     let d = gate.device();
+    let current = s.current().map(
+        |(record, left)| json!({ "scan": scan_view(&record), "ms_left": left.as_millis() as u64 }),
+    );
     Ok(json!({
         "device": { "id": d.id.to_string(), "name": d.name, "gate": d.gate },
         "stats": { "scans": stats.scans, "admitted": stats.admitted, "inside": stats.inside,
                    "by_result": stats.by_result },
         "last": stats.last_scan.as_ref().map(scan_view),
+        "current": current,
+        "result_shown_ms": s.shown_for.as_millis() as u64,
         "sync": sync_view(&gate.sync_status()?, crate::unix_now_ms()),
     }))
 }
@@ -217,7 +254,10 @@ async fn page() -> impl IntoResponse {
 }
 
 async fn get_state(State(s): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(s.with_gate(|g| state_json(g)).await?))
+    let state = s.clone();
+    Ok(axum::Json(
+        s.with_gate(move |g| state_json(g, &state)).await?,
+    ))
 }
 
 /// `{"code": "...", "direction": "entry"|"exit"}`. The body is read as bytes
@@ -254,14 +294,18 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
 }
 
-/// Tails the log and broadcasts every new record with fresh counts.
+/// Tails the log and broadcasts every new record with fresh counts; the
+/// newest made at this device becomes the result on screen.
 async fn tail_log(state: AppState) {
-    let mut seen = match state
-        .with_gate(|g| Ok(g.stats()?.last_scan.map_or(Hlc(0), |r| r.hlc)))
-        .await
-    {
-        Ok(h) => h,
-        Err(_) => Hlc(0),
+    let start = state
+        .with_gate(|g| {
+            let last = g.stats().ok().and_then(|s| s.last_scan);
+            Ok((g.device().id, last.map_or(Hlc(0), |r| r.hlc)))
+        })
+        .await;
+    let Ok((here, mut seen)) = start else {
+        tracing::error!("the station cannot read its database; the page will not follow scans");
+        return;
     };
     loop {
         // Woken by a scan or a sync here; the timer catches other processes.
@@ -269,13 +313,18 @@ async fn tail_log(state: AppState) {
             _ = state.scanned.notified() => true,
             _ = tokio::time::sleep(Duration::from_millis(250)) => false,
         };
+        let view = state.clone();
         let batch = state
             .with_gate(move |g| {
                 let records = g.log_after(seen, 100)?;
+                if let Some(r) = records.iter().rev().find(|r| r.device_id == here) {
+                    let mut latest = view.latest_here.lock().unwrap_or_else(|p| p.into_inner());
+                    *latest = Some((r.clone(), Instant::now()));
+                }
                 let snapshot = if records.is_empty() && !woken {
                     None
                 } else {
-                    Some(state_json(g)?)
+                    Some(state_json(g, &view)?)
                 };
                 Ok((records, snapshot))
             })

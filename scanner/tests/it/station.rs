@@ -13,8 +13,17 @@ use crate::scanner;
 
 /// Starts the station library on 127.0.0.1:0 in a background runtime.
 pub fn serve(db: &Path) -> SocketAddr {
+    serve_with(db, scanner::station::RESULT_SHOWN_FOR, None)
+}
+
+/// [`serve`], showing each result for `shown_for`, and syncing every
+/// `sync_every` as `scanner station` does, if given.
+pub fn serve_with(db: &Path, shown_for: Duration, sync_every: Option<Duration>) -> SocketAddr {
     let gate = scanner::gate::Gate::open(db).unwrap();
-    let state = scanner::station::AppState::new(gate);
+    let state = scanner::station::AppState::new(gate).with_result_shown_for(shown_for);
+    if let Some(every) = sync_every {
+        scanner::station::spawn_sync_loop(db.to_owned(), every, Some(state.clone()));
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -31,6 +40,43 @@ pub fn serve(db: &Path) -> SocketAddr {
         });
     });
     rx.recv().unwrap()
+}
+
+fn get_state(addr: SocketAddr) -> Value {
+    ureq::get(&format!("http://{addr}/api/state"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap()
+}
+
+/// An admission of ticket `n` at a gate far away (device 9...9, its record
+/// `idx`), at `at_s`: what a sync brings from another gate.
+fn far_admission(idx: u64, n: u32, at_s: u64) -> shared::ScanRecord {
+    let mut id = [0u8; 16];
+    id[12..].copy_from_slice(&n.to_be_bytes());
+    shared::ScanRecord {
+        device_id: shared::DeviceId([9; 16]),
+        idx,
+        ticket: Some((1001, shared::TicketId(id))),
+        multi_entry: false,
+        category_id: 1,
+        seat: String::new(),
+        direction: shared::Direction::Entry,
+        result: shared::ResultCode::Ok,
+        reason: String::new(),
+        wall_ms: at_s * 1000,
+        hlc: shared::Hlc((at_s * 1000) << 16),
+        gate: "Far".into(),
+        device_name: "far".into(),
+    }
+}
+
+/// Merges records from another gate into `st`'s log, as a sync does.
+fn pull(st: &Station, records: &[shared::ScanRecord]) {
+    let mut gate = scanner::gate::Gate::open(&st.db).unwrap();
+    assert_eq!(gate.merge_remote(records).unwrap(), records.len());
 }
 
 fn post(addr: SocketAddr, body: &str) -> (u16, Value) {
@@ -67,12 +113,7 @@ fn api_checks_codes_and_refuses_malformed_requests_in_one_shape() {
             "{answer}"
         );
     }
-    let state: Value = ureq::get(&format!("http://{addr}/api/state"))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_json()
-        .unwrap();
+    let state = get_state(addr);
     assert_eq!(
         state["stats"]["scans"], 1,
         "malformed requests record nothing"
@@ -236,7 +277,7 @@ impl Drop for Browser {
 #[test]
 fn the_page_turns_green_then_red_as_scans_happen() {
     let st = Station::new("tablet-3", "West", &[]);
-    let addr = serve(&st.db);
+    let addr = serve_with(&st.db, Duration::from_secs(600), None);
     let Some(browser) = Browser::start() else {
         return;
     };
@@ -290,6 +331,117 @@ fn the_page_turns_green_then_red_as_scans_happen() {
     assert_eq!(browser.text("scans"), "2");
 
     save_screenshot(&browser, "station.png");
+}
+
+/// The page opened at a gate whose last record is another gate's admission,
+/// brought by a sync, says "Ready", not that gate's ADMIT; more such records
+/// change the counts only; a scan made here shows, and still shows on a
+/// page opened while it is on screen.
+#[test]
+fn the_page_shows_only_scans_made_here_and_opens_ready() {
+    let st = Station::new("tablet-4", "East", &[]);
+    pull(&st, &[far_admission(1, 31, NOW)]);
+    let addr = serve_with(&st.db, Duration::from_secs(600), None);
+    let state = get_state(addr);
+    assert_eq!(
+        state["last"]["device_name"], "far",
+        "programs see every gate"
+    );
+    assert_eq!(state["current"], Value::Null, "{state}");
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let url = json!({"url": format!("http://{addr}/")});
+    browser.cmd("POST", "/url", url.clone());
+    browser.wait_for(
+        "return document.getElementById('link').textContent",
+        "station connected",
+    );
+    browser.wait_for(
+        "return document.getElementById('admitted').textContent",
+        "1",
+    );
+    let screen = || {
+        [
+            browser.script("return document.getElementById('result').className"),
+            browser.text("verdict"),
+            browser.text("reason"),
+        ]
+    };
+    let ready = ["ready", "READY", "Scan a ticket"].map(Value::from);
+    assert_eq!(screen(), ready);
+
+    pull(&st, &[far_admission(2, 32, NOW + 60)]);
+    browser.wait_for(
+        "return document.getElementById('admitted').textContent",
+        "2",
+    );
+    assert_eq!(screen(), ready, "another gate's admission is not shown");
+
+    let now = (NOW + 120).to_string();
+    assert!(
+        scanner(
+            &["--db", st.db(), "check", "--now", &now, &code(33, false)],
+            b""
+        )
+        .status
+        .success()
+    );
+    browser.wait_for(
+        "return document.getElementById('verdict').textContent",
+        "ADMIT",
+    );
+    assert_eq!(browser.text("admitted"), "3");
+    browser.cmd("POST", "/url", url);
+    browser.wait_for(
+        "return document.getElementById('link').textContent",
+        "station connected",
+    );
+    browser.wait_for(
+        "return document.getElementById('verdict').textContent",
+        "ADMIT",
+    );
+}
+
+/// A result goes back to "Ready" once it has been shown for its time, so the
+/// next holder never sees the previous one's green; a new scan shows anew.
+#[test]
+fn a_result_fades_to_ready_after_it_has_been_shown() {
+    let st = Station::new("tablet-5", "North", &[]);
+    let shown_for = Duration::from_millis(700);
+    let addr = serve_with(&st.db, shown_for, None);
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    browser.cmd("POST", "/url", json!({"url": format!("http://{addr}/")}));
+    browser.wait_for(
+        "return document.getElementById('link').textContent",
+        "station connected",
+    );
+    for (n, verdict) in [(41, "ADMIT"), (41, "ALREADY USED")] {
+        let now = (NOW + 60).to_string();
+        let scanned = Instant::now();
+        scanner(
+            &["--db", st.db(), "check", "--now", &now, &code(n, false)],
+            b"",
+        );
+        browser.wait_for(
+            "return document.getElementById('verdict').textContent",
+            verdict,
+        );
+        browser.wait_for(
+            "return document.getElementById('result').className",
+            "ready",
+        );
+        assert!(scanned.elapsed() >= shown_for, "shown for its time");
+        assert_eq!(browser.text("verdict"), "READY");
+        assert_eq!(browser.text("ticket"), "");
+        assert_eq!(get_state(addr)["current"], Value::Null);
+    }
+    assert_eq!(
+        get_state(addr)["result_shown_ms"],
+        shown_for.as_millis() as u64
+    );
 }
 
 /// Saves what the browser shows as target/NAME, for a person to look at.
