@@ -2,7 +2,7 @@
 //! scan made at this device, huge and coloured, with seat and category, for
 //! [`RESULT_SHOWN_FOR`], then "Ready" again for the next holder; a manual
 //! entry field (which is also where a keyboard-wedge scanner types); counts;
-//! and the sync state.
+//! and the sync state in plain words.
 //!
 //! The page follows the redemption log, not the inputs: a task tails the log
 //! and pushes every new record to the browsers over server-sent events, so a
@@ -13,6 +13,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,9 @@ pub struct AppState {
     /// The newest scan made at this device and when the tail saw it: what a
     /// page opened (or reconnected) within `shown_for` of it shows.
     latest_here: Arc<Mutex<Option<(ScanRecord, Instant)>>>,
+    /// Whether the background sync's last failure was one a retry cannot
+    /// mend (the node refuses this device): the database keeps only words.
+    sync_refused: Arc<AtomicBool>,
 }
 
 /// The station's one error type: the status comes from the variant; details
@@ -90,6 +94,7 @@ impl AppState {
             scanned: Arc::new(Notify::new()),
             shown_for: RESULT_SHOWN_FOR,
             latest_here: Arc::new(Mutex::new(None)),
+            sync_refused: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -137,7 +142,8 @@ impl AppState {
     }
 }
 
-/// What the page shows of one record.
+/// What the page shows of one record. `at` is RFC 3339 UTC and `at_ms` unix
+/// milliseconds, for programs; the page shows the tablet's clock time.
 pub fn scan_view(r: &ScanRecord) -> Value {
     json!({
         "result": r.result.as_str(),
@@ -153,6 +159,7 @@ pub fn scan_view(r: &ScanRecord) -> Value {
         "device_id": r.device_id.to_string(),
         "idx": r.idx,
         "at": format_ms(r.wall_ms),
+        "at_ms": r.wall_ms,
     })
 }
 
@@ -165,6 +172,7 @@ fn state_json(gate: &Gate, s: &AppState) -> Result<Value, GateError> {
     let current = s.current().map(
         |(record, left)| json!({ "scan": scan_view(&record), "ms_left": left.as_millis() as u64 }),
     );
+    let refused = s.sync_refused.load(Ordering::Relaxed);
     Ok(json!({
         "device": { "id": d.id.to_string(), "name": d.name, "gate": d.gate },
         "stats": { "scans": stats.scans, "admitted": stats.admitted, "inside": stats.inside,
@@ -172,32 +180,36 @@ fn state_json(gate: &Gate, s: &AppState) -> Result<Value, GateError> {
         "last": stats.last_scan.as_ref().map(scan_view),
         "current": current,
         "result_shown_ms": s.shown_for.as_millis() as u64,
-        "sync": sync_view(&gate.sync_status()?, crate::unix_now_ms()),
+        "sync": sync_view(&gate.sync_status()?, refused, crate::unix_now_ms()),
     }))
 }
 
 /// A sync that succeeded this recently counts as online.
 const ONLINE_WITHIN_MS: u64 = 30_000;
 
-/// What the page shows of the sync state.
-fn sync_view(s: &SyncStatus, now_ms: u64) -> Value {
-    let recent = s
-        .last_sync_ms
-        .is_some_and(|t| now_ms.saturating_sub(t) <= ONLINE_WITHIN_MS);
-    let online = s.server.is_some() && s.last_error.is_none() && recent;
-    let last = s.last_sync_ms.map(format_ms);
-    let state = match (&s.server, &s.last_error, &last) {
-        (None, _, _) => "offline: no sync server configured".to_owned(),
-        (Some(_), Some(e), _) => format!("offline: {e}"),
-        (Some(_), None, Some(t)) if online => format!("online, last sync {t}"),
-        (Some(_), None, Some(t)) => format!("offline since {t}"),
-        (Some(_), None, None) => "not synced yet".to_owned(),
+/// The sync state: `status` for the page to word (`online`, `offline`: the
+/// node cannot be reached or answer now and a retry will do; `refused`: the
+/// node refuses this device, someone must act, as the background sync last
+/// found; `not_enrolled`; `not_synced_yet`; `stale`: no sync for a while, no
+/// error), and the precise data for programs.
+fn sync_view(s: &SyncStatus, refused: bool, now_ms: u64) -> Value {
+    let age_ms = s.last_sync_ms.map(|t| now_ms.saturating_sub(t));
+    let status = match (&s.server, &s.last_error, age_ms) {
+        (None, _, _) => "not_enrolled",
+        (Some(_), Some(_), _) if refused => "refused",
+        (Some(_), Some(_), _) => "offline",
+        (Some(_), None, None) => "not_synced_yet",
+        (Some(_), None, Some(age)) if age <= ONLINE_WITHIN_MS => "online",
+        (Some(_), None, Some(_)) => "stale",
     };
     json!({
-        "online": online,
-        "state": format!("{state} · {} pending", s.pending),
-        "last_sync": last,
+        "status": status,
+        "online": status == "online",
+        "last_sync": s.last_sync_ms.map(format_ms),
+        "last_sync_ms": s.last_sync_ms,
+        "last_sync_age_ms": age_ms,
         "pending": s.pending,
+        "error": s.last_error,
     })
 }
 
@@ -221,19 +233,22 @@ pub fn spawn_sync_loop(db: std::path::PathBuf, every: Duration, scanned: Option<
                 wait = every;
                 continue;
             }
-            match crate::sync::sync_once(&mut gate, crate::unix_now_ms()) {
+            let refused = match crate::sync::sync_once(&mut gate, crate::unix_now_ms()) {
                 Ok(report) => {
                     if report.pushed + report.pulled > 0 {
                         tracing::info!(pushed = report.pushed, pulled = report.pulled, "synced");
                     }
                     wait = every;
+                    false
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, permanent = e.is_permanent(), "sync failed; retrying");
                     wait = (wait * 2).min(Duration::from_secs(60));
+                    e.is_permanent()
                 }
-            }
+            };
             if let Some(state) = &scanned {
+                state.sync_refused.store(refused, Ordering::Relaxed);
                 state.scanned.notify_one();
             }
         }

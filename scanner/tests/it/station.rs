@@ -444,6 +444,133 @@ fn a_result_fades_to_ready_after_it_has_been_shown() {
     );
 }
 
+/// Polls the station's state until `f` of it holds.
+fn wait_for_state(addr: SocketAddr, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = get_state(addr);
+        if f(&state) {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "{state}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A node that cannot be reached is `offline` (a retry will do); a node
+/// that refuses this device (revoked) is `refused` (someone must act). The
+/// node's own words stay in `error`, for programs.
+#[test]
+fn the_sync_state_says_whether_a_retry_can_help() {
+    let every = Some(Duration::from_millis(100));
+    let unreachable = Station::new("t-1", "Main", &[]);
+    scanner::gate::Gate::open(&unreachable.db)
+        .unwrap()
+        .set_enrollment("http://127.0.0.1:1", "token")
+        .unwrap();
+    let addr = serve_with(&unreachable.db, scanner::station::RESULT_SHOWN_FOR, every);
+    let state = wait_for_state(addr, |s| s["sync"]["status"] == "offline");
+    assert_eq!(state["sync"]["online"], false);
+    assert!(
+        state["sync"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{state}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (node, node_state) = crate::sync::serve_gate_sync(&tmp.path().join("node.db"));
+    let revoked = Station::new("t-2", "Main", &[]);
+    crate::sync::enroll(&revoked, &format!("http://{node}"), &node_state);
+    let id = scanner::gate::Gate::open(&revoked.db)
+        .unwrap()
+        .device()
+        .id
+        .to_string();
+    let addr = serve_with(&revoked.db, scanner::station::RESULT_SHOWN_FOR, every);
+    wait_for_state(addr, |s| s["sync"]["status"] == "online");
+    node_state.lock(|s| s.revoke(&id, 1)).unwrap();
+    let state = wait_for_state(addr, |s| s["sync"]["status"] == "refused");
+    assert!(state["sync"]["error"].is_string(), "{state}");
+}
+
+/// Gate staff read the sync state in plain words and times on the clock:
+/// no "os error 111", no unix seconds, no RFC 3339.
+#[test]
+fn the_page_words_the_sync_state_and_shows_clock_times() {
+    let st = Station::new("tablet-6", "West", &[]);
+    let mut gate = scanner::gate::Gate::open(&st.db).unwrap();
+    gate.set_enrollment("http://127.0.0.1:1", "token").unwrap();
+    let now_ms = scanner::unix_now_ms();
+    gate.note_sync(now_ms - 150_000, None).unwrap();
+    drop(gate);
+    let addr = serve_with(
+        &st.db,
+        Duration::from_secs(600),
+        Some(Duration::from_millis(100)),
+    );
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    browser.cmd("POST", "/url", json!({"url": format!("http://{addr}/")}));
+    let offline = "Offline: the sync server cannot be reached; scans are kept and sent later";
+    let sync_is = |pattern: &str| {
+        format!(
+            "const t = document.getElementById('sync').textContent; \
+             return /^{pattern}$/.test(t) ? 'yes' : t"
+        )
+    };
+    browser.wait_for(
+        &sync_is(&format!(
+            "{offline} · last sync \\d\\d:\\d\\d:\\d\\d \\(2 min ago\\)"
+        )),
+        "yes",
+    );
+
+    // A scan at the clock shows its time as HH:MM:SS; two waiting scans are said.
+    scanner(&["--db", st.db(), "check", &code(51, false)], b"");
+    browser.wait_for(
+        "return document.getElementById('verdict').textContent",
+        "NOT YET VALID",
+    );
+    browser.wait_for(
+        "return /^\\d\\d:\\d\\d:\\d\\d$/.test(document.getElementById('when').textContent) ? 'yes' : 'no'",
+        "yes",
+    );
+    let now = NOW.to_string();
+    for _ in 0..2 {
+        scanner(
+            &["--db", st.db(), "check", "--now", &now, &code(52, false)],
+            b"",
+        );
+    }
+    browser.wait_for(
+        "return document.getElementById('verdict').textContent",
+        "ALREADY USED",
+    );
+    // The first admission's time, which the gate words in UTC, is clock time too.
+    let reason = browser.text("reason");
+    let reason = reason.as_str().unwrap();
+    assert!(
+        reason.starts_with("already admitted at gate \"West\" by \"tablet-6\" at ")
+            && !reason.contains('T')
+            && !reason.contains('Z'),
+        "{reason}"
+    );
+    browser.wait_for(
+        &sync_is(&format!(
+            "{offline} · last sync \\d\\d:\\d\\d:\\d\\d \\(2 min ago\\) · 3 scans to send"
+        )),
+        "yes",
+    );
+    let header = browser.script("return document.querySelector('header').textContent");
+    for raw in ["os error", "io:", "refused", "unix", "1970", "2030-"] {
+        assert!(!header.as_str().unwrap().contains(raw), "{header}");
+    }
+    save_screenshot(&browser, "station-offline.png");
+}
+
 /// Saves what the browser shows as target/NAME, for a person to look at.
 pub fn save_screenshot(browser: &Browser, name: &str) {
     let png = browser.cmd("GET", "/screenshot", json!({}));
