@@ -11,6 +11,7 @@
 //! device). Records other gates made, which a sync brings, change the counts
 //! and never the result on screen.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +26,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use shared::{Direction, Hlc, ScanRecord};
+use shared::{DeviceId, Direction, Hlc, ScanRecord};
 use tokio::sync::{Notify, broadcast};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
@@ -309,29 +310,89 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
 }
 
+/// How far the tail has read the log, in stamp order. The cursor never
+/// passes what this device's clock can reach ([`Hlc::adoptable_until`], less
+/// a minute for another process's clock): every scan made here later is
+/// stamped above that, but may be stamped below another gate's record from
+/// a clock far ahead, which would otherwise hide it from the page. Records
+/// above the cursor already sent are remembered until the cursor passes them.
+struct Cursor {
+    at: Hlc,
+    sent: HashMap<(DeviceId, u64), Hlc>,
+}
+
+impl Cursor {
+    fn reach(now_ms: u64) -> Hlc {
+        Hlc::adoptable_until(now_ms.saturating_sub(60_000))
+    }
+
+    /// A cursor past every record held: `newest` is the greatest stamp, and
+    /// `ahead` reads the records after a stamp.
+    fn start(newest: Hlc, now_ms: u64, ahead: impl FnOnce(Hlc) -> Vec<ScanRecord>) -> Cursor {
+        let at = newest.min(Cursor::reach(now_ms));
+        let sent = if at < newest { ahead(at) } else { Vec::new() };
+        Cursor {
+            at,
+            sent: sent.iter().map(|r| ((r.device_id, r.idx), r.hlc)).collect(),
+        }
+    }
+
+    /// Of `records`, read after `self.at` in stamp order, those not sent yet;
+    /// moves the cursor over those within reach.
+    fn take(&mut self, records: Vec<ScanRecord>, now_ms: u64) -> Vec<ScanRecord> {
+        let reach = Cursor::reach(now_ms);
+        let mut fresh = Vec::new();
+        for r in records {
+            let key = (r.device_id, r.idx);
+            let new = !self.sent.contains_key(&key);
+            if r.hlc <= reach {
+                self.at = self.at.max(r.hlc);
+            } else if new {
+                self.sent.insert(key, r.hlc);
+            }
+            if new {
+                fresh.push(r);
+            }
+        }
+        let at = self.at;
+        self.sent.retain(|_, hlc| *hlc > at);
+        fresh
+    }
+}
+
 /// Tails the log and broadcasts every new record with fresh counts; the
 /// newest made at this device becomes the result on screen.
 async fn tail_log(state: AppState) {
     let start = state
         .with_gate(|g| {
-            let last = g.stats().ok().and_then(|s| s.last_scan);
-            Ok((g.device().id, last.map_or(Hlc(0), |r| r.hlc)))
+            let newest = g
+                .stats()
+                .ok()
+                .and_then(|s| s.last_scan)
+                .map_or(Hlc(0), |r| r.hlc);
+            let cursor = Cursor::start(newest, crate::unix_now_ms(), |after| {
+                g.log_after(after, 10_000).unwrap_or_default()
+            });
+            Ok((g.device().id, cursor))
         })
         .await;
-    let Ok((here, mut seen)) = start else {
+    let Ok((here, cursor)) = start else {
         tracing::error!("the station cannot read its database; the page will not follow scans");
         return;
     };
+    let cursor = Arc::new(Mutex::new(cursor));
     loop {
         // Woken by a scan or a sync here; the timer catches other processes.
         let woken = tokio::select! {
             _ = state.scanned.notified() => true,
             _ = tokio::time::sleep(Duration::from_millis(250)) => false,
         };
-        let view = state.clone();
+        let (view, cursor) = (state.clone(), cursor.clone());
         let batch = state
             .with_gate(move |g| {
-                let records = g.log_after(seen, 100)?;
+                let mut cursor = cursor.lock().unwrap_or_else(|p| p.into_inner());
+                let read = g.log_after(cursor.at, 100)?;
+                let records = cursor.take(read, crate::unix_now_ms());
                 if let Some(r) = records.iter().rev().find(|r| r.device_id == here) {
                     let mut latest = view.latest_here.lock().unwrap_or_else(|p| p.into_inner());
                     *latest = Some((r.clone(), Instant::now()));
@@ -355,9 +416,6 @@ async fn tail_log(state: AppState) {
             let msg = json!({ "scan": scan_view(r), "state": snapshot });
             // No browser listening is fine.
             let _ = state.updates.send(msg.to_string());
-        }
-        if let Some(last) = records.last() {
-            seen = last.hlc;
         }
     }
 }

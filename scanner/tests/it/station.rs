@@ -457,6 +457,25 @@ fn wait_for_state(addr: SocketAddr, f: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
+/// Another gate's record stamped hours ahead (its clock is wrong) must not
+/// hide the scans made here after it: this device's clock does not follow
+/// a stamp that far ahead, so its scans sort below it in the log.
+#[test]
+fn scans_made_here_still_show_after_a_record_from_a_clock_far_ahead() {
+    let st = Station::new("tablet-7", "North", &[]);
+    let addr = serve_with(&st.db, Duration::from_secs(600), None);
+    let ahead_s = scanner::unix_now_ms() / 1000 + 3 * 3600;
+    pull(&st, &[far_admission(1, 61, ahead_s)]);
+    wait_for_state(addr, |s| s["stats"]["admitted"] == 1);
+    for n in 1..=2u64 {
+        // At the real clock: the vector tickets are not valid yet, and recorded.
+        scanner(&["--db", st.db(), "check", &code(62, false)], b"");
+        let state = wait_for_state(addr, |s| s["current"]["scan"]["idx"] == n);
+        assert_eq!(state["current"]["scan"]["device_name"], "tablet-7");
+        assert_eq!(state["stats"]["scans"], n + 1);
+    }
+}
+
 /// A node that cannot be reached is `offline` (a retry will do); a node
 /// that refuses this device (revoked) is `refused` (someone must act). The
 /// node's own words stay in `error`, for programs.
