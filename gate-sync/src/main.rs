@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gate_sync::store::Store;
+use gate_sync::store::{Store, StoreError};
 
 #[derive(Parser)]
 #[command(
@@ -105,14 +105,33 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
+/// An error and its causes on one line, each said once. A cause whose words
+/// the line holds already is left out: an error that quotes its source
+/// (thiserror's `"...: {0}"` beside `#[from]`) would otherwise say it twice.
+/// (The same in each binary: `shared` knows nothing of anyhow.)
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let store = Store::open(&cli.db).with_context(|| format!("opening {}", cli.db.display()))?;
+    let store = open_store(&cli.db)?;
     match cli.command {
         Command::Serve {
             listen,
@@ -135,7 +154,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keyset(ImportCmd::Import { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            store.set_keyset(&text, gate_sync::unix_now_ms())?;
+            store
+                .set_keyset(&text, gate_sync::unix_now_ms())
+                .map_err(|e| match e {
+                    StoreError::Keyset(k) => {
+                        // Some reasons say what to do already ("re-export the keyset").
+                        let hint = match k {
+                            shared::KeysetError::Json(_)
+                            | shared::KeysetError::BadKeyId { .. }
+                            | shared::KeysetError::Duplicate { .. } => {
+                                "; give the file `issuer keys export-keyset --event ID --out FILE` writes"
+                            }
+                            _ => "",
+                        };
+                        anyhow::anyhow!("keyset {} refused: {k}{hint}", file.display())
+                    }
+                    e => anyhow::Error::new(e).context(format!("importing {}", file.display())),
+                })?;
             println!("keyset imported; devices pick it up at their next sync");
             Ok(())
         }
@@ -191,6 +226,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Opens the node's database; a file that is not one is named as such,
+/// with what to do, instead of SQLite's words said three times.
+fn open_store(path: &std::path::Path) -> anyhow::Result<Store> {
+    Store::open(path).map_err(|e| match e {
+        StoreError::Sql(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            anyhow::anyhow!(
+                "{} is not a gate-sync database (the file is not SQLite, or is damaged): \
+                 give this node's database with --db, or restore it from a backup",
+                path.display()
+            )
+        }
+        e => anyhow::Error::new(e).context(format!("opening {}", path.display())),
+    })
 }
 
 /// A secret given directly (flag or environment) or in a file.

@@ -45,11 +45,12 @@ enum EventsCmd {
         id: u64,
         #[arg(long)]
         name: String,
-        /// Unix seconds or RFC 3339.
-        #[arg(long)]
+        /// When doors open: `now`, a time from now (`+2h`, `-30m`), unix
+        /// seconds, or RFC 3339 (`2030-03-17T19:00:00Z`).
+        #[arg(long, allow_hyphen_values = true)]
         starts: String,
-        /// Unix seconds or RFC 3339.
-        #[arg(long)]
+        /// When it ends, in the same forms (`+5h` is five hours from now).
+        #[arg(long, allow_hyphen_values = true)]
         ends: String,
     },
     /// Adds or updates the events of a JSON file: [{id, name, starts_at, ends_at}].
@@ -93,11 +94,12 @@ enum TicketsCmd {
         /// One seat label a line; one ticket a seat.
         #[arg(long)]
         seat_file: Option<PathBuf>,
-        /// Unix seconds or RFC 3339; defaults to 3 hours before the event starts.
-        #[arg(long)]
+        /// `now`, a time from now (`+2h`, `-30m`), unix seconds or RFC 3339;
+        /// defaults to 3 hours before the event starts.
+        #[arg(long, allow_hyphen_values = true)]
         valid_from: Option<String>,
-        /// Unix seconds or RFC 3339; defaults to the event's end.
-        #[arg(long)]
+        /// In the same forms; defaults to the event's end.
+        #[arg(long, allow_hyphen_values = true)]
         valid_until: Option<String>,
         /// Holders may leave and come back in.
         #[arg(long)]
@@ -132,10 +134,29 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each said once. A cause whose words
+/// the line holds already is left out: an error that quotes its source
+/// (thiserror's `"...: {0}"` beside `#[from]`) would otherwise say it twice.
+/// (The same in each binary: `shared` knows nothing of anyhow.)
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -168,11 +189,12 @@ fn events_cmd(store: &mut Store, cmd: EventsCmd) -> Result<()> {
             starts,
             ends,
         } => {
+            let now = time::now();
             let event = events::Event {
                 id,
                 name,
-                starts_at: time::parse(&starts)?,
-                ends_at: time::parse(&ends)?,
+                starts_at: time::parse(&starts, now)?,
+                ends_at: time::parse(&ends, now)?,
             };
             events::upsert(store, &event)?;
             println!("event {id} saved");
@@ -291,12 +313,19 @@ fn tickets_cmd(store: &mut Store, cmd: TicketsCmd) -> Result<()> {
                 }
                 None => None,
             };
+            let now = time::now();
             let req = issue::Request {
                 event_id: event,
                 category_id: category,
                 count,
-                valid_from: valid_from.as_deref().map(time::parse).transpose()?,
-                valid_until: valid_until.as_deref().map(time::parse).transpose()?,
+                valid_from: valid_from
+                    .as_deref()
+                    .map(|t| time::parse(t, now))
+                    .transpose()?,
+                valid_until: valid_until
+                    .as_deref()
+                    .map(|t| time::parse(t, now))
+                    .transpose()?,
                 multi_entry,
                 out,
                 svg,
@@ -306,7 +335,7 @@ fn tickets_cmd(store: &mut Store, cmd: TicketsCmd) -> Result<()> {
             };
             let bar = progress_bar(req.seats.as_ref().map_or(req.count.unwrap_or(0), Vec::len));
             let started = std::time::Instant::now();
-            let summary = issue::issue(store, &req, time::now(), &|n| bar.inc(n as u64))?;
+            let summary = issue::issue(store, &req, now, &|n| bar.inc(n as u64))?;
             bar.finish_and_clear();
             let secs = started.elapsed().as_secs_f64();
             println!(

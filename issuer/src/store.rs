@@ -28,11 +28,24 @@ impl Store {
             .map_err(|e| Error::io(dir, e))?;
         let path = dir.join("issuer.db");
         private_file(&path).map_err(|e| Error::io(&path, e))?;
-        let mut conn = Connection::open(&path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", true)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let setup = || -> rusqlite::Result<Connection> {
+            let conn = Connection::open(&path)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.pragma_update(None, "foreign_keys", true)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            Ok(conn)
+        };
+        let mut conn = setup().map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+                Error::Invalid(format!(
+                    "{} is not an issuer database (the file is not SQLite, or is damaged): \
+                     check --data, or restore the file from a backup",
+                    path.display()
+                ))
+            }
+            e => Error::Db(e),
+        })?;
         migrate(&mut conn, &path)?;
         Ok(Store {
             conn,

@@ -26,10 +26,32 @@ pub mod sync;
 
 pub use gate_sync::unix_now_ms;
 
-/// Reads and validates a keyset file.
-pub fn load_keyset(path: &std::path::Path) -> anyhow::Result<shared::Keyset> {
+/// Reads and validates a keyset file: its text, as written, and the keyset.
+/// A refusal names the file, says why once, and what to do.
+pub fn read_keyset(path: &std::path::Path) -> anyhow::Result<(String, shared::Keyset)> {
     use anyhow::Context;
+    use shared::KeysetError;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading keyset {}", path.display()))?;
-    shared::Keyset::from_json(&text).with_context(|| format!("keyset {} refused", path.display()))
+    match shared::Keyset::from_json(&text) {
+        Ok(keyset) => Ok((text, keyset)),
+        Err(e) => {
+            // Some reasons say what to do already ("re-export the keyset").
+            let hint = match e {
+                KeysetError::Json(_)
+                | KeysetError::BadKeyId { .. }
+                | KeysetError::Duplicate { .. } => {
+                    "; give the file `issuer keys export-keyset --event ID --out FILE` writes"
+                }
+                _ => "",
+            };
+            // The reason holds its cause's words already: no source chain.
+            anyhow::bail!("keyset {} refused: {e}{hint}", path.display())
+        }
+    }
+}
+
+/// Reads and validates a keyset file.
+pub fn load_keyset(path: &std::path::Path) -> anyhow::Result<shared::Keyset> {
+    read_keyset(path).map(|(_, keyset)| keyset)
 }

@@ -104,6 +104,10 @@ enum Command {
         /// Seconds between background syncs with the node set by `scanner enroll --server`.
         #[arg(long, default_value_t = 5)]
         sync_every: u64,
+        /// Seconds a scan's result stays on screen before the page shows
+        /// "Ready" for the next holder.
+        #[arg(long, default_value_t = scanner::station::RESULT_SHOWN_FOR.as_secs())]
+        result_secs: u64,
     },
     /// Reads codes from a camera, checks and records each (built with `--features camera`).
     Camera {
@@ -190,7 +194,8 @@ fn main() -> ExitCode {
             listen,
             stdin,
             sync_every,
-        } => station(&cli.db, &listen, stdin, sync_every),
+            result_secs,
+        } => station(&cli.db, &listen, stdin, sync_every, result_secs),
         Command::Camera {
             device,
             direction,
@@ -198,9 +203,28 @@ fn main() -> ExitCode {
         } => camera(&cli.db, device, direction, json),
     };
     result.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_line(&e));
         ExitCode::from(2)
     })
+}
+
+/// An error and its causes on one line, each said once. A cause whose words
+/// the line holds already is left out: an error that quotes its source
+/// (thiserror's `"...: {0}"` beside `#[from]`) would otherwise say it twice.
+/// (The same in each binary: `shared` knows nothing of anyhow.)
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 use scanner::unix_now_ms;
@@ -300,8 +324,7 @@ fn init(
     events: Vec<u64>,
     skew_secs: u32,
 ) -> anyhow::Result<ExitCode> {
-    let keyset_json = std::fs::read_to_string(keyset)
-        .with_context(|| format!("reading keyset {}", keyset.display()))?;
+    let (keyset_json, _) = scanner::read_keyset(keyset)?;
     let p = Provision {
         keyset_json,
         device_name,
@@ -438,7 +461,13 @@ fn stats(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn station(db: &Path, listen: &str, stdin: bool, sync_every: u64) -> anyhow::Result<ExitCode> {
+fn station(
+    db: &Path,
+    listen: &str,
+    stdin: bool,
+    sync_every: u64,
+    result_secs: u64,
+) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -447,7 +476,8 @@ fn station(db: &Path, listen: &str, stdin: bool, sync_every: u64) -> anyhow::Res
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let gate = Gate::open(db)?;
-    let state = scanner::station::AppState::new(gate);
+    let state = scanner::station::AppState::new(gate)
+        .with_result_shown_for(std::time::Duration::from_secs(result_secs.max(1)));
     let every = std::time::Duration::from_secs(sync_every.max(1));
     scanner::station::spawn_sync_loop(db.to_owned(), every, Some(state.clone()));
     if stdin {

@@ -1,16 +1,22 @@
-//! The station page: what gate staff look at on the tablet. The last result,
-//! huge and coloured, with seat and category; a manual entry field (which is
-//! also where a keyboard-wedge scanner types); counts; and the sync state.
+//! The station page: what gate staff look at on the tablet. The result of a
+//! scan made at this device, huge and coloured, with seat and category, for
+//! [`RESULT_SHOWN_FOR`], then "Ready" again for the next holder; a manual
+//! entry field (which is also where a keyboard-wedge scanner types); counts;
+//! and the sync state in plain words.
 //!
 //! The page follows the redemption log, not the inputs: a task tails the log
 //! and pushes every new record to the browsers over server-sent events, so a
 //! scan shows whether it came from the page, the wedge on standard input, the
-//! camera, or another `scanner check` process on the same database.
+//! camera, or another `scanner check` process on the same database (the same
+//! device). Records other gates made, which a sync brings, change the counts
+//! and never the result on screen.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -20,7 +26,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use shared::{Direction, Hlc, ScanRecord};
+use shared::{DeviceId, Direction, Hlc, ScanRecord};
 use tokio::sync::{Notify, broadcast};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
@@ -30,6 +36,10 @@ use crate::report;
 
 const PAGE: &str = include_str!("station.html");
 
+/// How long a scan's result stays on screen before the page shows "Ready"
+/// again, so the next holder is never shown the previous one's green.
+pub const RESULT_SHOWN_FOR: Duration = Duration::from_secs(5);
+
 /// Shared by every request; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -37,6 +47,14 @@ pub struct AppState {
     updates: broadcast::Sender<String>,
     /// Wakes the log tail at once after a scan made here.
     scanned: Arc<Notify>,
+    /// How long a result stays on screen ([`RESULT_SHOWN_FOR`] unless set).
+    shown_for: Duration,
+    /// The newest scan made at this device and when the tail saw it: what a
+    /// page opened (or reconnected) within `shown_for` of it shows.
+    latest_here: Arc<Mutex<Option<(ScanRecord, Instant)>>>,
+    /// Whether the background sync's last failure was one a retry cannot
+    /// mend (the node refuses this device): the database keeps only words.
+    sync_refused: Arc<AtomicBool>,
 }
 
 /// The station's one error type: the status comes from the variant; details
@@ -75,7 +93,24 @@ impl AppState {
             gate: Arc::new(Mutex::new(gate)),
             updates: broadcast::channel(256).0,
             scanned: Arc::new(Notify::new()),
+            shown_for: RESULT_SHOWN_FOR,
+            latest_here: Arc::new(Mutex::new(None)),
+            sync_refused: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Keeps each result on screen for `d` instead of [`RESULT_SHOWN_FOR`].
+    pub fn with_result_shown_for(mut self, d: Duration) -> AppState {
+        self.shown_for = d;
+        self
+    }
+
+    /// The scan made here that is still on screen, with the time it has left.
+    fn current(&self) -> Option<(ScanRecord, Duration)> {
+        let latest = self.latest_here.lock().unwrap_or_else(|p| p.into_inner());
+        let (record, seen) = latest.as_ref()?;
+        let left = self.shown_for.checked_sub(seen.elapsed())?;
+        Some((record.clone(), left))
     }
 
     /// Runs `f` on the gate off the async threads (SQLite commits block).
@@ -108,7 +143,8 @@ impl AppState {
     }
 }
 
-/// What the page shows of one record.
+/// What the page shows of one record. `at` is RFC 3339 UTC and `at_ms` unix
+/// milliseconds, for programs; the page shows the tablet's clock time.
 pub fn scan_view(r: &ScanRecord) -> Value {
     json!({
         "result": r.result.as_str(),
@@ -124,43 +160,57 @@ pub fn scan_view(r: &ScanRecord) -> Value {
         "device_id": r.device_id.to_string(),
         "idx": r.idx,
         "at": format_ms(r.wall_ms),
+        "at_ms": r.wall_ms,
     })
 }
 
-fn state_json(gate: &Gate) -> Result<Value, GateError> {
+/// Everything the page draws but a scan: device, counts, the result still on
+/// screen (`current`: a scan made here, and for how long yet), sync state.
+/// `last` is the newest record of any gate, for programs.
+fn state_json(gate: &Gate, s: &AppState) -> Result<Value, GateError> {
     let stats = gate.stats()?;
     let d = gate.device();
+    let current = s.current().map(
+        |(record, left)| json!({ "scan": scan_view(&record), "ms_left": left.as_millis() as u64 }),
+    );
+    let refused = s.sync_refused.load(Ordering::Relaxed);
     Ok(json!({
         "device": { "id": d.id.to_string(), "name": d.name, "gate": d.gate },
         "stats": { "scans": stats.scans, "admitted": stats.admitted, "inside": stats.inside,
                    "by_result": stats.by_result },
         "last": stats.last_scan.as_ref().map(scan_view),
-        "sync": sync_view(&gate.sync_status()?, crate::unix_now_ms()),
+        "current": current,
+        "result_shown_ms": s.shown_for.as_millis() as u64,
+        "sync": sync_view(&gate.sync_status()?, refused, crate::unix_now_ms()),
     }))
 }
 
 /// A sync that succeeded this recently counts as online.
 const ONLINE_WITHIN_MS: u64 = 30_000;
 
-/// What the page shows of the sync state.
-fn sync_view(s: &SyncStatus, now_ms: u64) -> Value {
-    let recent = s
-        .last_sync_ms
-        .is_some_and(|t| now_ms.saturating_sub(t) <= ONLINE_WITHIN_MS);
-    let online = s.server.is_some() && s.last_error.is_none() && recent;
-    let last = s.last_sync_ms.map(format_ms);
-    let state = match (&s.server, &s.last_error, &last) {
-        (None, _, _) => "offline: no sync server configured".to_owned(),
-        (Some(_), Some(e), _) => format!("offline: {e}"),
-        (Some(_), None, Some(t)) if online => format!("online, last sync {t}"),
-        (Some(_), None, Some(t)) => format!("offline since {t}"),
-        (Some(_), None, None) => "not synced yet".to_owned(),
+/// The sync state: `status` for the page to word (`online`, `offline`: the
+/// node cannot be reached or answer now and a retry will do; `refused`: the
+/// node refuses this device, someone must act, as the background sync last
+/// found; `not_enrolled`; `not_synced_yet`; `stale`: no sync for a while, no
+/// error), and the precise data for programs.
+fn sync_view(s: &SyncStatus, refused: bool, now_ms: u64) -> Value {
+    let age_ms = s.last_sync_ms.map(|t| now_ms.saturating_sub(t));
+    let status = match (&s.server, &s.last_error, age_ms) {
+        (None, _, _) => "not_enrolled",
+        (Some(_), Some(_), _) if refused => "refused",
+        (Some(_), Some(_), _) => "offline",
+        (Some(_), None, None) => "not_synced_yet",
+        (Some(_), None, Some(age)) if age <= ONLINE_WITHIN_MS => "online",
+        (Some(_), None, Some(_)) => "stale",
     };
     json!({
-        "online": online,
-        "state": format!("{state} · {} pending", s.pending),
-        "last_sync": last,
+        "status": status,
+        "online": status == "online",
+        "last_sync": s.last_sync_ms.map(format_ms),
+        "last_sync_ms": s.last_sync_ms,
+        "last_sync_age_ms": age_ms,
         "pending": s.pending,
+        "error": s.last_error,
     })
 }
 
@@ -184,19 +234,22 @@ pub fn spawn_sync_loop(db: std::path::PathBuf, every: Duration, scanned: Option<
                 wait = every;
                 continue;
             }
-            match crate::sync::sync_once(&mut gate, crate::unix_now_ms()) {
+            let refused = match crate::sync::sync_once(&mut gate, crate::unix_now_ms()) {
                 Ok(report) => {
                     if report.pushed + report.pulled > 0 {
                         tracing::info!(pushed = report.pushed, pulled = report.pulled, "synced");
                     }
                     wait = every;
+                    false
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, permanent = e.is_permanent(), "sync failed; retrying");
                     wait = (wait * 2).min(Duration::from_secs(60));
+                    e.is_permanent()
                 }
-            }
+            };
             if let Some(state) = &scanned {
+                state.sync_refused.store(refused, Ordering::Relaxed);
                 state.scanned.notify_one();
             }
         }
@@ -217,7 +270,10 @@ async fn page() -> impl IntoResponse {
 }
 
 async fn get_state(State(s): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(s.with_gate(|g| state_json(g)).await?))
+    let state = s.clone();
+    Ok(axum::Json(
+        s.with_gate(move |g| state_json(g, &state)).await?,
+    ))
 }
 
 /// `{"code": "...", "direction": "entry"|"exit"}`. The body is read as bytes
@@ -254,28 +310,97 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
 }
 
-/// Tails the log and broadcasts every new record with fresh counts.
+/// How far the tail has read the log, in stamp order. The cursor never
+/// passes what this device's clock can reach ([`Hlc::adoptable_until`], less
+/// a minute for another process's clock): every scan made here later is
+/// stamped above that, but may be stamped below another gate's record from
+/// a clock far ahead, which would otherwise hide it from the page. Records
+/// above the cursor already sent are remembered until the cursor passes them.
+struct Cursor {
+    at: Hlc,
+    sent: HashMap<(DeviceId, u64), Hlc>,
+}
+
+impl Cursor {
+    fn reach(now_ms: u64) -> Hlc {
+        Hlc::adoptable_until(now_ms.saturating_sub(60_000))
+    }
+
+    /// A cursor past every record held: `newest` is the greatest stamp, and
+    /// `ahead` reads the records after a stamp.
+    fn start(newest: Hlc, now_ms: u64, ahead: impl FnOnce(Hlc) -> Vec<ScanRecord>) -> Cursor {
+        let at = newest.min(Cursor::reach(now_ms));
+        let sent = if at < newest { ahead(at) } else { Vec::new() };
+        Cursor {
+            at,
+            sent: sent.iter().map(|r| ((r.device_id, r.idx), r.hlc)).collect(),
+        }
+    }
+
+    /// Of `records`, read after `self.at` in stamp order, those not sent yet;
+    /// moves the cursor over those within reach.
+    fn take(&mut self, records: Vec<ScanRecord>, now_ms: u64) -> Vec<ScanRecord> {
+        let reach = Cursor::reach(now_ms);
+        let mut fresh = Vec::new();
+        for r in records {
+            let key = (r.device_id, r.idx);
+            let new = !self.sent.contains_key(&key);
+            if r.hlc <= reach {
+                self.at = self.at.max(r.hlc);
+            } else if new {
+                self.sent.insert(key, r.hlc);
+            }
+            if new {
+                fresh.push(r);
+            }
+        }
+        let at = self.at;
+        self.sent.retain(|_, hlc| *hlc > at);
+        fresh
+    }
+}
+
+/// Tails the log and broadcasts every new record with fresh counts; the
+/// newest made at this device becomes the result on screen.
 async fn tail_log(state: AppState) {
-    let mut seen = match state
-        .with_gate(|g| Ok(g.stats()?.last_scan.map_or(Hlc(0), |r| r.hlc)))
-        .await
-    {
-        Ok(h) => h,
-        Err(_) => Hlc(0),
+    let start = state
+        .with_gate(|g| {
+            let newest = g
+                .stats()
+                .ok()
+                .and_then(|s| s.last_scan)
+                .map_or(Hlc(0), |r| r.hlc);
+            let cursor = Cursor::start(newest, crate::unix_now_ms(), |after| {
+                g.log_after(after, 10_000).unwrap_or_default()
+            });
+            Ok((g.device().id, cursor))
+        })
+        .await;
+    let Ok((here, cursor)) = start else {
+        tracing::error!("the station cannot read its database; the page will not follow scans");
+        return;
     };
+    let cursor = Arc::new(Mutex::new(cursor));
     loop {
         // Woken by a scan or a sync here; the timer catches other processes.
         let woken = tokio::select! {
             _ = state.scanned.notified() => true,
             _ = tokio::time::sleep(Duration::from_millis(250)) => false,
         };
+        let (view, cursor) = (state.clone(), cursor.clone());
         let batch = state
             .with_gate(move |g| {
-                let records = g.log_after(seen, 100)?;
+                let mut cursor = cursor.lock().unwrap_or_else(|p| p.into_inner());
+                let read = g.log_after(cursor.at, 100)?;
+                let records = cursor.take(read, crate::unix_now_ms());
+                if let Some(r) = records.iter().rev().find(|r| r.device_id == here) {
+                    let mut latest = view.latest_here.lock().unwrap_or_else(|p| p.into_inner());
+                    *latest = Some((r.clone(), Instant::now()));
+                }
                 let snapshot = if records.is_empty() && !woken {
                     None
                 } else {
-                    Some(state_json(g)?)
+                    Some(state_json(g, &view)?)
                 };
                 Ok((records, snapshot))
             })
@@ -291,9 +416,6 @@ async fn tail_log(state: AppState) {
             let msg = json!({ "scan": scan_view(r), "state": snapshot });
             // No browser listening is fine.
             let _ = state.updates.send(msg.to_string());
-        }
-        if let Some(last) = records.last() {
-            seen = last.hlc;
         }
     }
 }

@@ -2,6 +2,7 @@
 //! 127.0.0.1 over a real SQLite file, and the partition simulation.
 
 mod attacks;
+mod cli;
 mod simulation;
 
 use std::net::SocketAddr;

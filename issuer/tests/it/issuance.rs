@@ -377,6 +377,69 @@ fn rfc3339_and_unix_times_name_the_same_instant_and_events_list() {
     assert!(err.contains("not a JSON list"), "{err}");
 }
 
+/// The README's walk-through makes an event happening tonight, so its
+/// tickets pass a gate that checks at the real clock (`scanner check` and
+/// `scanner station` take no time of their own).
+#[test]
+fn an_event_added_for_tonight_issues_tickets_valid_now() {
+    let env = Env::new();
+    let before = issuer::time::now();
+    env.ok(&[
+        "events",
+        "add",
+        "--id",
+        "42",
+        "--name",
+        "Jazz Night",
+        "--starts",
+        "+1h",
+        "--ends",
+        "+5h",
+    ]);
+    let after = issuer::time::now();
+    env.generate_key();
+    let out = env.path("tickets-42");
+    env.ok(&[
+        "tickets",
+        "issue",
+        "--event",
+        "42",
+        "--category",
+        "1",
+        "--count",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let listed = env.ok(&["events", "list", "--json"]);
+    let events: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let jazz = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == 42)
+        .unwrap();
+    let starts = jazz["starts_at"].as_u64().unwrap();
+    assert!((before + 3600..=after + 3600).contains(&starts), "{jazz}");
+    assert_eq!(jazz["ends_at"].as_u64().unwrap() - starts, 4 * 3600);
+    let verifier = Verifier::new(env.keyset(&[42])).only_events([42]);
+    for (_, _, _, code) in read_csv(&out) {
+        let ticket = verifier.verify(&code, issuer::time::now());
+        assert!(ticket.is_ok(), "{code} is refused now: {:?}", ticket.err());
+    }
+    // A time before now, written with a leading `-`, is a value, not a flag.
+    env.ok(&[
+        "events", "add", "--id", "43", "--name", "Matinee", "--starts", "-2h", "--ends", "now",
+    ]);
+    let err = env.fails(&[
+        "events", "add", "--id", "44", "--name", "Later", "--starts", "in 2h", "--ends", "+3h",
+    ]);
+    assert!(
+        err.contains("give `now`, a time from now such as +2h"),
+        "{err}"
+    );
+}
+
 #[test]
 fn ticket_codes_on_disk_are_readable_by_their_owner_only() {
     use std::os::unix::fs::PermissionsExt;
@@ -417,5 +480,21 @@ fn a_mistyped_data_directory_is_an_error_not_a_new_shop() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("not an issuer data directory"), "{err}");
         assert!(!typo.exists(), "nothing was created");
+    }
+}
+
+/// An `issuer.db` that is not SQLite: named once, with what to do, instead
+/// of SQLite's words said three times over.
+#[test]
+fn a_corrupt_issuer_database_is_named_once_with_what_to_do() {
+    let env = Env::new();
+    let db = env.data().join("issuer.db");
+    std::fs::write(&db, b"garbage ".repeat(512)).unwrap();
+    for args in [&["events", "list"][..], &["keys", "generate"]] {
+        let err = env.fails(args);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(err.matches("is not an issuer database").count(), 1, "{err}");
+        assert!(!err.contains("file is not a database"), "{err}");
+        assert!(err.contains("restore the file from a backup"), "{err}");
     }
 }

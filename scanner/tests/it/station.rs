@@ -13,8 +13,17 @@ use crate::scanner;
 
 /// Starts the station library on 127.0.0.1:0 in a background runtime.
 pub fn serve(db: &Path) -> SocketAddr {
+    serve_with(db, scanner::station::RESULT_SHOWN_FOR, None)
+}
+
+/// [`serve`], showing each result for `shown_for`, and syncing every
+/// `sync_every` as `scanner station` does, if given.
+pub fn serve_with(db: &Path, shown_for: Duration, sync_every: Option<Duration>) -> SocketAddr {
     let gate = scanner::gate::Gate::open(db).unwrap();
-    let state = scanner::station::AppState::new(gate);
+    let state = scanner::station::AppState::new(gate).with_result_shown_for(shown_for);
+    if let Some(every) = sync_every {
+        scanner::station::spawn_sync_loop(db.to_owned(), every, Some(state.clone()));
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -31,6 +40,43 @@ pub fn serve(db: &Path) -> SocketAddr {
         });
     });
     rx.recv().unwrap()
+}
+
+fn get_state(addr: SocketAddr) -> Value {
+    ureq::get(&format!("http://{addr}/api/state"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap()
+}
+
+/// An admission of ticket `n` at a gate far away (device 9...9, its record
+/// `idx`), at `at_s`: what a sync brings from another gate.
+fn far_admission(idx: u64, n: u32, at_s: u64) -> shared::ScanRecord {
+    let mut id = [0u8; 16];
+    id[12..].copy_from_slice(&n.to_be_bytes());
+    shared::ScanRecord {
+        device_id: shared::DeviceId([9; 16]),
+        idx,
+        ticket: Some((1001, shared::TicketId(id))),
+        multi_entry: false,
+        category_id: 1,
+        seat: String::new(),
+        direction: shared::Direction::Entry,
+        result: shared::ResultCode::Ok,
+        reason: String::new(),
+        wall_ms: at_s * 1000,
+        hlc: shared::Hlc((at_s * 1000) << 16),
+        gate: "Far".into(),
+        device_name: "far".into(),
+    }
+}
+
+/// Merges records from another gate into `st`'s log, as a sync does.
+fn pull(st: &Station, records: &[shared::ScanRecord]) {
+    let mut gate = scanner::gate::Gate::open(&st.db).unwrap();
+    assert_eq!(gate.merge_remote(records).unwrap(), records.len());
 }
 
 fn post(addr: SocketAddr, body: &str) -> (u16, Value) {
@@ -67,12 +113,7 @@ fn api_checks_codes_and_refuses_malformed_requests_in_one_shape() {
             "{answer}"
         );
     }
-    let state: Value = ureq::get(&format!("http://{addr}/api/state"))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_json()
-        .unwrap();
+    let state = get_state(addr);
     assert_eq!(
         state["stats"]["scans"], 1,
         "malformed requests record nothing"
@@ -236,7 +277,7 @@ impl Drop for Browser {
 #[test]
 fn the_page_turns_green_then_red_as_scans_happen() {
     let st = Station::new("tablet-3", "West", &[]);
-    let addr = serve(&st.db);
+    let addr = serve_with(&st.db, Duration::from_secs(600), None);
     let Some(browser) = Browser::start() else {
         return;
     };
@@ -290,6 +331,263 @@ fn the_page_turns_green_then_red_as_scans_happen() {
     assert_eq!(browser.text("scans"), "2");
 
     save_screenshot(&browser, "station.png");
+}
+
+/// The page opened at a gate whose last record is another gate's admission,
+/// brought by a sync, says "Ready", not that gate's ADMIT; more such records
+/// change the counts only; a scan made here shows, and still shows on a
+/// page opened while it is on screen.
+#[test]
+fn the_page_shows_only_scans_made_here_and_opens_ready() {
+    let st = Station::new("tablet-4", "East", &[]);
+    pull(&st, &[far_admission(1, 31, NOW)]);
+    let addr = serve_with(&st.db, Duration::from_secs(600), None);
+    let state = get_state(addr);
+    assert_eq!(
+        state["last"]["device_name"], "far",
+        "programs see every gate"
+    );
+    assert_eq!(state["current"], Value::Null, "{state}");
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let url = json!({"url": format!("http://{addr}/")});
+    browser.cmd("POST", "/url", url.clone());
+    browser.wait_for(
+        "return document.getElementById('link').textContent",
+        "station connected",
+    );
+    browser.wait_for(
+        "return document.getElementById('admitted').textContent",
+        "1",
+    );
+    let screen = || {
+        [
+            browser.script("return document.getElementById('result').className"),
+            browser.text("verdict"),
+            browser.text("reason"),
+        ]
+    };
+    let ready = ["ready", "READY", "Scan a ticket"].map(Value::from);
+    assert_eq!(screen(), ready);
+
+    pull(&st, &[far_admission(2, 32, NOW + 60)]);
+    browser.wait_for(
+        "return document.getElementById('admitted').textContent",
+        "2",
+    );
+    assert_eq!(screen(), ready, "another gate's admission is not shown");
+
+    let now = (NOW + 120).to_string();
+    assert!(
+        scanner(
+            &["--db", st.db(), "check", "--now", &now, &code(33, false)],
+            b""
+        )
+        .status
+        .success()
+    );
+    browser.wait_for(
+        "return document.getElementById('verdict').textContent",
+        "ADMIT",
+    );
+    assert_eq!(browser.text("admitted"), "3");
+    browser.cmd("POST", "/url", url);
+    browser.wait_for(
+        "return document.getElementById('link').textContent",
+        "station connected",
+    );
+    browser.wait_for(
+        "return document.getElementById('verdict').textContent",
+        "ADMIT",
+    );
+}
+
+/// A result goes back to "Ready" once it has been shown for its time, so the
+/// next holder never sees the previous one's green; a new scan shows anew.
+#[test]
+fn a_result_fades_to_ready_after_it_has_been_shown() {
+    let st = Station::new("tablet-5", "North", &[]);
+    let shown_for = Duration::from_millis(700);
+    let addr = serve_with(&st.db, shown_for, None);
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    browser.cmd("POST", "/url", json!({"url": format!("http://{addr}/")}));
+    browser.wait_for(
+        "return document.getElementById('link').textContent",
+        "station connected",
+    );
+    for (n, verdict) in [(41, "ADMIT"), (41, "ALREADY USED")] {
+        let now = (NOW + 60).to_string();
+        let scanned = Instant::now();
+        scanner(
+            &["--db", st.db(), "check", "--now", &now, &code(n, false)],
+            b"",
+        );
+        browser.wait_for(
+            "return document.getElementById('verdict').textContent",
+            verdict,
+        );
+        browser.wait_for(
+            "return document.getElementById('result').className",
+            "ready",
+        );
+        assert!(scanned.elapsed() >= shown_for, "shown for its time");
+        assert_eq!(browser.text("verdict"), "READY");
+        assert_eq!(browser.text("ticket"), "");
+        assert_eq!(get_state(addr)["current"], Value::Null);
+    }
+    assert_eq!(
+        get_state(addr)["result_shown_ms"],
+        shown_for.as_millis() as u64
+    );
+}
+
+/// Polls the station's state until `f` of it holds.
+fn wait_for_state(addr: SocketAddr, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = get_state(addr);
+        if f(&state) {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "{state}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Another gate's record stamped hours ahead (its clock is wrong) must not
+/// hide the scans made here after it: this device's clock does not follow
+/// a stamp that far ahead, so its scans sort below it in the log.
+#[test]
+fn scans_made_here_still_show_after_a_record_from_a_clock_far_ahead() {
+    let st = Station::new("tablet-7", "North", &[]);
+    let addr = serve_with(&st.db, Duration::from_secs(600), None);
+    let ahead_s = scanner::unix_now_ms() / 1000 + 3 * 3600;
+    pull(&st, &[far_admission(1, 61, ahead_s)]);
+    wait_for_state(addr, |s| s["stats"]["admitted"] == 1);
+    for n in 1..=2u64 {
+        // At the real clock: the vector tickets are not valid yet, and recorded.
+        scanner(&["--db", st.db(), "check", &code(62, false)], b"");
+        let state = wait_for_state(addr, |s| s["current"]["scan"]["idx"] == n);
+        assert_eq!(state["current"]["scan"]["device_name"], "tablet-7");
+        assert_eq!(state["stats"]["scans"], n + 1);
+    }
+}
+
+/// A node that cannot be reached is `offline` (a retry will do); a node
+/// that refuses this device (revoked) is `refused` (someone must act). The
+/// node's own words stay in `error`, for programs.
+#[test]
+fn the_sync_state_says_whether_a_retry_can_help() {
+    let every = Some(Duration::from_millis(100));
+    let unreachable = Station::new("t-1", "Main", &[]);
+    scanner::gate::Gate::open(&unreachable.db)
+        .unwrap()
+        .set_enrollment("http://127.0.0.1:1", "token")
+        .unwrap();
+    let addr = serve_with(&unreachable.db, scanner::station::RESULT_SHOWN_FOR, every);
+    let state = wait_for_state(addr, |s| s["sync"]["status"] == "offline");
+    assert_eq!(state["sync"]["online"], false);
+    assert!(
+        state["sync"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{state}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (node, node_state) = crate::sync::serve_gate_sync(&tmp.path().join("node.db"));
+    let revoked = Station::new("t-2", "Main", &[]);
+    crate::sync::enroll(&revoked, &format!("http://{node}"), &node_state);
+    let id = scanner::gate::Gate::open(&revoked.db)
+        .unwrap()
+        .device()
+        .id
+        .to_string();
+    let addr = serve_with(&revoked.db, scanner::station::RESULT_SHOWN_FOR, every);
+    wait_for_state(addr, |s| s["sync"]["status"] == "online");
+    node_state.lock(|s| s.revoke(&id, 1)).unwrap();
+    let state = wait_for_state(addr, |s| s["sync"]["status"] == "refused");
+    assert!(state["sync"]["error"].is_string(), "{state}");
+}
+
+/// Gate staff read the sync state in plain words and times on the clock:
+/// no "os error 111", no unix seconds, no RFC 3339.
+#[test]
+fn the_page_words_the_sync_state_and_shows_clock_times() {
+    let st = Station::new("tablet-6", "West", &[]);
+    let mut gate = scanner::gate::Gate::open(&st.db).unwrap();
+    gate.set_enrollment("http://127.0.0.1:1", "token").unwrap();
+    let now_ms = scanner::unix_now_ms();
+    gate.note_sync(now_ms - 150_000, None).unwrap();
+    drop(gate);
+    let addr = serve_with(
+        &st.db,
+        Duration::from_secs(600),
+        Some(Duration::from_millis(100)),
+    );
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    browser.cmd("POST", "/url", json!({"url": format!("http://{addr}/")}));
+    let offline = "Offline: the sync server cannot be reached; scans are kept and sent later";
+    let sync_is = |pattern: &str| {
+        format!(
+            "const t = document.getElementById('sync').textContent; \
+             return /^{pattern}$/.test(t) ? 'yes' : t"
+        )
+    };
+    browser.wait_for(
+        &sync_is(&format!(
+            "{offline} · last sync \\d\\d:\\d\\d:\\d\\d \\(2 min ago\\)"
+        )),
+        "yes",
+    );
+
+    // A scan at the clock shows its time as HH:MM:SS; two waiting scans are said.
+    scanner(&["--db", st.db(), "check", &code(51, false)], b"");
+    browser.wait_for(
+        "return document.getElementById('verdict').textContent",
+        "NOT YET VALID",
+    );
+    browser.wait_for(
+        "return /^\\d\\d:\\d\\d:\\d\\d$/.test(document.getElementById('when').textContent) ? 'yes' : 'no'",
+        "yes",
+    );
+    let now = NOW.to_string();
+    for _ in 0..2 {
+        scanner(
+            &["--db", st.db(), "check", "--now", &now, &code(52, false)],
+            b"",
+        );
+    }
+    browser.wait_for(
+        "return document.getElementById('verdict').textContent",
+        "ALREADY USED",
+    );
+    // The first admission's time, which the gate words in UTC, is clock time too.
+    let reason = browser.text("reason");
+    let reason = reason.as_str().unwrap();
+    assert!(
+        reason.starts_with("already admitted at gate \"West\" by \"tablet-6\" at ")
+            && !reason.contains('T')
+            && !reason.contains('Z'),
+        "{reason}"
+    );
+    browser.wait_for(
+        &sync_is(&format!(
+            "{offline} · last sync \\d\\d:\\d\\d:\\d\\d \\(2 min ago\\) · 3 scans to send"
+        )),
+        "yes",
+    );
+    let header = browser.script("return document.querySelector('header').textContent");
+    for raw in ["os error", "io:", "refused", "unix", "1970", "2030-"] {
+        assert!(!header.as_str().unwrap().contains(raw), "{header}");
+    }
+    save_screenshot(&browser, "station-offline.png");
 }
 
 /// Saves what the browser shows as target/NAME, for a person to look at.

@@ -168,3 +168,57 @@ fn human_output_leads_with_the_result() {
     );
     assert!(lines[1].starts_with("INVALID  "), "{text}");
 }
+
+/// `init` and `verify` given a keyset that is not one: one line naming the
+/// file, the reason said once (not once per error in the chain), and what to do.
+#[test]
+fn a_malformed_keyset_is_refused_with_its_reason_once_and_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v: Value = serde_json::from_str(fixtures::TICKET_CODE_V1_VECTORS).unwrap();
+    let mismatched = v["keyset"].to_string().replace("21fe31df", "21fe31d0");
+    for (content, reason, todo) in [
+        (
+            "garbage".to_owned(),
+            "expected value at line 1 column 1",
+            "issuer keys export-keyset",
+        ),
+        (
+            "{\"keys\": 5}".to_owned(),
+            "invalid type: integer `5`",
+            "issuer keys export-keyset",
+        ),
+        (
+            mismatched,
+            "21fe31d0 does not match its public key",
+            "re-export the keyset",
+        ),
+    ] {
+        let path = tmp.path().join("bad.json");
+        std::fs::write(&path, &content).unwrap();
+        let path = path.to_str().unwrap();
+        let db = tmp.path().join("gate.db");
+        let init = [
+            "--db",
+            db.to_str().unwrap(),
+            "init",
+            "--keyset",
+            path,
+            "--device-name",
+            "t",
+        ];
+        let verify = ["verify", "--keyset", path, "VT1:x"];
+        for args in [&init[..], &verify[..]] {
+            let out = scanner(args, b"");
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(stderr.matches(reason).count(), 1, "{args:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.starts_with(&format!("error: keyset {path} refused: ")),
+                "{stderr}"
+            );
+            assert!(stderr.contains(todo), "{stderr}");
+        }
+        assert!(!db.exists(), "a refused keyset provisions nothing");
+    }
+}
