@@ -51,13 +51,14 @@ fn get_state(addr: SocketAddr) -> Value {
         .unwrap()
 }
 
-/// An admission of ticket `n` at a gate far away (device 9...9, its record
-/// `idx`), at `at_s`: what a sync brings from another gate.
+/// An admission of ticket `n` at a gate far away (its record `idx`), at
+/// `at_s`, signed by that gate: what a sync brings from another gate.
 fn far_admission(idx: u64, n: u32, at_s: u64) -> shared::ScanRecord {
     let mut id = [0u8; 16];
     id[12..].copy_from_slice(&n.to_be_bytes());
-    shared::ScanRecord {
-        device_id: shared::DeviceId([9; 16]),
+    let far = shared::device::DeviceSigner::from_seed(&[9; 32]);
+    let mut r = shared::ScanRecord {
+        device_id: far.id(),
         idx,
         ticket: Some((1001, shared::TicketId(id))),
         multi_entry: false,
@@ -70,13 +71,19 @@ fn far_admission(idx: u64, n: u32, at_s: u64) -> shared::ScanRecord {
         hlc: shared::Hlc((at_s * 1000) << 16),
         gate: "Far".into(),
         device_name: "far".into(),
-    }
+        proof: Some(crate::check::code(n, false)),
+        prev: shared::RecordHash::FIRST,
+        device_key: None,
+        sig: shared::DeviceSig::NONE,
+    };
+    far.sign(&mut r);
+    r
 }
 
 /// Merges records from another gate into `st`'s log, as a sync does.
 fn pull(st: &Station, records: &[shared::ScanRecord]) {
     let mut gate = scanner::gate::Gate::open(&st.db).unwrap();
-    assert_eq!(gate.merge_remote(records).unwrap(), records.len());
+    assert_eq!(gate.merge_remote(records, &[]).unwrap(), records.len());
 }
 
 fn post(addr: SocketAddr, body: &str) -> (u16, Value) {
@@ -485,7 +492,7 @@ fn the_sync_state_says_whether_a_retry_can_help() {
     let unreachable = Station::new("t-1", "Main", &[]);
     scanner::gate::Gate::open(&unreachable.db)
         .unwrap()
-        .set_enrollment("http://127.0.0.1:1", "token")
+        .set_enrollment("http://127.0.0.1:1", "token", None)
         .unwrap();
     let addr = serve_with(&unreachable.db, scanner::station::RESULT_SHOWN_FOR, every);
     let state = wait_for_state(addr, |s| s["sync"]["status"] == "offline");
@@ -520,7 +527,7 @@ fn the_sync_state_says_whether_a_retry_can_help() {
 fn the_page_words_the_sync_state_and_shows_clock_times() {
     let st = Station::new("tablet-6", "West", &[]);
     let mut gate = scanner::gate::Gate::open(&st.db).unwrap();
-    gate.set_enrollment("http://127.0.0.1:1", "token").unwrap();
+    gate.set_enrollment("http://127.0.0.1:1", "token", None).unwrap();
     let now_ms = scanner::unix_now_ms();
     gate.note_sync(now_ms - 150_000, None).unwrap();
     drop(gate);
