@@ -26,6 +26,9 @@ const MIGRATIONS: &[&str] = &[
 
 pub use shared::protocol::PAGE_BYTES;
 
+/// Marks a SQLite file as a gate-sync database ("VT1G").
+const APPLICATION_ID: i32 = 0x5654_3147;
+
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,6 +66,11 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Failed(String),
+    #[error(
+        "{0} belongs to another program (a scanner's or the issuer's database?), not gate-sync: \
+         give this node's database with --db"
+    )]
+    Foreign(String),
     #[error("not signed by its device: {0}")]
     Unauthentic(String),
     #[error("stored record {device}/{idx} is damaged: {reason}")]
@@ -132,13 +140,31 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // A SQLite file of another program (a scanner's, the issuer's) is
+        // refused, not given our tables. Nodes made before the mark have a
+        // `records` table and no mark: they are ours.
+        let app: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        let ours_unmarked: bool = conn
+            .prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'records'")?
+            .exists([])?;
+        if app != APPLICATION_ID && tables > 0 && !(app == 0 && ours_unmarked) {
+            return Err(StoreError::Foreign(path.display().to_string()));
+        }
         let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if applied > MIGRATIONS.len() {
+            return Err(StoreError::Failed(format!(
+                "{} was written by a newer gate-sync (schema {applied}); upgrade this one",
+                path.display()
+            )));
+        }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i + 1)?;
             tx.commit()?;
         }
+        conn.pragma_update(None, "application_id", APPLICATION_ID)?;
         let mut log = ScanLog::new();
         {
             let mut stmt = conn.prepare("SELECT device_id, idx, body FROM records")?;

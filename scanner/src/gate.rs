@@ -192,7 +192,6 @@ fn open_conn(path: &Path, create: bool) -> Result<Connection, GateError> {
     Ok(conn)
 }
 
-
 /// A new device signing seed, in hex.
 fn new_seed() -> String {
     let mut seed = [0u8; 32];

@@ -61,3 +61,29 @@ fn a_malformed_keyset_is_refused_with_its_reason_once() {
         "{stderr}"
     );
 }
+
+/// Another program's SQLite file given as the database: refused, and left
+/// without gate-sync's tables.
+#[test]
+fn another_programs_database_is_refused_and_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("other.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE scans (x INTEGER); INSERT INTO scans VALUES (1);")
+            .unwrap();
+    }
+    let out = gate_sync(&["--db", db.to_str().unwrap(), "devices", "list"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("belongs to another program"), "{stderr}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 1, "no table of ours was added");
+}

@@ -527,7 +527,8 @@ fn the_sync_state_says_whether_a_retry_can_help() {
 fn the_page_words_the_sync_state_and_shows_clock_times() {
     let st = Station::new("tablet-6", "West", &[]);
     let mut gate = scanner::gate::Gate::open(&st.db).unwrap();
-    gate.set_enrollment("http://127.0.0.1:1", "token", None).unwrap();
+    gate.set_enrollment("http://127.0.0.1:1", "token", None)
+        .unwrap();
     let now_ms = scanner::unix_now_ms();
     gate.note_sync(now_ms - 150_000, None).unwrap();
     drop(gate);
