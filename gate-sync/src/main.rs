@@ -34,6 +34,10 @@ enum Command {
         /// listening on this machine only (127.0.0.1, ::1).
         #[arg(long, default_value = "auto")]
         tls: TlsMode,
+        /// Most connections open at once from one address; raise it when
+        /// gates reach the node through one NAT.
+        #[arg(long, default_value_t = gate_sync::net::PER_ADDR)]
+        conns_per_address: usize,
         /// The secret shared by this venue's nodes; without it no peer is
         /// accepted. Prefer --peer-token-file or the environment: a flag's
         /// value shows in the process list.
@@ -137,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             peers,
             tls,
+            conns_per_address,
             peer_token,
             peer_token_file,
             organizer_token,
@@ -147,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &listen,
             peers,
             tls,
+            conns_per_address,
             secret(peer_token, peer_token_file.as_deref())?,
             secret(organizer_token, organizer_token_file.as_deref())?,
             peer_every,
@@ -269,6 +275,7 @@ fn serve(
     listen: &str,
     peers: Vec<String>,
     tls: TlsMode,
+    conns_per_address: usize,
     peer_token: Option<String>,
     organizer_token: Option<String>,
     peer_every: u64,
@@ -320,7 +327,8 @@ fn serve(
             TlsMode::Off => false,
             TlsMode::Auto => !local.ip().is_loopback(),
         };
-        let mut guarded = gate_sync::net::Guarded::new(listener);
+        let mut guarded =
+            gate_sync::net::Guarded::new(listener).with_per_addr(conns_per_address);
         if tls {
             guarded = guarded.with_tls(tls_config.map_err(anyhow::Error::msg)?);
             tracing::info!(fingerprint = %fingerprint, "serving TLS; gates and peers pin this fingerprint");

@@ -23,7 +23,8 @@ use tokio::time::{Instant, Sleep};
 pub const IDLE: Duration = Duration::from_secs(20);
 /// No connection lives longer than this; a client simply reconnects.
 pub const LIFETIME: Duration = Duration::from_secs(600);
-/// Most connections open at once from one address.
+/// Most connections open at once from one address, by default
+/// (`gate-sync serve --conns-per-address`).
 pub const PER_ADDR: usize = 64;
 /// Most connections open at once.
 pub const MAX_CONNS: usize = 900;
@@ -36,6 +37,7 @@ pub struct Guarded {
     inner: TcpListener,
     open: Open,
     idle: Duration,
+    per_addr: usize,
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// When a refusal was last logged: one line per second at most.
     last_warned: Option<Instant>,
@@ -52,9 +54,17 @@ impl Guarded {
             inner,
             open: Default::default(),
             idle,
+            per_addr: PER_ADDR,
             tls: None,
             last_warned: None,
         }
+    }
+
+    /// Takes at most `n` connections from one address (gates behind one
+    /// NAT share an address).
+    pub fn with_per_addr(mut self, n: usize) -> Guarded {
+        self.per_addr = n.max(1);
+        self
     }
 
     /// Serves TLS with `config` on every connection.
@@ -68,7 +78,7 @@ impl Guarded {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let total: usize = open.values().sum();
         let mine = open.entry(ip).or_insert(0);
-        if total >= MAX_CONNS || *mine >= PER_ADDR {
+        if total >= MAX_CONNS || *mine >= self.per_addr {
             return None;
         }
         *mine += 1;
@@ -120,7 +130,7 @@ impl Listener for Guarded {
                     .is_none_or(|t| now - t >= Duration::from_secs(1))
                 {
                     self.last_warned = Some(now);
-                    tracing::warn!(peer = %addr, per_addr = PER_ADDR, max = MAX_CONNS,
+                    tracing::warn!(peer = %addr, per_addr = self.per_addr, max = MAX_CONNS,
                         "connection refused: too many open connections");
                 }
                 continue;

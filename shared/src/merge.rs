@@ -25,12 +25,15 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::code::TicketId;
-use crate::device::record_hash;
 use crate::scan::{DeviceId, Direction, RecordHash, ScanRecord};
 
-fn xor(digest: &mut RecordHash, hash: &RecordHash) {
-    for (d, h) in digest.0.iter_mut().zip(hash.0) {
-        *d ^= h;
+/// Folds a record into its device's digest. A record's signature stands for
+/// its content (two versions with one valid signature would be a forgery),
+/// so its two halves are folded in, with no hashing on the ingest path.
+fn fold(digest: &mut RecordHash, r: &ScanRecord) {
+    let (a, b) = r.sig.0.split_at(32);
+    for ((d, x), y) in digest.0.iter_mut().zip(a).zip(b) {
+        *d ^= x ^ y;
     }
 }
 use crate::verify::ResultCode;
@@ -78,7 +81,8 @@ pub struct ScanLog {
     /// the version not kept, the greatest such. With the kept one, it is
     /// the proof against the device; every replica ends with the same pair.
     runner_up: BTreeMap<RecordKey, ScanRecord>,
-    /// Per device, the XOR of the hashes of the versions kept: two replicas
+    /// Per device, the XOR of the signatures of the versions kept (each
+    /// folded to 32 bytes): two replicas
     /// with the same version vector but different digests hold different
     /// versions of some index (a device forked its log while partitioned),
     /// which a version vector alone never shows.
@@ -117,10 +121,7 @@ impl ScanLog {
         // the proof.
         let loser = match held.get_mut(&idx) {
             None => {
-                xor(
-                    self.digests.entry(device).or_default(),
-                    &record_hash(&record),
-                );
+                fold(self.digests.entry(device).or_default(), &record);
                 held.insert(idx, record);
                 self.len += 1;
                 let contiguous = self.contiguous.entry(device).or_insert(0);
@@ -136,8 +137,8 @@ impl ScanLog {
             Some(kept) if supersedes(&record, kept) => {
                 // The old kept version is greater than any old proof.
                 let digest = self.digests.entry(device).or_default();
-                xor(digest, &record_hash(kept));
-                xor(digest, &record_hash(&record));
+                fold(digest, kept);
+                fold(digest, &record);
                 let old = std::mem::replace(kept, record);
                 self.runner_up.insert(key, old);
                 return true;
