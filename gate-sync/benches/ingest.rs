@@ -117,7 +117,13 @@ fn start_server(db: &std::path::Path) -> (std::process::Child, String) {
         .arg(db)
         // Every client is on 127.0.0.1 here; on a venue's network each gate
         // has an address of its own.
-        .args(["serve", "--listen", "127.0.0.1:0", "--conns-per-address", "512"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--conns-per-address",
+            "512",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("gate-sync starts");

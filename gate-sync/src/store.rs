@@ -128,6 +128,50 @@ pub struct Store {
     /// written with the device's next push; `devices()` shows both. (A gate
     /// that only pulls loses its last pull time if the node restarts.)
     pulled: Mutex<BTreeMap<DeviceId, u64>>,
+    /// The JSON of each device's newest records, as written to disk: what
+    /// most pulls ask for (the last seconds of every gate), copied out
+    /// instead of written again. At most [`RECENT`] a device.
+    recent: BTreeMap<DeviceId, Recent>,
+}
+
+/// How many of each device's newest records keep their JSON at hand
+/// (about 45 KB a device).
+pub const RECENT: usize = 64;
+
+/// A device's newest records' JSON, by index: `first` and on, in order.
+#[derive(Default)]
+struct Recent {
+    first: u64,
+    json: std::collections::VecDeque<Box<[u8]>>,
+}
+
+impl Recent {
+    fn get(&self, idx: u64) -> Option<&[u8]> {
+        let at = idx.checked_sub(self.first)?;
+        self.json.get(usize::try_from(at).ok()?).map(|b| &b[..])
+    }
+
+    /// Keeps `json` for `idx`: replaces it, or appends it when it is the
+    /// next index; anything else starts the window afresh.
+    fn put(&mut self, idx: u64, json: Box<[u8]>) {
+        if let Some(at) = idx.checked_sub(self.first)
+            && let Some(slot) = usize::try_from(at)
+                .ok()
+                .and_then(|at| self.json.get_mut(at))
+        {
+            *slot = json;
+            return;
+        }
+        if self.json.is_empty() || idx != self.first + self.json.len() as u64 {
+            self.json.clear();
+            self.first = idx;
+        }
+        self.json.push_back(json);
+        if self.json.len() > RECENT {
+            self.json.pop_front();
+            self.first += 1;
+        }
+    }
 }
 
 impl Store {
@@ -166,22 +210,12 @@ impl Store {
         }
         conn.pragma_update(None, "application_id", APPLICATION_ID)?;
         let mut log = ScanLog::new();
-        {
-            let mut stmt = conn.prepare("SELECT device_id, idx, body FROM records")?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let (device, idx, body): (String, i64, String) =
-                    (row.get(0)?, row.get(1)?, row.get(2)?);
-                let record: ScanRecord =
-                    serde_json::from_str(&body).map_err(|e| StoreError::Damaged {
-                        device,
-                        idx,
-                        reason: e.to_string(),
-                    })?;
-                log.insert(record);
-            }
-            // Second versions after the kept ones: the log ends the same.
-            let mut stmt = conn.prepare("SELECT device_id, idx, body FROM conflicts")?;
+        // Second versions after the kept ones: the log ends the same.
+        for sql in [
+            "SELECT device_id, idx, body FROM records",
+            "SELECT device_id, idx, body FROM conflicts",
+        ] {
+            let mut stmt = conn.prepare(sql)?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let (device, idx, body): (String, i64, String) =
@@ -200,6 +234,7 @@ impl Store {
             counts: Counts::of(&log),
             log,
             pulled: Default::default(),
+            recent: BTreeMap::new(),
         })
     }
 
@@ -284,6 +319,8 @@ impl Store {
             v.kept.as_deref() != self.log.get(device, *idx)
                 || v.proof.as_deref() != self.log.runner_up(device, *idx)
         });
+        // The JSON written, kept for pulls once the commit holds.
+        let mut fresh: Vec<(DeviceId, u64, Box<[u8]>)> = Vec::new();
         let tx = self
             .conn
             .get_mut()
@@ -302,6 +339,7 @@ impl Store {
             // Keys are sorted by device: its hex id is worked out once per run.
             let mut device = (None, String::new());
             let mut body = Vec::with_capacity(512);
+            fresh.reserve(ends.len());
             for ((id, idx), v) in &ends {
                 if device.0 != Some(*id) {
                     device = (Some(*id), id.to_string());
@@ -312,6 +350,7 @@ impl Store {
                     // write_json writes UTF-8 only.
                     let text = std::str::from_utf8(&body).unwrap_or_default();
                     upsert.execute(params![device.1, *idx as i64, text, now_ms as i64])?;
+                    fresh.push((*id, *idx, Box::from(&body[..])));
                 }
                 if let Some(p) = &v.proof
                     && self.log.runner_up(id, *idx) != Some(p)
@@ -331,6 +370,9 @@ impl Store {
             }
         }
         tx.commit()?;
+        for (device, idx, json) in fresh {
+            self.recent.entry(device).or_default().put(idx, json);
+        }
         let pulled = self.pulled.get_mut().unwrap_or_else(|p| p.into_inner());
         for device in batches.iter().filter_map(|(_, d)| *d) {
             pulled.remove(&device);
@@ -442,7 +484,10 @@ impl Store {
             if n > 0 {
                 out.push(b',');
             }
-            r.write_json(&mut out);
+            match self.recent.get(&r.device_id).and_then(|c| c.get(r.idx)) {
+                Some(json) => out.extend_from_slice(json),
+                None => r.write_json(&mut out),
+            }
             n += 1;
             last = Some(RecordKey::of(r));
         }

@@ -443,3 +443,33 @@ fn peer_nodes_pin_each_other_over_tls() {
     );
     assert!(gate_sync::peers::parse_peer("http://127.0.0.1:8090").is_ok());
 }
+
+#[test]
+fn a_pull_sends_the_version_kept_after_a_second_version_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = gate_sync::store::Store::open(&tmp.path().join("sync.db")).unwrap();
+    let mut refused = record(
+        1,
+        1,
+        7,
+        Direction::Entry,
+        ResultCode::Invalid,
+        1_900_000_000,
+    );
+    refused.ticket = None;
+    refused.proof = None;
+    let refused = signed(refused);
+    let admitted = entry(1, 1, 7, 1_900_000_000);
+    store.add_authentic(&[refused], &[], 0).unwrap();
+    let pulled = |store: &gate_sync::store::Store| {
+        let (json, _, _) = store.missing_json(&Default::default(), None, 10);
+        serde_json::from_slice::<Vec<shared::ScanRecord>>(&json).unwrap()
+    };
+    assert_eq!(pulled(&store)[0].result, ResultCode::Invalid);
+    store.add_authentic(&[], &[admitted.clone()], 0).unwrap();
+    assert_eq!(
+        pulled(&store),
+        [admitted],
+        "the admission, not what was sent first"
+    );
+}
