@@ -22,42 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serves the sync API.
-    Serve {
-        #[arg(long, default_value = "127.0.0.1:8090")]
-        listen: String,
-        /// Another gate-sync node to exchange records with (repeatable), as
-        /// https://10.0.0.3:8090#FINGERPRINT (`gate-sync tls fingerprint`
-        /// on that node prints it; its certificate is pinned).
-        #[arg(long = "peer")]
-        peers: Vec<String>,
-        /// Serve TLS with the node's own certificate: `auto` does unless
-        /// listening on this machine only (127.0.0.1, ::1).
-        #[arg(long, default_value = "auto")]
-        tls: TlsMode,
-        /// Most connections open at once from one address; raise it when
-        /// gates reach the node through one NAT.
-        #[arg(long, default_value_t = gate_sync::net::PER_ADDR)]
-        conns_per_address: usize,
-        /// The secret shared by this venue's nodes; without it no peer is
-        /// accepted. Prefer --peer-token-file or the environment: a flag's
-        /// value shows in the process list.
-        #[arg(long, env = "GATE_SYNC_PEER_TOKEN", hide_env_values = true)]
-        peer_token: Option<String>,
-        /// A file holding the peer token (mode 0600).
-        #[arg(long, conflicts_with = "peer_token")]
-        peer_token_file: Option<PathBuf>,
-        /// The secret organizers enter to see duplicates, stats and the
-        /// dashboard; without it they are open to anyone who can reach the
-        /// node. Prefer --organizer-token-file or the environment.
-        #[arg(long, env = "GATE_SYNC_ORGANIZER_TOKEN", hide_env_values = true)]
-        organizer_token: Option<String>,
-        /// A file holding the organizer token (mode 0600).
-        #[arg(long, conflicts_with = "organizer_token")]
-        organizer_token_file: Option<PathBuf>,
-        /// Seconds between exchanges with peers.
-        #[arg(long, default_value_t = 5)]
-        peer_every: u64,
-    },
+    Serve(ServeArgs),
     /// Scanners allowed to sync.
     #[command(subcommand)]
     Devices(DevicesCmd),
@@ -70,6 +35,44 @@ enum Command {
     /// The node's TLS certificate.
     #[command(subcommand)]
     Tls(TlsCmd),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: String,
+    /// Another gate-sync node to exchange records with (repeatable), as
+    /// https://10.0.0.3:8090#FINGERPRINT (`gate-sync tls fingerprint`
+    /// on that node prints it; its certificate is pinned).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Serve TLS with the node's own certificate: `auto` does unless
+    /// listening on this machine only (127.0.0.1, ::1).
+    #[arg(long, default_value = "auto")]
+    tls: TlsMode,
+    /// Most connections open at once from one address; raise it when
+    /// gates reach the node through one NAT.
+    #[arg(long, default_value_t = gate_sync::net::PER_ADDR)]
+    conns_per_address: usize,
+    /// The secret shared by this venue's nodes; without it no peer is
+    /// accepted. Prefer --peer-token-file or the environment: a flag's
+    /// value shows in the process list.
+    #[arg(long, env = "GATE_SYNC_PEER_TOKEN", hide_env_values = true)]
+    peer_token: Option<String>,
+    /// A file holding the peer token (mode 0600).
+    #[arg(long, conflicts_with = "peer_token")]
+    peer_token_file: Option<PathBuf>,
+    /// The secret organizers enter to see duplicates, stats and the
+    /// dashboard; without it they are open to anyone who can reach the
+    /// node. Prefer --organizer-token-file or the environment.
+    #[arg(long, env = "GATE_SYNC_ORGANIZER_TOKEN", hide_env_values = true)]
+    organizer_token: Option<String>,
+    /// A file holding the organizer token (mode 0600).
+    #[arg(long, conflicts_with = "organizer_token")]
+    organizer_token_file: Option<PathBuf>,
+    /// Seconds between exchanges with peers.
+    #[arg(long, default_value_t = 5)]
+    peer_every: u64,
 }
 
 #[derive(Subcommand)]
@@ -137,26 +140,7 @@ fn error_line(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let store = open_store(&cli.db)?;
     match cli.command {
-        Command::Serve {
-            listen,
-            peers,
-            tls,
-            conns_per_address,
-            peer_token,
-            peer_token_file,
-            organizer_token,
-            organizer_token_file,
-            peer_every,
-        } => serve(
-            store,
-            &listen,
-            peers,
-            tls,
-            conns_per_address,
-            secret(peer_token, peer_token_file.as_deref())?,
-            secret(organizer_token, organizer_token_file.as_deref())?,
-            peer_every,
-        ),
+        Command::Serve(args) => serve(store, args),
         Command::Keyset(ImportCmd::Import { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -270,16 +254,21 @@ fn secret(given: Option<String>, file: Option<&std::path::Path>) -> anyhow::Resu
     Ok(Some(token.to_owned()))
 }
 
-fn serve(
-    store: Store,
-    listen: &str,
-    peers: Vec<String>,
-    tls: TlsMode,
-    conns_per_address: usize,
-    peer_token: Option<String>,
-    organizer_token: Option<String>,
-    peer_every: u64,
-) -> anyhow::Result<()> {
+fn serve(store: Store, args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
+        listen,
+        peers,
+        tls,
+        conns_per_address,
+        peer_token,
+        peer_token_file,
+        organizer_token,
+        organizer_token_file,
+        peer_every,
+    } = args;
+    let peer_token = secret(peer_token, peer_token_file.as_deref())?;
+    let organizer_token = secret(organizer_token, organizer_token_file.as_deref())?;
+    let listen = listen.as_str();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -466,7 +466,9 @@ fn a_pull_sends_the_version_kept_after_a_second_version_wins() {
         serde_json::from_slice::<Vec<shared::ScanRecord>>(&json).unwrap()
     };
     assert_eq!(pulled(&store)[0].result, ResultCode::Invalid);
-    store.add_authentic(&[], &[admitted.clone()], 0).unwrap();
+    store
+        .add_authentic(&[], std::slice::from_ref(&admitted), 0)
+        .unwrap();
     assert_eq!(
         pulled(&store),
         [admitted],
