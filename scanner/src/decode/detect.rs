@@ -158,7 +158,7 @@ fn try_centre(bits: &Bits, s: &[i64; 5], end: i64, y: i64, found: &mut Vec<Finde
     let cx = (end - s[4] - s[3]) as f64 - s[2] as f64 / 2.0;
     let max_run = (total as f64 / 7.0 * 2.5).ceil() as i64 + 1;
     // Vertical check through the supposed centre.
-    let Some((off_v, tot_v)) = cross_check(bits, cx.floor() as i64, y, 0, 1, max_run) else {
+    let Some((off_v, tot_v)) = cross_check(bits, px(cx), y, 0, 1, max_run) else {
         return;
     };
     if (tot_v - total as f64).abs() > total as f64 {
@@ -166,23 +166,12 @@ fn try_centre(bits: &Bits, s: &[i64; 5], end: i64, y: i64, found: &mut Vec<Finde
     }
     let cy = y as f64 + off_v;
     // Horizontal again at the refined row.
-    let Some((off_h, tot_h)) =
-        cross_check(bits, cx.floor() as i64, cy.floor() as i64, 1, 0, max_run)
-    else {
+    let Some((off_h, tot_h)) = cross_check(bits, px(cx), px(cy), 1, 0, max_run) else {
         return;
     };
     let cx = cx.floor() + off_h;
     // A diagonal check weeds out text and clutter.
-    if cross_check(
-        bits,
-        cx.floor() as i64,
-        cy.floor() as i64,
-        1,
-        1,
-        max_run * 2,
-    )
-    .is_none()
-    {
+    if cross_check(bits, px(cx), px(cy), 1, 1, max_run * 2).is_none() {
         return;
     }
     let module = (total as f64 + tot_v + tot_h) / 21.0;
@@ -351,35 +340,42 @@ impl rqrr::BitGrid for Sampled {
     }
 }
 
-fn sample(bits: &Bits, hom: &Homography, size: usize) -> Sampled {
+/// The pixel holding the continuous coordinate `v`: `floor`, without the
+/// library call it compiles to on baseline x86-64 (NaN gives 0, out of range
+/// saturates; both read as outside the picture or harmlessly).
+#[inline]
+fn px(v: f64) -> i64 {
+    let i = v as i64;
+    if (i as f64) > v { i - 1 } else { i }
+}
+
+/// The module grid of `size` x `size` seen through `hom`, when its timing
+/// patterns (row and column 6 between the finders, alternating dark and
+/// light) mostly match: a cheap check, made before sampling the rest, that
+/// the grid size and geometry are right.
+fn sample_timed(bits: &Bits, hom: &Homography, size: usize) -> Option<Sampled> {
+    if size < 21 {
+        return None;
+    }
+    let at = |x: usize, y: usize| {
+        let p = hom.map(x as f64 + 0.5, y as f64 + 0.5);
+        bits.dark(px(p.x), px(p.y))
+    };
+    let mut good = 0usize;
+    for i in 8..size - 8 {
+        let want = i % 2 == 0;
+        good += usize::from(at(i, 6) == want) + usize::from(at(6, i) == want);
+    }
+    if good * 4 < (size - 16) * 2 * 3 {
+        return None;
+    }
     let mut out = Vec::with_capacity(size * size);
     for y in 0..size {
         for x in 0..size {
-            let p = hom.map(x as f64 + 0.5, y as f64 + 0.5);
-            out.push(bits.dark(p.x.floor() as i64, p.y.floor() as i64));
+            out.push(at(x, y));
         }
     }
-    Sampled { size, bits: out }
-}
-
-/// Whether the sampled grid's timing patterns (row and column 6 between the
-/// finders, alternating dark and light) mostly match: a cheap check that the
-/// grid size and geometry are right before running error correction.
-fn timing_ok(grid: &Sampled) -> bool {
-    let n = grid.size;
-    if n < 21 {
-        return false;
-    }
-    let mut good = 0usize;
-    let mut total = 0usize;
-    for i in 8..n - 8 {
-        let want = i % 2 == 0;
-        let row = grid.bits.get(6 * n + i).copied().unwrap_or(!want);
-        let col = grid.bits.get(i * n + 6).copied().unwrap_or(!want);
-        good += usize::from(row == want) + usize::from(col == want);
-        total += 2;
-    }
-    good * 4 >= total * 3
+    Some(Sampled { size, bits: out })
 }
 
 /// Looks for the bottom-right alignment pattern near `guess`, matching a 5x5
@@ -388,38 +384,48 @@ fn find_alignment(bits: &Bits, guess: Pt, u: Pt, v: Pt, module: f64) -> Option<P
     let radius = (module * 5.0).max(4.0);
     let stride = (module / 3.0).max(1.0);
     let steps = (radius / stride).ceil() as i64;
-    let mut best = (0u32, 0.0, 0.0, 0u32);
+    // The template's 25 cells: offset from the centre, and whether dark.
+    let mut cells = [(0.0, 0.0, false); 25];
+    for (k, cell) in cells.iter_mut().enumerate() {
+        let (a, b) = ((k % 5) as f64 - 2.0, (k / 5) as f64 - 2.0);
+        let ring = a.abs().max(b.abs());
+        *cell = (a * u.x + b * v.x, a * u.y + b * v.y, ring != 1.0);
+    }
+    // Only positions matching at least 22 cells count, so a position is
+    // given up at its fourth mismatch (or sooner, once the best is higher).
+    let mut best = (22u32, 0.0, 0.0, 0u32);
     for j in -steps..=steps {
         for i in -steps..=steps {
             let c = Pt {
                 x: guess.x + i as f64 * stride,
                 y: guess.y + j as f64 * stride,
             };
-            let mut score = 0u32;
-            for b in -2i32..=2 {
-                for a in -2i32..=2 {
-                    let ring = a.abs().max(b.abs());
-                    let want_dark = ring != 1;
-                    let p = Pt {
-                        x: c.x + f64::from(a) * u.x + f64::from(b) * v.x,
-                        y: c.y + f64::from(a) * u.y + f64::from(b) * v.y,
-                    };
-                    if bits.dark(p.x.floor() as i64, p.y.floor() as i64) == want_dark {
-                        score += 1;
+            let allowed = 25 - best.0;
+            let mut misses = 0u32;
+            for &(dx, dy, want_dark) in &cells {
+                let (x, y) = (px(c.x + dx), px(c.y + dy));
+                if bits.dark(x, y) != want_dark {
+                    misses += 1;
+                    if misses > allowed {
+                        break;
                     }
                 }
             }
+            if misses > allowed {
+                continue;
+            }
             // Keep the centroid of the best-scoring positions.
-            if score > best.0 {
+            let score = 25 - misses;
+            if score > best.0 || best.3 == 0 {
                 best = (score, c.x, c.y, 1);
-            } else if score == best.0 {
+            } else {
                 best.1 += c.x;
                 best.2 += c.y;
                 best.3 += 1;
             }
         }
     }
-    (best.0 >= 22).then(|| Pt {
+    (best.3 > 0).then(|| Pt {
         x: best.1 / f64::from(best.3),
         y: best.2 / f64::from(best.3),
     })
@@ -440,7 +446,7 @@ fn pattern_module(bits: &Bits, a: Pt, b: Pt) -> Option<f64> {
         let mut state = 0; // 0 core, 1 light ring, 2 dark ring
         loop {
             let (x, y) = (a.x + sign * t * ux, a.y + sign * t * uy);
-            let dark = bits.dark(x.floor() as i64, y.floor() as i64);
+            let dark = bits.dark(px(x), px(y));
             state = match (state, dark) {
                 (0, false) => 1,
                 (1, true) => 2,
@@ -535,7 +541,7 @@ fn extremes(pixels: &[(i64, i64)], u: Pt, v: Pt) -> [Pt; 4] {
 fn finder_corners(bits: &Bits, f: &Finder, u: Pt, v: Pt) -> Option<([Pt; 4], [Pt; 4])> {
     let m = f.module;
     let area = m * m;
-    let (cx, cy) = (f.at.x.floor() as i64, f.at.y.floor() as i64);
+    let (cx, cy) = (px(f.at.x), px(f.at.y));
     let core = region(
         bits,
         cx,
@@ -552,10 +558,7 @@ fn finder_corners(bits: &Bits, f: &Finder, u: Pt, v: Pt) -> Option<([Pt; 4], [Pt
         let mut t = 0.0;
         let mut state = 0;
         let seed = loop {
-            let (x, y) = (
-                (f.at.x + t * dir.x).floor() as i64,
-                (f.at.y + t * dir.y).floor() as i64,
-            );
+            let (x, y) = (px(f.at.x + t * dir.x), px(f.at.y + t * dir.y));
             let dark = bits.dark(x, y);
             match (state, dark) {
                 (0, false) => state = 1,
@@ -659,10 +662,9 @@ fn read_perspective(
         }
         homs.push(hom);
         for hom in homs {
-            let grid = sample(bits, &hom, dim as usize);
-            if !timing_ok(&grid) {
+            let Some(grid) = sample_timed(bits, &hom, dim as usize) else {
                 continue;
-            }
+            };
             if let Ok((_, text)) = rqrr::Grid::new(grid).decode() {
                 if !out.contains(&text) {
                     out.push(text);
@@ -745,10 +747,9 @@ fn read_triple(bits: &Bits, tl: Finder, tr: Finder, bl: Finder, out: &mut Vec<St
             let Some(hom) = Homography::from_points(&src, &dst) else {
                 continue;
             };
-            let grid = sample(bits, &hom, dim as usize);
-            if !timing_ok(&grid) {
+            let Some(grid) = sample_timed(bits, &hom, dim as usize) else {
                 continue;
-            }
+            };
             if let Ok((_, text)) = rqrr::Grid::new(grid).decode() {
                 if !out.contains(&text) {
                     out.push(text);
