@@ -29,14 +29,34 @@ pub const MAX_PIXELS: u64 = 40_000_000;
 /// Longest side of a picture, in pixels.
 pub const MAX_SIDE: u32 = 12_000;
 
+/// How hard to look for a code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effort {
+    /// Every attempt, slow fallbacks included: for a picture given once
+    /// (`decode_file`, `scan --image`).
+    Thorough,
+    /// For camera frames, many a second and most with no code: only the
+    /// cheap attempts, so an empty frame is given up on quickly; the next
+    /// frame is another chance.
+    Live,
+}
+
 /// Every QR code's text found in a greyscale picture of `width` x `height`
-/// pixels, row-major.
+/// pixels, row-major, looking thoroughly ([`Effort::Thorough`]).
+pub fn decode_luma(width: usize, height: usize, luma: &[u8]) -> Vec<String> {
+    decode_luma_with(width, height, luma, Effort::Thorough)
+}
+
+/// Every QR code's text found in a greyscale picture, looking as hard as
+/// `effort` says.
 ///
 /// Cheap attempts come first so easy frames stay fast: a finder-pattern
 /// detector on a locally thresholded picture, dark-on-light then light-on-dark
-/// (dark-mode screens). Only when those fail come slower fallbacks (rqrr's own
-/// detector on several preparations of the picture).
-pub fn decode_luma(width: usize, height: usize, luma: &[u8]) -> Vec<String> {
+/// (dark-mode screens), then on the picture halved (large frames) or doubled
+/// (small frames, tiny modules). With [`Effort::Live`] that is all.
+/// Otherwise slower fallbacks follow: large frames doubled too (up to
+/// 1280x720), a plain local mean threshold, and rqrr's own detector.
+pub fn decode_luma_with(width: usize, height: usize, luma: &[u8], effort: Effort) -> Vec<String> {
     let Some(len) = width.checked_mul(height) else {
         return Vec::new();
     };
@@ -50,19 +70,19 @@ pub fn decode_luma(width: usize, height: usize, luma: &[u8]) -> Vec<String> {
     };
     // The decoders below are meant never to panic; should one still do so on
     // some odd picture, that picture simply yields no code.
-    std::panic::catch_unwind(|| attempts(&img)).unwrap_or_default()
+    std::panic::catch_unwind(|| attempts(&img, effort)).unwrap_or_default()
 }
 
-fn attempts(img: &Luma<'_>) -> Vec<String> {
+fn attempts(img: &Luma<'_>, effort: Effort) -> Vec<String> {
     for invert in [false, true] {
         let found = detect::read(&binarize::hybrid(img, invert));
         if !found.is_empty() {
             return found;
         }
     }
-    // Noise and blur: average 2x2 blocks (large frames only), then tiny
-    // modules: interpolate to twice the size (small frames only).
-    if img.width >= 400 && img.height >= 400 {
+    // Noise and blur: average 2x2 blocks (large frames only).
+    let large = img.width >= 400 && img.height >= 400;
+    if large {
         let small = binarize::half(img);
         for invert in [false, true] {
             let found = detect::read(&binarize::hybrid(&small, invert));
@@ -70,7 +90,12 @@ fn attempts(img: &Luma<'_>) -> Vec<String> {
                 return found;
             }
         }
-    } else if img.width >= 21 && img.height >= 21 && img.width.max(img.height) <= 1000 {
+    }
+    // Tiny modules: interpolate to twice the size; on live frames only for
+    // small frames, where it is cheap.
+    let side = img.width.max(img.height);
+    let doubled = (!large && side <= 1000) || (effort == Effort::Thorough && side <= 1280);
+    if doubled && img.width >= 21 && img.height >= 21 {
         let big = binarize::double(img);
         for invert in [false, true] {
             let found = detect::read(&binarize::hybrid(&big, invert));
@@ -78,6 +103,9 @@ fn attempts(img: &Luma<'_>) -> Vec<String> {
                 return found;
             }
         }
+    }
+    if effort == Effort::Live {
+        return Vec::new();
     }
     // Plain local mean over a small window: sharper edges on heavy blur.
     for invert in [false, true] {
