@@ -15,6 +15,7 @@ manifest.json lists every picture with the exact text it must decode to.
 
     python3 -m pip install segno pillow numpy opencv-python-headless
     python3 make_set.py OUT_DIR [--seed N] [--per-kind N] [--kinds a,b,...]
+    python3 make_set.py scanner/tests/data --fixtures --seed 8    # the test pictures
 """
 import argparse, base64, io, json, os, random
 
@@ -114,17 +115,17 @@ def camera(img, rng, blur, sigma, quality):
     return jpeg(noise(img, rng, sigma), quality)
 
 
-def tiny(text, rng):
+def tiny(text, rng, frame=(480, 640)):
     """Modules of 1.5 to 2 px: drawn at 2 px, shrunk with area averaging, in a 640x480 frame."""
     module = float(rng.uniform(1.5, 2.0))
     code = render(text, 2)
     side = int(round(code.shape[0] * module / 2))
     code = cv2.resize(code, (side, side), interpolation=cv2.INTER_AREA)
-    frame = place(code, rng, frame=(480, 640))
+    frame = place(code, rng, frame=frame)
     return camera(frame, rng, float(rng.uniform(0.3, 0.6)), float(rng.uniform(3, 7)), int(rng.integers(70, 90)))
 
 
-def perspective(text, rng):
+def perspective(text, rng, frame=(720, 1280)):
     """A code seen at 30 to 45 degrees: one edge (the far one) shorter and nearer
     the opposite edge, each corner moved by up to ~30 % of the code's size, turned
     at random, in a cluttered 1280x720 frame."""
@@ -151,14 +152,14 @@ def perspective(text, rng):
     w, h = (dst.max(axis=0) + 8).astype(int)
     m = cv2.getPerspectiveTransform(sq, dst.astype(np.float32))
     turned = cv2.warpPerspective(code, m, (int(w), int(h)), flags=cv2.INTER_LINEAR, borderValue=255)
-    frame = place(turned, rng)
+    frame = place(turned, rng, frame=frame)
     return camera(frame, rng, float(rng.uniform(0.4, 0.9)), float(rng.uniform(3, 8)), int(rng.integers(60, 90)))
 
 
-def empty(_text, rng):
+def empty(_text, rng, frame=None):
     """A gate camera's view with no code: background, signs, boxes, lines, a
     square logo now and then; 640x480 or 1280x720."""
-    h, w = [(480, 640), (720, 1280)][int(rng.integers(0, 2))]
+    h, w = frame or [(480, 640), (720, 1280)][int(rng.integers(0, 2))]
     frame = place(np.full((1, 1), 128, np.uint8), rng, frame=(h, w))
     for _ in range(int(rng.integers(4, 12))):
         x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
@@ -199,14 +200,46 @@ KINDS = {
 }
 
 
+# Small pictures for scanner/tests/data (--fixtures): name, kind, frame.
+FIXTURES = [
+    ("tiny_modules_far_phone.jpg", "tiny_modules", (480, 640)),
+    ("tiny_modules_far_phone_2.jpg", "tiny_modules", (480, 640)),
+    ("strong_perspective_45_degrees.jpg", "strong_perspective", (440, 440)),
+    ("strong_perspective_45_degrees_2.jpg", "strong_perspective", (440, 440)),
+    ("empty_cluttered_frame.jpg", "empty", (480, 640)),
+]
+
+
+def fixtures(out, seed):
+    """Writes FIXTURES as JPEG (quality 80) into `out` and adds them to its
+    manifest.json, keeping the entries already there."""
+    rnd = random.Random(seed)
+    rng = np.random.default_rng(seed)
+    path = os.path.join(out, "manifest.json")
+    manifest = json.load(open(path)) if os.path.exists(path) else []
+    for name, kind, frame in FIXTURES:
+        text = ticket_text(rnd)
+        img = KINDS[kind](text, rng, frame=frame)
+        cv2.imwrite(os.path.join(out, name), img, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        manifest = [m for m in manifest if m["file"] != name]
+        manifest.append({"file": name, "kind": kind, "text": "" if kind == "empty" else text})
+    with open(path, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+    print("%d fixtures in %s" % (len(FIXTURES), out))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--per-kind", type=int, default=5)
     ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--fixtures", action="store_true", help="write the test pictures of FIXTURES instead")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    if a.fixtures:
+        return fixtures(a.out, a.seed)
     rnd = random.Random(a.seed)
     rng = np.random.default_rng(a.seed)
     manifest = []

@@ -172,14 +172,16 @@ pub fn decode_file(path: &Path) -> Result<Vec<String>, DecodeError> {
 mod tests {
     use super::*;
 
-    /// Pictures under tests/data (made with shared/qr-bench/make_set.py's
-    /// drawing functions) that plain rqrr, as the scanner used before, misses.
-    fn fixture(name: &str) -> (String, Vec<String>) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-        let manifest: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
-                .unwrap();
-        let text = manifest
+    fn data_dir() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+    }
+
+    /// The text the manifest of tests/data gives for picture `name` ("" for
+    /// a frame with no code).
+    fn expected(name: &str) -> String {
+        let raw = std::fs::read_to_string(data_dir().join("manifest.json")).unwrap();
+        let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        manifest
             .as_array()
             .unwrap()
             .iter()
@@ -187,8 +189,33 @@ mod tests {
             .unwrap()["text"]
             .as_str()
             .unwrap()
-            .to_owned();
-        (text, decode_file(&dir.join(name)).unwrap_or_default())
+            .to_owned()
+    }
+
+    /// Pictures under tests/data (made with shared/qr-bench/make_set.py's
+    /// drawing functions) that plain rqrr, as the scanner used before, misses.
+    fn fixture(name: &str) -> (String, Vec<String>) {
+        let found = decode_file(&data_dir().join(name)).unwrap_or_default();
+        (expected(name), found)
+    }
+
+    /// Reads picture `name` under tests/data (those made by
+    /// `scanner/benches/qr-bench/make_set.py tests/data --fixtures --seed 8`)
+    /// with `effort`, and checks it gives the manifest's text, or nothing
+    /// for a frame with no code.
+    fn check(name: &str, effort: Effort) {
+        let img = image::open(data_dir().join(name)).unwrap().into_luma8();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let found = decode_luma_with(w, h, img.as_raw(), effort);
+        let want = expected(name);
+        if want.is_empty() {
+            assert!(
+                found.is_empty(),
+                "{name} ({effort:?}) has no code: {found:?}"
+            );
+        } else {
+            assert_eq!(found, [want], "{name} ({effort:?})");
+        }
     }
 
     #[test]
@@ -201,6 +228,32 @@ mod tests {
     fn reads_a_tilted_blurred_unevenly_lit_code() {
         let (text, found) = fixture("tilted_blurred_dim.png");
         assert_eq!(found, [text]);
+    }
+
+    #[test]
+    fn reads_modules_under_two_pixels_from_a_phone_held_far_away() {
+        for name in ["tiny_modules_far_phone.jpg", "tiny_modules_far_phone_2.jpg"] {
+            check(name, Effort::Thorough);
+            check(name, Effort::Live);
+        }
+    }
+
+    #[test]
+    fn reads_codes_seen_at_45_degrees_through_the_finder_corners() {
+        for name in [
+            "strong_perspective_45_degrees.jpg",
+            "strong_perspective_45_degrees_2.jpg",
+        ] {
+            check(name, Effort::Thorough);
+            check(name, Effort::Live);
+        }
+    }
+
+    #[test]
+    fn a_cluttered_frame_with_no_code_gives_nothing_on_the_live_path() {
+        // How fast it gives up is measured by the decode bench, not here.
+        check("empty_cluttered_frame.jpg", Effort::Live);
+        check("empty_cluttered_frame.jpg", Effort::Thorough);
     }
 
     #[test]
