@@ -73,22 +73,30 @@ pub fn decode_luma_with(width: usize, height: usize, luma: &[u8], effort: Effort
     std::panic::catch_unwind(|| attempts(&img, effort)).unwrap_or_default()
 }
 
-fn attempts(img: &Luma<'_>, effort: Effort) -> Vec<String> {
+/// The finder-pattern detector on `img` locally thresholded, dark-on-light
+/// then light-on-dark (dark-mode screens).
+fn hybrid_both(img: &Luma<'_>) -> Vec<String> {
+    let thresholds = binarize::Thresholds::hybrid(img);
     for invert in [false, true] {
-        let found = detect::read(&binarize::hybrid(img, invert));
+        let found = detect::read(&thresholds.apply(img, invert));
         if !found.is_empty() {
             return found;
         }
     }
+    Vec::new()
+}
+
+fn attempts(img: &Luma<'_>, effort: Effort) -> Vec<String> {
+    let found = hybrid_both(img);
+    if !found.is_empty() {
+        return found;
+    }
     // Noise and blur: average 2x2 blocks (large frames only).
     let large = img.width >= 400 && img.height >= 400;
     if large {
-        let small = binarize::half(img);
-        for invert in [false, true] {
-            let found = detect::read(&binarize::hybrid(&small, invert));
-            if !found.is_empty() {
-                return found;
-            }
+        let found = hybrid_both(&binarize::half(img));
+        if !found.is_empty() {
+            return found;
         }
     }
     // Tiny modules: interpolate to twice the size; on live frames only for
@@ -96,12 +104,9 @@ fn attempts(img: &Luma<'_>, effort: Effort) -> Vec<String> {
     let side = img.width.max(img.height);
     let doubled = (!large && side <= 1000) || (effort == Effort::Thorough && side <= 1280);
     if doubled && img.width >= 21 && img.height >= 21 {
-        let big = binarize::double(img);
-        for invert in [false, true] {
-            let found = detect::read(&binarize::hybrid(&big, invert));
-            if !found.is_empty() {
-                return found;
-            }
+        let found = hybrid_both(&binarize::double(img));
+        if !found.is_empty() {
+            return found;
         }
     }
     if effort == Effort::Live {
