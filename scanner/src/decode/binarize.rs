@@ -41,6 +41,8 @@ const MIN_DYNAMIC_RANGE: u32 = 24;
 /// is flat), so both polarities are made from one pass of block statistics.
 pub(crate) struct Thresholds {
     blocks: Vec<Option<u8>>,
+    /// Blocks a row.
+    across: usize,
 }
 
 impl Thresholds {
@@ -85,7 +87,13 @@ impl Thresholds {
                 blocks[by * bw + bx] = sum.checked_div(n).map(|t| t.min(255) as u8);
             }
         }
-        Thresholds { blocks }
+        Thresholds { blocks, across: bw }
+    }
+
+    /// The threshold at pixel (`x`, `y`), `None` where the picture is flat.
+    pub(crate) fn at(&self, x: usize, y: usize) -> Option<u8> {
+        let i = (y / BLOCK) * self.across + x / BLOCK;
+        self.blocks.get(i).copied().flatten()
     }
 
     /// `img` (the picture the thresholds were computed from) in black and white.

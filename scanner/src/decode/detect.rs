@@ -6,7 +6,56 @@
 //! fourth corner); when that fails, as under strong perspective, from a
 //! least-squares fit to the corners of the finder patterns' cores and rings.
 
-use super::binarize::Bits;
+use super::binarize::{Bits, Luma, Thresholds};
+
+/// The grey picture behind a binarized one, for reading modules too small
+/// for the black-and-white pixels: each module's grey level, interpolated at
+/// its centre, against the local threshold there.
+pub(crate) struct Grey<'a> {
+    pub(crate) img: &'a Luma<'a>,
+    pub(crate) thresholds: &'a Thresholds,
+    /// Light modules are the dark ones (light-on-dark codes).
+    pub(crate) invert: bool,
+}
+
+impl Grey<'_> {
+    /// Whether the picture is dark at the continuous point (`x`, `y`).
+    fn dark(&self, x: f64, y: f64) -> bool {
+        let (w, h) = (self.img.width, self.img.height);
+        if !(x >= 0.0 && y >= 0.0 && x < w as f64 && y < h as f64) {
+            return false;
+        }
+        let Some(t) = self.thresholds.at(x as usize, y as usize) else {
+            return false;
+        };
+        // Bilinear between the four pixel centres around the point.
+        let (fx, fy) = ((x - 0.5).max(0.0), (y - 0.5).max(0.0));
+        let (x0, y0) = ((fx as usize).min(w - 1), (fy as usize).min(h - 1));
+        let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+        let (ax, ay) = (fx - x0 as f64, fy - y0 as f64);
+        let d = &self.img.data;
+        let p = |x: usize, y: usize| f64::from(d[y * w + x]);
+        let top = p(x0, y0) * (1.0 - ax) + p(x1, y0) * ax;
+        let bottom = p(x0, y1) * (1.0 - ax) + p(x1, y1) * ax;
+        let v = top * (1.0 - ay) + bottom * ay;
+        if self.invert {
+            v > f64::from(t)
+        } else {
+            v <= f64::from(t)
+        }
+    }
+
+    fn sample(&self, hom: &Homography, size: usize) -> Sampled {
+        let mut bits = Vec::with_capacity(size * size);
+        for y in 0..size {
+            for x in 0..size {
+                let p = hom.map(x as f64 + 0.5, y as f64 + 0.5);
+                bits.push(self.dark(p.x, p.y));
+            }
+        }
+        Sampled { size, bits }
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Pt {
@@ -589,12 +638,42 @@ fn finder_corners(bits: &Bits, f: &Finder, u: Pt, v: Pt) -> Option<([Pt; 4], [Pt
     None
 }
 
+/// Reads the grid of `dim` modules seen through `hom`, when its timing
+/// patterns match: from the black-and-white pixels, then, should error
+/// correction fail, from the grey picture (tiny modules). The text goes into
+/// `out`.
+fn decode_at(
+    bits: &Bits,
+    grey: Option<&Grey<'_>>,
+    hom: &Homography,
+    dim: usize,
+    out: &mut Vec<String>,
+) -> bool {
+    let Some(grid) = sample_timed(bits, hom, dim) else {
+        return false;
+    };
+    let mut decoded = rqrr::Grid::new(grid).decode();
+    if decoded.is_err()
+        && let Some(grey) = grey
+    {
+        decoded = rqrr::Grid::new(grey.sample(hom, dim)).decode();
+    }
+    let Ok((_, text)) = decoded else {
+        return false;
+    };
+    if !out.contains(&text) {
+        out.push(text);
+    }
+    true
+}
+
 /// Reads a code under strong perspective, where an affine guess of the fourth
 /// corner is far off: fits a homography to the corners of the three finder
 /// patterns' cores and rings (and the alignment pattern, once found near
 /// where that homography puts it), for dimensions around `base`.
 fn read_perspective(
     bits: &Bits,
+    grey: Option<&Grey<'_>>,
     tl: Finder,
     tr: Finder,
     bl: Finder,
@@ -662,13 +741,7 @@ fn read_perspective(
         }
         homs.push(hom);
         for hom in homs {
-            let Some(grid) = sample_timed(bits, &hom, dim as usize) else {
-                continue;
-            };
-            if let Ok((_, text)) = rqrr::Grid::new(grid).decode() {
-                if !out.contains(&text) {
-                    out.push(text);
-                }
+            if decode_at(bits, grey, &hom, dim as usize, out) {
                 return true;
             }
         }
@@ -677,7 +750,14 @@ fn read_perspective(
 }
 
 /// Tries to read a code whose finder centres are `tl`, `tr`, `bl`.
-fn read_triple(bits: &Bits, tl: Finder, tr: Finder, bl: Finder, out: &mut Vec<String>) -> bool {
+fn read_triple(
+    bits: &Bits,
+    grey: Option<&Grey<'_>>,
+    tl: Finder,
+    tr: Finder,
+    bl: Finder,
+    out: &mut Vec<String>,
+) -> bool {
     let module = (tl.module + tr.module + bl.module) / 3.0;
     let mx = axis_module(bits, tl.at, tr.at).unwrap_or(module);
     let my = axis_module(bits, tl.at, bl.at).unwrap_or(module);
@@ -747,22 +827,16 @@ fn read_triple(bits: &Bits, tl: Finder, tr: Finder, bl: Finder, out: &mut Vec<St
             let Some(hom) = Homography::from_points(&src, &dst) else {
                 continue;
             };
-            let Some(grid) = sample_timed(bits, &hom, dim as usize) else {
-                continue;
-            };
-            if let Ok((_, text)) = rqrr::Grid::new(grid).decode() {
-                if !out.contains(&text) {
-                    out.push(text);
-                }
+            if decode_at(bits, grey, &hom, dim as usize, out) {
                 return true;
             }
         }
     }
-    read_perspective(bits, tl, tr, bl, base, out)
+    read_perspective(bits, grey, tl, tr, bl, base, out)
 }
 
-/// Reads every code it can find in `bits`.
-pub(crate) fn read(bits: &Bits) -> Vec<String> {
+/// Reads every code it can find in `bits`, binarized from `grey` when given.
+pub(crate) fn read(bits: &Bits, grey: Option<&Grey<'_>>) -> Vec<String> {
     let mut out = Vec::new();
     if bits.width < 21 || bits.height < 21 || bits.data.len() < bits.width * bits.height {
         return out;
@@ -829,7 +903,7 @@ pub(crate) fn read(bits: &Bits) -> Vec<String> {
         if cross < 0.0 {
             std::mem::swap(&mut tr, &mut bl);
         }
-        if read_triple(bits, tl, tr, bl, &mut out) {
+        if read_triple(bits, grey, tl, tr, bl, &mut out) {
             used[c] = true;
             used[p] = true;
             used[q] = true;

@@ -78,7 +78,12 @@ pub fn decode_luma_with(width: usize, height: usize, luma: &[u8], effort: Effort
 fn hybrid_both(img: &Luma<'_>) -> Vec<String> {
     let thresholds = binarize::Thresholds::hybrid(img);
     for invert in [false, true] {
-        let found = detect::read(&thresholds.apply(img, invert));
+        let grey = detect::Grey {
+            img,
+            thresholds: &thresholds,
+            invert,
+        };
+        let found = detect::read(&thresholds.apply(img, invert), Some(&grey));
         if !found.is_empty() {
             return found;
         }
@@ -114,7 +119,7 @@ fn attempts(img: &Luma<'_>, effort: Effort) -> Vec<String> {
     }
     // Plain local mean over a small window: sharper edges on heavy blur.
     for invert in [false, true] {
-        let found = detect::read(&binarize::local_mean(img, 10, 2, invert));
+        let found = detect::read(&binarize::local_mean(img, 10, 2, invert), None);
         if !found.is_empty() {
             return found;
         }
