@@ -1,15 +1,24 @@
 //! Decode rate and speed of `scanner::decode::decode_luma` on a picture set made by
 //! `make_set.py` (a directory with `manifest.json` listing file, kind and text).
 //!
+//!     python3 scanner/benches/qr-bench/make_set.py SET_DIR --per-kind 20
 //!     cargo bench -p scanner --bench decode -- SET_DIR
 //!
-//! Prints one line shaped like `score_peers.py`'s: pictures decoded to the exact text,
-//! the median time per picture (decode only: every picture is loaded to greyscale
-//! before timing starts), and per-kind counts in manifest order.
+//! Prints lines shaped like `scanner/benches/qr-bench/score_peers.py`'s: pictures
+//! decoded to the exact text, the median time per picture (decode only: every picture
+//! is loaded to greyscale before timing starts), per-kind counts in manifest order,
+//! then a line per kind with its count and median. An "empty" picture (text "") is
+//! read right when no code is found. Two passes: `scanner` is the thorough path
+//! (`decode_luma`, as `decode_file` and `scan --image` use), `scan-live` the fast
+//! path for camera frames (`Effort::Live`, as `frames.rs` uses).
+//!
+//! `DECODE_BENCH_VERBOSE=1` prints every picture's time and result.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+use scanner::decode::{Effort, decode_luma_with};
 
 struct Picture {
     file: String,
@@ -54,6 +63,70 @@ fn load(dir: &Path) -> Result<Vec<Picture>, String> {
     Ok(pictures)
 }
 
+fn median_ms(times: &mut [Duration]) -> f64 {
+    times.sort_unstable();
+    match times.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => times[n / 2].as_secs_f64() * 1000.0,
+        n => (times[n / 2 - 1] + times[n / 2]).as_secs_f64() * 500.0,
+    }
+}
+
+/// Decodes every picture with `effort` and prints the totals and a line per kind.
+fn run(name: &str, effort: Effort, pictures: &[Picture], verbose: bool) {
+    let mut times: Vec<Duration> = Vec::with_capacity(pictures.len());
+    let mut ok = 0usize;
+    // Kind, pictures read right, pictures, times.
+    let mut by_kind: Vec<(String, usize, usize, Vec<Duration>)> = Vec::new();
+    for p in pictures {
+        let start = Instant::now();
+        let texts = decode_luma_with(p.width, p.height, &p.luma, effort);
+        let spent = start.elapsed();
+        times.push(spent);
+        // An empty-frame picture (text "") is read right when nothing is found.
+        let hit = if p.text.is_empty() {
+            texts.is_empty()
+        } else {
+            texts.contains(&p.text)
+        };
+        ok += usize::from(hit);
+        if verbose {
+            eprintln!(
+                "{name:<10} {:<26} {:>7.2} ms  {}",
+                p.file,
+                spent.as_secs_f64() * 1000.0,
+                if hit { "ok" } else { "MISS" }
+            );
+        }
+        match by_kind.iter_mut().find(|(k, ..)| *k == p.kind) {
+            Some(entry) => {
+                entry.1 += usize::from(hit);
+                entry.2 += 1;
+                entry.3.push(spent);
+            }
+            None => by_kind.push((p.kind.clone(), usize::from(hit), 1, vec![spent])),
+        }
+    }
+    let kinds: Vec<String> = by_kind
+        .iter()
+        .map(|(k, hit, n, _)| format!("{k}:{hit}/{n}"))
+        .collect();
+    println!(
+        "{:<10} {:>3}/{} decoded  median {:.1} ms  | {}",
+        name,
+        ok,
+        pictures.len(),
+        median_ms(&mut times),
+        kinds.join(" ")
+    );
+    for (kind, hit, n, times) in &mut by_kind {
+        println!(
+            "{name:<10}   {kind:<20} {hit:>3}/{n:<3} median {:>7.2} ms",
+            median_ms(times)
+        );
+    }
+}
+
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; any other flag is ignored too.
     let args: Vec<String> = std::env::args()
@@ -72,49 +145,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut times: Vec<Duration> = Vec::with_capacity(pictures.len());
-    let mut ok = 0usize;
-    let mut by_kind: Vec<(String, usize, usize)> = Vec::new();
-    for p in &pictures {
-        let start = Instant::now();
-        let texts = scanner::decode::decode_luma(p.width, p.height, &p.luma);
-        let spent = start.elapsed();
-        times.push(spent);
-        let hit = texts.contains(&p.text);
-        ok += usize::from(hit);
-        if verbose {
-            eprintln!(
-                "{:<24} {:>7.2} ms  {}",
-                p.file,
-                spent.as_secs_f64() * 1000.0,
-                if hit { "ok" } else { "MISS" }
-            );
-        }
-        match by_kind.iter_mut().find(|(k, _, _)| *k == p.kind) {
-            Some(entry) => {
-                entry.1 += usize::from(hit);
-                entry.2 += 1;
-            }
-            None => by_kind.push((p.kind.clone(), usize::from(hit), 1)),
-        }
+    for (name, effort) in [("scanner", Effort::Thorough), ("scan-live", Effort::Live)] {
+        run(name, effort, &pictures, verbose);
     }
-    times.sort_unstable();
-    let median_ms = match times.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => times[n / 2].as_secs_f64() * 1000.0,
-        n => (times[n / 2 - 1] + times[n / 2]).as_secs_f64() * 500.0,
-    };
-    let kinds: Vec<String> = by_kind
-        .iter()
-        .map(|(k, hit, n)| format!("{k}:{hit}/{n}"))
-        .collect();
-    println!(
-        "{:<10} {:>3}/{} decoded  median {:.1} ms  | {}",
-        "scanner",
-        ok,
-        pictures.len(),
-        median_ms,
-        kinds.join(" ")
-    );
     ExitCode::SUCCESS
 }

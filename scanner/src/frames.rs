@@ -155,6 +155,10 @@ impl FramePipeline {
     }
 
     /// Decodes one frame taken at `now_ms` and returns the codes that are new scans.
+    ///
+    /// Frames are read with [`decode::Effort::Live`]: only the cheap attempts,
+    /// so a frame with no code (most of a kiosk's) costs a few milliseconds,
+    /// not tens; a code missed in one frame is read in one of the next.
     pub fn process(
         &mut self,
         format: PixelFormat,
@@ -164,7 +168,8 @@ impl FramePipeline {
         now_ms: u64,
     ) -> Result<Vec<String>, FrameError> {
         let luma = luma_plane(format, width, height, data)?;
-        let texts = decode::decode_luma(luma.width, luma.height, &luma.pixels);
+        let texts =
+            decode::decode_luma_with(luma.width, luma.height, &luma.pixels, decode::Effort::Live);
         Ok(self.debouncer.filter(texts, now_ms))
     }
 }

@@ -30,56 +30,85 @@ pub(crate) struct Luma<'a> {
 const BLOCK: usize = 8;
 const MIN_DYNAMIC_RANGE: u32 = 24;
 
-/// Local-threshold binarization after ZXing's hybrid binarizer: a black point
+/// Local-threshold binarization after ZXing's hybrid binarizer (`apply`): a black point
 /// per 8x8 block (its mean), and each pixel compared with the mean black point
 /// of the 5x5 blocks around its own. Unlike ZXing, flat blocks (no edge in
 /// them) are left out of that mean, which keeps low-contrast codes readable;
 /// where every block around is flat the pixel is light. `invert` marks light
 /// pixels dark instead (for light-on-dark codes).
-pub(crate) fn hybrid(img: &Luma<'_>, invert: bool) -> Bits {
-    let (w, h) = (img.width, img.height);
-    let data = &img.data[..];
-    let bw = w.div_ceil(BLOCK);
-    let bh = h.div_ceil(BLOCK);
-    // Per block: sum of block means over contrasty blocks, and their count.
-    let mut mean = vec![0u32; bw * bh];
-    let mut edgy = vec![0u32; bw * bh];
-    for by in 0..bh {
-        let (y0, y1) = (by * BLOCK, (by * BLOCK + BLOCK).min(h));
-        for bx in 0..bw {
-            let (x0, x1) = (bx * BLOCK, (bx * BLOCK + BLOCK).min(w));
-            let (mut sum, mut min, mut max) = (0u32, 255u8, 0u8);
-            for y in y0..y1 {
-                for &p in &data[y * w + x0..y * w + x1] {
-                    sum += u32::from(p);
-                    min = min.min(p);
-                    max = max.max(p);
+///
+/// The thresholds are kept, one per block (`None` where every block around
+/// is flat), so both polarities are made from one pass of block statistics.
+pub(crate) struct Thresholds {
+    blocks: Vec<Option<u8>>,
+    /// Blocks a row.
+    across: usize,
+}
+
+impl Thresholds {
+    pub(crate) fn hybrid(img: &Luma<'_>) -> Thresholds {
+        let (w, h) = (img.width, img.height);
+        let data = &img.data[..];
+        let bw = w.div_ceil(BLOCK);
+        let bh = h.div_ceil(BLOCK);
+        // Per block: sum of block means over contrasty blocks, and their count.
+        let mut mean = vec![0u32; bw * bh];
+        let mut edgy = vec![0u32; bw * bh];
+        for by in 0..bh {
+            let (y0, y1) = (by * BLOCK, (by * BLOCK + BLOCK).min(h));
+            for bx in 0..bw {
+                let (x0, x1) = (bx * BLOCK, (bx * BLOCK + BLOCK).min(w));
+                let (mut sum, mut min, mut max) = (0u32, 255u8, 0u8);
+                for y in y0..y1 {
+                    for &p in &data[y * w + x0..y * w + x1] {
+                        sum += u32::from(p);
+                        min = min.min(p);
+                        max = max.max(p);
+                    }
                 }
-            }
-            let n = ((y1 - y0) * (x1 - x0)) as u32;
-            if u32::from(max - min) > MIN_DYNAMIC_RANGE && n > 0 {
-                mean[by * bw + bx] = sum / n;
-                edgy[by * bw + bx] = 1;
+                let n = ((y1 - y0) * (x1 - x0)) as u32;
+                if u32::from(max - min) > MIN_DYNAMIC_RANGE && n > 0 {
+                    mean[by * bw + bx] = sum / n;
+                    edgy[by * bw + bx] = 1;
+                }
             }
         }
-    }
-    let mut out = vec![0u8; w * h];
-    for by in 0..bh {
-        let (y0, y1) = (by * BLOCK, (by * BLOCK + BLOCK).min(h));
-        for bx in 0..bw {
-            let (mut sum, mut n) = (0u32, 0u32);
-            for yy in by.saturating_sub(2)..(by + 3).min(bh) {
-                let r = yy * bw;
-                for xx in bx.saturating_sub(2)..(bx + 3).min(bw) {
-                    sum += mean[r + xx];
-                    n += edgy[r + xx];
+        let mut blocks = vec![None; bw * bh];
+        for by in 0..bh {
+            for bx in 0..bw {
+                let (mut sum, mut n) = (0u32, 0u32);
+                for yy in by.saturating_sub(2)..(by + 3).min(bh) {
+                    let r = yy * bw;
+                    for xx in bx.saturating_sub(2)..(bx + 3).min(bw) {
+                        sum += mean[r + xx];
+                        n += edgy[r + xx];
+                    }
                 }
+                blocks[by * bw + bx] = sum.checked_div(n).map(|t| t.min(255) as u8);
             }
-            let (x0, x1) = (bx * BLOCK, (bx * BLOCK + BLOCK).min(w));
-            if n == 0 {
+        }
+        Thresholds { blocks, across: bw }
+    }
+
+    /// The threshold at pixel (`x`, `y`), `None` where the picture is flat.
+    pub(crate) fn at(&self, x: usize, y: usize) -> Option<u8> {
+        let i = (y / BLOCK) * self.across + x / BLOCK;
+        self.blocks.get(i).copied().flatten()
+    }
+
+    /// `img` (the picture the thresholds were computed from) in black and white.
+    pub(crate) fn apply(&self, img: &Luma<'_>, invert: bool) -> Bits {
+        let (w, h) = (img.width, img.height);
+        let data = &img.data[..];
+        let bw = w.div_ceil(BLOCK);
+        let mut out = vec![0u8; w * h];
+        for (i, t) in self.blocks.iter().enumerate() {
+            let Some(t) = *t else {
                 continue; // all light
-            }
-            let t = (sum / n).min(255) as u8;
+            };
+            let (bx, by) = (i % bw, i / bw);
+            let (x0, x1) = (bx * BLOCK, (bx * BLOCK + BLOCK).min(w));
+            let (y0, y1) = (by * BLOCK, (by * BLOCK + BLOCK).min(h));
             for y in y0..y1 {
                 let src = &data[y * w + x0..y * w + x1];
                 let dst = &mut out[y * w + x0..y * w + x1];
@@ -94,11 +123,11 @@ pub(crate) fn hybrid(img: &Luma<'_>, invert: bool) -> Bits {
                 }
             }
         }
-    }
-    Bits {
-        width: w,
-        height: h,
-        data: out,
+        Bits {
+            width: w,
+            height: h,
+            data: out,
+        }
     }
 }
 

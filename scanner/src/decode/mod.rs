@@ -29,14 +29,34 @@ pub const MAX_PIXELS: u64 = 40_000_000;
 /// Longest side of a picture, in pixels.
 pub const MAX_SIDE: u32 = 12_000;
 
+/// How hard to look for a code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effort {
+    /// Every attempt, slow fallbacks included: for a picture given once
+    /// (`decode_file`, `scan --image`).
+    Thorough,
+    /// For camera frames, many a second and most with no code: only the
+    /// cheap attempts, so an empty frame is given up on quickly; the next
+    /// frame is another chance.
+    Live,
+}
+
 /// Every QR code's text found in a greyscale picture of `width` x `height`
-/// pixels, row-major.
+/// pixels, row-major, looking thoroughly ([`Effort::Thorough`]).
+pub fn decode_luma(width: usize, height: usize, luma: &[u8]) -> Vec<String> {
+    decode_luma_with(width, height, luma, Effort::Thorough)
+}
+
+/// Every QR code's text found in a greyscale picture, looking as hard as
+/// `effort` says.
 ///
 /// Cheap attempts come first so easy frames stay fast: a finder-pattern
 /// detector on a locally thresholded picture, dark-on-light then light-on-dark
-/// (dark-mode screens). Only when those fail come slower fallbacks (rqrr's own
-/// detector on several preparations of the picture).
-pub fn decode_luma(width: usize, height: usize, luma: &[u8]) -> Vec<String> {
+/// (dark-mode screens), then on the picture halved (large frames) or doubled
+/// (small frames, tiny modules). With [`Effort::Live`] that is all.
+/// Otherwise slower fallbacks follow: large frames doubled too (up to
+/// 1280x720), a plain local mean threshold, and rqrr's own detector.
+pub fn decode_luma_with(width: usize, height: usize, luma: &[u8], effort: Effort) -> Vec<String> {
     let Some(len) = width.checked_mul(height) else {
         return Vec::new();
     };
@@ -50,38 +70,56 @@ pub fn decode_luma(width: usize, height: usize, luma: &[u8]) -> Vec<String> {
     };
     // The decoders below are meant never to panic; should one still do so on
     // some odd picture, that picture simply yields no code.
-    std::panic::catch_unwind(|| attempts(&img)).unwrap_or_default()
+    std::panic::catch_unwind(|| attempts(&img, effort)).unwrap_or_default()
 }
 
-fn attempts(img: &Luma<'_>) -> Vec<String> {
+/// The finder-pattern detector on `img` locally thresholded, dark-on-light
+/// then light-on-dark (dark-mode screens).
+fn hybrid_both(img: &Luma<'_>) -> Vec<String> {
+    let thresholds = binarize::Thresholds::hybrid(img);
     for invert in [false, true] {
-        let found = detect::read(&binarize::hybrid(img, invert));
+        let grey = detect::Grey {
+            img,
+            thresholds: &thresholds,
+            invert,
+        };
+        let found = detect::read(&thresholds.apply(img, invert), Some(&grey));
         if !found.is_empty() {
             return found;
         }
     }
-    // Noise and blur: average 2x2 blocks (large frames only), then tiny
-    // modules: interpolate to twice the size (small frames only).
-    if img.width >= 400 && img.height >= 400 {
-        let small = binarize::half(img);
-        for invert in [false, true] {
-            let found = detect::read(&binarize::hybrid(&small, invert));
-            if !found.is_empty() {
-                return found;
-            }
+    Vec::new()
+}
+
+fn attempts(img: &Luma<'_>, effort: Effort) -> Vec<String> {
+    let found = hybrid_both(img);
+    if !found.is_empty() {
+        return found;
+    }
+    // Noise and blur: average 2x2 blocks (large frames only).
+    let large = img.width >= 400 && img.height >= 400;
+    if large {
+        let found = hybrid_both(&binarize::half(img));
+        if !found.is_empty() {
+            return found;
         }
-    } else if img.width >= 21 && img.height >= 21 && img.width.max(img.height) <= 1000 {
-        let big = binarize::double(img);
-        for invert in [false, true] {
-            let found = detect::read(&binarize::hybrid(&big, invert));
-            if !found.is_empty() {
-                return found;
-            }
+    }
+    // Tiny modules: interpolate to twice the size; on live frames only for
+    // small frames, where it is cheap.
+    let side = img.width.max(img.height);
+    let doubled = (!large && side <= 1000) || (effort == Effort::Thorough && side <= 1280);
+    if doubled && img.width >= 21 && img.height >= 21 {
+        let found = hybrid_both(&binarize::double(img));
+        if !found.is_empty() {
+            return found;
         }
+    }
+    if effort == Effort::Live {
+        return Vec::new();
     }
     // Plain local mean over a small window: sharper edges on heavy blur.
     for invert in [false, true] {
-        let found = detect::read(&binarize::local_mean(img, 10, 2, invert));
+        let found = detect::read(&binarize::local_mean(img, 10, 2, invert), None);
         if !found.is_empty() {
             return found;
         }
@@ -144,14 +182,16 @@ pub fn decode_file(path: &Path) -> Result<Vec<String>, DecodeError> {
 mod tests {
     use super::*;
 
-    /// Pictures under tests/data (made with shared/qr-bench/make_set.py's
-    /// drawing functions) that plain rqrr, as the scanner used before, misses.
-    fn fixture(name: &str) -> (String, Vec<String>) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-        let manifest: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
-                .unwrap();
-        let text = manifest
+    fn data_dir() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+    }
+
+    /// The text the manifest of tests/data gives for picture `name` ("" for
+    /// a frame with no code).
+    fn expected(name: &str) -> String {
+        let raw = std::fs::read_to_string(data_dir().join("manifest.json")).unwrap();
+        let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        manifest
             .as_array()
             .unwrap()
             .iter()
@@ -159,8 +199,33 @@ mod tests {
             .unwrap()["text"]
             .as_str()
             .unwrap()
-            .to_owned();
-        (text, decode_file(&dir.join(name)).unwrap_or_default())
+            .to_owned()
+    }
+
+    /// Pictures under tests/data (made with shared/qr-bench/make_set.py's
+    /// drawing functions) that plain rqrr, as the scanner used before, misses.
+    fn fixture(name: &str) -> (String, Vec<String>) {
+        let found = decode_file(&data_dir().join(name)).unwrap_or_default();
+        (expected(name), found)
+    }
+
+    /// Reads picture `name` under tests/data (those made by
+    /// `scanner/benches/qr-bench/make_set.py tests/data --fixtures --seed 8`)
+    /// with `effort`, and checks it gives the manifest's text, or nothing
+    /// for a frame with no code.
+    fn check(name: &str, effort: Effort) {
+        let img = image::open(data_dir().join(name)).unwrap().into_luma8();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let found = decode_luma_with(w, h, img.as_raw(), effort);
+        let want = expected(name);
+        if want.is_empty() {
+            assert!(
+                found.is_empty(),
+                "{name} ({effort:?}) has no code: {found:?}"
+            );
+        } else {
+            assert_eq!(found, [want], "{name} ({effort:?})");
+        }
     }
 
     #[test]
@@ -173,6 +238,32 @@ mod tests {
     fn reads_a_tilted_blurred_unevenly_lit_code() {
         let (text, found) = fixture("tilted_blurred_dim.png");
         assert_eq!(found, [text]);
+    }
+
+    #[test]
+    fn reads_modules_under_two_pixels_from_a_phone_held_far_away() {
+        for name in ["tiny_modules_far_phone.jpg", "tiny_modules_far_phone_2.jpg"] {
+            check(name, Effort::Thorough);
+            check(name, Effort::Live);
+        }
+    }
+
+    #[test]
+    fn reads_codes_seen_at_45_degrees_through_the_finder_corners() {
+        for name in [
+            "strong_perspective_45_degrees.jpg",
+            "strong_perspective_45_degrees_2.jpg",
+        ] {
+            check(name, Effort::Thorough);
+            check(name, Effort::Live);
+        }
+    }
+
+    #[test]
+    fn a_cluttered_frame_with_no_code_gives_nothing_on_the_live_path() {
+        // How fast it gives up is measured by the decode bench, not here.
+        check("empty_cluttered_frame.jpg", Effort::Live);
+        check("empty_cluttered_frame.jpg", Effort::Thorough);
     }
 
     #[test]
