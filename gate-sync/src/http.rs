@@ -1,7 +1,9 @@
 //! The HTTP API (JSON). Every error has the shape `{"error": "..."}`; the
 //! status comes from the error's kind; internal details go to the log.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -43,7 +45,18 @@ pub struct AppState {
     /// The SHA-256 of the secret organizers present to read duplicates and
     /// stats; `None` leaves them open to anyone who can reach the node.
     organizer_token: Option<Arc<[u8]>>,
+    /// Device tokens checked against the store lately, by SHA-256: a sync's
+    /// requests are authenticated without a blocking task each. Kept for
+    /// [`AUTH_FOR`]; a revocation made by another process (the command
+    /// line) takes effect within that time, one from a peer at once.
+    auth_cache: Arc<Mutex<TokenCache>>,
 }
+
+/// Token digest -> (device, when it was checked).
+type TokenCache = HashMap<[u8; 32], (DeviceId, Instant)>;
+
+/// How long a device token checked against the store is taken as good.
+pub const AUTH_FOR: Duration = Duration::from_secs(5);
 
 impl AppState {
     pub fn new(store: Store) -> AppState {
@@ -53,7 +66,40 @@ impl AppState {
             queue: Default::default(),
             committing: Default::default(),
             organizer_token: None,
+            auth_cache: Default::default(),
         }
+    }
+
+    /// The device a token belongs to, before any body is read.
+    async fn device(&self, token: String) -> Result<DeviceId, ApiError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((device, at)) = locked(&self.auth_cache).get(&key)
+            && at.elapsed() < AUTH_FOR
+        {
+            return Ok(*device);
+        }
+        let device = self
+            .with_store_read(move |store| Ok(store.authenticate(&token)?))
+            .await?;
+        let mut cache = locked(&self.auth_cache);
+        if cache.len() >= 10_000 {
+            cache.clear();
+        }
+        cache.insert(key, (device, Instant::now()));
+        Ok(device)
+    }
+
+    /// Refuses a device from now on (its records stay), at once for this
+    /// node's requests too.
+    pub fn revoke(&self, device: &str, now_ms: u64) -> Result<(), StoreError> {
+        self.read(|store| store.revoke(device, now_ms))?;
+        self.forget_tokens();
+        Ok(())
+    }
+
+    /// Forgets every token checked: enrolled devices changed (a peer's list).
+    pub fn forget_tokens(&self) {
+        locked(&self.auth_cache).clear();
     }
 
     /// Shows duplicates and stats (and so the dashboard) only to callers
@@ -358,10 +404,7 @@ async fn push(
     headers: HeaderMap,
     body: Body,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let token = bearer(&headers)?;
-    let caller = s
-        .with_store_read(move |store| Ok(store.authenticate(&token)?))
-        .await?;
+    let caller = s.device(bearer(&headers)?).await?;
     let device: DeviceId = device.parse().map_err(bad_request)?;
     if caller != device {
         return Err(ApiError::Status(
@@ -510,10 +553,12 @@ async fn merge(
     checked(&conflicts)?;
     protocol::check_devices(&devices).map_err(bad_request)?;
     let now = crate::unix_now_ms();
+    let state = s.clone();
     s.with_store(move |store| {
         // Devices first: if the records fail, what was applied is only the
         // device list, which merging again leaves as it is.
         store.merge_device_auth(&devices)?;
+        state.forget_tokens();
         let stored = store.add_authentic(&records, &conflicts, now)?;
         Ok(axum::Json(
             json!({ "stored": stored, "version_vector": store.log().version_vector() }),
@@ -591,10 +636,7 @@ async fn pull(
     let is_peer = s.peer_token().is_some_and(|p| same_secret(p, &token));
     let device = match is_peer {
         true => None,
-        false => Some(
-            s.with_store_read(move |store| Ok(store.authenticate(&token)?))
-                .await?,
-        ),
+        false => Some(s.device(token).await?),
     };
     let raw = json_body(&headers, body, protocol::MAX_PULL_BODY).await?;
     let req: PullRequest = parse(

@@ -50,6 +50,7 @@ pub fn exchange(
                 s.merge_device_auth(&pulled.devices)?;
                 s.add_authentic(&pulled.records, &pulled.conflicts, now)
             })
+            .inspect(|_| state.forget_tokens())
             .map_err(|e| e.to_string())?;
         match pulled.next {
             Some(next) if after.is_none_or(|a| next > a) => after = Some(next),

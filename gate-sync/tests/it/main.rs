@@ -684,7 +684,7 @@ fn devices_are_known_not_anonymous() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(push(addr, &t1, 1, std::slice::from_ref(&r)).0, 200);
     // Revoked: refused from then on, its records stay.
-    state.lock(|s| s.revoke(&dev(1).to_string(), 1)).unwrap();
+    state.revoke(&dev(1).to_string(), 1).unwrap();
     let (status, body) = push(addr, &t1, 1, &[entry(1, 2, 2, 1_900_000_010)]);
     assert_eq!(status, 401);
     assert!(body["error"].as_str().unwrap().contains("revoked"));
@@ -794,7 +794,7 @@ fn a_device_enrolled_at_one_node_syncs_with_its_peers_and_a_revocation_travels()
     assert_eq!(push(b, &t1, 1, &[entry(1, 1, 7, 1_900_000_000)]).0, 200);
     assert_eq!(push(a, &t2, 2, &[entry(2, 1, 8, 1_900_000_000)]).0, 200);
     // Device 1 is lost: revoked at B, the revocation reaches A.
-    b_state.lock(|s| s.revoke(&dev(1).to_string(), 5)).unwrap();
+    b_state.revoke(&dev(1).to_string(), 5).unwrap();
     gate_sync::peers::exchange(&b_state, &format!("http://{a}"), &agent).unwrap();
     let (status, body) = push(a, &t1, 1, &[entry(1, 2, 9, 1_900_000_001)]);
     assert_eq!(status, 401, "{body}");

@@ -516,7 +516,7 @@ fn the_sync_state_says_whether_a_retry_can_help() {
         .to_string();
     let addr = serve_with(&revoked.db, scanner::station::RESULT_SHOWN_FOR, every);
     wait_for_state(addr, |s| s["sync"]["status"] == "online");
-    node_state.lock(|s| s.revoke(&id, 1)).unwrap();
+    node_state.revoke(&id, 1).unwrap();
     let state = wait_for_state(addr, |s| s["sync"]["status"] == "refused");
     assert!(state["sync"]["error"].is_string(), "{state}");
 }
