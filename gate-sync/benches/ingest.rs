@@ -79,6 +79,7 @@ fn record(device: u16, idx: u64, issuer: &shared::code::Signer) -> ScanRecord {
             seat: String::new(),
         })
         .expect("a code");
+    let proof = shared::parse(&proof).expect("a code").signature();
     ScanRecord {
         device_id: device_id(device),
         idx,

@@ -251,6 +251,9 @@ pub struct Timed {
     inner: Conn,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
+    /// When a byte last moved; the timer is moved there only when the
+    /// connection waits, not on every read and write.
+    last_progress: Instant,
     end: Pin<Box<Sleep>>,
     _slot: Slot,
 }
@@ -261,18 +264,22 @@ impl Timed {
             inner,
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
+            last_progress: Instant::now(),
             end: Box::pin(tokio::time::sleep(LIFETIME)),
             _slot: slot,
         }
     }
 
     fn progressed(&mut self) {
-        let at = Instant::now() + self.idle;
-        self.idle_timer.as_mut().reset(at);
+        self.last_progress = Instant::now();
     }
 
     /// Whether a limit has passed (registering for the wake-up when not).
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = self.last_progress + self.idle;
+        if self.idle_timer.deadline() != deadline {
+            self.idle_timer.as_mut().reset(deadline);
+        }
         self.idle_timer.as_mut().poll(cx).is_ready() || self.end.as_mut().poll(cx).is_ready()
     }
 }

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use shared::device::{DeviceSigner, Held};
 use shared::{
     DeviceId, DeviceKey, DeviceSig, Direction, Hlc, Keyset, RecordHash, Refusal, ResultCode,
-    ScanRecord, TicketId, TicketState, Verifier, VersionVector,
+    ScanRecord, TicketId, TicketSig, TicketState, Verifier, VersionVector,
 };
 
 use crate::report::Outcome;
@@ -436,17 +436,12 @@ impl Gate {
         {
             let f = t.fields();
             // Another gate's admission counts only with proof that the
-            // ticket was there: its code, genuine under this keyset.
-            let presented = code.trim_matches(|c: char| c.is_ascii_whitespace());
-            let own = self.device.id;
+            // ticket was there: the issuer's signature of this very code,
+            // which no one who never saw the code can know.
+            let (own, presented) = (self.device.id, t.signature());
             let scans: Vec<ScanRecord> = scans_of(&tx, f.event_id, f.ticket_id)?
                 .into_iter()
-                .filter(|s| {
-                    s.device_id == own
-                        || s.proof.as_deref().is_some_and(|p| {
-                            p == presented || self.verifier.proves(p, (f.event_id, f.ticket_id))
-                        })
-                })
+                .filter(|s| s.device_id == own || s.proof == Some(presented))
                 .collect();
             let state = TicketState::of(&scans);
             if state.refuses_entry(f.multi_entry) {
@@ -502,10 +497,7 @@ impl Gate {
             hlc: Hlc::next(Hlc(last_hlc as u64), now_ms),
             gate: self.device.gate.clone(),
             device_name: self.device.name.clone(),
-            proof: ticket.map(|_| {
-                code.trim_matches(|c: char| c.is_ascii_whitespace())
-                    .to_owned()
-            }),
+            proof: ticket.map(|t| t.signature()),
             prev: RecordHash::FIRST,
             device_key: None,
             sig: DeviceSig::NONE,
@@ -904,7 +896,7 @@ fn scan_params(s: &ScanRecord) -> [Box<dyn rusqlite::ToSql + '_>; 18] {
         Box::new(&s.device_name),
         Box::new(s.category_id),
         Box::new(&s.seat),
-        Box::new(&s.proof),
+        Box::new(s.proof.map(|p| p.to_string())),
         Box::new(s.prev.to_string()),
         Box::new(s.device_key.map(|k| k.to_string())),
         Box::new(s.sig.to_string()),
@@ -948,7 +940,11 @@ fn row_to_scan(r: &rusqlite::Row<'_>) -> rusqlite::Result<ScanRecord> {
         device_name: r.get(11)?,
         category_id: r.get(12)?,
         seat: r.get(13)?,
-        proof: r.get(14)?,
+        proof: r
+            .get::<_, Option<String>>(14)?
+            .map(|p| p.parse::<TicketSig>())
+            .transpose()
+            .map_err(|m| bad(14, m))?,
         // Empty in records written before devices signed them.
         prev: match r.get::<_, String>(15)?.as_str() {
             "" => RecordHash::FIRST,

@@ -165,6 +165,11 @@ impl UnverifiedTicket {
     }
 
     /// What the code claims (not yet checked).
+    /// The signature the code carries (not yet checked).
+    pub fn signature(&self) -> crate::TicketSig {
+        crate::TicketSig(self.signature)
+    }
+
     pub fn claimed(&self) -> &TicketFields {
         &self.fields
     }

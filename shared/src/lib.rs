@@ -40,6 +40,6 @@ pub use code::{
 pub use keyset::{Keyset, KeysetEntry, KeysetError};
 pub use merge::{Duplicate, RecordKey, ScanLog, VersionVector};
 pub use scan::{
-    DeviceId, DeviceKey, DeviceSig, Direction, Hlc, RecordHash, ScanRecord, TicketState,
+    DeviceId, DeviceKey, DeviceSig, Direction, Hlc, RecordHash, ScanRecord, TicketSig, TicketState,
 };
 pub use verify::{DEFAULT_SKEW_SECS, Refusal, ResultCode, VerifiedTicket, Verifier};

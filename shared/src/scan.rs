@@ -142,18 +142,20 @@ pub struct ScanRecord {
     pub hlc: Hlc,
     pub gate: String,
     pub device_name: String,
-    /// The ticket's code as presented, when its signature was good: proof
-    /// that the ticket was at this gate, so that no device can use up a
-    /// ticket it never saw. `None` (JSON `null`) exactly when `ticket` is.
+    /// The issuer's signature of the ticket's code as presented, when it
+    /// was good: proof that the ticket was at this gate (no one who never
+    /// saw the code can know it), so that no device can use up a ticket it
+    /// never saw. `None` (JSON `null`) exactly when `ticket` is.
     #[serde(deserialize_with = "present")]
-    pub proof: Option<String>,
+    pub proof: Option<TicketSig>,
     /// SHA-256 of this device's previous record ([`RecordHash::FIRST`] for
     /// the first): a device's records form a chain, so one signature
     /// vouches for every record before it.
     pub prev: RecordHash,
-    /// The device's public key, on its first record only. The device id is
-    /// the start of its SHA-256, so every replica can check who wrote what.
-    #[serde(deserialize_with = "present")]
+    /// The device's public key, on its first record only (left out of the
+    /// JSON on the others). The device id is the start of its SHA-256, so
+    /// every replica can check who wrote what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_key: Option<DeviceKey>,
     /// The device's Ed25519 signature over everything above
     /// ([`crate::device`]).
@@ -213,45 +215,68 @@ macro_rules! hex_newtype {
 hex_newtype!(RecordHash, "record hash");
 hex_newtype!(DeviceKey, "device key");
 
-impl fmt::Display for DeviceSig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use base64::Engine;
-        f.write_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0))
-    }
-}
+/// The issuer's Ed25519 signature of a ticket code (its last 64 bytes),
+/// in JSON as unpadded base64url.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TicketSig(pub [u8; 64]);
 
-impl fmt::Debug for DeviceSig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DeviceSig({self})")
-    }
-}
-
-impl FromStr for DeviceSig {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        use base64::Engine;
-        let mut out = [0u8; 64];
-        match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(s, &mut out) {
-            Ok(64) if s.len() == 86 => Ok(DeviceSig(out)),
-            _ => Err(format!(
-                "signature {s:?} is not 64 bytes of unpadded base64url"
-            )),
+macro_rules! sig_newtype {
+    ($ty:ident) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut buf = [0u8; 86];
+                f.write_str(base64_64(&self.0, &mut buf))
+            }
         }
-    }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({self})", stringify!($ty))
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                use base64::Engine;
+                let mut out = [0u8; 64];
+                match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(s, &mut out) {
+                    Ok(64) if s.len() == 86 => Ok($ty(out)),
+                    _ => Err(format!(
+                        "signature {s:?} is not 64 bytes of unpadded base64url"
+                    )),
+                }
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut buf = [0u8; 86];
+                s.serialize_str(base64_64(&self.0, &mut buf))
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
-impl Serialize for DeviceSig {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+sig_newtype!(DeviceSig);
+sig_newtype!(TicketSig);
 
-impl<'de> Deserialize<'de> for DeviceSig {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
+/// 64 bytes as unpadded base64url (86 characters), written into `buf`.
+fn base64_64<'a>(bytes: &[u8; 64], buf: &'a mut [u8; 86]) -> &'a str {
+    use base64::Engine;
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode_slice(bytes, buf)
+        .unwrap_or(0);
+    // Only base64 characters were written.
+    std::str::from_utf8(&buf[..n]).unwrap_or_default()
 }
 
 impl ScanRecord {
@@ -270,11 +295,7 @@ impl ScanRecord {
         self.write_fields(out);
         out.extend_from_slice(b",\"sig\":\"");
         let mut sig = [0u8; 86];
-        use base64::Engine;
-        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode_slice(self.sig.0, &mut sig)
-            .unwrap_or(0);
-        out.extend_from_slice(&sig[..n]);
+        out.extend_from_slice(base64_64(&self.sig.0, &mut sig).as_bytes());
         out.extend_from_slice(b"\"}");
     }
 
@@ -328,19 +349,21 @@ impl ScanRecord {
         push_json_str(out, &self.device_name);
         out.extend_from_slice(b",\"proof\":");
         match &self.proof {
-            Some(proof) => push_json_str(out, proof),
+            Some(proof) => {
+                let mut buf = [0u8; 86];
+                out.push(b'"');
+                out.extend_from_slice(base64_64(&proof.0, &mut buf).as_bytes());
+                out.push(b'"');
+            }
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"prev\":\"");
         push_hex32(out, &self.prev.0);
-        out.extend_from_slice(b"\",\"device_key\":");
-        match &self.device_key {
-            Some(key) => {
-                out.push(b'"');
-                push_hex32(out, &key.0);
-                out.push(b'"');
-            }
-            None => out.extend_from_slice(b"null"),
+        out.push(b'"');
+        if let Some(key) = &self.device_key {
+            out.extend_from_slice(b",\"device_key\":\"");
+            push_hex32(out, &key.0);
+            out.push(b'"');
         }
     }
 }

@@ -83,9 +83,16 @@ impl FromStr for ResultCode {
 pub struct VerifiedTicket {
     key_id: KeyId,
     fields: TicketFields,
+    signature: [u8; 64],
 }
 
 impl VerifiedTicket {
+    /// The issuer's signature: what a gate records as proof the code was
+    /// presented there ([`crate::ScanRecord::proof`]).
+    pub fn signature(&self) -> crate::TicketSig {
+        crate::TicketSig(self.signature)
+    }
+
     pub fn key_id(&self) -> KeyId {
         self.key_id
     }
@@ -169,36 +176,17 @@ impl Verifier {
         self.skew_secs
     }
 
-    /// Whether `code` is a genuine code of `ticket` under this keyset,
-    /// whatever the time and the gate: how a gate checks another gate's
-    /// proof that a ticket was presented there.
-    pub fn proves(&self, code: &str, ticket: (u64, crate::TicketId)) -> bool {
-        let Ok(parsed) = code::parse(code) else {
-            return false;
-        };
-        let f = parsed.claimed();
-        if (f.event_id, f.ticket_id) != ticket {
-            return false;
-        }
-        self.keyset.get(&parsed.key_id).is_some_and(|entry| {
-            entry.event_ids.contains(&f.event_id)
-                && entry
-                    .public_key
-                    .verify_strict(
-                        &parsed.signed_message,
-                        &Signature::from_bytes(&parsed.signature),
-                    )
-                    .is_ok()
-        })
-    }
-
     /// Verifies a code's text at unix time `now`.
+    // A refusal carries the genuine ticket (with its signature) to show at
+    // the gate; boxing it would cost an allocation on every refusal.
+    #[allow(clippy::result_large_err)]
     pub fn verify(&self, text: &str, now: u64) -> Result<VerifiedTicket, Refusal> {
         let ticket = code::parse(text).map_err(|e| Refusal::invalid(e.to_string()))?;
         self.verify_parsed(ticket, now)
     }
 
     /// Verifies an already parsed code at unix time `now`.
+    #[allow(clippy::result_large_err)]
     pub fn verify_parsed(
         &self,
         ticket: UnverifiedTicket,
@@ -228,6 +216,7 @@ impl Verifier {
         let verified = VerifiedTicket {
             key_id: ticket.key_id,
             fields: ticket.fields,
+            signature: ticket.signature,
         };
         let f = &verified.fields;
         if !entry.event_ids.contains(&f.event_id) {

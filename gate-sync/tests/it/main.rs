@@ -98,7 +98,7 @@ fn record(
         hlc: Hlc((at_s * 1000) << 16),
         gate: format!("gate-{device}"),
         device_name: format!("tablet-{device}"),
-        proof: Some(ticket_code(ticket)),
+        proof: Some(shared::parse(&ticket_code(ticket)).unwrap().signature()),
         prev: RecordHash::FIRST,
         device_key: None,
         sig: DeviceSig::NONE,

@@ -136,7 +136,7 @@ impl Rogue {
             hlc: shared::Hlc(now_ms << 16),
             gate: "rogue".into(),
             device_name: "rogue".into(),
-            proof: admit.then(|| code(issuer, 99, false)),
+            proof: admit.then(|| shared::parse(&code(issuer, 99, false)).unwrap().signature()),
             prev: RecordHash::FIRST,
             device_key: None,
             sig: shared::DeviceSig::NONE,

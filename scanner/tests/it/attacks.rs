@@ -29,7 +29,7 @@ fn remote(idx: u64, ticket: &str, direction: Direction, wall_ms: u64, hlc: u64) 
         hlc: Hlc(hlc),
         gate: "Far".into(),
         device_name: "far".into(),
-        proof: Some(ticket.to_owned()),
+        proof: Some(t.signature()),
         prev: shared::RecordHash::FIRST,
         device_key: None,
         sig: shared::DeviceSig::NONE,
@@ -281,7 +281,7 @@ fn another_gates_admission_counts_only_with_a_genuine_code_as_proof() {
         .encode(shared::parse(&ticket).unwrap().claimed())
         .unwrap();
     let mut claim = remote(1, &ticket, Direction::Entry, NOW * 1000, (NOW * 1000) << 16);
-    claim.proof = Some(forged);
+    claim.proof = Some(shared::parse(&forged).unwrap().signature());
     shared::device::DeviceSigner::from_seed(&[7; 32]).sign(&mut claim);
     gate(&st).merge_remote(&[claim], &[]).unwrap();
     assert_eq!(

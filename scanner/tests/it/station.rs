@@ -71,7 +71,11 @@ fn far_admission(idx: u64, n: u32, at_s: u64) -> shared::ScanRecord {
         hlc: shared::Hlc((at_s * 1000) << 16),
         gate: "Far".into(),
         device_name: "far".into(),
-        proof: Some(crate::check::code(n, false)),
+        proof: Some(
+            shared::parse(&crate::check::code(n, false))
+                .unwrap()
+                .signature(),
+        ),
         prev: shared::RecordHash::FIRST,
         device_key: None,
         sig: shared::DeviceSig::NONE,
