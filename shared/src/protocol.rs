@@ -258,6 +258,15 @@ pub fn check_devices(devices: &[DeviceAuth]) -> Result<(), String> {
                 d.device_id
             ));
         }
+        // A database holds signed 64-bit integers: a greater time would
+        // come back negative, and order before every other.
+        if d.enrolled_at_ms > i64::MAX as u64 || d.revoked_at_ms.unwrap_or(0) > i64::MAX as u64 {
+            return Err(format!(
+                "device {}: enrolled_at_ms and revoked_at_ms go up to {}",
+                d.device_id,
+                i64::MAX
+            ));
+        }
     }
     Ok(())
 }

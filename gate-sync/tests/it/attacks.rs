@@ -443,3 +443,27 @@ fn peer_nodes_pin_each_other_over_tls() {
     );
     assert!(gate_sync::peers::parse_peer("http://127.0.0.1:8090").is_ok());
 }
+
+#[test]
+fn device_times_a_database_cannot_hold_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ((a, a_state), _) = two_peers(tmp.path());
+    // Stored as a signed integer, 2^63 came back negative and lost every
+    // "latest enrollment wins" comparison.
+    for (enrolled, revoked) in [(1u64 << 63, None), (1, Some(u64::MAX))] {
+        let (status, body) = send(
+            &format!("http://{a}/v1/merge"),
+            Some("venue-secret"),
+            &json!({ "records": [], "devices": [{ "device_id": dev(2), "name": "x",
+                     "token_hash": "ab".repeat(32), "enrolled_at_ms": enrolled,
+                     "revoked_at_ms": revoked }] })
+            .to_string(),
+        );
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("go up to"),
+            "{body}"
+        );
+    }
+    assert!(a_state.read(|s| s.device_auth().unwrap()).is_empty());
+}
