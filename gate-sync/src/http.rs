@@ -163,7 +163,9 @@ impl From<StoreError> for ApiError {
                 ApiError::Status(StatusCode::UNAUTHORIZED, e.to_string())
             }
             StoreError::NoDevice(_) => ApiError::Status(StatusCode::NOT_FOUND, e.to_string()),
-            StoreError::AlreadyEnrolled(_) | StoreError::Conflict { .. } => {
+            StoreError::AlreadyEnrolled(_)
+            | StoreError::Conflict { .. }
+            | StoreError::TokenHashHeld { .. } => {
                 ApiError::Status(StatusCode::CONFLICT, e.to_string())
             }
             StoreError::Unauthentic(_) => ApiError::Status(StatusCode::BAD_REQUEST, e.to_string()),

@@ -63,6 +63,10 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Failed(String),
+    #[error(
+        "device {device}: its token_hash is the one of device {other}; a token authenticates one device"
+    )]
+    TokenHashHeld { device: String, other: String },
     #[error("not signed by its device: {0}")]
     Unauthentic(String),
     #[error("stored record {device}/{idx} is damaged: {reason}")]
@@ -641,7 +645,9 @@ impl Store {
 
     /// Takes what a peer node knows of enrolled devices, in one transaction:
     /// the later enrollment of a device wins, and a revocation always stays.
-    /// Merging the same list again changes nothing.
+    /// Merging the same list again changes nothing. A list naming a token
+    /// hash that another device holds is refused whole: a token
+    /// authenticates one device (and the database holds each hash once).
     pub fn merge_device_auth(&mut self, devices: &[DeviceAuth]) -> Result<(), StoreError> {
         let tx = self.conn_mut().transaction()?;
         {
@@ -658,9 +664,17 @@ impl Store {
                                      WHEN excluded.revoked_at IS NULL THEN revoked_at
                                      ELSE min(revoked_at, excluded.revoked_at) END",
             )?;
+            let mut holder =
+                tx.prepare_cached("SELECT device_id FROM device_auth WHERE token_hash = ?1")?;
             for d in devices {
+                let id = d.device_id.to_string();
+                let held: Option<String> =
+                    holder.query_row([&d.token_hash], |r| r.get(0)).optional()?;
+                if let Some(other) = held.filter(|other| *other != id) {
+                    return Err(StoreError::TokenHashHeld { device: id, other });
+                }
                 upsert.execute(params![
-                    d.device_id.to_string(),
+                    id,
                     d.name,
                     d.token_hash,
                     d.enrolled_at_ms as i64,

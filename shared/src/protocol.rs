@@ -245,10 +245,23 @@ pub fn check_records(records: &[ScanRecord]) -> Result<(), String> {
 
 /// Checks a device list from a peer node.
 pub fn check_devices(devices: &[DeviceAuth]) -> Result<(), String> {
+    let mut hashes = std::collections::BTreeMap::new();
     for d in devices {
-        if crate::hex::decode::<32>(&d.token_hash).is_none() {
+        // Lower case only: a node compares the hash of a presented token
+        // with the text it holds.
+        let lower = crate::hex::decode::<32>(&d.token_hash).map(|h| crate::hex::encode(&h));
+        if lower.as_deref() != Some(d.token_hash.as_str()) {
             return Err(format!(
-                "device {}: token_hash is not a SHA-256 in hex",
+                "device {}: token_hash is not a SHA-256 in lower-case hex",
+                d.device_id
+            ));
+        }
+        // A token authenticates one device.
+        if let Some(other) = hashes.insert(&d.token_hash, d.device_id)
+            && other != d.device_id
+        {
+            return Err(format!(
+                "devices {other} and {} have the same token_hash",
                 d.device_id
             ));
         }

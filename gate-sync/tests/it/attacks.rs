@@ -467,3 +467,41 @@ fn device_times_a_database_cannot_hold_are_refused() {
     }
     assert!(a_state.read(|s| s.device_auth().unwrap()).is_empty());
 }
+
+#[test]
+fn a_device_list_naming_another_devices_token_hash_is_refused_not_a_server_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ((a, a_state), _) = two_peers(tmp.path());
+    let token = enroll(a, &a_state, 1);
+    let held = a_state.read(|s| s.device_auth().unwrap())[0]
+        .token_hash
+        .clone();
+    let merge = |devices: serde_json::Value| {
+        send(
+            &format!("http://{a}/v1/merge"),
+            Some("venue-secret"),
+            &json!({ "records": [], "devices": devices }).to_string(),
+        )
+    };
+    let device = |d: u8, hash: &str| {
+        json!({ "device_id": dev(d), "name": "x", "token_hash": hash,
+                "enrolled_at_ms": 1, "revoked_at_ms": null })
+    };
+    // A peer names device 2 with device 1's token hash: refused, and why
+    // (the database holds each hash once: this was a 500).
+    let (status, body) = merge(json!([device(2, &held)]));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("token_hash"),
+        "{body}"
+    );
+    // One hash for two devices in one list, or a hash in upper case.
+    let other = "ab".repeat(32);
+    let (status, body) = merge(json!([device(3, &other), device(4, &other)]));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = merge(json!([device(3, &other.to_uppercase())]));
+    assert_eq!(status, 400, "{body}");
+    // Nothing was taken, and device 1 still syncs.
+    assert_eq!(a_state.read(|s| s.device_auth().unwrap()).len(), 1);
+    assert_eq!(push(a, &token, 1, &[entry(1, 1, 1, 1_900_000_000)]).0, 200);
+}
