@@ -386,10 +386,9 @@ async fn push(
     // Signed by the device, no gap. A device never writes an index twice:
     // a second version is kept as proof against it, and answered 409.
     let check = records.clone();
-    let second_versions = s
+    let second_version = s
         .with_store_read(move |store| Ok(store.check_push(&check)?))
         .await?;
-    let first_second = records.iter().map(|r| r.idx).min().unwrap_or_default();
     let job = Arc::new(PushJob {
         records,
         device,
@@ -399,12 +398,8 @@ async fn push(
     let (stored, vv) = tokio::task::spawn_blocking(move || state.commit(&job))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    if second_versions > 0 {
-        return Err(StoreError::Conflict {
-            device,
-            idx: first_second,
-        }
-        .into());
+    if let Some(idx) = second_version {
+        return Err(StoreError::Conflict { device, idx }.into());
     }
     Ok(axum::Json(
         json!({ "stored": stored, "version_vector": vv }),

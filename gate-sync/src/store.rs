@@ -349,10 +349,11 @@ impl Store {
     }
 
     /// What a device's push must satisfy beyond the protocol's checks:
-    /// signed by the device, and no gap. Returns how many of its records
-    /// are a second version of one held: proof of a faulty device, kept
-    /// and answered as a conflict.
-    pub fn check_push(&self, records: &[ScanRecord]) -> Result<usize, StoreError> {
+    /// signed by the device, and no gap. Returns the least index of which
+    /// the push holds a second version, of a record held or of another in
+    /// the same push: proof of a faulty device, kept and answered as a
+    /// conflict.
+    pub fn check_push(&self, records: &[ScanRecord]) -> Result<Option<u64>, StoreError> {
         if let Some((r, held)) = self.log.above_gap(records.iter()) {
             return Err(StoreError::Gap {
                 device: r.device_id,
@@ -362,14 +363,19 @@ impl Store {
         }
         shared::device::authenticate_all(records, &self.log)
             .map_err(|e| StoreError::Unauthentic(e.to_string()))?;
-        Ok(records
-            .iter()
-            .filter(|r| {
-                self.log
-                    .get(&r.device_id, r.idx)
-                    .is_some_and(|held| held != *r)
-            })
-            .count())
+        let mut first: BTreeMap<(DeviceId, u64), &ScanRecord> = BTreeMap::new();
+        let mut twice = None;
+        for r in records {
+            let other = self
+                .log
+                .get(&r.device_id, r.idx)
+                .or_else(|| first.get(&(r.device_id, r.idx)).copied());
+            if other.is_some_and(|other| other != r) {
+                twice = Some(twice.map_or(r.idx, |t: u64| t.min(r.idx)));
+            }
+            first.entry((r.device_id, r.idx)).or_insert(r);
+        }
+        Ok(twice)
     }
 
     /// Adds records from a peer node, and second versions of indexes it

@@ -505,3 +505,40 @@ fn a_device_list_naming_another_devices_token_hash_is_refused_not_a_server_error
     assert_eq!(a_state.read(|s| s.device_auth().unwrap()).len(), 1);
     assert_eq!(push(a, &token, 1, &[entry(1, 1, 1, 1_900_000_000)]).0, 200);
 }
+
+#[test]
+fn two_versions_of_an_index_in_one_push_are_answered_as_a_conflict_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let token = enroll(addr, &state, 1);
+    // Both versions new to the node, in one push: this was a 200, though
+    // the node kept the second as proof and flagged the device.
+    let first = entry(1, 1, 1, 1_900_000_000);
+    let second = entry(1, 1, 2, 1_900_000_001);
+    let (status, body) = push(addr, &token, 1, &[first, second]);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{}/1 ", dev(1))),
+        "{body}"
+    );
+    assert_eq!(state.read(|s| s.log().flagged().len()), 1);
+    // A replay beside a second version: the answer names the second
+    // version's index, not the batch's least.
+    let kept = state.read(|s| s.log().get(&dev(1), 1).cloned()).unwrap();
+    assert_eq!(
+        push(addr, &token, 1, &[entry(1, 2, 3, 1_900_000_002)]).0,
+        200
+    );
+    let (status, body) = push(addr, &token, 1, &[kept, entry(1, 2, 4, 1_900_000_003)]);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{}/2 ", dev(1))),
+        "{body}"
+    );
+}
