@@ -599,13 +599,22 @@ async fn pull(
         "{\"version_vector\": {device: index}, \"after\"?: {\"device_id\", \"idx\"}, \"limit\"?: n}",
     )?;
     let limit = req.limit.unwrap_or(PULL_PAGE).clamp(1, PULL_PAGE);
+    // Only a peer node learns of forks from digests; a device gets the
+    // indexes written twice.
+    let digests = match is_peer {
+        true => req.digests,
+        false => Default::default(),
+    };
     let now = crate::unix_now_ms();
     let body = s
         .with_store_read(move |store| {
             if let Some(device) = device {
                 store.note_pull(device, now);
             }
-            let (records, _, next) = store.missing_json(&req.version_vector, req.after, limit);
+            // Every version a replica needs to see a faulty device goes in
+            // the pages, beside the records of the same indexes: an answer
+            // stays a page however many versions a device wrote.
+            let page = store.page(&req.version_vector, &digests, req.after, limit);
             let vv = store.log().version_vector();
             // A peer node also learns the enrolled devices, with the first
             // page, so a device can sync with any node of the venue.
@@ -613,30 +622,21 @@ async fn pull(
                 true => Some(store.device_auth()?),
                 false => None,
             };
-            // Every replica learns both versions of an index written twice,
-            // with the first page.
-            // A peer also gets every version of a device whose log forked
-            // from its own.
-            let conflicts: Vec<&ScanRecord> = match req.after {
-                None if is_peer => store
-                    .log()
-                    .conflicts()
-                    .chain(store.log().diverging(&req.version_vector, &req.digests))
-                    .collect(),
-                None => store.log().conflicts().collect(),
-                Some(_) => Vec::new(),
-            };
             let tail = serde_json::to_vec(&PullTail {
                 version_vector: &vv,
-                next,
+                next: page.next,
                 devices,
-                conflicts,
             })
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-            // {"records":[...],"version_vector":...,"next":...}
-            let mut body = Vec::with_capacity(records.len() + tail.len() + 12);
+            // {"records":[...],"conflicts":[...],"version_vector":...,"next":...}
+            let mut body =
+                Vec::with_capacity(page.records.len() + page.conflicts.len() + tail.len() + 30);
             body.extend_from_slice(br#"{"records":"#);
-            body.extend_from_slice(&records);
+            body.extend_from_slice(&page.records);
+            if page.conflicts.len() > 2 {
+                body.extend_from_slice(br#","conflicts":"#);
+                body.extend_from_slice(&page.conflicts);
+            }
             body.push(b',');
             body.extend_from_slice(&tail[1..]);
             Ok(body)
@@ -652,8 +652,6 @@ struct PullTail<'a> {
     next: Option<RecordKey>,
     #[serde(skip_serializing_if = "Option::is_none")]
     devices: Option<Vec<DeviceAuth>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    conflicts: Vec<&'a ScanRecord>,
 }
 
 /// `event_id=N` from a query string, if given.

@@ -12,7 +12,7 @@ use rand_core::{OsRng, RngCore};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 pub use shared::protocol::DeviceAuth;
-use shared::{DeviceId, Duplicate, RecordKey, ScanLog, ScanRecord, VersionVector};
+use shared::{DeviceId, Duplicate, RecordHash, RecordKey, ScanLog, ScanRecord, VersionVector};
 
 use crate::counts::Counts;
 
@@ -111,6 +111,31 @@ impl<'a> Versions<'a> {
         true
     }
 }
+
+/// One page of what a replica lacks ([`Store::page`]), as JSON arrays.
+pub struct Page {
+    /// The records above the replica's version vector.
+    pub records: Vec<u8>,
+    /// Other versions the replica needs to see: both versions of an index
+    /// written twice, every version of a device whose log forked.
+    pub conflicts: Vec<u8>,
+    /// How many records `records` holds.
+    pub n: usize,
+    /// How many indexes the page covers.
+    pub indexes: usize,
+    /// The key to ask after for the next page; `None` on the last.
+    pub next: Option<RecordKey>,
+}
+
+impl Page {
+    /// Whether the page holds nothing: nothing is lacking after its start.
+    pub fn is_empty(&self) -> bool {
+        self.indexes == 0
+    }
+}
+
+/// A version vector holding nothing: every record is above it.
+static NOTHING: VersionVector = VersionVector(BTreeMap::new());
 
 pub struct Store {
     /// Behind its own lock so that readers of the store (pulls) can run
@@ -403,45 +428,126 @@ impl Store {
         Ok(stored)
     }
 
-    /// One page of the records a replica at `theirs` may lack, in key order
-    /// after `after`, at most `limit` records and about [`PAGE_BYTES`]: their
-    /// JSON array (UTF-8), how many there are,
-    /// and the key to ask after for the next page, if any. Written straight
-    /// from the log, with no copy of the records.
-    pub fn missing_json(
+    /// One page of what a replica at `theirs` lacks, in key order after
+    /// `after`: the records above its version vector, and, for the indexes
+    /// of the page, both versions of every index written twice and every
+    /// version of a device whose log forked from the replica's (`digests`
+    /// differ at the same version vector: [`ScanLog::diverging`]). At most
+    /// `limit` indexes and about [`PAGE_BYTES`], however many versions a
+    /// faulty or hostile device wrote: the rest follow on the next pages.
+    /// Written straight from the log, with no copy of the records.
+    pub fn page(
         &self,
         theirs: &VersionVector,
+        digests: &BTreeMap<DeviceId, RecordHash>,
         after: Option<RecordKey>,
         limit: usize,
-    ) -> (Vec<u8>, usize, Option<RecordKey>) {
-        let mut rest = self.log.missing_after(theirs, after).peekable();
+    ) -> Page {
+        let past = |k: &RecordKey| after.is_none_or(|a| *k > a);
+        let mut missing = self.log.missing_after(theirs, after).peekable();
+        // Indexes written twice, by their proofs (the log offers no range
+        // over them: a page after the first skips those before it).
+        let mut twice = self
+            .log
+            .conflicts()
+            .filter(|r| {
+                self.log
+                    .runner_up(&r.device_id, r.idx)
+                    .is_some_and(|p| std::ptr::eq(p, *r))
+            })
+            .map(RecordKey::of)
+            .skip_while(|k| !past(k))
+            .peekable();
+        let forked: Vec<DeviceId> = digests
+            .iter()
+            .filter(|(device, digest)| {
+                theirs.get(device) == self.log.version_vector_of(device)
+                    && self.log.digest(device) != **digest
+            })
+            .map(|(device, _)| *device)
+            .collect();
+        let mut forked = forked
+            .into_iter()
+            .flat_map(|device| {
+                let from = match after {
+                    Some(k) if k.device_id == device => Some(k),
+                    Some(k) if k.device_id > device => None,
+                    _ => Some(RecordKey {
+                        device_id: device,
+                        idx: 0,
+                    }),
+                };
+                from.into_iter().flat_map(move |from| {
+                    self.log
+                        .missing_after(&NOTHING, Some(from))
+                        .take_while(move |r| r.device_id == device)
+                })
+            })
+            .map(RecordKey::of)
+            .peekable();
         // Room for a full page of typical records (about 300 bytes each),
         // so a long answer is not copied as it grows.
-        let mut out = Vec::with_capacity(if rest.peek().is_some() {
+        let mut records = Vec::with_capacity(if missing.peek().is_some() {
             limit.min(5000) * 320
         } else {
             2
         });
-        out.push(b'[');
-        let mut n = 0;
-        let mut last = None;
-        let mut full = false;
-        for r in rest.by_ref().take(limit) {
-            if out.len() >= PAGE_BYTES {
-                // Full: this record starts the next page.
-                full = true;
-                break;
-            }
-            if n > 0 {
+        records.push(b'[');
+        let mut conflicts = vec![b'['];
+        let append = |out: &mut Vec<u8>, r: &ScanRecord| {
+            if out.len() > 1 {
                 out.push(b',');
             }
-            r.write_json(&mut out);
-            n += 1;
-            last = Some(RecordKey::of(r));
+            r.write_json(out);
+        };
+        let (mut n, mut indexes, mut last, mut next) = (0, 0, None, None);
+        loop {
+            let key = [
+                missing.peek().map(|r| RecordKey::of(r)),
+                twice.peek().copied(),
+                forked.peek().copied(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let Some(key) = key else { break };
+            if indexes >= limit || records.len() + conflicts.len() >= PAGE_BYTES {
+                // Full: this index starts the next page.
+                next = last;
+                break;
+            }
+            let sent = missing.next_if(|r| RecordKey::of(r) == key);
+            if let Some(r) = sent {
+                append(&mut records, r);
+                n += 1;
+            }
+            let forked = forked.next_if_eq(&key).is_some();
+            let twice = twice.next_if_eq(&key).is_some();
+            if (forked || twice)
+                && sent.is_none()
+                && let Some(kept) = self.log.get(&key.device_id, key.idx)
+            {
+                append(&mut conflicts, kept);
+            }
+            if let Some(proof) = self
+                .log
+                .runner_up(&key.device_id, key.idx)
+                .filter(|_| twice)
+            {
+                append(&mut conflicts, proof);
+            }
+            indexes += 1;
+            last = Some(key);
         }
-        out.push(b']');
-        let next = if full { last } else { rest.next().and(last) };
-        (out, n, next)
+        records.push(b']');
+        conflicts.push(b']');
+        Page {
+            records,
+            conflicts,
+            n,
+            indexes,
+            next,
+        }
     }
 
     /// Notes that a device pulled; kept in memory until the next write.

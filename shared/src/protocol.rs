@@ -92,7 +92,7 @@ pub struct PullRequest {
     /// At most this many records (1 to [`PULL_PAGE`]).
     #[serde(default)]
     pub limit: Option<usize>,
-    /// Peer nodes only, on the first page: each device's digest
+    /// Peer nodes only, with every page: each device's digest
     /// ([`crate::ScanLog::digest`]), so that a node holding other versions
     /// of the same indexes (a forked device) sends them as `conflicts`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -111,8 +111,12 @@ pub struct PullPage {
     /// Only to peer nodes, on the first page: every enrolled device.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceAuth>,
-    /// On the first page: both versions of every index a device wrote
-    /// twice, so every replica keeps the same one and flags the device.
+    /// For the indexes of this page (after `after`, up to `next`): both
+    /// versions of every index a device wrote twice, so every replica keeps
+    /// the same one and flags the device (the version kept is left out when
+    /// it is in `records`); to a peer, every version of a device whose log
+    /// forked from its own. A page stays a page however many versions a
+    /// device wrote. (Nodes before this sent them all on the first page.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<ScanRecord>,
 }

@@ -542,3 +542,91 @@ fn two_versions_of_an_index_in_one_push_are_answered_as_a_conflict_naming_it() {
         "{body}"
     );
 }
+
+/// Record `idx` of test device 1, a refusal with the longest reason and
+/// names a record may have.
+fn long_refusal(idx: u64, fill: char) -> shared::ScanRecord {
+    let mut r = record(
+        1,
+        idx,
+        1,
+        Direction::Entry,
+        ResultCode::Invalid,
+        1_900_000_000 + idx,
+    );
+    r.reason = fill.to_string().repeat(shared::protocol::MAX_REASON);
+    r.gate = "g".repeat(shared::protocol::MAX_LABEL);
+    r.device_name = "d".repeat(shared::protocol::MAX_LABEL);
+    signed(r)
+}
+
+#[test]
+fn thousands_of_second_versions_cannot_stop_gates_or_peers_syncing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ((a, a_state), (b, b_state)) = two_peers(tmp.path());
+    let token = enroll(a, &a_state, 1);
+    // A hostile device writes 2,600 long records, then a second version of
+    // each: 5,200 versions, 17 MB. All were sent on the first page of every
+    // pull and in the first merge, past what gates and peers read (16 MiB):
+    // no gate or peer of the venue could sync any more.
+    const N: u64 = 2600;
+    let signer = crate::signer(1);
+    let mut chain: Vec<shared::ScanRecord> = Vec::new();
+    for idx in 1..=N {
+        let mut r = long_refusal(idx, 'x');
+        signer.seal(&mut r, chain.last());
+        chain.push(r);
+    }
+    let seconds: Vec<shared::ScanRecord> = (1..=N).map(|i| long_refusal(i, 'y')).collect();
+    for batch in chain.chunks(700) {
+        assert_eq!(push(a, &token, 1, batch).0, 200);
+    }
+    for batch in seconds.chunks(700) {
+        assert_eq!(push(a, &token, 1, batch).0, 409);
+    }
+    assert_eq!(a_state.read(|s| s.log().flagged()[&dev(1)]), N as usize);
+    // Node a sends node b everything, a page at a time.
+    let agent = gate_sync::tls::agent(None, Duration::from_secs(60));
+    let (_, sent) = gate_sync::peers::exchange(&a_state, &format!("http://{b}"), &agent).unwrap();
+    assert_eq!(sent, 2 * N as usize);
+    assert_eq!(b_state.read(|s| s.log().flagged()[&dev(1)]), N as usize);
+    // A device's pull answers stay a page each, and carry every version.
+    let reader = enroll(a, &a_state, 2);
+    let (mut after, mut proofs, mut pages) = (serde_json::Value::Null, 0, 0);
+    loop {
+        let (status, page) = send(
+            &format!("http://{a}/v1/pull"),
+            Some(&reader),
+            &json!({ "version_vector": { dev(1).to_string(): N }, "after": after }).to_string(),
+        );
+        assert_eq!(status, 200);
+        assert!(page.to_string().len() < shared::protocol::PAGE_BYTES + 20_000);
+        proofs += page["conflicts"].as_array().map_or(0, Vec::len);
+        pages += 1;
+        assert!(pages < 10, "paging ends");
+        match page["next"].clone() {
+            serde_json::Value::Null => break,
+            next => after = next,
+        }
+    }
+    assert_eq!(proofs, 2 * N as usize);
+    // A real gate enrolls, syncs, and flags the device as the node does.
+    let mut keyset = shared::Keyset::new();
+    keyset.insert(
+        ed25519_dalek::SigningKey::from_bytes(&[42; 32]).verifying_key(),
+        [1001],
+    );
+    let provision = scanner::gate::Provision {
+        keyset_json: keyset.to_json(),
+        device_name: "tablet".into(),
+        gate: "South".into(),
+        events: vec![1001],
+        skew_secs: 300,
+    };
+    let mut gate = scanner::gate::Gate::init(&tmp.path().join("gate.db"), &provision, 0).unwrap();
+    let enrollment = b_state.lock(|s| s.create_enrollment("tablet", 0)).unwrap();
+    scanner::sync::enroll(&mut gate, &format!("http://{b}"), &enrollment).unwrap();
+    let report = scanner::sync::sync_once(&mut gate, 1_900_000_000_000).unwrap();
+    assert_eq!(report.pulled, N as usize);
+    assert_eq!(gate.flagged().unwrap()[&dev(1).to_string()], N);
+}
