@@ -359,7 +359,7 @@ impl Store {
         for v in ends.into_values() {
             if let Some(kept) = v.kept {
                 if !replaced && self.log.get(&kept.device_id, kept.idx).is_none() {
-                    self.counts.add(&kept, &self.log);
+                    self.counts.add(&kept);
                 }
                 self.log.insert(kept.into_owned());
             }

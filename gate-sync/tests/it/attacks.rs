@@ -630,3 +630,38 @@ fn thousands_of_second_versions_cannot_stop_gates_or_peers_syncing() {
     assert_eq!(report.pulled, N as usize);
     assert_eq!(gate.flagged().unwrap()[&dev(1).to_string()], N);
 }
+
+#[test]
+fn many_scans_of_one_ticket_are_counted_without_walking_them_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("sync.db");
+    let mut store = gate_sync::store::Store::open(&db).unwrap();
+    // One device lets one ticket out 30,000 times, then in. Each admitted
+    // scan walked every earlier one of its ticket, looking for an entry:
+    // 0.5 s a push of 1,000 at 12,000 scans, and minutes for a node to start.
+    const N: u64 = 30_000;
+    let scans: Vec<shared::ScanRecord> = (1..=N)
+        .map(|i| {
+            let direction = match i {
+                N => Direction::Entry,
+                _ => Direction::Exit,
+            };
+            record(2, i, 5, direction, ResultCode::Ok, 1_900_000_000 + i)
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in scans.chunks(1000) {
+        store.add(batch, 0).unwrap();
+    }
+    drop(store);
+    let store = gate_sync::store::Store::open(&db).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let gates = store.counts().per_gate(None);
+    let counts = gates.values().next().unwrap();
+    assert_eq!((counts.admitted, counts.inside), (1, 1));
+    assert!(store.duplicates(None).is_empty());
+}
