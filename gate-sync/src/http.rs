@@ -43,6 +43,22 @@ pub struct AppState {
     /// The SHA-256 of the secret organizers present to read duplicates and
     /// stats; `None` leaves them open to anyone who can reach the node.
     organizer_token: Option<Arc<[u8]>>,
+    /// How many refusals were logged this second, and how many not.
+    refusals: Arc<Mutex<RefusalBudget>>,
+}
+
+/// Most refusals logged in full in one second; the others are counted, and
+/// the count is logged before the next line. Anyone can send requests the
+/// node refuses, thousands a second: each with its own line, they would
+/// fill the disk.
+pub const LOGGED_REFUSALS_PER_SEC: u32 = 20;
+
+#[derive(Default)]
+struct RefusalBudget {
+    /// When the current second began.
+    since: Option<std::time::Instant>,
+    logged: u32,
+    not_logged: u64,
 }
 
 impl AppState {
@@ -53,6 +69,28 @@ impl AppState {
             queue: Default::default(),
             committing: Default::default(),
             organizer_token: None,
+            refusals: Default::default(),
+        }
+    }
+
+    /// Whether a refusal may be logged now, and how many were not since
+    /// the last one logged.
+    fn refusal_budget(&self) -> (bool, u64) {
+        let mut budget = locked(&self.refusals);
+        let now = std::time::Instant::now();
+        if budget
+            .since
+            .is_none_or(|t| now - t >= std::time::Duration::from_secs(1))
+        {
+            budget.since = Some(now);
+            budget.logged = 0;
+        }
+        if budget.logged < LOGGED_REFUSALS_PER_SEC {
+            budget.logged += 1;
+            (true, std::mem::take(&mut budget.not_logged))
+        } else {
+            budget.not_logged += 1;
+            (false, 0)
         }
     }
 
@@ -179,8 +217,10 @@ impl From<StoreError> for ApiError {
 }
 
 /// Logs every refusal (4xx) with who asked and why, so an organizer sees
-/// an attack happening: wrong tokens, foreign device ids, oversized bodies.
+/// an attack happening: wrong tokens, foreign device ids, oversized bodies;
+/// beyond [`LOGGED_REFUSALS_PER_SEC`], how many.
 async fn log_refusals(
+    State(s): State<AppState>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     request: Request,
     next: Next,
@@ -189,6 +229,16 @@ async fn log_refusals(
     let response = next.run(request).await;
     let status = response.status();
     if status.is_client_error() {
+        let (log, not_logged) = s.refusal_budget();
+        if !log {
+            return response;
+        }
+        if not_logged > 0 {
+            tracing::warn!(
+                not_logged,
+                "requests refused and not logged: more than {LOGGED_REFUSALS_PER_SEC} a second"
+            );
+        }
         let reason = response
             .extensions()
             .get::<Refused>()
@@ -343,7 +393,10 @@ pub fn app(state: AppState) -> Router {
         .route(MERGE, post(merge))
         .route(DUPLICATES, get(duplicates))
         .route(STATS, get(stats))
-        .layer(axum::middleware::from_fn(log_refusals))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            log_refusals,
+        ))
         .with_state(state)
 }
 

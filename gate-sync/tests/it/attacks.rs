@@ -665,3 +665,40 @@ fn many_scans_of_one_ticket_are_counted_without_walking_them_again() {
     assert_eq!((counts.admitted, counts.inside), (1, 1));
     assert!(store.duplicates(None).is_empty());
 }
+
+#[test]
+fn a_flood_of_refused_requests_cannot_fill_the_node_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut child, addr, mut log) = node_process(&tmp.path().join("sync.db"));
+    // A stranger sends 300 requests with a made-up token, as fast as the
+    // node answers: each left a line in the log (thousands a second).
+    let url = format!("http://{addr}/v1/devices/{}/records", dev(1));
+    let flood = 300;
+    for _ in 0..flood {
+        assert_eq!(send(&url, Some("made-up"), "{\"records\": []}").0, 401);
+    }
+    // The next refusal, a second later, says how many were not logged.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(send(&url, Some("made-up"), "{\"records\": []}").0, 401);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut text = String::new();
+    log.read_to_string(&mut text).unwrap();
+    let logged = text
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .count();
+    let not_logged: usize = text
+        .lines()
+        .filter_map(|l| l.split("not_logged=").nth(1))
+        .map(|n| {
+            n.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert!(logged < flood / 2, "{logged} lines");
+    assert_eq!(logged + not_logged, flood + 1, "every refusal is counted");
+}
