@@ -393,6 +393,20 @@ pub fn app(state: AppState) -> Router {
         .route(MERGE, post(merge))
         .route(DUPLICATES, get(duplicates))
         .route(STATS, get(stats))
+        // Every refusal in the one error shape, and logged: a path or
+        // method the API has not too.
+        .fallback(|| async {
+            ApiError::Status(
+                StatusCode::NOT_FOUND,
+                "no such path: the API is described at /openapi.json".into(),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::Status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this path takes another method (see `Allow`, and /openapi.json)".into(),
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             log_refusals,

@@ -702,3 +702,23 @@ fn a_flood_of_refused_requests_cannot_fill_the_node_log() {
     assert!(logged < flood / 2, "{logged} lines");
     assert_eq!(logged + not_logged, flood + 1, "every refusal is counted");
 }
+
+#[test]
+fn unknown_paths_and_methods_are_refused_in_the_error_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, _state) = serve_state(&tmp.path().join("sync.db"));
+    // Both were empty answers, unlike every other refusal.
+    let (status, body) = call("GET", addr, "/v1/nothing-here", None);
+    assert_eq!(status, 404);
+    assert!(
+        body["error"].as_str().unwrap().contains("openapi"),
+        "{body}"
+    );
+    let answer = raw(addr, "DELETE /v1/pull HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("allow: post"),
+        "{answer}"
+    );
+    assert!(answer.contains("{\"error\":"), "{answer}");
+}
