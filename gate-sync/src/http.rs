@@ -722,10 +722,15 @@ struct PullTail<'a> {
 }
 
 /// `event_id=N` from a query string, if given.
+/// Names and values are percent-decoded, as any client may encode them:
+/// `event%5Fid=1` was ignored (every event counted) and `event_id=%31`
+/// refused.
 fn event_filter(query: Option<String>) -> Result<Option<u64>, ApiError> {
     let Some(query) = query else { return Ok(None) };
     for pair in query.split('&') {
-        if let Some(v) = pair.strip_prefix("event_id=") {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decoded(name) == "event_id" {
+            let v = percent_decoded(value);
             return v
                 .parse()
                 .map(Some)
@@ -733,6 +738,31 @@ fn event_filter(query: Option<String>) -> Result<Option<u64>, ApiError> {
         }
     }
     Ok(None)
+}
+
+/// `text` with its `%XX` escapes decoded (and `+` as a space), lossily.
+fn percent_decoded(text: &str) -> String {
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 use shared::time::format_ms as time;

@@ -722,3 +722,22 @@ fn unknown_paths_and_methods_are_refused_in_the_error_shape() {
     );
     assert!(answer.contains("{\"error\":"), "{answer}");
 }
+
+#[test]
+fn an_encoded_event_filter_filters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let token = enroll(addr, &state, 1);
+    assert_eq!(
+        push(addr, &token, 1, &[entry(1, 1, 1, 1_900_000_000)]).0,
+        200
+    );
+    // `event%5Fid` was not taken for `event_id`: every event was counted.
+    for query in ["event_id=7", "event%5Fid=7", "event_id=%37"] {
+        let (status, stats) = call("GET", addr, &format!("/v1/stats?{query}"), None);
+        assert_eq!(status, 200, "{query}: {stats}");
+        assert_eq!(stats["admitted"], 0, "{query}: {stats}");
+    }
+    let (_, stats) = call("GET", addr, "/v1/stats?event%5fid=10%30%31", None);
+    assert_eq!(stats["admitted"], 1, "{stats}");
+}
