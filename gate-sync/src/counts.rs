@@ -49,6 +49,19 @@ impl EventCounts {
     }
 }
 
+/// What the counts need of a ticket's admitted scans, kept as they are
+/// counted: a ticket scanned a thousand times is not walked again at each
+/// new scan (a device writing many scans of one ticket made every push,
+/// and a node's start, quadratic).
+#[derive(Clone, Copy)]
+struct Admitted {
+    /// The last admitted scan in merged order: its order, whether it was an
+    /// entry, and its gate (the index in its event's `gates`).
+    last: ((Hlc, DeviceId, u64), bool, usize),
+    /// Whether an admitted scan was an entry.
+    entered: bool,
+}
+
 /// The counts of every event.
 #[derive(Default)]
 pub struct Counts {
@@ -57,6 +70,8 @@ pub struct Counts {
     by_ticket: BTreeSet<ScanKey>,
     /// Tickets with two admitted entries or more.
     admitted_twice: BTreeSet<TicketKey>,
+    /// Per ticket admitted at least once, its admitted scans in short.
+    admitted: HashMap<TicketKey, Admitted>,
 }
 
 impl Counts {
@@ -64,53 +79,48 @@ impl Counts {
     pub fn of(log: &ScanLog) -> Counts {
         let mut counts = Counts::default();
         for r in log.records() {
-            counts.add(r, log);
+            counts.add(r);
         }
         counts
     }
 
-    /// Counts one record new to the counts. `log` holds (at least) every
-    /// record counted before, to look up a ticket's earlier scans.
-    pub fn add(&mut self, r: &ScanRecord, log: &ScanLog) {
+    /// Counts one record new to the counts (of its key, the version the
+    /// log keeps).
+    pub fn add(&mut self, r: &ScanRecord) {
         let Some((event, ticket)) = r.ticket else {
             return;
         };
         let key = (event, ticket, r.hlc, r.device_id, r.idx);
         if r.result == ResultCode::Ok {
             // The ticket's last admitted scan so far, and whether it was
-            // ever admitted in, from its scans in merged order.
-            let mut admitted = self
-                .scans_of((event, ticket))
-                .rev()
-                .filter_map(|k| log.get(&k.3, k.4))
-                .filter(|s| s.result == ResultCode::Ok);
-            let last = admitted.next();
-            let entered_before = last
-                .into_iter()
-                .chain(admitted)
-                .any(|s| s.direction == Direction::Entry);
+            // ever admitted in.
+            let before = self.admitted.get(&(event, ticket)).copied();
             let counts = self.events.entry(event).or_default();
             let gate = counts.gate(r);
             let entry = r.direction == Direction::Entry;
             if entry {
                 counts.gates[gate].1.admitted += 1;
                 *counts.per_minute.entry(r.wall_ms / 60_000).or_default() += 1;
-                if entered_before {
+                if before.is_some_and(|b| b.entered) {
                     self.admitted_twice.insert((event, ticket));
                 }
             }
-            match last {
-                Some(last) if last.order_key() > r.order_key() => {}
-                last => {
-                    if let Some(last) = last.filter(|l| l.direction == Direction::Entry) {
-                        let was = counts.gate(last);
+            let order = r.order_key();
+            let last = match before {
+                Some(b) if b.last.0 > order => b.last,
+                _ => {
+                    if let Some((_, true, was)) = before.map(|b| b.last) {
                         counts.gates[was].1.inside -= 1;
                     }
                     if entry {
                         counts.gates[gate].1.inside += 1;
                     }
+                    (order, entry, gate)
                 }
-            }
+            };
+            let entered = entry || before.is_some_and(|b| b.entered);
+            self.admitted
+                .insert((event, ticket), Admitted { last, entered });
         }
         self.by_ticket.insert(key);
     }

@@ -50,6 +50,22 @@ pub struct AppState {
     /// [`AUTH_FOR`]; a revocation made by another process (the command
     /// line) takes effect within that time, one from a peer at once.
     auth_cache: Arc<Mutex<TokenCache>>,
+    /// How many refusals were logged this second, and how many not.
+    refusals: Arc<Mutex<RefusalBudget>>,
+}
+
+/// Most refusals logged in full in one second; the others are counted, and
+/// the count is logged before the next line. Anyone can send requests the
+/// node refuses, thousands a second: each with its own line, they would
+/// fill the disk.
+pub const LOGGED_REFUSALS_PER_SEC: u32 = 20;
+
+#[derive(Default)]
+struct RefusalBudget {
+    /// When the current second began.
+    since: Option<std::time::Instant>,
+    logged: u32,
+    not_logged: u64,
 }
 
 /// Token digest -> (device, when it was checked).
@@ -67,6 +83,28 @@ impl AppState {
             committing: Default::default(),
             organizer_token: None,
             auth_cache: Default::default(),
+            refusals: Default::default(),
+        }
+    }
+
+    /// Whether a refusal may be logged now, and how many were not since
+    /// the last one logged.
+    fn refusal_budget(&self) -> (bool, u64) {
+        let mut budget = locked(&self.refusals);
+        let now = std::time::Instant::now();
+        if budget
+            .since
+            .is_none_or(|t| now - t >= std::time::Duration::from_secs(1))
+        {
+            budget.since = Some(now);
+            budget.logged = 0;
+        }
+        if budget.logged < LOGGED_REFUSALS_PER_SEC {
+            budget.logged += 1;
+            (true, std::mem::take(&mut budget.not_logged))
+        } else {
+            budget.not_logged += 1;
+            (false, 0)
         }
     }
 
@@ -209,7 +247,9 @@ impl From<StoreError> for ApiError {
                 ApiError::Status(StatusCode::UNAUTHORIZED, e.to_string())
             }
             StoreError::NoDevice(_) => ApiError::Status(StatusCode::NOT_FOUND, e.to_string()),
-            StoreError::AlreadyEnrolled(_) | StoreError::Conflict { .. } => {
+            StoreError::AlreadyEnrolled(_)
+            | StoreError::Conflict { .. }
+            | StoreError::TokenHashHeld { .. } => {
                 ApiError::Status(StatusCode::CONFLICT, e.to_string())
             }
             StoreError::Unauthentic(_) => ApiError::Status(StatusCode::BAD_REQUEST, e.to_string()),
@@ -223,8 +263,10 @@ impl From<StoreError> for ApiError {
 }
 
 /// Logs every refusal (4xx) with who asked and why, so an organizer sees
-/// an attack happening: wrong tokens, foreign device ids, oversized bodies.
+/// an attack happening: wrong tokens, foreign device ids, oversized bodies;
+/// beyond [`LOGGED_REFUSALS_PER_SEC`], how many.
 async fn log_refusals(
+    State(s): State<AppState>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     request: Request,
     next: Next,
@@ -233,6 +275,16 @@ async fn log_refusals(
     let response = next.run(request).await;
     let status = response.status();
     if status.is_client_error() {
+        let (log, not_logged) = s.refusal_budget();
+        if !log {
+            return response;
+        }
+        if not_logged > 0 {
+            tracing::warn!(
+                not_logged,
+                "requests refused and not logged: more than {LOGGED_REFUSALS_PER_SEC} a second"
+            );
+        }
         let reason = response
             .extensions()
             .get::<Refused>()
@@ -387,7 +439,24 @@ pub fn app(state: AppState) -> Router {
         .route(MERGE, post(merge))
         .route(DUPLICATES, get(duplicates))
         .route(STATS, get(stats))
-        .layer(axum::middleware::from_fn(log_refusals))
+        // Every refusal in the one error shape, and logged: a path or
+        // method the API has not too.
+        .fallback(|| async {
+            ApiError::Status(
+                StatusCode::NOT_FOUND,
+                "no such path: the API is described at /openapi.json".into(),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::Status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this path takes another method (see `Allow`, and /openapi.json)".into(),
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            log_refusals,
+        ))
         .with_state(state)
 }
 
@@ -427,10 +496,9 @@ async fn push(
     // Signed by the device, no gap. A device never writes an index twice:
     // a second version is kept as proof against it, and answered 409.
     let check = records.clone();
-    let second_versions = s
+    let second_version = s
         .with_store_read(move |store| Ok(store.check_push(&check)?))
         .await?;
-    let first_second = records.iter().map(|r| r.idx).min().unwrap_or_default();
     let job = Arc::new(PushJob {
         records,
         device,
@@ -440,12 +508,8 @@ async fn push(
     let (stored, vv) = tokio::task::spawn_blocking(move || state.commit(&job))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    if second_versions > 0 {
-        return Err(StoreError::Conflict {
-            device,
-            idx: first_second,
-        }
-        .into());
+    if let Some(idx) = second_version {
+        return Err(StoreError::Conflict { device, idx }.into());
     }
     Ok(axum::Json(
         json!({ "stored": stored, "version_vector": vv }),
@@ -644,13 +708,22 @@ async fn pull(
         "{\"version_vector\": {device: index}, \"after\"?: {\"device_id\", \"idx\"}, \"limit\"?: n}",
     )?;
     let limit = req.limit.unwrap_or(PULL_PAGE).clamp(1, PULL_PAGE);
+    // Only a peer node learns of forks from digests; a device gets the
+    // indexes written twice.
+    let digests = match is_peer {
+        true => req.digests,
+        false => Default::default(),
+    };
     let now = crate::unix_now_ms();
     let body = s
         .with_store_read(move |store| {
             if let Some(device) = device {
                 store.note_pull(device, now);
             }
-            let (records, _, next) = store.missing_json(&req.version_vector, req.after, limit);
+            // Every version a replica needs to see a faulty device goes in
+            // the pages, beside the records of the same indexes: an answer
+            // stays a page however many versions a device wrote.
+            let page = store.page(&req.version_vector, &digests, req.after, limit);
             let vv = store.log().version_vector();
             // A peer node also learns the enrolled devices, with the first
             // page, so a device can sync with any node of the venue.
@@ -658,30 +731,21 @@ async fn pull(
                 true => Some(store.device_auth()?),
                 false => None,
             };
-            // Every replica learns both versions of an index written twice,
-            // with the first page.
-            // A peer also gets every version of a device whose log forked
-            // from its own.
-            let conflicts: Vec<&ScanRecord> = match req.after {
-                None if is_peer => store
-                    .log()
-                    .conflicts()
-                    .chain(store.log().diverging(&req.version_vector, &req.digests))
-                    .collect(),
-                None => store.log().conflicts().collect(),
-                Some(_) => Vec::new(),
-            };
             let tail = serde_json::to_vec(&PullTail {
                 version_vector: &vv,
-                next,
+                next: page.next,
                 devices,
-                conflicts,
             })
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-            // {"records":[...],"version_vector":...,"next":...}
-            let mut body = Vec::with_capacity(records.len() + tail.len() + 12);
+            // {"records":[...],"conflicts":[...],"version_vector":...,"next":...}
+            let mut body =
+                Vec::with_capacity(page.records.len() + page.conflicts.len() + tail.len() + 30);
             body.extend_from_slice(br#"{"records":"#);
-            body.extend_from_slice(&records);
+            body.extend_from_slice(&page.records);
+            if page.conflicts.len() > 2 {
+                body.extend_from_slice(br#","conflicts":"#);
+                body.extend_from_slice(&page.conflicts);
+            }
             body.push(b',');
             body.extend_from_slice(&tail[1..]);
             Ok(body)
@@ -697,15 +761,18 @@ struct PullTail<'a> {
     next: Option<RecordKey>,
     #[serde(skip_serializing_if = "Option::is_none")]
     devices: Option<Vec<DeviceAuth>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    conflicts: Vec<&'a ScanRecord>,
 }
 
 /// `event_id=N` from a query string, if given.
+/// Names and values are percent-decoded, as any client may encode them:
+/// `event%5Fid=1` was ignored (every event counted) and `event_id=%31`
+/// refused.
 fn event_filter(query: Option<String>) -> Result<Option<u64>, ApiError> {
     let Some(query) = query else { return Ok(None) };
     for pair in query.split('&') {
-        if let Some(v) = pair.strip_prefix("event_id=") {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decoded(name) == "event_id" {
+            let v = percent_decoded(value);
             return v
                 .parse()
                 .map(Some)
@@ -713,6 +780,31 @@ fn event_filter(query: Option<String>) -> Result<Option<u64>, ApiError> {
         }
     }
     Ok(None)
+}
+
+/// `text` with its `%XX` escapes decoded (and `+` as a space), lossily.
+fn percent_decoded(text: &str) -> String {
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 use shared::time::format_ms as time;

@@ -29,10 +29,8 @@ pub fn exchange(
             version_vector: ours.clone(),
             after,
             limit: None,
-            digests: match after {
-                None => digests.clone(),
-                Some(_) => Default::default(),
-            },
+            // On every page: a forked device's versions come a page at a time.
+            digests: digests.clone(),
         };
         let sent = agent
             .post(&format!("{peer}{PULL}"))
@@ -62,23 +60,20 @@ pub fn exchange(
             None => break pulled.version_vector,
         }
     };
-    // Our enrolled devices, and both versions of every index written twice,
-    // go with the first page, even when no record does.
-    let first = state.read(|s| {
+    // Our enrolled devices go with the first page, even when no record
+    // does; both versions of every index written twice go with the pages,
+    // beside the records of the same indexes.
+    let devices = state.read(|s| {
         let devices = s.device_auth().map_err(|e| e.to_string())?;
-        let conflicts: Vec<&shared::ScanRecord> = s.log().conflicts().collect();
-        let mut out = serde_json::to_vec(&devices).map_err(|e| e.to_string())?;
-        out.extend_from_slice(br#","conflicts":"#);
-        out.extend(serde_json::to_vec(&conflicts).map_err(|e| e.to_string())?);
-        Ok::<_, String>(out)
+        serde_json::to_vec(&devices).map_err(|e| e.to_string())
     })?;
-    let mut devices = Some(first);
+    let mut devices = Some(devices);
     let mut sent = 0;
     let mut after = None;
+    let nothing = Default::default();
     loop {
-        let (records, n, next) =
-            state.read(|s| s.missing_json(&theirs, after, protocol::PULL_PAGE));
-        if n == 0 && devices.is_none() {
+        let page = state.read(|s| s.page(&theirs, &nothing, after, protocol::PULL_PAGE));
+        if page.is_empty() && devices.is_none() {
             break;
         }
         let devices = devices.take().unwrap_or_else(|| b"[]".to_vec());
@@ -89,9 +84,11 @@ pub fn exchange(
             .send(
                 [
                     &br#"{"records":"#[..],
-                    &records,
+                    &page.records,
                     br#","devices":"#,
                     &devices,
+                    br#","conflicts":"#,
+                    &page.conflicts,
                     b"}",
                 ]
                 .concat(),
@@ -99,7 +96,7 @@ pub fn exchange(
         let stored: protocol::Stored =
             answer(merged).map_err(|e| format!("send to {peer}: {e}"))?;
         sent += stored.stored;
-        match next {
+        match page.next {
             Some(next) => after = Some(next),
             None => break,
         }

@@ -12,7 +12,7 @@ use rand_core::{OsRng, RngCore};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 pub use shared::protocol::DeviceAuth;
-use shared::{DeviceId, Duplicate, RecordKey, ScanLog, ScanRecord, VersionVector};
+use shared::{DeviceId, Duplicate, RecordHash, RecordKey, ScanLog, ScanRecord, VersionVector};
 
 use crate::counts::Counts;
 
@@ -71,6 +71,10 @@ pub enum StoreError {
          give this node's database with --db"
     )]
     Foreign(String),
+    #[error(
+        "device {device}: its token_hash is the one of device {other}; a token authenticates one device"
+    )]
+    TokenHashHeld { device: String, other: String },
     #[error("not signed by its device: {0}")]
     Unauthentic(String),
     #[error("stored record {device}/{idx} is damaged: {reason}")]
@@ -115,6 +119,31 @@ impl<'a> Versions<'a> {
         true
     }
 }
+
+/// One page of what a replica lacks ([`Store::page`]), as JSON arrays.
+pub struct Page {
+    /// The records above the replica's version vector.
+    pub records: Vec<u8>,
+    /// Other versions the replica needs to see: both versions of an index
+    /// written twice, every version of a device whose log forked.
+    pub conflicts: Vec<u8>,
+    /// How many records `records` holds.
+    pub n: usize,
+    /// How many indexes the page covers.
+    pub indexes: usize,
+    /// The key to ask after for the next page; `None` on the last.
+    pub next: Option<RecordKey>,
+}
+
+impl Page {
+    /// Whether the page holds nothing: nothing is lacking after its start.
+    pub fn is_empty(&self) -> bool {
+        self.indexes == 0
+    }
+}
+
+/// A version vector holding nothing: every record is above it.
+static NOTHING: VersionVector = VersionVector(BTreeMap::new());
 
 pub struct Store {
     /// Behind its own lock so that readers of the store (pulls) can run
@@ -389,7 +418,7 @@ impl Store {
         for v in ends.into_values() {
             if let Some(kept) = v.kept {
                 if !replaced && self.log.get(&kept.device_id, kept.idx).is_none() {
-                    self.counts.add(&kept, &self.log);
+                    self.counts.add(&kept);
                 }
                 self.log.insert(kept.into_owned());
             }
@@ -404,10 +433,11 @@ impl Store {
     }
 
     /// What a device's push must satisfy beyond the protocol's checks:
-    /// signed by the device, and no gap. Returns how many of its records
-    /// are a second version of one held: proof of a faulty device, kept
-    /// and answered as a conflict.
-    pub fn check_push(&self, records: &[ScanRecord]) -> Result<usize, StoreError> {
+    /// signed by the device, and no gap. Returns the least index of which
+    /// the push holds a second version, of a record held or of another in
+    /// the same push: proof of a faulty device, kept and answered as a
+    /// conflict.
+    pub fn check_push(&self, records: &[ScanRecord]) -> Result<Option<u64>, StoreError> {
         if let Some((r, held)) = self.log.above_gap(records.iter()) {
             return Err(StoreError::Gap {
                 device: r.device_id,
@@ -417,14 +447,19 @@ impl Store {
         }
         shared::device::authenticate_all(records, &self.log)
             .map_err(|e| StoreError::Unauthentic(e.to_string()))?;
-        Ok(records
-            .iter()
-            .filter(|r| {
-                self.log
-                    .get(&r.device_id, r.idx)
-                    .is_some_and(|held| held != *r)
-            })
-            .count())
+        let mut first: BTreeMap<(DeviceId, u64), &ScanRecord> = BTreeMap::new();
+        let mut twice = None;
+        for r in records {
+            let other = self
+                .log
+                .get(&r.device_id, r.idx)
+                .or_else(|| first.get(&(r.device_id, r.idx)).copied());
+            if other.is_some_and(|other| other != r) {
+                twice = Some(twice.map_or(r.idx, |t: u64| t.min(r.idx)));
+            }
+            first.entry((r.device_id, r.idx)).or_insert(r);
+        }
+        Ok(twice)
     }
 
     /// Adds records from a peer node, and second versions of indexes it
@@ -452,48 +487,134 @@ impl Store {
         Ok(stored)
     }
 
-    /// One page of the records a replica at `theirs` may lack, in key order
-    /// after `after`, at most `limit` records and about [`PAGE_BYTES`]: their
-    /// JSON array (UTF-8), how many there are,
-    /// and the key to ask after for the next page, if any. Written straight
-    /// from the log, with no copy of the records.
-    pub fn missing_json(
+    /// One page of what a replica at `theirs` lacks, in key order after
+    /// `after`: the records above its version vector, and, for the indexes
+    /// of the page, both versions of every index written twice and every
+    /// version of a device whose log forked from the replica's (`digests`
+    /// differ at the same version vector: [`ScanLog::diverging`]). At most
+    /// `limit` indexes and about [`PAGE_BYTES`], however many versions a
+    /// faulty or hostile device wrote: the rest follow on the next pages.
+    /// Written straight from the log, with no copy of the records.
+    pub fn page(
         &self,
         theirs: &VersionVector,
+        digests: &BTreeMap<DeviceId, RecordHash>,
         after: Option<RecordKey>,
         limit: usize,
-    ) -> (Vec<u8>, usize, Option<RecordKey>) {
-        let mut rest = self.log.missing_after(theirs, after).peekable();
+    ) -> Page {
+        let past = |k: &RecordKey| after.is_none_or(|a| *k > a);
+        let mut missing = self.log.missing_after(theirs, after).peekable();
+        // Indexes written twice, by their proofs (the log offers no range
+        // over them: a page after the first skips those before it).
+        let mut twice = self
+            .log
+            .conflicts()
+            .filter(|r| {
+                self.log
+                    .runner_up(&r.device_id, r.idx)
+                    .is_some_and(|p| std::ptr::eq(p, *r))
+            })
+            .map(RecordKey::of)
+            .skip_while(|k| !past(k))
+            .peekable();
+        let forked: Vec<DeviceId> = digests
+            .iter()
+            .filter(|(device, digest)| {
+                theirs.get(device) == self.log.version_vector_of(device)
+                    && self.log.digest(device) != **digest
+            })
+            .map(|(device, _)| *device)
+            .collect();
+        let mut forked = forked
+            .into_iter()
+            .flat_map(|device| {
+                let from = match after {
+                    Some(k) if k.device_id == device => Some(k),
+                    Some(k) if k.device_id > device => None,
+                    _ => Some(RecordKey {
+                        device_id: device,
+                        idx: 0,
+                    }),
+                };
+                from.into_iter().flat_map(move |from| {
+                    self.log
+                        .missing_after(&NOTHING, Some(from))
+                        .take_while(move |r| r.device_id == device)
+                })
+            })
+            .map(RecordKey::of)
+            .peekable();
         // Room for a full page of typical records (about 300 bytes each),
         // so a long answer is not copied as it grows.
-        let mut out = Vec::with_capacity(if rest.peek().is_some() {
+        let mut records = Vec::with_capacity(if missing.peek().is_some() {
             limit.min(5000) * 320
         } else {
             2
         });
-        out.push(b'[');
-        let mut n = 0;
-        let mut last = None;
-        let mut full = false;
-        for r in rest.by_ref().take(limit) {
-            if out.len() >= PAGE_BYTES {
-                // Full: this record starts the next page.
-                full = true;
-                break;
-            }
-            if n > 0 {
+        records.push(b'[');
+        let mut conflicts = vec![b'['];
+        let append = |out: &mut Vec<u8>, r: &ScanRecord| {
+            if out.len() > 1 {
                 out.push(b',');
             }
-            match self.recent.get(&r.device_id).and_then(|c| c.get(r.idx)) {
-                Some(json) => out.extend_from_slice(json),
-                None => r.write_json(&mut out),
+            r.write_json(out);
+        };
+        let (mut n, mut indexes, mut last, mut next) = (0, 0, None, None);
+        loop {
+            let key = [
+                missing.peek().map(|r| RecordKey::of(r)),
+                twice.peek().copied(),
+                forked.peek().copied(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let Some(key) = key else { break };
+            if indexes >= limit || records.len() + conflicts.len() >= PAGE_BYTES {
+                // Full: this index starts the next page.
+                next = last;
+                break;
             }
-            n += 1;
-            last = Some(RecordKey::of(r));
+            let sent = missing.next_if(|r| RecordKey::of(r) == key);
+            if let Some(r) = sent {
+                // The newest records' JSON is at hand: copied, not written.
+                match self.recent.get(&r.device_id).and_then(|c| c.get(r.idx)) {
+                    Some(json) if records.len() > 1 => {
+                        records.push(b',');
+                        records.extend_from_slice(json);
+                    }
+                    Some(json) => records.extend_from_slice(json),
+                    None => append(&mut records, r),
+                }
+                n += 1;
+            }
+            let forked = forked.next_if_eq(&key).is_some();
+            let twice = twice.next_if_eq(&key).is_some();
+            if (forked || twice)
+                && sent.is_none()
+                && let Some(kept) = self.log.get(&key.device_id, key.idx)
+            {
+                append(&mut conflicts, kept);
+            }
+            if let Some(proof) = self
+                .log
+                .runner_up(&key.device_id, key.idx)
+                .filter(|_| twice)
+            {
+                append(&mut conflicts, proof);
+            }
+            indexes += 1;
+            last = Some(key);
         }
-        out.push(b']');
-        let next = if full { last } else { rest.next().and(last) };
-        (out, n, next)
+        records.push(b']');
+        conflicts.push(b']');
+        Page {
+            records,
+            conflicts,
+            n,
+            indexes,
+            next,
+        }
     }
 
     /// Notes that a device pulled; kept in memory until the next write.
@@ -703,7 +824,9 @@ impl Store {
 
     /// Takes what a peer node knows of enrolled devices, in one transaction:
     /// the later enrollment of a device wins, and a revocation always stays.
-    /// Merging the same list again changes nothing.
+    /// Merging the same list again changes nothing. A list naming a token
+    /// hash that another device holds is refused whole: a token
+    /// authenticates one device (and the database holds each hash once).
     pub fn merge_device_auth(&mut self, devices: &[DeviceAuth]) -> Result<(), StoreError> {
         let tx = self.conn_mut().transaction()?;
         {
@@ -720,9 +843,17 @@ impl Store {
                                      WHEN excluded.revoked_at IS NULL THEN revoked_at
                                      ELSE min(revoked_at, excluded.revoked_at) END",
             )?;
+            let mut holder =
+                tx.prepare_cached("SELECT device_id FROM device_auth WHERE token_hash = ?1")?;
             for d in devices {
+                let id = d.device_id.to_string();
+                let held: Option<String> =
+                    holder.query_row([&d.token_hash], |r| r.get(0)).optional()?;
+                if let Some(other) = held.filter(|other| *other != id) {
+                    return Err(StoreError::TokenHashHeld { device: id, other });
+                }
                 upsert.execute(params![
-                    d.device_id.to_string(),
+                    id,
                     d.name,
                     d.token_hash,
                     d.enrolled_at_ms as i64,

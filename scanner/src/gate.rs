@@ -732,6 +732,16 @@ impl Gate {
         &self.signer
     }
 
+    /// The greatest stamp held up to `until` (0 when none).
+    pub fn newest_stamp_until(&self, until: Hlc) -> Result<Hlc, GateError> {
+        let hlc: i64 = self.conn.query_row(
+            "SELECT coalesce(max(hlc), 0) FROM scans WHERE hlc <= ?1",
+            [until.0.min(i64::MAX as u64) as i64],
+            |r| r.get(0),
+        )?;
+        Ok(Hlc(hlc as u64))
+    }
+
     /// Records stamped after `after`, oldest first, at most `limit`: what a
     /// display tailing the log has not shown yet, whoever made them.
     pub fn log_after(&self, after: Hlc, limit: usize) -> Result<Vec<ScanRecord>, GateError> {

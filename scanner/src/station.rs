@@ -326,11 +326,17 @@ impl Cursor {
         Hlc::adoptable_until(now_ms.saturating_sub(60_000))
     }
 
-    /// A cursor past every record held: `newest` is the greatest stamp, and
-    /// `ahead` reads the records after a stamp.
-    fn start(newest: Hlc, now_ms: u64, ahead: impl FnOnce(Hlc) -> Vec<ScanRecord>) -> Cursor {
-        let at = newest.min(Cursor::reach(now_ms));
-        let sent = if at < newest { ahead(at) } else { Vec::new() };
+    /// A cursor past every record held: `within` gives the greatest stamp
+    /// held up to a stamp, and `ahead` reads the records after a stamp. It
+    /// starts at the newest record within reach, not at the reach itself:
+    /// scans made here later may be stamped below the reach.
+    fn start(
+        now_ms: u64,
+        within: impl FnOnce(Hlc) -> Hlc,
+        ahead: impl FnOnce(Hlc) -> Vec<ScanRecord>,
+    ) -> Cursor {
+        let at = within(Cursor::reach(now_ms));
+        let sent = ahead(at);
         Cursor {
             at,
             sent: sent.iter().map(|r| ((r.device_id, r.idx), r.hlc)).collect(),
@@ -365,14 +371,11 @@ impl Cursor {
 async fn tail_log(state: AppState) {
     let start = state
         .with_gate(|g| {
-            let newest = g
-                .stats()
-                .ok()
-                .and_then(|s| s.last_scan)
-                .map_or(Hlc(0), |r| r.hlc);
-            let cursor = Cursor::start(newest, crate::unix_now_ms(), |after| {
-                g.log_after(after, 10_000).unwrap_or_default()
-            });
+            let cursor = Cursor::start(
+                crate::unix_now_ms(),
+                |reach| g.newest_stamp_until(reach).unwrap_or(reach),
+                |after| g.log_after(after, 10_000).unwrap_or_default(),
+            );
             Ok((g.device().id, cursor))
         })
         .await;

@@ -128,7 +128,6 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
     // Page after page with the same version vector, each page merged as it comes.
     let vv = gate.version_vector()?;
     let mut after = None;
-    let mut conflicts = Vec::new();
     let held_here = loop {
         let request = PullRequest {
             version_vector: vv.clone(),
@@ -137,10 +136,9 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
             digests: Default::default(),
         };
         let pulled: PullPage = post(&agent, &format!("{server}{PULL}"), token, &request)?;
-        report.pulled += gate.merge_remote(&pulled.records, &[])?;
-        if after.is_none() {
-            conflicts = pulled.conflicts;
-        }
+        // Two versions of an index come in the page of that index, with
+        // its record when this device lacks it.
+        report.pulled += gate.merge_remote(&pulled.records, &pulled.conflicts)?;
         match pulled.next {
             Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
             Some(_) => {
@@ -151,9 +149,6 @@ fn sync_inner(gate: &mut Gate) -> Result<SyncReport, SyncError> {
             None => break pulled.version_vector.get(&gate.device().id),
         }
     };
-    // Two versions of an index, as the node holds them: applied once every
-    // page is in.
-    gate.merge_remote(&[], &conflicts)?;
     // The node holds fewer of this device's records than were pushed (it
     // was restored from a backup, or replaced): push them again.
     if held_here < gate.sync_status()?.pushed_idx {

@@ -90,7 +90,7 @@ pub struct PullRequest {
     /// At most this many records (1 to [`PULL_PAGE`]).
     #[serde(default)]
     pub limit: Option<usize>,
-    /// Peer nodes only, on the first page: each device's digest
+    /// Peer nodes only, with every page: each device's digest
     /// ([`crate::ScanLog::digest`]), so that a node holding other versions
     /// of the same indexes (a forked device) sends them as `conflicts`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -109,8 +109,12 @@ pub struct PullPage {
     /// Only to peer nodes, on the first page: every enrolled device.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceAuth>,
-    /// On the first page: both versions of every index a device wrote
-    /// twice, so every replica keeps the same one and flags the device.
+    /// For the indexes of this page (after `after`, up to `next`): both
+    /// versions of every index a device wrote twice, so every replica keeps
+    /// the same one and flags the device (the version kept is left out when
+    /// it is in `records`); to a peer, every version of a device whose log
+    /// forked from its own. A page stays a page however many versions a
+    /// device wrote. (Nodes before this sent them all on the first page.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<ScanRecord>,
 }
@@ -229,10 +233,23 @@ pub fn check_records(records: &[ScanRecord]) -> Result<(), String> {
 
 /// Checks a device list from a peer node.
 pub fn check_devices(devices: &[DeviceAuth]) -> Result<(), String> {
+    let mut hashes = std::collections::BTreeMap::new();
     for d in devices {
-        if crate::hex::decode::<32>(&d.token_hash).is_none() {
+        // Lower case only: a node compares the hash of a presented token
+        // with the text it holds.
+        let lower = crate::hex::decode::<32>(&d.token_hash).map(|h| crate::hex::encode(&h));
+        if lower.as_deref() != Some(d.token_hash.as_str()) {
             return Err(format!(
-                "device {}: token_hash is not a SHA-256 in hex",
+                "device {}: token_hash is not a SHA-256 in lower-case hex",
+                d.device_id
+            ));
+        }
+        // A token authenticates one device.
+        if let Some(other) = hashes.insert(&d.token_hash, d.device_id)
+            && other != d.device_id
+        {
+            return Err(format!(
+                "devices {other} and {} have the same token_hash",
                 d.device_id
             ));
         }
@@ -240,6 +257,15 @@ pub fn check_devices(devices: &[DeviceAuth]) -> Result<(), String> {
             return Err(format!(
                 "device {}: name longer than {MAX_LABEL} bytes",
                 d.device_id
+            ));
+        }
+        // A database holds signed 64-bit integers: a greater time would
+        // come back negative, and order before every other.
+        if d.enrolled_at_ms > i64::MAX as u64 || d.revoked_at_ms.unwrap_or(0) > i64::MAX as u64 {
+            return Err(format!(
+                "device {}: enrolled_at_ms and revoked_at_ms go up to {}",
+                d.device_id,
+                i64::MAX
             ));
         }
     }

@@ -462,8 +462,8 @@ fn a_pull_sends_the_version_kept_after_a_second_version_wins() {
     let admitted = entry(1, 1, 7, 1_900_000_000);
     store.add_authentic(&[refused], &[], 0).unwrap();
     let pulled = |store: &gate_sync::store::Store| {
-        let (json, _, _) = store.missing_json(&Default::default(), None, 10);
-        serde_json::from_slice::<Vec<shared::ScanRecord>>(&json).unwrap()
+        let page = store.page(&Default::default(), &Default::default(), None, 10);
+        serde_json::from_slice::<Vec<shared::ScanRecord>>(&page.records).unwrap()
     };
     assert_eq!(pulled(&store)[0].result, ResultCode::Invalid);
     store
@@ -474,4 +474,302 @@ fn a_pull_sends_the_version_kept_after_a_second_version_wins() {
         [admitted],
         "the admission, not what was sent first"
     );
+}
+
+#[test]
+fn device_times_a_database_cannot_hold_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ((a, a_state), _) = two_peers(tmp.path());
+    // Stored as a signed integer, 2^63 came back negative and lost every
+    // "latest enrollment wins" comparison.
+    for (enrolled, revoked) in [(1u64 << 63, None), (1, Some(u64::MAX))] {
+        let (status, body) = send(
+            &format!("http://{a}/v1/merge"),
+            Some("venue-secret"),
+            &json!({ "records": [], "devices": [{ "device_id": dev(2), "name": "x",
+                     "token_hash": "ab".repeat(32), "enrolled_at_ms": enrolled,
+                     "revoked_at_ms": revoked }] })
+            .to_string(),
+        );
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("go up to"),
+            "{body}"
+        );
+    }
+    assert!(a_state.read(|s| s.device_auth().unwrap()).is_empty());
+}
+
+#[test]
+fn a_device_list_naming_another_devices_token_hash_is_refused_not_a_server_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ((a, a_state), _) = two_peers(tmp.path());
+    let token = enroll(a, &a_state, 1);
+    let held = a_state.read(|s| s.device_auth().unwrap())[0]
+        .token_hash
+        .clone();
+    let merge = |devices: serde_json::Value| {
+        send(
+            &format!("http://{a}/v1/merge"),
+            Some("venue-secret"),
+            &json!({ "records": [], "devices": devices }).to_string(),
+        )
+    };
+    let device = |d: u8, hash: &str| {
+        json!({ "device_id": dev(d), "name": "x", "token_hash": hash,
+                "enrolled_at_ms": 1, "revoked_at_ms": null })
+    };
+    // A peer names device 2 with device 1's token hash: refused, and why
+    // (the database holds each hash once: this was a 500).
+    let (status, body) = merge(json!([device(2, &held)]));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("token_hash"),
+        "{body}"
+    );
+    // One hash for two devices in one list, or a hash in upper case.
+    let other = "ab".repeat(32);
+    let (status, body) = merge(json!([device(3, &other), device(4, &other)]));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = merge(json!([device(3, &other.to_uppercase())]));
+    assert_eq!(status, 400, "{body}");
+    // Nothing was taken, and device 1 still syncs.
+    assert_eq!(a_state.read(|s| s.device_auth().unwrap()).len(), 1);
+    assert_eq!(push(a, &token, 1, &[entry(1, 1, 1, 1_900_000_000)]).0, 200);
+}
+
+#[test]
+fn two_versions_of_an_index_in_one_push_are_answered_as_a_conflict_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let token = enroll(addr, &state, 1);
+    // Both versions new to the node, in one push: this was a 200, though
+    // the node kept the second as proof and flagged the device.
+    let first = entry(1, 1, 1, 1_900_000_000);
+    let second = entry(1, 1, 2, 1_900_000_001);
+    let (status, body) = push(addr, &token, 1, &[first, second]);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{}/1 ", dev(1))),
+        "{body}"
+    );
+    assert_eq!(state.read(|s| s.log().flagged().len()), 1);
+    // A replay beside a second version: the answer names the second
+    // version's index, not the batch's least.
+    let kept = state.read(|s| s.log().get(&dev(1), 1).cloned()).unwrap();
+    assert_eq!(
+        push(addr, &token, 1, &[entry(1, 2, 3, 1_900_000_002)]).0,
+        200
+    );
+    let (status, body) = push(addr, &token, 1, &[kept, entry(1, 2, 4, 1_900_000_003)]);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{}/2 ", dev(1))),
+        "{body}"
+    );
+}
+
+/// Record `idx` of test device 1, a refusal with the longest reason and
+/// names a record may have.
+fn long_refusal(idx: u64, fill: char) -> shared::ScanRecord {
+    let mut r = record(
+        1,
+        idx,
+        1,
+        Direction::Entry,
+        ResultCode::Invalid,
+        1_900_000_000 + idx,
+    );
+    r.reason = fill.to_string().repeat(shared::protocol::MAX_REASON);
+    r.gate = "g".repeat(shared::protocol::MAX_LABEL);
+    r.device_name = "d".repeat(shared::protocol::MAX_LABEL);
+    signed(r)
+}
+
+#[test]
+fn thousands_of_second_versions_cannot_stop_gates_or_peers_syncing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ((a, a_state), (b, b_state)) = two_peers(tmp.path());
+    let token = enroll(a, &a_state, 1);
+    // A hostile device writes 2,600 long records, then a second version of
+    // each: 5,200 versions, 17 MB. All were sent on the first page of every
+    // pull and in the first merge, past what gates and peers read (16 MiB):
+    // no gate or peer of the venue could sync any more.
+    const N: u64 = 2600;
+    let signer = crate::signer(1);
+    let mut chain: Vec<shared::ScanRecord> = Vec::new();
+    for idx in 1..=N {
+        let mut r = long_refusal(idx, 'x');
+        signer.seal(&mut r, chain.last());
+        chain.push(r);
+    }
+    let seconds: Vec<shared::ScanRecord> = (1..=N).map(|i| long_refusal(i, 'y')).collect();
+    for batch in chain.chunks(700) {
+        assert_eq!(push(a, &token, 1, batch).0, 200);
+    }
+    for batch in seconds.chunks(700) {
+        assert_eq!(push(a, &token, 1, batch).0, 409);
+    }
+    assert_eq!(a_state.read(|s| s.log().flagged()[&dev(1)]), N as usize);
+    // Node a sends node b everything, a page at a time.
+    let agent = gate_sync::tls::agent(None, Duration::from_secs(60));
+    let (_, sent) = gate_sync::peers::exchange(&a_state, &format!("http://{b}"), &agent).unwrap();
+    assert_eq!(sent, 2 * N as usize);
+    assert_eq!(b_state.read(|s| s.log().flagged()[&dev(1)]), N as usize);
+    // A device's pull answers stay a page each, and carry every version.
+    let reader = enroll(a, &a_state, 2);
+    let (mut after, mut proofs, mut pages) = (serde_json::Value::Null, 0, 0);
+    loop {
+        let (status, page) = send(
+            &format!("http://{a}/v1/pull"),
+            Some(&reader),
+            &json!({ "version_vector": { dev(1).to_string(): N }, "after": after }).to_string(),
+        );
+        assert_eq!(status, 200);
+        assert!(page.to_string().len() < shared::protocol::PAGE_BYTES + 20_000);
+        proofs += page["conflicts"].as_array().map_or(0, Vec::len);
+        pages += 1;
+        assert!(pages < 10, "paging ends");
+        match page["next"].clone() {
+            serde_json::Value::Null => break,
+            next => after = next,
+        }
+    }
+    assert_eq!(proofs, 2 * N as usize);
+    // A real gate enrolls, syncs, and flags the device as the node does.
+    let mut keyset = shared::Keyset::new();
+    keyset.insert(
+        ed25519_dalek::SigningKey::from_bytes(&[42; 32]).verifying_key(),
+        [1001],
+    );
+    let provision = scanner::gate::Provision {
+        keyset_json: keyset.to_json(),
+        device_name: "tablet".into(),
+        gate: "South".into(),
+        events: vec![1001],
+        skew_secs: 300,
+    };
+    let mut gate = scanner::gate::Gate::init(&tmp.path().join("gate.db"), &provision, 0).unwrap();
+    let enrollment = b_state.lock(|s| s.create_enrollment("tablet", 0)).unwrap();
+    scanner::sync::enroll(&mut gate, &format!("http://{b}"), &enrollment).unwrap();
+    let report = scanner::sync::sync_once(&mut gate, 1_900_000_000_000).unwrap();
+    assert_eq!(report.pulled, N as usize);
+    assert_eq!(gate.flagged().unwrap()[&dev(1).to_string()], N);
+}
+
+#[test]
+fn many_scans_of_one_ticket_are_counted_without_walking_them_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("sync.db");
+    let mut store = gate_sync::store::Store::open(&db).unwrap();
+    // One device lets one ticket out 30,000 times, then in. Each admitted
+    // scan walked every earlier one of its ticket, looking for an entry:
+    // 0.5 s a push of 1,000 at 12,000 scans, and minutes for a node to start.
+    const N: u64 = 30_000;
+    let scans: Vec<shared::ScanRecord> = (1..=N)
+        .map(|i| {
+            let direction = match i {
+                N => Direction::Entry,
+                _ => Direction::Exit,
+            };
+            record(2, i, 5, direction, ResultCode::Ok, 1_900_000_000 + i)
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in scans.chunks(1000) {
+        store.add(batch, 0).unwrap();
+    }
+    drop(store);
+    let store = gate_sync::store::Store::open(&db).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let gates = store.counts().per_gate(None);
+    let counts = gates.values().next().unwrap();
+    assert_eq!((counts.admitted, counts.inside), (1, 1));
+    assert!(store.duplicates(None).is_empty());
+}
+
+#[test]
+fn a_flood_of_refused_requests_cannot_fill_the_node_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut child, addr, mut log) = node_process(&tmp.path().join("sync.db"));
+    // A stranger sends 300 requests with a made-up token, as fast as the
+    // node answers: each left a line in the log (thousands a second).
+    let url = format!("http://{addr}/v1/devices/{}/records", dev(1));
+    let flood = 300;
+    for _ in 0..flood {
+        assert_eq!(send(&url, Some("made-up"), "{\"records\": []}").0, 401);
+    }
+    // The next refusal, a second later, says how many were not logged.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(send(&url, Some("made-up"), "{\"records\": []}").0, 401);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut text = String::new();
+    log.read_to_string(&mut text).unwrap();
+    let logged = text
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .count();
+    let not_logged: usize = text
+        .lines()
+        .filter_map(|l| l.split("not_logged=").nth(1))
+        .map(|n| {
+            n.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert!(logged < flood / 2, "{logged} lines");
+    assert_eq!(logged + not_logged, flood + 1, "every refusal is counted");
+}
+
+#[test]
+fn unknown_paths_and_methods_are_refused_in_the_error_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, _state) = serve_state(&tmp.path().join("sync.db"));
+    // Both were empty answers, unlike every other refusal.
+    let (status, body) = call("GET", addr, "/v1/nothing-here", None);
+    assert_eq!(status, 404);
+    assert!(
+        body["error"].as_str().unwrap().contains("openapi"),
+        "{body}"
+    );
+    let answer = raw(addr, "DELETE /v1/pull HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("allow: post"),
+        "{answer}"
+    );
+    assert!(answer.contains("{\"error\":"), "{answer}");
+}
+
+#[test]
+fn an_encoded_event_filter_filters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, state) = serve_state(&tmp.path().join("sync.db"));
+    let token = enroll(addr, &state, 1);
+    assert_eq!(
+        push(addr, &token, 1, &[entry(1, 1, 1, 1_900_000_000)]).0,
+        200
+    );
+    // `event%5Fid` was not taken for `event_id`: every event was counted.
+    for query in ["event_id=7", "event%5Fid=7", "event_id=%37"] {
+        let (status, stats) = call("GET", addr, &format!("/v1/stats?{query}"), None);
+        assert_eq!(status, 200, "{query}: {stats}");
+        assert_eq!(stats["admitted"], 0, "{query}: {stats}");
+    }
+    let (_, stats) = call("GET", addr, "/v1/stats?event%5fid=10%30%31", None);
+    assert_eq!(stats["admitted"], 1, "{stats}");
 }

@@ -65,7 +65,7 @@ fn code(signer: &Signer, ticket: u8, multi_entry: bool) -> String {
 
 fn scanner_sync(gate: &mut Gate, node: &mut Store, now_ms: u64) {
     let mine = gate.unpushed(10_000).unwrap();
-    node.check_push(&mine).unwrap();
+    assert_eq!(node.check_push(&mine).unwrap(), None);
     node.add(&mine, now_ms).unwrap();
     if let Some(last) = mine.last() {
         gate.mark_pushed(last.idx).unwrap();

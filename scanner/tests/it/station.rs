@@ -487,6 +487,21 @@ fn scans_made_here_still_show_after_a_record_from_a_clock_far_ahead() {
     }
 }
 
+/// The same, with the far record already in the log when the station
+/// starts: the page's cursor starts at the newest record within reach of
+/// this device's clock, not past it.
+#[test]
+fn a_station_started_after_a_record_from_a_clock_far_ahead_shows_its_own_scans() {
+    let st = Station::new("tablet-8", "North", &[]);
+    let ahead_s = scanner::unix_now_ms() / 1000 + 3 * 3600;
+    pull(&st, &[far_admission(1, 63, ahead_s)]);
+    let addr = serve_with(&st.db, Duration::from_secs(600), None);
+    wait_for_state(addr, |s| s["stats"]["admitted"] == 1);
+    scanner(&["--db", st.db(), "check", &code(64, false)], b"");
+    let state = wait_for_state(addr, |s| s["current"]["scan"]["idx"] == 1);
+    assert_eq!(state["current"]["scan"]["device_name"], "tablet-8");
+}
+
 /// A node that cannot be reached is `offline` (a retry will do); a node
 /// that refuses this device (revoked) is `refused` (someone must act). The
 /// node's own words stay in `error`, for programs.
