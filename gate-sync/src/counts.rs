@@ -70,8 +70,9 @@ pub struct Counts {
     by_ticket: BTreeSet<ScanKey>,
     /// Tickets with two admitted entries or more.
     admitted_twice: BTreeSet<TicketKey>,
-    /// Per ticket admitted at least once, its admitted scans in short.
-    admitted: HashMap<TicketKey, Admitted>,
+    /// Per ticket admitted at least once, its admitted scans in short. A
+    /// B-tree: a hash map of a million tickets doubled its memory as it grew.
+    admitted: BTreeMap<TicketKey, Admitted>,
 }
 
 impl Counts {
