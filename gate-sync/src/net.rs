@@ -13,14 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 
 /// A connection that moves no byte for this long is closed.
 pub const IDLE: Duration = Duration::from_secs(20);
+/// A request's headers must arrive within this, however slowly they trickle.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// No connection lives longer than this; a client simply reconnects.
 pub const LIFETIME: Duration = Duration::from_secs(600);
 /// Most connections open at once from one address, by default
@@ -37,6 +38,7 @@ pub struct Guarded {
     inner: TcpListener,
     open: Open,
     idle: Duration,
+    header_timeout: Duration,
     per_addr: usize,
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// When a refusal was last logged: one line per second at most.
@@ -48,12 +50,14 @@ impl Guarded {
         Guarded::with_idle(inner, IDLE)
     }
 
-    /// With another idle limit (tests).
+    /// With another idle limit (tests); the headers' deadline is then at
+    /// most four times it.
     pub fn with_idle(inner: TcpListener, idle: Duration) -> Guarded {
         Guarded {
             inner,
             open: Default::default(),
             idle,
+            header_timeout: HEADER_TIMEOUT.min(idle.saturating_mul(4)),
             per_addr: PER_ADDR,
             tls: None,
             last_warned: None,
@@ -71,6 +75,11 @@ impl Guarded {
     pub fn with_tls(mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Guarded {
         self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
         self
+    }
+
+    /// How long a request's headers may take to arrive.
+    pub fn header_timeout(&self) -> Duration {
+        self.header_timeout
     }
 
     /// Takes a place for a connection from `ip`, unless a limit is reached.
@@ -154,12 +163,6 @@ impl Listener for Guarded {
 /// The client's address, for handlers and the refusal log.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, Guarded>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, Guarded>) -> PeerAddr {
-        PeerAddr(*stream.remote_addr())
-    }
-}
 
 /// A connection, plain or TLS (its handshake done on first use).
 pub enum Conn {

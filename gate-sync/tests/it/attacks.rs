@@ -212,6 +212,29 @@ fn silent_half_sent_and_idle_connections_are_closed() {
             "{what} connection left open"
         );
     }
+    // Headers sent a byte at a time, each well within the idle limit: the
+    // headers' deadline (four times the idle limit here) closes it.
+    let trickle = TcpStream::connect(addr).unwrap();
+    let mut drip = trickle.try_clone().unwrap();
+    let dripping = std::thread::spawn(move || {
+        let _ = drip.write_all(b"GET /openapi.json HTTP/1.1\r\nhost: x\r\nx-slow: ");
+        for _ in 0..40 {
+            if drip.write_all(b"a").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let started = Instant::now();
+    assert!(
+        closed_within(trickle, Duration::from_secs(5)),
+        "a connection trickling its headers left open"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not for idling"
+    );
+    dripping.join().unwrap();
     // One address cannot hold every connection the node has.
     let held: Vec<TcpStream> = (0..gate_sync::net::PER_ADDR)
         .map(|_| TcpStream::connect(addr).unwrap())
