@@ -495,15 +495,15 @@ async fn push(
     }
     // Signed by the device, no gap. A device never writes an index twice:
     // a second version is kept as proof against it, and answered 409.
-    let check = records.clone();
-    let second_version = s
-        .with_store_read(move |store| Ok(store.check_push(&check)?))
-        .await?;
     let job = Arc::new(PushJob {
         records,
         device,
         done: Mutex::new(None),
     });
+    let check = job.clone();
+    let second_version = s
+        .with_store_read(move |store| Ok(store.check_push(&check.records)?))
+        .await?;
     let state = s.clone();
     let (stored, vv) = tokio::task::spawn_blocking(move || state.commit(&job))
         .await
