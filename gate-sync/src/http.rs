@@ -723,7 +723,14 @@ async fn pull(
             // Every version a replica needs to see a faulty device goes in
             // the pages, beside the records of the same indexes: an answer
             // stays a page however many versions a device wrote.
-            let page = store.page(&req.version_vector, &digests, req.after, limit);
+            // {"records":[...],"conflicts":[...],"version_vector":...,"next":...}
+            let page = store.page_after(
+                br#"{"records":"#,
+                &req.version_vector,
+                &digests,
+                req.after,
+                limit,
+            );
             let vv = store.log().version_vector();
             // A peer node also learns the enrolled devices, with the first
             // page, so a device can sync with any node of the venue.
@@ -737,11 +744,8 @@ async fn pull(
                 devices,
             })
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-            // {"records":[...],"conflicts":[...],"version_vector":...,"next":...}
-            let mut body =
-                Vec::with_capacity(page.records.len() + page.conflicts.len() + tail.len() + 30);
-            body.extend_from_slice(br#"{"records":"#);
-            body.extend_from_slice(&page.records);
+            let mut body = page.records;
+            body.reserve(page.conflicts.len() + tail.len() + 16);
             if page.conflicts.len() > 2 {
                 body.extend_from_slice(br#","conflicts":"#);
                 body.extend_from_slice(&page.conflicts);

@@ -296,6 +296,7 @@ fn serve(store: Store, args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let cert = store.node_cert()?;
+    store.checkpoint_in_background()?;
     let (fingerprint, tls_config) = (cert.fingerprint(), cert.server_config());
     let state = gate_sync::AppState::new(store)
         .with_peer_token(peer_token)

@@ -72,7 +72,15 @@ pub fn exchange(
     let mut after = None;
     let nothing = Default::default();
     loop {
-        let page = state.read(|s| s.page(&theirs, &nothing, after, protocol::PULL_PAGE));
+        let page = state.read(|s| {
+            s.page_after(
+                br#"{"records":"#,
+                &theirs,
+                &nothing,
+                after,
+                protocol::PULL_PAGE,
+            )
+        });
         if page.is_empty() && devices.is_none() {
             break;
         }
@@ -83,8 +91,7 @@ pub fn exchange(
             .header("content-type", "application/json")
             .send(
                 [
-                    &br#"{"records":"#[..],
-                    &page.records,
+                    &page.records[..],
                     br#","devices":"#,
                     &devices,
                     br#","conflicts":"#,

@@ -77,6 +77,8 @@ pub struct ScanLog {
     /// The version vector, kept up to date on insert (it depends only on
     /// `records`, so equal logs have equal caches).
     contiguous: BTreeMap<DeviceId, u64>,
+    /// Each device's greatest index held (a cache, like `contiguous`).
+    highest: BTreeMap<DeviceId, u64>,
     /// For an index its device wrote twice (a faulty or hostile device):
     /// the version not kept, the greatest such. With the kept one, it is
     /// the proof against the device; every replica ends with the same pair.
@@ -124,6 +126,8 @@ impl ScanLog {
                 fold(self.digests.entry(device).or_default(), &record);
                 held.insert(idx, record);
                 self.len += 1;
+                let highest = self.highest.entry(device).or_insert(0);
+                *highest = (*highest).max(idx);
                 let contiguous = self.contiguous.entry(device).or_insert(0);
                 if idx == *contiguous + 1 {
                     *contiguous = idx;
@@ -305,6 +309,31 @@ impl ScanLog {
             }
             held.range(from..).map(|(_, r)| r)
         })
+    }
+
+    /// Each device holding records, from `from` on in id order, with the
+    /// greatest index it holds.
+    pub fn devices_from(
+        &self,
+        from: Option<DeviceId>,
+    ) -> impl Iterator<Item = (&DeviceId, u64)> + '_ {
+        let devices = match from {
+            Some(d) => self.highest.range(d..),
+            None => self.highest.range(..),
+        };
+        devices.map(|(d, highest)| (d, *highest))
+    }
+
+    /// `device`'s records held with an index in `indexes`, in order.
+    pub fn range(
+        &self,
+        device: &DeviceId,
+        indexes: std::ops::RangeInclusive<u64>,
+    ) -> impl Iterator<Item = &ScanRecord> + '_ {
+        self.records
+            .get(device)
+            .into_iter()
+            .flat_map(move |held| held.range(indexes.clone()).map(|(_, r)| r))
     }
 
     /// Every ticket's scans, in merged order (stamp, device, index).

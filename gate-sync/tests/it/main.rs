@@ -528,6 +528,150 @@ fn a_page_stops_at_a_few_megabytes_whatever_its_records() {
 }
 
 #[test]
+fn pages_hold_exactly_what_a_replica_lacks_in_order_however_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("sync.db");
+    let mut store = gate_sync::store::Store::open(&db).unwrap();
+    // Device 1's newest records have their JSON at hand and its oldest not;
+    // device 2 has a few; device 3 came in one batch.
+    let of = |device: u8, idx: std::ops::RangeInclusive<u64>| -> Vec<ScanRecord> {
+        idx.map(|i| {
+            record(
+                device,
+                i,
+                (i % 200) as u8,
+                Direction::Entry,
+                ResultCode::Ok,
+                1_900_000_000 + i,
+            )
+        })
+        .collect()
+    };
+    for batch in [
+        of(1, 1..=100),
+        of(2, 1..=5),
+        of(1, 101..=200),
+        of(3, 1..=70),
+    ] {
+        store.add(&batch, 0).unwrap();
+    }
+    store.add(&of(1, 201..=300), 0).unwrap();
+    let vv = |held: &[(u8, u64)]| {
+        shared::VersionVector(held.iter().map(|(d, i)| (dev(*d), *i)).collect())
+    };
+    let check = |store: &gate_sync::store::Store| {
+        for theirs in [
+            vv(&[]),
+            vv(&[(1, 250), (2, 5)]),
+            vv(&[(1, 10), (3, 69)]),
+            vv(&[(1, 300), (2, 5), (3, 70)]),
+        ] {
+            let lacking: Vec<ScanRecord> =
+                store.log().missing_after(&theirs, None).cloned().collect();
+            for limit in [1, 7, 64, 100, 5000] {
+                let (mut got, mut after, mut pages) = (Vec::new(), None, 0);
+                loop {
+                    let page = store.page(&theirs, &Default::default(), after, limit);
+                    let records: Vec<ScanRecord> = serde_json::from_slice(&page.records).unwrap();
+                    assert!(records.len() <= limit && records.len() == page.n);
+                    got.extend(records);
+                    pages += 1;
+                    match page.next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                    assert!(pages <= 400, "paging ends");
+                }
+                assert_eq!(got, lacking, "limit {limit}, theirs {theirs:?}");
+            }
+        }
+    };
+    check(&store);
+    // A node restarted has no JSON at hand: the same pages.
+    drop(store);
+    check(&gate_sync::store::Store::open(&db).unwrap());
+}
+
+#[test]
+fn a_node_made_before_records_were_kept_in_arrival_order_keeps_every_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("sync.db");
+    let old = [
+        include_str!("../../migrations/0001_records.sql"),
+        include_str!("../../migrations/0002_devices_auth.sql"),
+        include_str!("../../migrations/0003_distribution.sql"),
+        include_str!("../../migrations/0004_conflicts.sql"),
+        include_str!("../../migrations/0005_tls.sql"),
+    ];
+    let held: Vec<ScanRecord> = (1..=3)
+        .map(|i| {
+            record(
+                4,
+                i,
+                i as u8,
+                Direction::Entry,
+                ResultCode::Ok,
+                1_900_000_000 + i,
+            )
+        })
+        .collect();
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        for sql in old {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", old.len()).unwrap();
+        for r in &held {
+            conn.execute(
+                "INSERT INTO records (device_id, idx, body, received_at) VALUES (?1, ?2, ?3, 0)",
+                rusqlite::params![
+                    r.device_id.to_string(),
+                    r.idx as i64,
+                    serde_json::to_string(r).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let mut store = gate_sync::store::Store::open(&db).unwrap();
+    assert_eq!(store.log().records().cloned().collect::<Vec<_>>(), held);
+    // Still one record a key, and the log still grow-only.
+    assert!(store.add(&held[..1], 0).is_ok());
+    store
+        .add(
+            &[record(
+                4,
+                4,
+                4,
+                Direction::Exit,
+                ResultCode::Ok,
+                1_900_000_100,
+            )],
+            0,
+        )
+        .unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 4);
+    assert!(
+        conn.execute("DELETE FROM records", []).is_err(),
+        "grow-only"
+    );
+    assert!(
+        conn.execute(
+            "INSERT INTO records (device_id, idx, body, received_at) VALUES (?1, 1, 'x', 0)",
+            [held[0].device_id.to_string()],
+        )
+        .is_err(),
+        "one record a key"
+    );
+    assert_eq!(gate_sync::store::Store::open(&db).unwrap().log().len(), 4);
+}
+
+#[test]
 fn a_clock_beyond_the_year_9999_is_refused_and_the_last_day_is_shown() {
     let tmp = tempfile::tempdir().unwrap();
     let (addr, state) = serve_state(&tmp.path().join("sync.db"));
