@@ -283,15 +283,16 @@ fn main() {
             body.len()
         )
         .unwrap();
-        // The head, then as many bytes as it says.
-        buf.clear();
+        // The head, then as many bytes as it says, into `buf` as it is
+        // (written over, as a gate's buffer would be, not zeroed first).
+        let mut head = Vec::with_capacity(16 << 10);
         let mut chunk = [0u8; 16 << 10];
         let (head_end, length) = loop {
             let n = conn.read(&mut chunk).unwrap();
             assert!(n > 0, "an answer");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            head.extend_from_slice(&chunk[..n]);
+            if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
                 assert!(head.starts_with("http/1.1 200"), "pulled: {head}");
                 let length: usize = head
                     .lines()
@@ -301,9 +302,12 @@ fn main() {
                 break (end + 4, length);
             }
         };
-        let have = buf.len() - head_end;
-        buf.resize(head_end + length, 0);
-        conn.read_exact(&mut buf[head_end + have..]).unwrap();
+        let have = &head[head_end..];
+        if buf.len() < length {
+            buf.resize(length, 0);
+        }
+        buf[..have.len()].copy_from_slice(have);
+        conn.read_exact(&mut buf[have.len()..length]).unwrap();
         assert!(length as u64 > each * 100, "every lacking record came back");
         t.elapsed()
     };
@@ -326,7 +330,6 @@ fn main() {
                 s.spawn(move || {
                     // Touched before the clock starts, as a gate's memory is.
                     let mut buf = vec![1u8; 1 << 20];
-                    buf.clear();
                     (0..rounds)
                         .map(|_| {
                             barrier.wait();

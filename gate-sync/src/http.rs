@@ -21,7 +21,7 @@ use shared::protocol::{
 use shared::{DeviceId, RecordKey, ScanRecord, VersionVector};
 
 use crate::net::PeerAddr;
-use crate::store::{Store, StoreError};
+use crate::store::{Pieces, Store, StoreError};
 
 /// How long a client may take to send a request body it was allowed to send.
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -410,6 +410,19 @@ impl AppState {
     }
 
     /// [`AppState::with_store`] for reads, which run side by side.
+    /// [`AppState::with_store_read`] for short reads that touch no file
+    /// (a pull's page): at once on this thread when no commit holds the
+    /// store, sparing a thread switch each way.
+    async fn with_store_read_now<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        if let Ok(store) = self.store.try_read() {
+            return f(&store);
+        }
+        self.with_store_read(f).await
+    }
+
     async fn with_store_read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
@@ -729,53 +742,95 @@ async fn pull(
         false => Default::default(),
     };
     let now = crate::unix_now_ms();
-    let body = s
-        .with_store_read(move |store| {
-            if let Some(device) = device {
-                store.note_pull(device, now);
-            }
-            // Every version a replica needs to see a faulty device goes in
-            // the pages, beside the records of the same indexes: an answer
-            // stays a page however many versions a device wrote.
-            // {"records":[...],"conflicts":[...],"version_vector":...,"next":...}
-            let page = store.page_after(
-                br#"{"records":"#,
-                &req.version_vector,
-                &digests,
-                req.after,
-                limit,
-            );
-            let vv = store.log().version_vector();
-            // A peer node also learns the enrolled devices, with the first
-            // page, so a device can sync with any node of the venue.
-            let devices = match is_peer && req.after.is_none() {
-                true => Some(store.device_auth()?),
-                false => None,
-            };
-            let tail = serde_json::to_vec(&PullTail {
-                version_vector: &vv,
-                next: page.next,
-                devices,
-            })
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-            let mut body = page.records;
-            body.reserve(page.conflicts.len() + tail.len() + 16);
-            if page.conflicts.len() > 2 {
-                body.extend_from_slice(br#","conflicts":"#);
-                body.extend_from_slice(&page.conflicts);
-            }
-            body.push(b',');
-            body.extend_from_slice(&tail[1..]);
-            Ok(body)
+    let answer = move |store: &Store| {
+        if let Some(device) = device {
+            store.note_pull(device, now);
+        }
+        // Every version a replica needs to see a faulty device goes in
+        // the pages, beside the records of the same indexes: an answer
+        // stays a page however many versions a device wrote.
+        // {"records":[...],"conflicts":[...],"version_vector":...,"next":...}
+        let page = store.page_after(
+            br#"{"records":"#,
+            &req.version_vector,
+            &digests,
+            req.after,
+            limit,
+        );
+        // A peer node also learns the enrolled devices, with the first
+        // page, so a device can sync with any node of the venue.
+        let devices = match is_peer && req.after.is_none() {
+            true => Some(store.device_auth()?),
+            false => None,
+        };
+        let tail = serde_json::to_vec(&PullTail {
+            next: page.next,
+            devices,
         })
-        .await?;
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut body = page.records;
+        if page.conflicts.len() > 2 {
+            body.extend_from_slice(br#","conflicts":"#);
+            body.extend_from_slice(&page.conflicts);
+        }
+        body.extend_from_slice(br#","version_vector":"#);
+        body.push(store.version_vector_json());
+        body.extend_from_slice(b",");
+        body.extend_from_slice(&tail[1..]);
+        Ok(body)
+    };
+    // A peer's first page reads the database; a gate's reads memory only.
+    let body = match is_peer {
+        true => s.with_store_read(answer).await?,
+        false => s.with_store_read_now(answer).await?,
+    };
+    let body = Body::new(InPieces::from(body));
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// A body sent piece by piece, with its length known: the pieces shared
+/// with the store go out without being copied into one buffer.
+struct InPieces {
+    pieces: std::collections::VecDeque<Bytes>,
+    left: u64,
+}
+
+impl From<Pieces> for InPieces {
+    fn from(pieces: Pieces) -> InPieces {
+        InPieces {
+            left: pieces.len() as u64,
+            pieces: pieces.into_pieces().into(),
+        }
+    }
+}
+
+impl http_body::Body for InPieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let piece = self.pieces.pop_front();
+        if let Some(p) = &piece {
+            self.left -= p.len() as u64;
+        }
+        std::task::Poll::Ready(piece.map(|p| Ok(http_body::Frame::data(p))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
 }
 
 /// The rest of a pull answer, after its records.
 #[derive(Serialize)]
-struct PullTail<'a> {
-    version_vector: &'a VersionVector,
+struct PullTail {
     next: Option<RecordKey>,
     #[serde(skip_serializing_if = "Option::is_none")]
     devices: Option<Vec<DeviceAuth>>,

@@ -91,7 +91,7 @@ pub fn exchange(
             .header("content-type", "application/json")
             .send(
                 [
-                    &page.records[..],
+                    &page.records.to_vec()[..],
                     br#","devices":"#,
                     &devices,
                     br#","conflicts":"#,

@@ -2,12 +2,13 @@
 //! records, kept in memory too as a [`ScanLog`] for the derived views.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use rand_core::{OsRng, RngCore};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -124,7 +125,7 @@ impl<'a> Versions<'a> {
 /// One page of what a replica lacks ([`Store::page`]), as JSON arrays.
 pub struct Page {
     /// The records above the replica's version vector.
-    pub records: Vec<u8>,
+    pub records: Pieces,
     /// Other versions the replica needs to see: both versions of an index
     /// written twice, every version of a device whose log forked.
     pub conflicts: Vec<u8>,
@@ -162,64 +163,185 @@ pub struct Store {
     /// most pulls ask for (the last seconds of every gate), copied out
     /// instead of written again. At most [`RECENT`] a device.
     recent: BTreeMap<DeviceId, Recent>,
+    /// The log's version vector as JSON, as every pull answer ends, until
+    /// the log changes.
+    vv_json: Mutex<Option<Bytes>>,
 }
 
 /// How many of each device's newest records keep their JSON at hand, at
 /// least (up to twice as many are: about 30 to 65 KB a device).
 pub const RECENT: usize = 64;
 
-/// A device's newest records' JSON, one after another with commas between,
-/// as in a page: the records `first` and on, without a gap. The newest
-/// records of a device go out in one copy.
+/// A device's newest records' JSON as written to disk, each with the comma
+/// before it, as they go in a page: the records from the first run's
+/// `first` on, without a gap. Runs are shared with the answers that send
+/// them, not copied into each.
 #[derive(Default)]
 struct Recent {
-    first: u64,
-    json: Vec<u8>,
-    /// Where each record starts in `json`.
-    starts: std::collections::VecDeque<usize>,
+    runs: VecDeque<Run>,
 }
 
+/// Records of one device, one after another: `,{...},{...}`.
+struct Run {
+    first: u64,
+    json: Bytes,
+    /// Where each record (its comma) starts in `json`.
+    starts: Vec<u32>,
+}
+
+impl Run {
+    /// The index after the run's last.
+    fn next(&self) -> u64 {
+        self.first + self.starts.len() as u64
+    }
+
+    /// Where the run's `i`th record ends.
+    fn end(&self, i: usize) -> usize {
+        self.starts
+            .get(i + 1)
+            .map_or(self.json.len(), |&s| s as usize)
+    }
+}
+
+/// A run shorter than this is joined to the next one, so that a gate
+/// pushing one record at a time leaves few runs: each record is copied
+/// at most this many times.
+const SHORT_RUN: usize = RECENT / 4;
+
 impl Recent {
-    /// The JSON of records `from` to `to`, if all are at hand.
-    fn slice(&self, from: u64, to: u64) -> Option<&[u8]> {
-        let at = |idx: u64| usize::try_from(idx.checked_sub(self.first)?).ok();
-        let (a, b) = (at(from)?, at(to)?);
-        let start = *self.starts.get(a)?;
-        let end = match self.starts.get(b + 1) {
-            Some(next) => next - 1,
-            None if b + 1 == self.starts.len() => self.json.len(),
-            None => return None,
+    /// Appends to `out` the JSON of records `from` to `to`, each after a
+    /// comma, as slices of the runs; false (and nothing appended) unless
+    /// all are at hand.
+    fn slices(&self, from: u64, to: u64, out: &mut Pieces) -> bool {
+        let (Some(first), Some(last)) = (self.runs.front(), self.runs.back()) else {
+            return false;
         };
-        self.json.get(start..end)
+        if from < first.first || to >= last.next() || from > to {
+            return false;
+        }
+        for run in self
+            .runs
+            .iter()
+            .filter(|r| r.next() > from && r.first <= to)
+        {
+            // Within the run: from..=to is inside first..next.
+            let a = (from.max(run.first) - run.first) as usize;
+            let b = (to.min(run.next() - 1) - run.first) as usize;
+            out.push(run.json.slice(run.starts[a] as usize..run.end(b)));
+        }
+        true
     }
 
+    /// The JSON of record `idx`, without its comma, if at hand.
     fn get(&self, idx: u64) -> Option<&[u8]> {
-        self.slice(idx, idx)
+        let run = self
+            .runs
+            .iter()
+            .find(|r| r.first <= idx && idx < r.next())?;
+        let i = (idx - run.first) as usize;
+        run.json.get(run.starts[i] as usize + 1..run.end(i))
     }
 
-    /// Keeps `json` for `idx` when it is the next index; anything else (a
-    /// second version, an index out of turn) starts the window afresh.
-    fn put(&mut self, idx: u64, json: &[u8]) {
-        if self.starts.is_empty() || idx != self.first + self.starts.len() as u64 {
-            self.json.clear();
-            self.starts.clear();
-            self.first = idx;
-        } else {
-            self.json.push(b',');
+    /// Keeps the JSON of records `first` and on (`json`, each record after
+    /// a comma, starting at `starts`) when `first` is the next index;
+    /// anything else (a second version, an index out of turn) starts afresh.
+    fn put(&mut self, first: u64, json: &[u8], starts: &[usize]) {
+        if starts.is_empty() {
+            return;
         }
-        self.starts.push_back(self.json.len());
-        self.json.extend_from_slice(json);
-        // The oldest half goes once the window is full: each record's
-        // JSON is moved about once.
-        if self.starts.len() >= 2 * RECENT {
-            let cut = self.starts[RECENT];
-            self.json.drain(..cut);
-            self.starts.drain(..RECENT);
-            for s in &mut self.starts {
-                *s -= cut;
-            }
-            self.first += RECENT as u64;
+        if self.runs.back().is_none_or(|r| r.next() != first) {
+            self.runs.clear();
         }
+        // Of a long run, only the newest records are kept.
+        let skip = starts.len().saturating_sub(2 * RECENT);
+        let (from, starts) = (starts[skip], &starts[skip..]);
+        let mut run = Run {
+            first: first + skip as u64,
+            json: Bytes::new(),
+            starts: Vec::with_capacity(starts.len()),
+        };
+        let mut buf = Vec::new();
+        if self.runs.back().is_some_and(|r| r.starts.len() < SHORT_RUN)
+            && let Some(short) = self.runs.pop_back()
+        {
+            run.first = short.first;
+            buf.reserve(short.json.len() + json.len() - from);
+            buf.extend_from_slice(&short.json);
+            run.starts.extend_from_slice(&short.starts);
+        }
+        let base = buf.len();
+        run.starts
+            .extend(starts.iter().map(|s| (s - from + base) as u32));
+        buf.extend_from_slice(&json[from..]);
+        run.json = Bytes::from(buf);
+        self.runs.push_back(run);
+        // The oldest runs go while at least RECENT records remain.
+        let mut held: usize = self.runs.iter().map(|r| r.starts.len()).sum();
+        while let Some(oldest) = self.runs.front().map(|r| r.starts.len())
+            && held - oldest >= RECENT
+        {
+            held -= oldest;
+            self.runs.pop_front();
+        }
+    }
+}
+
+/// An answer in pieces: slices of the runs kept for pulls, shared and not
+/// copied, between bytes written for this answer alone.
+#[derive(Default)]
+pub struct Pieces {
+    done: Vec<Bytes>,
+    done_len: usize,
+    open: Vec<u8>,
+}
+
+impl Pieces {
+    /// Bytes written after the pieces so far.
+    pub fn write(&mut self) -> &mut Vec<u8> {
+        &mut self.open
+    }
+
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.open.extend_from_slice(bytes);
+    }
+
+    /// A shared piece, after what was written.
+    pub fn push(&mut self, piece: Bytes) {
+        self.close();
+        self.done_len += piece.len();
+        self.done.push(piece);
+    }
+
+    fn close(&mut self) {
+        if !self.open.is_empty() {
+            let open = Bytes::from(std::mem::take(&mut self.open));
+            self.done_len += open.len();
+            self.done.push(open);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.done_len + self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every piece, in order.
+    pub fn into_pieces(mut self) -> Vec<Bytes> {
+        self.close();
+        self.done
+    }
+
+    /// The answer in one piece.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        for piece in &self.done {
+            out.extend_from_slice(piece);
+        }
+        out.extend_from_slice(&self.open);
+        out
     }
 }
 
@@ -284,6 +406,7 @@ impl Store {
             log,
             pulled: Default::default(),
             recent: BTreeMap::new(),
+            vv_json: Mutex::new(None),
         })
     }
 
@@ -417,7 +540,7 @@ impl Store {
                 || v.proof.as_deref() != self.log.runner_up(device, *idx)
         });
         // The JSON written, kept for pulls once the commit holds.
-        let mut fresh: Vec<(DeviceId, u64, std::ops::Range<usize>)> = Vec::new();
+        let mut fresh: Vec<(DeviceId, u64, usize)> = Vec::new();
         let mut written: Vec<u8> = Vec::new();
         let tx = self
             .conn
@@ -448,7 +571,9 @@ impl Store {
                     // write_json writes UTF-8 only.
                     let text = std::str::from_utf8(&body).unwrap_or_default();
                     upsert.execute(params![device.1, *idx as i64, text, now_ms as i64])?;
-                    fresh.push((*id, *idx, written.len()..written.len() + body.len()));
+                    // As it goes in a page: after a comma.
+                    fresh.push((*id, *idx, written.len()));
+                    written.push(b',');
                     written.extend_from_slice(&body);
                 }
                 if let Some(p) = &v.proof
@@ -469,11 +594,21 @@ impl Store {
             }
         }
         tx.commit()?;
-        for (device, idx, at) in fresh {
+        // By runs of one device's indexes, one after another.
+        let mut runs = fresh.as_slice();
+        while let Some(&(device, first, at)) = runs.first() {
+            let n = runs
+                .iter()
+                .enumerate()
+                .take_while(|(i, (d, idx, _))| *d == device && *idx == first + *i as u64)
+                .count();
+            let end = runs.get(n).map_or(written.len(), |r| r.2);
+            let starts: Vec<usize> = runs[..n].iter().map(|r| r.2 - at).collect();
             self.recent
                 .entry(device)
                 .or_default()
-                .put(idx, &written[at]);
+                .put(first, &written[at..end], &starts);
+            runs = &runs[n..];
         }
         let pulled = self.pulled.get_mut().unwrap_or_else(|p| p.into_inner());
         for device in batches.iter().filter_map(|(_, d)| *d) {
@@ -502,6 +637,7 @@ impl Store {
         if replaced {
             self.counts = Counts::of(&self.log);
         }
+        *self.vv_json.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(stored)
     }
 
@@ -643,6 +779,23 @@ impl Store {
             })
             .map(RecordKey::of)
             .peekable();
+        // What gates ask nearly always: records, and no device that wrote
+        // an index twice nor forked. Each device's newest ones go out as
+        // they were kept, not copied.
+        if twice.peek().is_none() && forked.peek().is_none() {
+            let mut records = Pieces::default();
+            records.extend_from_slice(prefix);
+            records.extend_from_slice(b"[");
+            let (n, next) = self.plain_page(&mut records, theirs, after, limit);
+            records.extend_from_slice(b"]");
+            return Page {
+                records,
+                conflicts: b"[]".to_vec(),
+                n,
+                indexes: n,
+                next,
+            };
+        }
         // Room for a full page of typical records (about 520 bytes each),
         // so a long answer is not copied as it grows.
         let mut records = Vec::with_capacity(
@@ -663,20 +816,6 @@ impl Store {
             }
             r.write_json(out);
         };
-        // What gates ask nearly always: records, and no device that wrote
-        // an index twice nor forked. Each device's newest ones go out in
-        // one copy.
-        if twice.peek().is_none() && forked.peek().is_none() {
-            let (n, next) = self.plain_page(&mut records, theirs, after, limit);
-            records.push(b']');
-            return Page {
-                records,
-                conflicts: b"[]".to_vec(),
-                n,
-                indexes: n,
-                next,
-            };
-        }
         let (mut n, mut indexes, mut last, mut next) = (0, 0, None, None);
         // The device of the record before, and its JSON at hand.
         let mut cached: (Option<DeviceId>, Option<&Recent>) = (None, None);
@@ -731,8 +870,10 @@ impl Store {
         }
         records.push(b']');
         conflicts.push(b']');
+        let mut pieces = Pieces::default();
+        *pieces.write() = records;
         Page {
-            records,
+            records: pieces,
             conflicts,
             n,
             indexes,
@@ -745,13 +886,19 @@ impl Store {
     /// many records (each its own index) and the key of the next page.
     fn plain_page(
         &self,
-        out: &mut Vec<u8>,
+        out: &mut Pieces,
         theirs: &VersionVector,
         after: Option<RecordKey>,
         limit: usize,
     ) -> (usize, Option<RecordKey>) {
         let start = out.len();
         let (mut n, mut last) = (0, None);
+        // Every record goes after a comma, but the page's first.
+        let comma = |out: &mut Pieces| {
+            if out.len() > start {
+                out.extend_from_slice(b",");
+            }
+        };
         for (device, held) in self.log.devices_from(after.map(|k| k.device_id)) {
             let mut from = theirs.get(device).saturating_add(1);
             if let Some(k) = after.filter(|k| k.device_id == *device) {
@@ -767,13 +914,18 @@ impl Store {
             // what the window holds.
             let to = held.min(from.saturating_add((limit - n - 1) as u64));
             let recent = self.recent.get(device);
-            if let Some(json) = recent.and_then(|c| c.slice(from, to))
-                && out.len() + json.len() < PAGE_BYTES
+            let mut runs = Pieces::default();
+            if recent.is_some_and(|c| c.slices(from, to, &mut runs))
+                && out.len() + runs.len() < PAGE_BYTES
             {
-                if out.len() > start {
-                    out.push(b',');
+                let mut runs = runs.into_pieces().into_iter();
+                if out.len() == start
+                    && let Some(first) = runs.next()
+                {
+                    // The page's first record: without its comma.
+                    out.push(first.slice(1..));
                 }
-                out.extend_from_slice(json);
+                runs.for_each(|run| out.push(run));
                 n += (to - from + 1) as usize;
                 last = Some(RecordKey {
                     device_id: *device,
@@ -788,18 +940,29 @@ impl Store {
                 if n >= limit || out.len() >= PAGE_BYTES {
                     return (n, last);
                 }
-                if out.len() > start {
-                    out.push(b',');
-                }
+                comma(out);
                 match recent.and_then(|c| c.get(r.idx)) {
                     Some(json) => out.extend_from_slice(json),
-                    None => r.write_json(out),
+                    None => r.write_json(out.write()),
                 }
                 n += 1;
                 last = Some(RecordKey::of(r));
             }
         }
         (n, None)
+    }
+
+    /// The log's version vector, as JSON.
+    pub fn version_vector_json(&self) -> Bytes {
+        let mut cached = self.vv_json.lock().unwrap_or_else(|p| p.into_inner());
+        cached
+            .get_or_insert_with(|| {
+                // A map of strings to numbers always serializes.
+                serde_json::to_vec(&self.log.version_vector())
+                    .unwrap_or_default()
+                    .into()
+            })
+            .clone()
     }
 
     /// Notes that a device pulled; kept in memory until the next write.

@@ -486,7 +486,7 @@ fn a_pull_sends_the_version_kept_after_a_second_version_wins() {
     store.add_authentic(&[refused], &[], 0).unwrap();
     let pulled = |store: &gate_sync::store::Store| {
         let page = store.page(&Default::default(), &Default::default(), None, 10);
-        serde_json::from_slice::<Vec<shared::ScanRecord>>(&page.records).unwrap()
+        serde_json::from_slice::<Vec<shared::ScanRecord>>(&page.records.to_vec()).unwrap()
     };
     assert_eq!(pulled(&store)[0].result, ResultCode::Invalid);
     store
