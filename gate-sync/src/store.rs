@@ -497,24 +497,15 @@ impl Store {
                 held,
             });
         }
+        // What gates push: each record new, its key once. They are taken
+        // as they are, without working out versions.
+        let fresh_only = self.all_new(&all);
         // What the CRDT takes: per key, the version kept and the proof of
         // a second version, as they end after every record is added. Only
         // what changed is written, so disk and memory agree.
         let mut ends: BTreeMap<(DeviceId, u64), Versions<'_>> = BTreeMap::new();
         let mut stored = Vec::with_capacity(batches.len());
-        // What gates push: each record new, its key once. They are taken
-        // as they are, without working out versions.
-        let fresh_only = self.all_new(&all);
         if fresh_only {
-            for r in &all {
-                ends.insert(
-                    (r.device_id, r.idx),
-                    Versions {
-                        kept: Some(Cow::Borrowed(*r)),
-                        proof: None,
-                    },
-                );
-            }
             stored.extend(batches.iter().map(|(b, _)| b.len()));
         }
         for (records, _) in batches.iter().filter(|_| !fresh_only) {
@@ -539,6 +530,16 @@ impl Store {
             v.kept.as_deref() != self.log.get(device, *idx)
                 || v.proof.as_deref() != self.log.runner_up(device, *idx)
         });
+        // The rows to write: (version kept, proof of a second version) by
+        // key, each device's one after another.
+        type Row<'r> = (Option<&'r ScanRecord>, Option<&'r ScanRecord>);
+        let rows: Vec<Row<'_>> = match fresh_only {
+            true => all.iter().map(|r| (Some(*r), None)).collect(),
+            false => ends
+                .values()
+                .map(|v| (v.kept.as_deref(), v.proof.as_deref()))
+                .collect(),
+        };
         // The JSON written, kept for pulls once the commit holds.
         let mut fresh: Vec<(DeviceId, u64, usize)> = Vec::new();
         let mut written: Vec<u8> = Vec::new();
@@ -557,32 +558,38 @@ impl Store {
                 "INSERT INTO conflicts (device_id, idx, body) VALUES (?1, ?2, ?3)
                  ON CONFLICT(device_id, idx) DO UPDATE SET body = excluded.body",
             )?;
-            // Keys are sorted by device: its hex id is worked out once per run.
+            // Rows come a device at a time: its hex id is worked out once
+            // per run.
             let mut device = (None, String::new());
             let mut body = Vec::with_capacity(512);
-            fresh.reserve(ends.len());
-            for ((id, idx), v) in &ends {
-                if device.0 != Some(*id) {
-                    device = (Some(*id), id.to_string());
+            fresh.reserve(rows.len());
+            // Typical records take about 520 bytes.
+            written.reserve(rows.len() * 560);
+            for (kept, p) in &rows {
+                let Some((id, idx)) = kept.or(*p).map(|r| (r.device_id, r.idx)) else {
+                    continue;
+                };
+                if device.0 != Some(id) {
+                    device = (Some(id), id.to_string());
                 }
-                if let Some(kept) = &v.kept {
+                if let Some(kept) = kept {
                     body.clear();
                     kept.write_json(&mut body);
                     // write_json writes UTF-8 only.
                     let text = std::str::from_utf8(&body).unwrap_or_default();
-                    upsert.execute(params![device.1, *idx as i64, text, now_ms as i64])?;
+                    upsert.execute(params![device.1, idx as i64, text, now_ms as i64])?;
                     // As it goes in a page: after a comma.
-                    fresh.push((*id, *idx, written.len()));
+                    fresh.push((id, idx, written.len()));
                     written.push(b',');
                     written.extend_from_slice(&body);
                 }
-                if let Some(p) = &v.proof
-                    && self.log.runner_up(id, *idx) != Some(p)
+                if let Some(p) = p
+                    && self.log.runner_up(&id, idx) != Some(p)
                 {
                     body.clear();
                     p.write_json(&mut body);
                     let text = std::str::from_utf8(&body).unwrap_or_default();
-                    proof.execute(params![device.1, *idx as i64, text])?;
+                    proof.execute(params![device.1, idx as i64, text])?;
                 }
             }
             let mut touch = tx.prepare_cached(
@@ -618,6 +625,13 @@ impl Store {
         // replaces one already counted, and everything is counted again.
         // (Counting the rest one by one would read the replaced record in
         // place of the one it replaced.)
+        drop(rows);
+        if fresh_only {
+            for r in all {
+                self.counts.add(r);
+                self.log.insert(r.clone());
+            }
+        }
         let replaced = ends.iter().any(|((device, idx), v)| {
             self.log
                 .get(device, *idx)
