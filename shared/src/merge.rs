@@ -72,7 +72,7 @@ impl RecordKey {
 pub struct ScanLog {
     /// Per device, its records by index: a peer's missing records are one
     /// short range per device.
-    records: BTreeMap<DeviceId, BTreeMap<u64, ScanRecord>>,
+    records: BTreeMap<DeviceId, DeviceRecords>,
     len: usize,
     /// The version vector, kept up to date on insert (it depends only on
     /// `records`, so equal logs have equal caches).
@@ -90,6 +90,108 @@ pub struct ScanLog {
     /// which a version vector alone never shows.
     digests: BTreeMap<DeviceId, RecordHash>,
 }
+
+/// One device's records by index. Those from 1 on with none missing are
+/// kept one after another, in chunks (a node refuses gaps, so that is every
+/// record of a node): about half the memory of a tree, whose nodes stay
+/// half full when keys only grow. Records above a gap are in a tree until
+/// the gap fills.
+#[derive(Clone, Debug, Default)]
+struct DeviceRecords {
+    /// Records 1 to `dense`, [`CHUNK`] a chunk.
+    chunks: Vec<Vec<ScanRecord>>,
+    dense: u64,
+    /// Records above the first index missing.
+    above: BTreeMap<u64, ScanRecord>,
+}
+
+/// Records a chunk: 376 KiB of records. A device's first chunk grows as it
+/// fills, so that a device of a few records takes little.
+const CHUNK: usize = 1024;
+
+impl DeviceRecords {
+    /// Where index `idx` is among the chunks, if it is there.
+    fn at(&self, idx: u64) -> Option<(usize, usize)> {
+        let i = usize::try_from(idx.checked_sub(1)?).ok()?;
+        (idx <= self.dense).then_some((i / CHUNK, i % CHUNK))
+    }
+
+    fn get(&self, idx: u64) -> Option<&ScanRecord> {
+        match self.at(idx) {
+            Some((c, i)) => self.chunks.get(c)?.get(i),
+            None => self.above.get(&idx),
+        }
+    }
+
+    fn get_mut(&mut self, idx: u64) -> Option<&mut ScanRecord> {
+        match self.at(idx) {
+            Some((c, i)) => self.chunks.get_mut(c)?.get_mut(i),
+            None => self.above.get_mut(&idx),
+        }
+    }
+
+    /// Adds the record of an index not held.
+    fn insert_new(&mut self, record: ScanRecord) {
+        if record.idx != self.dense + 1 {
+            self.above.insert(record.idx, record);
+            return;
+        }
+        self.push(record);
+        // Records above the gap just filled join the run.
+        while let Some(next) = self.above.remove(&(self.dense + 1)) {
+            self.push(next);
+        }
+    }
+
+    fn push(&mut self, record: ScanRecord) {
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            let room = if self.chunks.is_empty() { 0 } else { CHUNK };
+            self.chunks.push(Vec::with_capacity(room));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(record);
+            self.dense += 1;
+        }
+    }
+
+    /// The records with an index from `from` to `to`, in order.
+    fn range(&self, from: u64, to: u64) -> impl Iterator<Item = &ScanRecord> + '_ {
+        let (lo, hi) = (from.max(1), to.min(self.dense));
+        let run = (lo <= hi)
+            .then(|| {
+                let (a, b) = ((lo - 1) as usize, hi as usize);
+                (a / CHUNK..=(b - 1) / CHUNK).flat_map(move |c| {
+                    let start = c * CHUNK;
+                    let chunk = &self.chunks[c];
+                    chunk[a.max(start) - start..b.min(start + CHUNK) - start].iter()
+                })
+            })
+            .into_iter()
+            .flatten();
+        let above = (to > self.dense)
+            .then(|| {
+                self.above
+                    .range(from.max(self.dense + 1)..=to)
+                    .map(|(_, r)| r)
+            })
+            .into_iter()
+            .flatten();
+        run.chain(above)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &ScanRecord> + '_ {
+        self.chunks.iter().flatten().chain(self.above.values())
+    }
+}
+
+/// Equal when they hold the same records (a record holds its index).
+impl PartialEq for DeviceRecords {
+    fn eq(&self, other: &DeviceRecords) -> bool {
+        self.dense == other.dense && self.values().eq(other.values())
+    }
+}
+
+impl Eq for DeviceRecords {}
 
 /// A ticket admitted while already inside: the same single-entry ticket (or
 /// its screenshot) let in at two gates while they were offline, or a
@@ -121,20 +223,15 @@ impl ScanLog {
         let held = self.records.entry(device).or_default();
         // The versions kept are the two greatest seen: the one kept, and
         // the proof.
-        let loser = match held.get_mut(&idx) {
+        let loser = match held.get_mut(idx) {
             None => {
                 fold(self.digests.entry(device).or_default(), &record);
-                held.insert(idx, record);
+                held.insert_new(record);
                 self.len += 1;
                 let highest = self.highest.entry(device).or_insert(0);
                 *highest = (*highest).max(idx);
-                let contiguous = self.contiguous.entry(device).or_insert(0);
-                if idx == *contiguous + 1 {
-                    *contiguous = idx;
-                    while held.contains_key(&(*contiguous + 1)) {
-                        *contiguous += 1;
-                    }
-                }
+                // The run from 1 on is the contiguous part.
+                self.contiguous.insert(device, held.dense);
                 return true;
             }
             Some(kept) if *kept == record => return false,
@@ -183,7 +280,7 @@ impl ScanLog {
                     && self.digest(device) != **digest
             })
             .filter_map(move |(device, _)| self.records.get(device))
-            .flat_map(BTreeMap::values)
+            .flat_map(DeviceRecords::values)
             .chain(
                 self.runner_up
                     .iter()
@@ -223,7 +320,7 @@ impl ScanLog {
 
     /// The record held under (device, index), if any.
     pub fn get(&self, device: &DeviceId, idx: u64) -> Option<&ScanRecord> {
-        self.records.get(device).and_then(|held| held.get(&idx))
+        self.records.get(device).and_then(|held| held.get(idx))
     }
 
     /// The first of `records` that would land above a gap in its device's
@@ -275,7 +372,7 @@ impl ScanLog {
 
     /// Every record, by device and index.
     pub fn records(&self) -> impl Iterator<Item = &ScanRecord> {
-        self.records.values().flat_map(BTreeMap::values)
+        self.records.values().flat_map(DeviceRecords::values)
     }
 
     pub fn version_vector(&self) -> VersionVector {
@@ -307,7 +404,7 @@ impl ScanLog {
             if let Some(k) = after.filter(|k| k.device_id == *device) {
                 from = from.max(k.idx.saturating_add(1));
             }
-            held.range(from..).map(|(_, r)| r)
+            held.range(from, u64::MAX)
         })
     }
 
@@ -333,7 +430,7 @@ impl ScanLog {
         self.records
             .get(device)
             .into_iter()
-            .flat_map(move |held| held.range(indexes.clone()).map(|(_, r)| r))
+            .flat_map(move |held| held.range(*indexes.start(), *indexes.end()))
     }
 
     /// Every ticket's scans, in merged order (stamp, device, index).

@@ -270,6 +270,77 @@ fn version_vector_stops_at_the_first_gap() {
 }
 
 #[test]
+fn a_long_log_with_gaps_filled_out_of_turn_reads_back_by_index_and_range() {
+    // Thousands of indexes (past the log's inner chunks of 1,024), a gap
+    // left open at 3,000, and records arriving above gaps before the gaps
+    // fill, as they do from a peer.
+    let scan = |i: u64| {
+        record(
+            7,
+            i,
+            1,
+            false,
+            Direction::Entry,
+            ResultCode::Invalid,
+            i << 16,
+        )
+    };
+    let held: Vec<u64> = (1..=2999).chain(3001..=3100).collect();
+    let mut order = held.clone();
+    // Every index above 1,500 arrives before 1,000..=1,500.
+    order.sort_by_key(|i| ((1000..=1500).contains(i), *i));
+    let mut log = ScanLog::new();
+    for &i in &order {
+        assert!(log.insert(scan(i)), "{i} is new");
+        assert!(!log.insert(scan(i)), "{i} again changes nothing");
+    }
+    let device = DeviceId([7; 16]);
+    assert_eq!(log.len(), held.len());
+    assert_eq!(log.version_vector().get(&device), 2999);
+    for i in [1, 1023, 1024, 1025, 2048, 2049, 2999, 3001, 3100] {
+        assert_eq!(log.get(&device, i).map(|r| r.idx), Some(i));
+    }
+    for i in [0, 3000, 3101, u64::MAX] {
+        assert!(log.get(&device, i).is_none(), "{i} is not held");
+    }
+    let range =
+        |from: u64, to: u64| -> Vec<u64> { log.range(&device, from..=to).map(|r| r.idx).collect() };
+    let expect = |from: u64, to: u64| -> Vec<u64> {
+        held.iter()
+            .copied()
+            .filter(|i| (from..=to).contains(i))
+            .collect()
+    };
+    for (from, to) in [
+        (0, u64::MAX),
+        (1, 1),
+        (1020, 1030),
+        (1024, 1024),
+        (1025, 2049),
+        (2990, 3010),
+        (3000, 3000),
+        (3050, 5000),
+        (5, 4),
+    ] {
+        assert_eq!(range(from, to), expect(from, to), "{from}..={to}");
+    }
+    let missing: Vec<u64> = log
+        .missing_for(&VersionVector([(device, 2047)].into()))
+        .iter()
+        .map(|r| r.idx)
+        .collect();
+    assert_eq!(missing, expect(2048, u64::MAX));
+    // The same records in key order make an equal log.
+    let sorted: ScanLog = held.iter().map(|&i| scan(i)).collect();
+    assert_eq!(sorted, log);
+    // Filling the gap joins the records above it to the run.
+    log.insert(scan(3000));
+    assert_eq!(log.version_vector().get(&device), 3100);
+    assert_eq!(log.range(&device, 2999..=3001).count(), 3);
+    assert_ne!(sorted, log);
+}
+
+#[test]
 fn a_conflicting_record_resolves_the_same_on_every_replica() {
     let one = record(1, 1, 1, false, Direction::Entry, ResultCode::Ok, 10 << 16);
     let mut other = one.clone();
