@@ -410,14 +410,19 @@ impl AppState {
     }
 
     /// [`AppState::with_store`] for reads, which run side by side.
-    /// [`AppState::with_store_read`] for short reads that touch no file
-    /// (a pull's page): at once on this thread when no commit holds the
-    /// store, sparing a thread switch each way.
+    /// [`AppState::with_store_read`] for reads that touch no file (a
+    /// pull's page): at once on this thread, sparing a thread switch each
+    /// way, when no commit holds the store and `short` says the read is
+    /// short; otherwise on a thread of the blocking pool, so that a long
+    /// page never holds up the connections this thread serves.
     async fn with_store_read_now<T: Send + 'static>(
         &self,
+        short: impl FnOnce(&Store) -> bool,
         f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        if let Ok(store) = self.store.try_read() {
+        if let Ok(store) = self.store.try_read()
+            && short(&store)
+        {
             return f(&store);
         }
         self.with_store_read(f).await
@@ -742,6 +747,8 @@ async fn pull(
         false => Default::default(),
     };
     let now = crate::unix_now_ms();
+    let theirs = Arc::new(req.version_vector);
+    let vv = theirs.clone();
     let answer = move |store: &Store| {
         if let Some(device) = device {
             store.note_pull(device, now);
@@ -750,13 +757,7 @@ async fn pull(
         // the pages, beside the records of the same indexes: an answer
         // stays a page however many versions a device wrote.
         // {"records":[...],"conflicts":[...],"version_vector":...,"next":...}
-        let page = store.page_after(
-            br#"{"records":"#,
-            &req.version_vector,
-            &digests,
-            req.after,
-            limit,
-        );
+        let page = store.page_after(br#"{"records":"#, &vv, &digests, req.after, limit);
         // A peer node also learns the enrolled devices, with the first
         // page, so a device can sync with any node of the venue.
         let devices = match is_peer && req.after.is_none() {
@@ -779,14 +780,22 @@ async fn pull(
         body.extend_from_slice(&tail[1..]);
         Ok(body)
     };
-    // A peer's first page reads the database; a gate's reads memory only.
+    // A peer's first page reads the database; a gate's reads memory only,
+    // and is made at once if it holds a few seconds of every gate's scans.
     let body = match is_peer {
         true => s.with_store_read(answer).await?,
-        false => s.with_store_read_now(answer).await?,
+        false => {
+            let short = |store: &Store| store.log().lacking(&theirs, SHORT_PULL) < SHORT_PULL;
+            s.with_store_read_now(short, answer).await?
+        }
     };
     let body = Body::new(InPieces::from(body));
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
+
+/// A pull lacking fewer records than this is answered on the thread that
+/// read it (about a megabyte, a millisecond or two at most).
+const SHORT_PULL: u64 = 2000;
 
 /// A body sent piece by piece, with its length known: the pieces shared
 /// with the store go out without being copied into one buffer.

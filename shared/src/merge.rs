@@ -408,6 +408,19 @@ impl ScanLog {
         })
     }
 
+    /// How many records a replica at `theirs` may lack, counted up to
+    /// `enough` (the greatest index held of each device above its own).
+    pub fn lacking(&self, theirs: &VersionVector, enough: u64) -> u64 {
+        let mut n: u64 = 0;
+        for (device, highest) in &self.highest {
+            n = n.saturating_add(highest.saturating_sub(theirs.get(device)));
+            if n >= enough {
+                break;
+            }
+        }
+        n
+    }
+
     /// Each device holding records, from `from` on in id order, with the
     /// greatest index it holds.
     pub fn devices_from(
