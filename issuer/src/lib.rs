@@ -7,8 +7,11 @@
 //! - [`issue`] signs batches of tickets and writes their QR pictures, using
 //!   [`qr`] to draw them.
 //! - [`time`] reads and writes the times the command line takes.
+//! - [`domain`] is the booking domain, pure: seating plans, best available
+//!   seats, prices, order states.
 
 pub mod demo;
+pub mod domain;
 pub mod events;
 pub mod issue;
 pub mod keys;
