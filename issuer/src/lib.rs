@@ -16,6 +16,7 @@ pub mod events;
 pub mod issue;
 pub mod keys;
 pub mod qr;
+pub mod storage;
 pub mod store;
 pub mod time;
 

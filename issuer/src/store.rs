@@ -8,7 +8,10 @@ use rusqlite::Connection;
 use crate::Error;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_keys_events_tickets.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_keys_events_tickets.sql"),
+    include_str!("../migrations/0002_catalogue.sql"),
+];
 
 /// An opened data directory.
 pub struct Store {
@@ -21,34 +24,8 @@ impl Store {
     /// The directory and the database (which holds every ticket's code) are
     /// readable by their owner only.
     pub fn open(dir: &Path) -> Result<Store, Error> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::io(dir, e))?;
-        let path = dir.join("issuer.db");
-        private_file(&path).map_err(|e| Error::io(&path, e))?;
-        let setup = || -> rusqlite::Result<Connection> {
-            let conn = Connection::open(&path)?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            conn.pragma_update(None, "foreign_keys", true)?;
-            conn.busy_timeout(std::time::Duration::from_secs(5))?;
-            Ok(conn)
-        };
-        let mut conn = setup().map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
-                Error::Invalid(format!(
-                    "{} is not an issuer database (the file is not SQLite, or is damaged): \
-                     check --data, or restore the file from a backup",
-                    path.display()
-                ))
-            }
-            e => Error::Db(e),
-        })?;
-        migrate(&mut conn, &path)?;
         Ok(Store {
-            conn,
+            conn: open_db(dir)?,
             dir: dir.to_owned(),
         })
     }
@@ -74,6 +51,38 @@ impl Store {
     pub fn keys_dir(&self) -> PathBuf {
         self.dir.join("keys")
     }
+}
+
+/// Opens (creating if needed) the data directory's database, private to its
+/// owner, with its schema brought up to date.
+pub(crate) fn open_db(dir: &Path) -> Result<Connection, Error> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    let path = dir.join("issuer.db");
+    private_file(&path).map_err(|e| Error::io(&path, e))?;
+    let setup = || -> rusqlite::Result<Connection> {
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
+    };
+    let mut conn = setup().map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+            Error::Invalid(format!(
+                "{} is not an issuer database (the file is not SQLite, or is damaged): \
+                 check --data, or restore the file from a backup",
+                path.display()
+            ))
+        }
+        e => Error::Db(e),
+    })?;
+    migrate(&mut conn, &path)?;
+    Ok(conn)
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {

@@ -8,7 +8,10 @@
 //! - [`pricing`]: a category's price at hold time (early-bird time tiers,
 //!   demand tiers by share sold).
 //! - [`order`]: an order's states and the only moves between them.
+//! - [`catalogue`]: venues, events and ticket categories as organizers
+//!   create them, checked before they are stored.
 
+pub mod catalogue;
 pub mod order;
 pub mod pricing;
 pub mod seats;
@@ -21,4 +24,19 @@ pub struct Invalid(pub String);
 
 pub(crate) fn invalid(message: impl Into<String>) -> Invalid {
     Invalid(message.into())
+}
+
+/// A name or line shown to people: present, at most `max` bytes, no
+/// control characters.
+pub(crate) fn text(what: &str, s: &str, max: usize) -> Result<(), Invalid> {
+    if s.trim().is_empty() {
+        return Err(invalid(format!("{what} is empty")));
+    }
+    if s.len() > max {
+        return Err(invalid(format!("{what} is longer than {max} bytes")));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(invalid(format!("{what} has control characters")));
+    }
+    Ok(())
 }

@@ -8,6 +8,10 @@ use shared::code::MAX_SEAT_LEN;
 
 use super::{Invalid, invalid};
 
+fn text(what: &str, s: &str) -> Result<(), Invalid> {
+    super::text(what, s, MAX_NAME)
+}
+
 /// Most seats a plan may hold (an arena's bowl is about 20,000).
 pub const MAX_SEATS: usize = 100_000;
 /// Most sections, rows in a section, and general-admission areas.
@@ -149,20 +153,6 @@ impl SeatingPlan {
         }
         Ok(())
     }
-}
-
-/// A name shown to people: present, short, no control characters.
-fn text(what: &str, s: &str) -> Result<(), Invalid> {
-    if s.trim().is_empty() {
-        return Err(invalid(format!("{what} is empty")));
-    }
-    if s.len() > MAX_NAME {
-        return Err(invalid(format!("{what} is longer than {MAX_NAME} bytes")));
-    }
-    if s.chars().any(char::is_control) {
-        return Err(invalid(format!("{what} has control characters")));
-    }
-    Ok(())
 }
 
 /// A label in a seat's key: letters, digits and a few marks; no spaces,

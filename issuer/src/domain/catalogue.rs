@@ -1,0 +1,250 @@
+//! What is for sale: venues, events and their ticket categories, as an
+//! organizer creates them, checked before anything is stored.
+
+use serde::{Deserialize, Serialize};
+
+use super::pricing::Pricing;
+use super::venue::SeatingPlan;
+use super::{Invalid, invalid, text};
+
+/// Longest description, in bytes.
+pub const MAX_DESCRIPTION: usize = 20_000;
+/// Most performers an event lists.
+pub const MAX_PERFORMERS: usize = 50;
+/// Most places one order may hold, whatever a category allows.
+pub const MAX_PER_ORDER: u32 = 100;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewVenue {
+    pub name: String,
+    pub city: String,
+    #[serde(default)]
+    pub address: String,
+    pub plan: SeatingPlan,
+}
+
+impl NewVenue {
+    pub fn check(&self) -> Result<(), Invalid> {
+        text("the venue's name", &self.name, 200)?;
+        text("the venue's city", &self.city, 200)?;
+        if !self.address.is_empty() {
+            text("the venue's address", &self.address, 500)?;
+        }
+        self.plan.check()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Genre {
+    Concert,
+    Sports,
+    Theatre,
+    Comedy,
+    Festival,
+    Family,
+    Conference,
+    Other,
+}
+
+impl Genre {
+    pub const ALL: [Genre; 8] = [
+        Genre::Concert,
+        Genre::Sports,
+        Genre::Theatre,
+        Genre::Comedy,
+        Genre::Festival,
+        Genre::Family,
+        Genre::Conference,
+        Genre::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Genre::Concert => "concert",
+            Genre::Sports => "sports",
+            Genre::Theatre => "theatre",
+            Genre::Comedy => "comedy",
+            Genre::Festival => "festival",
+            Genre::Family => "family",
+            Genre::Conference => "conference",
+            Genre::Other => "other",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Genre> {
+        Genre::ALL.into_iter().find(|g| g.as_str() == s)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Being prepared: seen by its organizer only.
+    Draft,
+    OnSale,
+    Cancelled,
+    Ended,
+}
+
+impl EventStatus {
+    pub const ALL: [EventStatus; 4] = [
+        EventStatus::Draft,
+        EventStatus::OnSale,
+        EventStatus::Cancelled,
+        EventStatus::Ended,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Draft => "draft",
+            EventStatus::OnSale => "on_sale",
+            EventStatus::Cancelled => "cancelled",
+            EventStatus::Ended => "ended",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventStatus> {
+        EventStatus::ALL.into_iter().find(|g| g.as_str() == s)
+    }
+
+    /// Whether an event may go from this status to `to`: a draft goes on
+    /// sale; an event on sale is cancelled or ends; nothing comes back
+    /// from cancelled or ended.
+    pub fn may_become(self, to: EventStatus) -> bool {
+        use EventStatus as S;
+        self == to
+            || matches!(
+                (self, to),
+                (S::Draft, S::OnSale | S::Cancelled) | (S::OnSale, S::Cancelled | S::Ended)
+            )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub performers: Vec<String>,
+    pub genre: Genre,
+    pub venue_id: u64,
+    /// Unix seconds.
+    pub starts_at: u64,
+    pub ends_at: u64,
+}
+
+impl NewEvent {
+    pub fn check(&self) -> Result<(), Invalid> {
+        text("the event's name", &self.name, 200)?;
+        if self.description.len() > MAX_DESCRIPTION {
+            return Err(invalid(format!(
+                "the description is longer than {MAX_DESCRIPTION} bytes"
+            )));
+        }
+        if self.performers.len() > MAX_PERFORMERS {
+            return Err(invalid(format!(
+                "an event lists at most {MAX_PERFORMERS} performers"
+            )));
+        }
+        for p in &self.performers {
+            text("a performer's name", p, 200)?;
+        }
+        // Tickets carry their validity as 32-bit unix seconds.
+        if self.ends_at > u64::from(u32::MAX) {
+            return Err(invalid("the event ends after 2106"));
+        }
+        if self.ends_at < self.starts_at {
+            return Err(invalid("the event ends before it starts"));
+        }
+        Ok(())
+    }
+}
+
+/// An event as stored: what was given, and what the store adds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: u64,
+    #[serde(flatten)]
+    pub info: NewEvent,
+    pub status: EventStatus,
+    /// The venue's city, for browsing.
+    pub city: String,
+}
+
+/// Where a category's places are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Places {
+    /// Every seat of these sections of the venue's plan.
+    Seats { sections: Vec<String> },
+    /// So many places of a standing area.
+    Quota { area: String, places: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewCategory {
+    pub name: String,
+    #[serde(flatten)]
+    pub pricing: Pricing,
+    pub places: Places,
+    /// Unix seconds; sales open from `sale_starts` to before `sale_ends`.
+    pub sale_starts: u64,
+    pub sale_ends: u64,
+    /// Most places of this category one order may hold.
+    pub per_order: u32,
+}
+
+impl NewCategory {
+    /// Checks the category against its venue's plan: its sections or area
+    /// exist, and no seat is sold under two categories (`taken`: sections
+    /// other categories of the event have).
+    pub fn check(&self, plan: &SeatingPlan, taken: &[String]) -> Result<(), Invalid> {
+        text("the category's name", &self.name, 200)?;
+        self.pricing.check()?;
+        if self.sale_ends <= self.sale_starts {
+            return Err(invalid("sales end before they start"));
+        }
+        if self.per_order == 0 || self.per_order > MAX_PER_ORDER {
+            return Err(invalid(format!("per_order is 1 to {MAX_PER_ORDER}")));
+        }
+        match &self.places {
+            Places::Seats { sections } => {
+                if sections.is_empty() {
+                    return Err(invalid("a seated category needs a section"));
+                }
+                for (i, id) in sections.iter().enumerate() {
+                    if !plan.sections.iter().any(|s| s.id == *id) {
+                        return Err(invalid(format!("the venue has no section {id:?}")));
+                    }
+                    if sections[..i].contains(id) || taken.contains(id) {
+                        return Err(invalid(format!(
+                            "section {id:?} is sold under another category already"
+                        )));
+                    }
+                }
+            }
+            Places::Quota { area, places } => {
+                let Some(a) = plan.areas.iter().find(|a| a.id == *area) else {
+                    return Err(invalid(format!("the venue has no standing area {area:?}")));
+                };
+                if *places == 0 || *places > a.capacity {
+                    return Err(invalid(format!(
+                        "area {area:?} holds {}: a quota is 1 to that",
+                        a.capacity
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Category {
+    pub id: u64,
+    pub event_id: u64,
+    #[serde(flatten)]
+    pub info: NewCategory,
+}

@@ -1,0 +1,115 @@
+//! Storage behind traits: what the services need of a database, one trait
+//! per aggregate, and one implementation per engine ([`sqlite`] now). SQL
+//! lives only in the implementations. Every implementation passes the same
+//! contract suite (`tests/it/contract.rs`).
+//!
+//! The traits are blocking and object safe (`Arc<dyn Storage>`): the HTTP
+//! layer calls them from tokio's blocking pool. Whatever decides between
+//! buyers (a seat sold once, a quota never exceeded) is decided by the
+//! database, in one transaction, never by one process's memory.
+
+pub mod sqlite;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Invalid;
+use crate::domain::catalogue::{
+    Category, Event, EventStatus, Genre, NewCategory, NewEvent, NewVenue,
+};
+
+pub type OrganizerId = u64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Not there, or not the caller's to see: an organizer is never told
+    /// whether another's event exists.
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database: {0}")]
+    Backend(String),
+}
+
+impl From<Invalid> for StorageError {
+    fn from(e: Invalid) -> StorageError {
+        StorageError::Invalid(e.0)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// A venue as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Venue {
+    pub id: u64,
+    pub organizer_id: OrganizerId,
+    #[serde(flatten)]
+    pub info: NewVenue,
+}
+
+/// What a buyer browses by; every filter is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    pub genre: Option<Genre>,
+    /// Compared without regard to case.
+    pub city: Option<String>,
+    /// Events starting at or after this (unix seconds).
+    pub start_from: Option<u64>,
+    /// Events starting before this.
+    pub start_until: Option<u64>,
+    /// Events with a category whose base price is within the range (minor
+    /// units).
+    pub min_price: Option<u64>,
+    pub max_price: Option<u64>,
+    /// The cursor: events after this (start, id), in that order.
+    pub after: Option<(u64, u64)>,
+    pub limit: usize,
+    /// Drafts are listed to their organizer only.
+    pub viewer: Option<OrganizerId>,
+}
+
+/// Venues, events and ticket categories, and the organizers who own them.
+pub trait Catalogue: Send + Sync {
+    /// Adds an organizer with its first API token (its SHA-256).
+    fn add_organizer(&self, name: &str, token_hash: &[u8; 32], now: u64) -> Result<OrganizerId>;
+
+    /// The organizer a token (by its SHA-256) belongs to, if it is valid.
+    fn organizer_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<OrganizerId>>;
+
+    fn add_venue(&self, by: OrganizerId, venue: &NewVenue) -> Result<Venue>;
+
+    fn venue(&self, id: u64) -> Result<Venue>;
+
+    /// Adds an event, as a draft, at one of the organizer's venues.
+    fn add_event(&self, by: OrganizerId, event: &NewEvent) -> Result<Event>;
+
+    /// Changes an event of the organizer's.
+    fn update_event(&self, by: OrganizerId, id: u64, event: &NewEvent) -> Result<Event>;
+
+    /// Moves an event of the organizer's to `status`, if it may go there.
+    fn set_status(&self, by: OrganizerId, id: u64, status: EventStatus) -> Result<Event>;
+
+    /// An event, as `viewer` may see it: a draft only by its organizer.
+    fn event(&self, id: u64, viewer: Option<OrganizerId>) -> Result<Event>;
+
+    /// Events by start, then id, after the query's cursor.
+    fn events(&self, query: &EventQuery) -> Result<Vec<Event>>;
+
+    /// Adds a ticket category to an event of the organizer's.
+    fn add_category(
+        &self,
+        by: OrganizerId,
+        event_id: u64,
+        category: &NewCategory,
+    ) -> Result<Category>;
+
+    fn categories(&self, event_id: u64) -> Result<Vec<Category>>;
+}
+
+/// Everything the issuer stores.
+pub trait Storage: Catalogue {}
+
+impl<T: Catalogue> Storage for T {}

@@ -1,0 +1,419 @@
+//! The embedded backend: the data directory's `issuer.db` (SQLite, WAL).
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{Catalogue, EventQuery, OrganizerId, Result, StorageError, Venue};
+use crate::domain::catalogue::{
+    Category, Event, EventStatus, Genre, NewCategory, NewEvent, NewVenue, Places,
+};
+use crate::domain::pricing::Pricing;
+
+/// Most events one listing returns.
+pub const MAX_LIST: usize = 200;
+
+pub struct SqliteStorage {
+    conn: Mutex<Connection>,
+}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> StorageError {
+        StorageError::Backend(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StorageError {
+    fn from(e: serde_json::Error) -> StorageError {
+        StorageError::Backend(format!("stored JSON: {e}"))
+    }
+}
+
+/// SQLite integers are signed: ids and times beyond are never stored.
+fn key(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+const EVENT_COLUMNS: &str = "id, name, description, performers, genre, venue_id, starts_at, \
+     ends_at, status, city, organizer_id";
+
+impl SqliteStorage {
+    /// Opens (creating) the data directory's database.
+    pub fn open(dir: &Path) -> std::result::Result<SqliteStorage, crate::Error> {
+        Ok(SqliteStorage {
+            conn: Mutex::new(crate::store::open_db(dir)?),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The event with its organizer, whoever may see it.
+    fn event_row(conn: &Connection, id: u64) -> Result<Option<(Event, Option<OrganizerId>)>> {
+        conn.query_row(
+            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
+            [key(id)],
+            |r| Ok(event_of(r)),
+        )
+        .optional()?
+        .transpose()
+    }
+
+    /// An event of organizer `by`'s, or not found.
+    fn own_event(conn: &Connection, by: OrganizerId, id: u64) -> Result<Event> {
+        match Self::event_row(conn, id)? {
+            Some((event, Some(owner))) if owner == by => Ok(event),
+            _ => Err(StorageError::NotFound(format!("event {id}"))),
+        }
+    }
+}
+
+/// A venue of organizer `by`'s, or not found.
+fn own_venue(conn: &Connection, by: OrganizerId, id: u64) -> Result<Venue> {
+    match venue_of(conn, id)? {
+        Some(v) if v.organizer_id == by => Ok(v),
+        _ => Err(StorageError::NotFound(format!("venue {id}"))),
+    }
+}
+
+fn venue_of(conn: &Connection, id: u64) -> Result<Option<Venue>> {
+    let row = conn
+        .query_row(
+            "SELECT id, organizer_id, name, city, address, plan FROM venues WHERE id = ?1",
+            [key(id)],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((id, organizer_id, name, city, address, plan)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(Venue {
+        id: id as u64,
+        organizer_id: organizer_id as u64,
+        info: NewVenue {
+            name,
+            city,
+            address,
+            plan: serde_json::from_str(&plan)?,
+        },
+    }))
+}
+
+/// An event row (in [`EVENT_COLUMNS`]' order) and its organizer.
+fn event_of(r: &Row<'_>) -> Result<(Event, Option<OrganizerId>)> {
+    let genre: String = r.get(4)?;
+    let status: String = r.get(8)?;
+    let performers: String = r.get(3)?;
+    let event = Event {
+        id: r.get::<_, i64>(0)? as u64,
+        info: NewEvent {
+            name: r.get(1)?,
+            description: r.get(2)?,
+            performers: serde_json::from_str(&performers)?,
+            genre: Genre::parse(&genre).unwrap_or(Genre::Other),
+            venue_id: r.get::<_, Option<i64>>(5)?.unwrap_or(0) as u64,
+            starts_at: r.get::<_, i64>(6)? as u64,
+            ends_at: r.get::<_, i64>(7)? as u64,
+        },
+        status: EventStatus::parse(&status)
+            .ok_or_else(|| StorageError::Backend(format!("event status {status:?}")))?,
+        city: r.get(9)?,
+    };
+    Ok((event, r.get::<_, Option<i64>>(10)?.map(|o| o as u64)))
+}
+
+fn category_of(r: &Row<'_>) -> Result<Category> {
+    let name: String = r.get(2)?;
+    let pricing: String = r.get(3)?;
+    let places: String = r.get(4)?;
+    Ok(Category {
+        id: r.get::<_, i64>(0)? as u64,
+        event_id: r.get::<_, i64>(1)? as u64,
+        info: NewCategory {
+            name,
+            pricing: serde_json::from_str::<Pricing>(&pricing)?,
+            places: serde_json::from_str::<Places>(&places)?,
+            sale_starts: r.get::<_, i64>(5)? as u64,
+            sale_ends: r.get::<_, i64>(6)? as u64,
+            per_order: r.get(7)?,
+        },
+    })
+}
+
+impl Catalogue for SqliteStorage {
+    fn add_organizer(&self, name: &str, token_hash: &[u8; 32], now: u64) -> Result<OrganizerId> {
+        crate::domain::text("the organizer's name", name, 200)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO organizers (name, created_at) VALUES (?1, ?2)",
+            params![name, key(now)],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO organizer_tokens (token_hash, organizer_id, created_at) VALUES (?1, ?2, ?3)",
+            params![&token_hash[..], id, key(now)],
+        )?;
+        tx.commit()?;
+        Ok(id as u64)
+    }
+
+    fn organizer_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<OrganizerId>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT organizer_id FROM organizer_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
+                [&token_hash[..]],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|id| id as u64))
+    }
+
+    fn add_venue(&self, by: OrganizerId, venue: &NewVenue) -> Result<Venue> {
+        venue.check()?;
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO venues (organizer_id, name, city, address, plan) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                key(by),
+                venue.name,
+                venue.city,
+                venue.address,
+                serde_json::to_string(&venue.plan)?
+            ],
+        )?;
+        Ok(Venue {
+            id: conn.last_insert_rowid() as u64,
+            organizer_id: by,
+            info: venue.clone(),
+        })
+    }
+
+    fn venue(&self, id: u64) -> Result<Venue> {
+        venue_of(&self.conn(), id)?.ok_or_else(|| StorageError::NotFound(format!("venue {id}")))
+    }
+
+    fn add_event(&self, by: OrganizerId, event: &NewEvent) -> Result<Event> {
+        event.check()?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let venue = own_venue(&tx, by, event.venue_id)?;
+        tx.execute(
+            "INSERT INTO events (name, description, performers, genre, venue_id, starts_at, ends_at,
+                                 status, city, organizer_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'draft', ?8, ?9)",
+            params![
+                event.name,
+                event.description,
+                serde_json::to_string(&event.performers)?,
+                event.genre.as_str(),
+                key(event.venue_id),
+                key(event.starts_at),
+                key(event.ends_at),
+                venue.info.city,
+                key(by)
+            ],
+        )?;
+        let id = tx.last_insert_rowid() as u64;
+        let stored = Self::own_event(&tx, by, id)?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    fn update_event(&self, by: OrganizerId, id: u64, event: &NewEvent) -> Result<Event> {
+        event.check()?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let old = Self::own_event(&tx, by, id)?;
+        // A new venue is fine until places are on sale at the old one.
+        if old.info.venue_id != event.venue_id
+            && tx
+                .prepare("SELECT 1 FROM categories WHERE event_id = ?1")?
+                .exists([key(id)])?
+        {
+            return Err(StorageError::Conflict(
+                "the event has ticket categories at its venue: its venue cannot change".into(),
+            ));
+        }
+        let venue = own_venue(&tx, by, event.venue_id)?;
+        tx.execute(
+            "UPDATE events SET name = ?2, description = ?3, performers = ?4, genre = ?5,
+                venue_id = ?6, starts_at = ?7, ends_at = ?8, city = ?9 WHERE id = ?1",
+            params![
+                key(id),
+                event.name,
+                event.description,
+                serde_json::to_string(&event.performers)?,
+                event.genre.as_str(),
+                key(event.venue_id),
+                key(event.starts_at),
+                key(event.ends_at),
+                venue.info.city
+            ],
+        )?;
+        let stored = Self::own_event(&tx, by, id)?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    fn set_status(&self, by: OrganizerId, id: u64, status: EventStatus) -> Result<Event> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let old = Self::own_event(&tx, by, id)?;
+        if !old.status.may_become(status) {
+            return Err(StorageError::Conflict(format!(
+                "the event is {}: it cannot become {}",
+                old.status.as_str(),
+                status.as_str()
+            )));
+        }
+        tx.execute(
+            "UPDATE events SET status = ?2 WHERE id = ?1",
+            params![key(id), status.as_str()],
+        )?;
+        let stored = Self::own_event(&tx, by, id)?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    fn event(&self, id: u64, viewer: Option<OrganizerId>) -> Result<Event> {
+        match Self::event_row(&self.conn(), id)? {
+            Some((event, owner))
+                if event.status != EventStatus::Draft || (owner.is_some() && owner == viewer) =>
+            {
+                Ok(event)
+            }
+            _ => Err(StorageError::NotFound(format!("event {id}"))),
+        }
+    }
+
+    fn events(&self, q: &EventQuery) -> Result<Vec<Event>> {
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events e WHERE venue_id IS NOT NULL");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        match q.viewer {
+            Some(o) => arg(
+                &mut sql,
+                " AND (status <> 'draft' OR organizer_id = ?)",
+                key(o).into(),
+            ),
+            None => sql.push_str(" AND status <> 'draft'"),
+        }
+        if let Some(g) = q.genre {
+            arg(&mut sql, " AND genre = ?", g.as_str().to_owned().into());
+        }
+        if let Some(city) = &q.city {
+            arg(
+                &mut sql,
+                " AND city = ? COLLATE NOCASE",
+                city.clone().into(),
+            );
+        }
+        if let Some(t) = q.start_from {
+            arg(&mut sql, " AND starts_at >= ?", key(t).into());
+        }
+        if let Some(t) = q.start_until {
+            arg(&mut sql, " AND starts_at < ?", key(t).into());
+        }
+        if q.min_price.is_some() || q.max_price.is_some() {
+            sql.push_str(" AND EXISTS (SELECT 1 FROM categories c WHERE c.event_id = e.id");
+            if let Some(p) = q.min_price {
+                arg(&mut sql, " AND c.price >= ?", key(p).into());
+            }
+            if let Some(p) = q.max_price {
+                arg(&mut sql, " AND c.price <= ?", key(p).into());
+            }
+            sql.push(')');
+        }
+        if let Some((start, id)) = q.after {
+            arg(&mut sql, " AND (starts_at, id) > (?", key(start).into());
+            arg(&mut sql, ", ?)", key(id).into());
+        }
+        sql.push_str(" ORDER BY starts_at, id LIMIT ");
+        sql.push_str(&q.limit.clamp(1, MAX_LIST).to_string());
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| Ok(event_of(r)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row??.0);
+        }
+        Ok(out)
+    }
+
+    fn add_category(
+        &self,
+        by: OrganizerId,
+        event_id: u64,
+        category: &NewCategory,
+    ) -> Result<Category> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let event = Self::own_event(&tx, by, event_id)?;
+        let venue = venue_of(&tx, event.info.venue_id)?
+            .ok_or_else(|| StorageError::NotFound(format!("venue {}", event.info.venue_id)))?;
+        // Sections already sold under the event's other categories.
+        let mut taken = Vec::new();
+        for c in categories_of(&tx, event_id)? {
+            if let Places::Seats { sections } = c.info.places {
+                taken.extend(sections);
+            }
+        }
+        category.check(&venue.info.plan, &taken)?;
+        tx.execute(
+            "INSERT INTO categories (event_id, name, price, currency, pricing, places, sale_starts,
+                                     sale_ends, per_order)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                key(event_id),
+                category.name,
+                key(category.pricing.price),
+                category.pricing.currency,
+                serde_json::to_string(&category.pricing)?,
+                serde_json::to_string(&category.places)?,
+                key(category.sale_starts),
+                key(category.sale_ends),
+                category.per_order
+            ],
+        )?;
+        let id = tx.last_insert_rowid() as u64;
+        tx.commit()?;
+        Ok(Category {
+            id,
+            event_id,
+            info: category.clone(),
+        })
+    }
+
+    fn categories(&self, event_id: u64) -> Result<Vec<Category>> {
+        categories_of(&self.conn(), event_id)
+    }
+}
+
+fn categories_of(conn: &Connection, event_id: u64) -> Result<Vec<Category>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, event_id, name, pricing, places, sale_starts, sale_ends, per_order
+         FROM categories WHERE event_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([key(event_id)], |r| Ok(category_of(r)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row??);
+    }
+    Ok(out)
+}
