@@ -785,7 +785,12 @@ async fn pull(
     let body = match is_peer {
         true => s.with_store_read(answer).await?,
         false => {
-            let short = |store: &Store| store.log().lacking(&theirs, SHORT_PULL) < SHORT_PULL;
+            // An index written twice sends pages down the long way, which
+            // walks every such index.
+            let short = |store: &Store| {
+                !store.log().has_conflicts()
+                    && store.log().lacking(&theirs, SHORT_PULL) < SHORT_PULL
+            };
             s.with_store_read_now(short, answer).await?
         }
     };
@@ -794,7 +799,8 @@ async fn pull(
 }
 
 /// A pull lacking fewer records than this is answered on the thread that
-/// read it (about a megabyte, a millisecond or two at most).
+/// read it: slices of the newest records, or records written out again
+/// (a millisecond or two at most).
 const SHORT_PULL: u64 = 2000;
 
 /// A body sent piece by piece, with its length known: the pieces shared

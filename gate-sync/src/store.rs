@@ -249,11 +249,16 @@ impl Recent {
         if starts.is_empty() {
             return;
         }
-        if self.runs.back().is_none_or(|r| r.next() != first) {
+        // Of a long run, only the newest records are kept: what is kept
+        // then starts `skip` records later, after a gap in what is at hand.
+        let skip = starts.len().saturating_sub(2 * RECENT);
+        if self
+            .runs
+            .back()
+            .is_none_or(|r| r.next() != first + skip as u64)
+        {
             self.runs.clear();
         }
-        // Of a long run, only the newest records are kept.
-        let skip = starts.len().saturating_sub(2 * RECENT);
         let (from, starts) = (starts[skip], &starts[skip..]);
         let mut run = Run {
             first: first + skip as u64,

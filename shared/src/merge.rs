@@ -293,6 +293,11 @@ impl ScanLog {
             )
     }
 
+    /// Whether any device wrote two versions of an index.
+    pub fn has_conflicts(&self) -> bool {
+        !self.runner_up.is_empty()
+    }
+
     /// Devices that wrote two versions of an index, and how many indexes.
     pub fn flagged(&self) -> BTreeMap<DeviceId, usize> {
         let mut out = BTreeMap::new();
