@@ -13,6 +13,7 @@
 pub mod demo;
 pub mod domain;
 pub mod events;
+pub mod http;
 pub mod issue;
 pub mod keys;
 pub mod qr;

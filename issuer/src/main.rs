@@ -35,6 +35,29 @@ enum Command {
     /// Sets up the fixture venue in the data directory, issues its tickets,
     /// exports the keyset and checks every ticket.
     Demo,
+    /// Organizers who sell through the API.
+    #[command(subcommand)]
+    Organizers(OrganizersCmd),
+    /// Serves the booking API (JSON under /api/v1) until interrupted.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrganizersCmd {
+    /// Adds an organizer and makes its API token, shown once (only its
+    /// hash is kept).
+    Add {
+        #[arg(long)]
+        name: String,
+        /// Write the token to this file (readable by its owner only)
+        /// instead of printing it.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +190,11 @@ fn run(cli: Cli) -> Result<()> {
             | Command::Keys(KeysCmd::List | KeysCmd::ExportKeyset { .. } | KeysCmd::Retire { .. })
             | Command::Tickets(TicketsCmd::Export { .. })
     );
+    match cli.command {
+        Command::Organizers(cmd) => return organizers_cmd(&cli.data, cmd),
+        Command::Serve { listen } => return serve(&cli.data, &listen),
+        _ => {}
+    }
     let mut store = if reads_only {
         Store::open_existing(&cli.data)?
     } else {
@@ -178,7 +206,58 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keys(cmd) => keys_cmd(&store, cmd),
         Command::Tickets(cmd) => tickets_cmd(&mut store, cmd),
         Command::Demo => demo(&mut store),
+        Command::Organizers(_) | Command::Serve { .. } => unreachable!("handled above"),
     }
+}
+
+fn organizers_cmd(data: &std::path::Path, cmd: OrganizersCmd) -> Result<()> {
+    use issuer::storage::Catalogue;
+    let OrganizersCmd::Add { name, token_file } = cmd;
+    let storage = issuer::storage::sqlite::SqliteStorage::open(data)
+        .with_context(|| format!("opening data directory {}", data.display()))?;
+    let (token, hash) = issuer::http::auth::new_token();
+    let id = storage.add_organizer(&name, &hash, time::now())?;
+    match token_file {
+        Some(path) => {
+            issuer::store::write_private(&path, format!("{token}\n").as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("organizer {id} added; its token is in {}", path.display());
+        }
+        None => {
+            println!("organizer {id} added; its API token (shown once, keep it secret):");
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
+fn serve(data: &std::path::Path, listen: &str) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let storage = issuer::storage::sqlite::SqliteStorage::open(data)
+        .with_context(|| format!("opening data directory {}", data.display()))?;
+    let state = issuer::http::AppState::new(std::sync::Arc::new(storage));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, data = %data.display(), "serving the booking API");
+        println!("issuer serving http://{addr}/api/v1 (Ctrl-C stops)");
+        issuer::http::serve(listener, state, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+        Ok(())
+    })
 }
 
 fn events_cmd(store: &mut Store, cmd: EventsCmd) -> Result<()> {

@@ -103,6 +103,19 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Writes `bytes` to a new file at `path`, readable by its owner only
+/// from the start.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
 /// Creates `path` readable by its owner only, or makes it so if it exists
 /// (SQLite gives its journal files the database file's mode).
 pub(crate) fn private_file(path: &Path) -> std::io::Result<()> {

@@ -1,6 +1,7 @@
 //! The one integration-test binary of `issuer`: the real binary on a real data
 //! directory, its pictures read back with a real QR decoder.
 
+mod api;
 mod contract;
 mod issuance;
 mod keys;

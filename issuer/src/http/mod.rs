@@ -1,0 +1,60 @@
+//! The JSON API under `/api/v1`: one [`AppState`], one error shape
+//! ([`error::ApiError`]), authentication as extractors ([`auth`]), a router
+//! per resource. Handlers parse and check what comes in, then call the
+//! storage from tokio's blocking pool.
+
+pub mod auth;
+pub mod body;
+pub mod catalogue;
+pub mod error;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::storage::Storage;
+pub use error::ApiError;
+
+/// What every handler shares; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Arc<dyn Storage>,
+}
+
+impl AppState {
+    pub fn new(storage: Arc<dyn Storage>) -> AppState {
+        AppState { storage }
+    }
+
+    /// Runs `f` on the storage, on a thread of the blocking pool.
+    pub async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Storage) -> Result<T, crate::storage::StorageError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || f(&*storage))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(ApiError::from)
+    }
+}
+
+/// Every route of the API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .nest("/api/v1", catalogue::router())
+        .fallback(|| async { ApiError::not_found("no such path") })
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,486 @@
+//! The booking API through the real `issuer serve` on 127.0.0.1, as an
+//! organizer and a buyer would use it, and as a hostile client would not.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::Env;
+
+/// `issuer serve` on a free port of this machine; killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(env: &Env) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_issuer"))
+            .arg("--data")
+            .arg(env.data())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .and_then(|url| url.strip_suffix("/api/v1"))
+            .unwrap_or_else(|| panic!("serve said {line:?}"))
+            .to_owned();
+        Server { child, base }
+    }
+
+    /// (status, JSON answer) of `method path` with an optional token and body.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        self.raw(
+            method,
+            path,
+            token,
+            body.map(|b| ("application/json", b.to_string())),
+        )
+    }
+
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, String)>,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let resp = match (method, body) {
+            ("GET", _) => {
+                let mut req = agent.get(&url);
+                if let Some(a) = &auth {
+                    req = req.header("authorization", a);
+                }
+                req.call()
+            }
+            (m, body) => {
+                let mut req = match m {
+                    "PUT" => agent.put(&url),
+                    _ => agent.post(&url),
+                };
+                if let Some(a) = &auth {
+                    req = req.header("authorization", a);
+                }
+                match body {
+                    Some((ty, b)) => req.header("content-type", ty).send(b),
+                    None => req.send_empty(),
+                }
+            }
+        }
+        .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.into_body().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+/// An organizer added with the real command: its token.
+fn organizer(env: &Env, name: &str) -> String {
+    let file = env.path(&format!("{name}.token"));
+    env.ok(&[
+        "organizers",
+        "add",
+        "--name",
+        name,
+        "--token-file",
+        file.to_str().unwrap(),
+    ]);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "the token file is its owner's only");
+    std::fs::read_to_string(file).unwrap().trim().to_owned()
+}
+
+fn venue(city: &str) -> Value {
+    let rows: Vec<Value> = (1..=5)
+        .map(|r| {
+            json!({"label": r.to_string(), "seats": (1..=20).map(|n| json!({"label": n.to_string(), "x": n, "y": r})).collect::<Vec<_>>()})
+        })
+        .collect();
+    json!({
+        "name": format!("Hall of {city}"),
+        "city": city,
+        "plan": {
+            "sections": [{"id": "A", "name": "Stalls", "rows": rows}],
+            "areas": [{"id": "floor", "name": "Standing", "capacity": 300}]
+        }
+    })
+}
+
+fn event(venue: u64, name: &str, genre: &str, starts_at: u64) -> Value {
+    json!({
+        "name": name, "genre": genre, "venue_id": venue,
+        "starts_at": starts_at, "ends_at": starts_at + 7200,
+        "performers": ["The Band"], "description": "A night out"
+    })
+}
+
+/// A request and what it must be answered: (method, path, token, (content
+/// type, body), status, error code).
+type Case<'a> = (
+    &'a str,
+    String,
+    Option<&'a str>,
+    Option<(&'a str, String)>,
+    u16,
+    &'a str,
+);
+
+/// The error shape: `{"error": {"code", "message"}}`.
+fn code(answer: &Value) -> &str {
+    answer["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error: {answer}"))
+}
+
+#[test]
+fn an_organizer_puts_an_event_on_sale_and_a_buyer_finds_it() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start(&env);
+    let (status, v) = api.call("POST", "/api/v1/venues", Some(&token), Some(&venue("Lyon")));
+    assert_eq!(status, 201, "{v}");
+    let venue_id = v["id"].as_u64().unwrap();
+    let (status, e) = api.call(
+        "POST",
+        "/api/v1/events",
+        Some(&token),
+        Some(&event(venue_id, "Night", "concert", 1_900_000_000)),
+    );
+    assert_eq!((status, e["status"].as_str()), (201, Some("draft")), "{e}");
+    let id = e["id"].as_u64().unwrap();
+    let category = json!({
+        "name": "Stalls", "price": 4500, "currency": "EUR",
+        "places": {"kind": "seats", "sections": ["A"]},
+        "sale_starts": 0, "sale_ends": 1_900_000_000, "per_order": 6
+    });
+    let (status, c) = api.call(
+        "POST",
+        &format!("/api/v1/events/{id}/categories"),
+        Some(&token),
+        Some(&category),
+    );
+    assert_eq!(status, 201, "{c}");
+    // A draft is the organizer's alone.
+    let (status, list) = api.call("GET", "/api/v1/events", None, None);
+    assert_eq!(
+        (status, list["events"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    assert_eq!(
+        api.call("GET", &format!("/api/v1/events/{id}"), None, None)
+            .0,
+        404
+    );
+    assert_eq!(
+        api.call("GET", &format!("/api/v1/events/{id}"), Some(&token), None)
+            .0,
+        200
+    );
+    let (status, on_sale) = api.call(
+        "POST",
+        &format!("/api/v1/events/{id}/status"),
+        Some(&token),
+        Some(&json!({"status": "on_sale"})),
+    );
+    assert_eq!((status, on_sale["status"].as_str()), (200, Some("on_sale")));
+    // A buyer browses and finds it, with its venue's plan and categories.
+    let (_, list) = api.call("GET", "/api/v1/events?genre=concert&city=lyon&start_date=2030-03-17&end_date=2030-03-17&max_price=5000", None, None);
+    let found: Vec<u64> = list["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(found, vec![id], "{list}");
+    let (status, page) = api.call("GET", &format!("/api/v1/events/{id}"), None, None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        page["venue"]["plan"]["sections"][0]["rows"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(page["categories"][0]["price"], 4500);
+    assert_eq!(page["performers"][0], "The Band");
+    // Filters that exclude it.
+    for query in [
+        "genre=sports",
+        "city=Nice",
+        "start_date=2030-03-18",
+        "min_price=4501",
+    ] {
+        let (_, list) = api.call("GET", &format!("/api/v1/events?{query}"), None, None);
+        assert_eq!(list["events"].as_array().unwrap().len(), 0, "{query}");
+    }
+}
+
+#[test]
+fn browsing_pages_by_cursor_through_every_event_once() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start(&env);
+    let (_, v) = api.call("POST", "/api/v1/venues", Some(&token), Some(&venue("Lyon")));
+    let venue_id = v["id"].as_u64().unwrap();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let (_, e) = api.call(
+            "POST",
+            "/api/v1/events",
+            Some(&token),
+            Some(&event(
+                venue_id,
+                &format!("E{i}"),
+                "theatre",
+                1_900_000_000 + i / 3,
+            )),
+        );
+        let id = e["id"].as_u64().unwrap();
+        api.call(
+            "POST",
+            &format!("/api/v1/events/{id}/status"),
+            Some(&token),
+            Some(&json!({"status": "on_sale"})),
+        );
+        ids.push(id);
+    }
+    let (mut seen, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/events?limit=5&cursor={c}"),
+            None => "/api/v1/events?limit=5".into(),
+        };
+        let (status, list) = api.call("GET", &path, None, None);
+        assert_eq!(status, 200, "{list}");
+        seen.extend(
+            list["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_u64().unwrap()),
+        );
+        match list["next"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+}
+
+#[test]
+fn hostile_or_careless_requests_get_a_clear_refusal_and_change_nothing() {
+    let env = Env::new();
+    let alice = organizer(&env, "Alice");
+    let mallory = organizer(&env, "Mallory");
+    let api = Server::start(&env);
+    let (_, v) = api.call("POST", "/api/v1/venues", Some(&alice), Some(&venue("Lyon")));
+    let venue_id = v["id"].as_u64().unwrap();
+    let (_, e) = api.call(
+        "POST",
+        "/api/v1/events",
+        Some(&alice),
+        Some(&event(venue_id, "Night", "concert", 1_900_000_000)),
+    );
+    let id = e["id"].as_u64().unwrap();
+    let ev = event(venue_id, "Mine now", "concert", 1_900_000_000);
+    let cases: Vec<Case> = vec![
+        // No token, a wrong one, a malformed header.
+        (
+            "POST",
+            "/api/v1/events".into(),
+            None,
+            Some(("application/json", ev.to_string())),
+            401,
+            "unauthorized",
+        ),
+        (
+            "POST",
+            "/api/v1/events".into(),
+            Some("org_nope"),
+            Some(("application/json", ev.to_string())),
+            401,
+            "unauthorized",
+        ),
+        // Another organizer's event, as if it did not exist.
+        (
+            "PUT",
+            format!("/api/v1/events/{id}"),
+            Some(&mallory),
+            Some(("application/json", ev.to_string())),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            format!("/api/v1/events/{id}/status"),
+            Some(&mallory),
+            Some(("application/json", r#"{"status":"cancelled"}"#.into())),
+            404,
+            "not_found",
+        ),
+        // Bodies that are not what they should be.
+        (
+            "POST",
+            "/api/v1/events".into(),
+            Some(&alice),
+            Some(("text/plain", ev.to_string())),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/api/v1/events".into(),
+            Some(&alice),
+            Some(("application/json", "{\"name\":".into())),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/v1/events".into(),
+            Some(&alice),
+            Some(("application/json", "x".repeat(70_000))),
+            413,
+            "too_large",
+        ),
+        (
+            "POST",
+            format!("/api/v1/events/{id}/status"),
+            Some(&alice),
+            Some(("application/json", r#"{"status":"sold_out"}"#.into())),
+            400,
+            "bad_request",
+        ),
+        // Meanings that cannot be.
+        (
+            "POST",
+            "/api/v1/events".into(),
+            Some(&alice),
+            Some((
+                "application/json",
+                event(venue_id, "", "concert", 5).to_string(),
+            )),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            format!("/api/v1/events/{id}/status"),
+            Some(&alice),
+            Some(("application/json", r#"{"status":"ended"}"#.into())),
+            409,
+            "conflict",
+        ),
+        // Queries and paths.
+        (
+            "GET",
+            "/api/v1/events?genre=opera".into(),
+            None,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/api/v1/events?start_date=tomorrow".into(),
+            None,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/api/v1/events?cursor=abc".into(),
+            None,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/api/v1/events?limit=-1".into(),
+            None,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/api/v1/events?colour=red".into(),
+            None,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/api/v1/events/99999999999999999999999".into(),
+            None,
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/api/v1/venues/x".into(),
+            None,
+            None,
+            404,
+            "not_found",
+        ),
+        ("GET", "/api/v2/events".into(), None, None, 404, "not_found"),
+    ];
+    for (method, path, token, body, status, expect) in cases {
+        let (got, answer) = api.raw(method, &path, token, body);
+        assert_eq!(
+            (got, code(&answer)),
+            (status, expect),
+            "{method} {path}: {answer}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    // Alice's event is untouched: a draft, named as she named it.
+    let (_, mine) = api.call("GET", &format!("/api/v1/events/{id}"), Some(&alice), None);
+    assert_eq!(
+        (mine["name"].as_str(), mine["status"].as_str()),
+        (Some("Night"), Some("draft"))
+    );
+    let (_, list) = api.call("GET", "/api/v1/events", Some(&alice), None);
+    assert_eq!(list["events"].as_array().unwrap().len(), 1, "{list}");
+}
