@@ -11,6 +11,7 @@ use crate::Error;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_keys_events_tickets.sql"),
     include_str!("../migrations/0002_catalogue.sql"),
+    include_str!("../migrations/0003_search.sql"),
 ];
 
 /// An opened data directory.

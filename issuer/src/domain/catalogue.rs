@@ -248,3 +248,39 @@ pub struct Category {
     #[serde(flatten)]
     pub info: NewCategory,
 }
+
+/// Most words of a search that count.
+pub const MAX_SEARCH_TERMS: usize = 8;
+
+/// The words of what a buyer typed, for a full-text search where each
+/// matches as a prefix: letters and digits only (whatever else is typed
+/// separates words), at most [`MAX_SEARCH_TERMS`] of at most 40 bytes.
+pub fn search_terms(query: &str) -> Vec<String> {
+    query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut end = w.len().min(40);
+            while !w.is_char_boundary(end) {
+                end -= 1;
+            }
+            w[..end].to_lowercase()
+        })
+        .take(MAX_SEARCH_TERMS)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn search_terms_are_words_and_nothing_a_query_language_would_read() {
+        assert_eq!(
+            super::search_terms("  Daft-Punk \"live\" OR *NEAR(x) "),
+            ["daft", "punk", "live", "or", "near", "x"]
+        );
+        assert!(super::search_terms("\"*:^()").is_empty());
+        assert_eq!(super::search_terms("Béguin"), ["béguin"]);
+        assert_eq!(super::search_terms(&"a ".repeat(20)).len(), 8);
+        assert_eq!(super::search_terms(&"é".repeat(30))[0].len(), 40);
+    }
+}

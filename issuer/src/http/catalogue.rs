@@ -27,6 +27,29 @@ pub fn router() -> Router<AppState> {
         .route("/events/{id}", get(event).put(update_event))
         .route("/events/{id}/status", post(set_status))
         .route("/events/{id}/categories", post(add_category))
+        .route("/search", get(search))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchParams {
+    query: String,
+    limit: Option<usize>,
+}
+
+/// Events matching every word typed, each as a prefix, best first.
+async fn search(
+    State(s): State<AppState>,
+    MaybeOrganizer(viewer): MaybeOrganizer,
+    params: Result<Query<SearchParams>, QueryRejection>,
+) -> Result<Json<EventList>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if p.query.len() > 500 {
+        return Err(ApiError::bad_request("the query is longer than 500 bytes"));
+    }
+    let limit = p.limit.unwrap_or(PAGE);
+    let events = s.db(move |db| db.search(&p.query, limit, viewer)).await?;
+    Ok(Json(EventList { events, next: None }))
 }
 
 /// An id from the path, in the error shape when it is not one.

@@ -98,6 +98,11 @@ pub trait Catalogue: Send + Sync {
     /// Events by start, then id, after the query's cursor.
     fn events(&self, query: &EventQuery) -> Result<Vec<Event>>;
 
+    /// Events matching every word of `query` (each as a prefix) in their
+    /// name, performers, venue, city or description, best first; drafts
+    /// only for their organizer.
+    fn search(&self, query: &str, limit: usize, viewer: Option<OrganizerId>) -> Result<Vec<Event>>;
+
     /// Adds a ticket category to an event of the organizer's.
     fn add_category(
         &self,

@@ -227,6 +227,7 @@ impl Catalogue for SqliteStorage {
             ],
         )?;
         let id = tx.last_insert_rowid() as u64;
+        index_event(&tx, id)?;
         let stored = Self::own_event(&tx, by, id)?;
         tx.commit()?;
         Ok(stored)
@@ -263,6 +264,7 @@ impl Catalogue for SqliteStorage {
                 venue.info.city
             ],
         )?;
+        index_event(&tx, id)?;
         let stored = Self::own_event(&tx, by, id)?;
         tx.commit()?;
         Ok(stored)
@@ -356,6 +358,40 @@ impl Catalogue for SqliteStorage {
         Ok(out)
     }
 
+    fn search(&self, query: &str, limit: usize, viewer: Option<OrganizerId>) -> Result<Vec<Event>> {
+        let terms = crate::domain::catalogue::search_terms(query);
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Each word a quoted prefix: nothing typed is read as FTS5 syntax.
+        let expr: Vec<String> = terms.iter().map(|t| format!("\"{t}\"*")).collect();
+        let columns: Vec<String> = EVENT_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c}"))
+            .collect();
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {} FROM events_fts JOIN events e ON e.id = events_fts.rowid
+             WHERE events_fts MATCH ?1 AND (e.status <> 'draft' OR e.organizer_id = ?2)
+             ORDER BY bm25(events_fts, 10.0, 8.0, 4.0, 4.0, 1.0), e.starts_at, e.id
+             LIMIT ?3",
+            columns.join(", ")
+        ))?;
+        let rows = stmt.query_map(
+            params![
+                expr.join(" "),
+                viewer.map(key),
+                limit.clamp(1, MAX_LIST) as i64
+            ],
+            |r| Ok(event_of(r)),
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row??.0);
+        }
+        Ok(out)
+    }
+
     fn add_category(
         &self,
         by: OrganizerId,
@@ -403,6 +439,18 @@ impl Catalogue for SqliteStorage {
     fn categories(&self, event_id: u64) -> Result<Vec<Category>> {
         categories_of(&self.conn(), event_id)
     }
+}
+
+/// Writes event `id`'s words into the search index, as they are now.
+fn index_event(conn: &Connection, id: u64) -> Result<()> {
+    conn.execute("DELETE FROM events_fts WHERE rowid = ?1", [key(id)])?;
+    conn.execute(
+        "INSERT INTO events_fts (rowid, name, performers, venue, city, description)
+         SELECT e.id, e.name, e.performers, v.name, e.city, e.description
+         FROM events e JOIN venues v ON v.id = e.venue_id WHERE e.id = ?1",
+        [key(id)],
+    )?;
+    Ok(())
 }
 
 fn categories_of(conn: &Connection, event_id: u64) -> Result<Vec<Category>> {

@@ -235,6 +235,12 @@ fn an_organizer_puts_an_event_on_sale_and_a_buyer_finds_it() {
     );
     assert_eq!(page["categories"][0]["price"], 4500);
     assert_eq!(page["performers"][0], "The Band");
+    // Search, by a prefix of a performer's name.
+    let (status, hits) = api.call("GET", "/api/v1/search?query=the%20ban", None, None);
+    assert_eq!(status, 200, "{hits}");
+    assert_eq!(hits["events"][0]["id"].as_u64(), Some(id), "{hits}");
+    let (_, none) = api.call("GET", "/api/v1/search?query=%22*%20OR", None, None);
+    assert_eq!(none["events"].as_array().map(Vec::len), Some(0));
     // Filters that exclude it.
     for query in [
         "genre=sports",
@@ -439,6 +445,22 @@ fn hostile_or_careless_requests_get_a_clear_refusal_and_change_nothing() {
         (
             "GET",
             "/api/v1/events?colour=red".into(),
+            None,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/api/v1/search".into(),
+            None,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("/api/v1/search?query={}", "a".repeat(600)),
             None,
             None,
             400,

@@ -352,3 +352,79 @@ fn what_a_buyer_or_organizer_cannot_mean_is_refused_and_nothing_is_stored() {
         assert!(list.is_empty(), "{name}: nothing was stored");
     }
 }
+
+#[test]
+fn search_finds_words_by_prefix_best_match_first_and_follows_changes() {
+    for (name, db, _tmp) in backends() {
+        let a = organizer(&*db, 1);
+        let lyon = db.add_venue(a, &venue("Lyon")).unwrap();
+        let nice = db.add_venue(a, &venue("Nice")).unwrap();
+        let mut add = |v: u64, title: &str, performers: &[&str], description: &str, live: bool| {
+            let mut e = event(v, title, Genre::Concert, 1000);
+            e.performers = performers.iter().map(|p| p.to_string()).collect();
+            e.description = description.into();
+            let e = db.add_event(a, &e).unwrap();
+            if live {
+                db.set_status(a, e.id, EventStatus::OnSale).unwrap();
+            }
+            e.id
+        };
+        let punk = add(lyon.id, "Around the World", &["Daft Punk"], "", true);
+        let hamlet = add(
+            nice.id,
+            "Hamlet",
+            &[],
+            "Shakespeare's tragedy, with punk music",
+            true,
+        );
+        let beguin = add(nice.id, "Chansons", &["Béguin"], "", true);
+        let draft = add(lyon.id, "Secret Punk Show", &[], "", false);
+        let found = |q: &str, viewer| -> Vec<u64> {
+            db.search(q, 20, viewer)
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect()
+        };
+        assert_eq!(
+            found("daf", None),
+            vec![punk],
+            "{name}: a performer by prefix"
+        );
+        assert_eq!(
+            found("shakesp", None),
+            vec![hamlet],
+            "{name}: the description"
+        );
+        assert_eq!(
+            found("beguin", None),
+            vec![beguin],
+            "{name}: without accents"
+        );
+        assert_eq!(
+            found("nice chans", None),
+            vec![beguin],
+            "{name}: every word"
+        );
+        // A performer's name ranks above a word in a description; a draft
+        // is found by its organizer only.
+        assert_eq!(found("punk", None), vec![punk, hamlet], "{name}");
+        assert_eq!(found("punk", Some(a)), vec![draft, punk, hamlet], "{name}");
+        assert_eq!(
+            found("hall lyon", None),
+            vec![punk],
+            "{name}: the venue and city"
+        );
+        // Nothing typed is read as a query language.
+        for q in ["", "\"", "*", "punk OR", "NEAR(punk)", "name:punk", "-punk"] {
+            let _ = db.search(q, 20, None).unwrap();
+        }
+        assert!(found("\"*", None).is_empty(), "{name}");
+        // A renamed event is found by its new name only.
+        let mut renamed = event(nice.id, "Macbeth", Genre::Theatre, 1000);
+        renamed.description = "Another tragedy".into();
+        db.update_event(a, hamlet, &renamed).unwrap();
+        assert!(found("hamlet", None).is_empty(), "{name}");
+        assert_eq!(found("macb", None), vec![hamlet], "{name}");
+    }
+}
