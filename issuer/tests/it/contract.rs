@@ -359,7 +359,7 @@ fn search_finds_words_by_prefix_best_match_first_and_follows_changes() {
         let a = organizer(&*db, 1);
         let lyon = db.add_venue(a, &venue("Lyon")).unwrap();
         let nice = db.add_venue(a, &venue("Nice")).unwrap();
-        let mut add = |v: u64, title: &str, performers: &[&str], description: &str, live: bool| {
+        let add = |v: u64, title: &str, performers: &[&str], description: &str, live: bool| {
             let mut e = event(v, title, Genre::Concert, 1000);
             e.performers = performers.iter().map(|p| p.to_string()).collect();
             e.description = description.into();
