@@ -43,6 +43,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// How long a hold keeps its places, in seconds.
+        #[arg(long, default_value_t = issuer::http::HOLD_TTL_MS / 1000)]
+        hold_seconds: u64,
     },
 }
 
@@ -192,7 +195,10 @@ fn run(cli: Cli) -> Result<()> {
     );
     match cli.command {
         Command::Organizers(cmd) => return organizers_cmd(&cli.data, cmd),
-        Command::Serve { listen } => return serve(&cli.data, &listen),
+        Command::Serve {
+            listen,
+            hold_seconds,
+        } => return serve(&cli.data, &listen, hold_seconds),
         _ => {}
     }
     let mut store = if reads_only {
@@ -231,7 +237,10 @@ fn organizers_cmd(data: &std::path::Path, cmd: OrganizersCmd) -> Result<()> {
     Ok(())
 }
 
-fn serve(data: &std::path::Path, listen: &str) -> Result<()> {
+fn serve(data: &std::path::Path, listen: &str, hold_seconds: u64) -> Result<()> {
+    if !(1..=24 * 3600).contains(&hold_seconds) {
+        anyhow::bail!("--hold-seconds is 1 to 86400");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -241,7 +250,8 @@ fn serve(data: &std::path::Path, listen: &str) -> Result<()> {
         .init();
     let storage = issuer::storage::sqlite::SqliteStorage::open(data)
         .with_context(|| format!("opening data directory {}", data.display()))?;
-    let state = issuer::http::AppState::new(std::sync::Arc::new(storage));
+    let mut state = issuer::http::AppState::new(std::sync::Arc::new(storage));
+    state.hold_ttl_ms = hold_seconds * 1000;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

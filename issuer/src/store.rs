@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_keys_events_tickets.sql"),
     include_str!("../migrations/0002_catalogue.sql"),
     include_str!("../migrations/0003_search.sql"),
+    include_str!("../migrations/0004_inventory.sql"),
 ];
 
 /// An opened data directory.

@@ -8,10 +8,13 @@
 //! - [`pricing`]: a category's price at hold time (early-bird time tiers,
 //!   demand tiers by share sold).
 //! - [`order`]: an order's states and the only moves between them.
+//! - [`hold`]: what a buyer asks to hold, and a hold: places at fixed
+//!   prices until a time.
 //! - [`catalogue`]: venues, events and ticket categories as organizers
 //!   create them, checked before they are stored.
 
 pub mod catalogue;
+pub mod hold;
 pub mod order;
 pub mod pricing;
 pub mod seats;

@@ -16,9 +16,14 @@ const MAX_TOKEN: usize = 200;
 
 /// A new organizer API token, and the hash the store keeps of it.
 pub fn new_token() -> (String, [u8; 32]) {
+    new_secret("org_")
+}
+
+/// A new random token starting with `prefix`, and its hash.
+pub fn new_secret(prefix: &str) -> (String, [u8; 32]) {
     let mut secret = [0u8; 32];
     OsRng.fill_bytes(&mut secret);
-    let token = format!("org_{}", URL_SAFE_NO_PAD.encode(secret));
+    let token = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(secret));
     let hash = token_hash(&token);
     (token, hash)
 }

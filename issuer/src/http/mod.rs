@@ -7,6 +7,7 @@ pub mod auth;
 pub mod body;
 pub mod catalogue;
 pub mod error;
+pub mod holds;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,11 +21,19 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub storage: Arc<dyn Storage>,
+    /// How long a hold keeps its places.
+    pub hold_ttl_ms: u64,
 }
+
+/// How long a hold keeps its places, unless told otherwise: 10 minutes.
+pub const HOLD_TTL_MS: u64 = 10 * 60 * 1000;
 
 impl AppState {
     pub fn new(storage: Arc<dyn Storage>) -> AppState {
-        AppState { storage }
+        AppState {
+            storage,
+            hold_ttl_ms: HOLD_TTL_MS,
+        }
     }
 
     /// Runs `f` on the storage, on a thread of the blocking pool.
@@ -43,7 +52,7 @@ impl AppState {
 /// Every route of the API.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .nest("/api/v1", catalogue::router())
+        .nest("/api/v1", catalogue::router().merge(holds::router()))
         .fallback(|| async { ApiError::not_found("no such path") })
         .with_state(state)
 }

@@ -16,6 +16,7 @@ use crate::domain::Invalid;
 use crate::domain::catalogue::{
     Category, Event, EventStatus, Genre, NewCategory, NewEvent, NewVenue,
 };
+use crate::domain::hold::{Hold, HoldRequest};
 
 pub type OrganizerId = u64;
 
@@ -114,7 +115,62 @@ pub trait Catalogue: Send + Sync {
     fn categories(&self, event_id: u64) -> Result<Vec<Category>>;
 }
 
-/// Everything the issuer stores.
-pub trait Storage: Catalogue {}
+/// What is left of a category, now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CategoryAvailability {
+    pub category_id: u64,
+    pub name: String,
+    pub capacity: u64,
+    pub available: u64,
+    pub held: u64,
+    pub sold: u64,
+    /// What one place costs if held now (minor units).
+    pub price: u64,
+    pub currency: String,
+}
 
-impl<T: Catalogue> Storage for T {}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlaceState {
+    Available,
+    Held,
+    Sold,
+}
+
+/// An event's places now: every category's counts, every seat's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Availability {
+    pub event_id: u64,
+    pub categories: Vec<CategoryAvailability>,
+    /// Seat key, category, state; in the plan's order.
+    pub seats: Vec<(String, u64, PlaceState)>,
+}
+
+/// Places: held, let go, and what is left. Times are unix milliseconds,
+/// passed in: a hold ends when its time passes, with nothing run then.
+pub trait Inventory: Send + Sync {
+    /// Takes every place asked for, or none (the first place that cannot
+    /// be taken says why), for `ttl_ms`, at prices fixed now. The hold is
+    /// known by its token's SHA-256.
+    fn hold(
+        &self,
+        request: &HoldRequest,
+        token_hash: &[u8; 32],
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Hold>;
+
+    /// A hold, as it stands at `now_ms`.
+    fn hold_of(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold>;
+
+    /// Lets a hold's places go at once (again: nothing changes).
+    fn release(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold>;
+
+    /// What an event (not a draft) has left at `now_ms`.
+    fn availability(&self, event_id: u64, now_ms: u64) -> Result<Availability>;
+}
+
+/// Everything the issuer stores.
+pub trait Storage: Catalogue + Inventory {}
+
+impl<T: Catalogue + Inventory> Storage for T {}

@@ -23,10 +23,15 @@ impl Drop for Server {
 
 impl Server {
     fn start(env: &Env) -> Server {
+        Server::start_with(env, &[])
+    }
+
+    fn start_with(env: &Env, args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_issuer"))
             .arg("--data")
             .arg(env.data())
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -82,6 +87,13 @@ impl Server {
                 req.call()
             }
             (m, body) => {
+                if m == "DELETE" {
+                    let mut req = agent.delete(&url);
+                    if let Some(a) = &auth {
+                        req = req.header("authorization", a);
+                    }
+                    return finish(req.call().unwrap());
+                }
                 let mut req = match m {
                     "PUT" => agent.put(&url),
                     _ => agent.post(&url),
@@ -96,13 +108,18 @@ impl Server {
             }
         }
         .unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.into_body().read_to_string().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        finish(resp)
     }
+}
+
+/// (status, JSON answer) of a response.
+fn finish(resp: ureq::http::Response<ureq::Body>) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.into_body().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// An organizer added with the real command: its token.
@@ -505,4 +522,261 @@ fn hostile_or_careless_requests_get_a_clear_refusal_and_change_nothing() {
     );
     let (_, list) = api.call("GET", "/api/v1/events", Some(&alice), None);
     assert_eq!(list["events"].as_array().unwrap().len(), 1, "{list}");
+}
+
+/// An event on sale with seats of section A and 300 standing places:
+/// (event id, seated category, standing category).
+fn event_on_sale(api: &Server, token: &str) -> (u64, u64, u64) {
+    let (_, v) = api.call("POST", "/api/v1/venues", Some(token), Some(&venue("Lyon")));
+    let venue_id = v["id"].as_u64().unwrap();
+    let (_, e) = api.call(
+        "POST",
+        "/api/v1/events",
+        Some(token),
+        Some(&event(venue_id, "Night", "concert", 1_900_000_000)),
+    );
+    let id = e["id"].as_u64().unwrap();
+    let mut categories = Vec::new();
+    for places in [
+        json!({"kind": "seats", "sections": ["A"]}),
+        json!({"kind": "quota", "area": "floor", "places": 300}),
+    ] {
+        let body = json!({
+            "name": "Tickets", "price": 4500, "currency": "EUR", "places": places,
+            "sale_starts": 0, "sale_ends": 1_900_000_000, "per_order": 8
+        });
+        let (status, c) = api.call(
+            "POST",
+            &format!("/api/v1/events/{id}/categories"),
+            Some(token),
+            Some(&body),
+        );
+        assert_eq!(status, 201, "{c}");
+        categories.push(c["id"].as_u64().unwrap());
+    }
+    let (status, _) = api.call(
+        "POST",
+        &format!("/api/v1/events/{id}/status"),
+        Some(token),
+        Some(&json!({"status": "on_sale"})),
+    );
+    assert_eq!(status, 200);
+    (id, categories[0], categories[1])
+}
+
+/// The state of seat `key` as `GET /events/{id}/tickets` says.
+fn seat(api: &Server, event: u64, key: &str) -> String {
+    let (status, t) = api.call(
+        "GET",
+        &format!("/api/v1/events/{event}/tickets"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{t}");
+    t["seats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[0] == key)
+        .map(|s| s[2].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
+#[test]
+fn a_buyer_holds_seats_another_cannot_take_them_until_released_or_expired() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start_with(&env, &["--hold-seconds", "2"]);
+    let (e, seated, standing) = event_on_sale(&api, &token);
+    let hold = json!({"event_id": e, "items": [
+        {"kind": "seats", "seats": ["A-1-1", "A-1-2"]},
+        {"kind": "quantity", "category_id": standing, "quantity": 3}
+    ]});
+    let (status, h) = api.call("POST", "/api/v1/holds", None, Some(&hold));
+    assert_eq!(status, 201, "{h}");
+    assert_eq!(
+        (h["total"].as_u64(), h["state"].as_str()),
+        (Some(5 * 4500), Some("active"))
+    );
+    let first = h["token"].as_str().unwrap().to_owned();
+    assert_eq!(seat(&api, e, "A-1-1"), "held");
+    // Another buyer asking for one of them gets a conflict, and nothing.
+    let clash = json!({"event_id": e, "items": [{"kind": "seats", "seats": ["A-1-3", "A-1-2"]}]});
+    let (status, answer) = api.call("POST", "/api/v1/holds", None, Some(&clash));
+    assert_eq!((status, code(&answer)), (409, "conflict"), "{answer}");
+    assert_eq!(seat(&api, e, "A-1-3"), "available");
+    // Released: free at once.
+    let (status, released) = api.call("DELETE", &format!("/api/v1/holds/{first}"), None, None);
+    assert_eq!(
+        (status, released["state"].as_str()),
+        (200, Some("released"))
+    );
+    assert_eq!(seat(&api, e, "A-1-2"), "available");
+    // Best pair, then it lapses by itself after two seconds.
+    let best =
+        json!({"event_id": e, "items": [{"kind": "best", "category_id": seated, "quantity": 2}]});
+    let (status, h) = api.call("POST", "/api/v1/holds", None, Some(&best));
+    assert_eq!(status, 201, "{h}");
+    let pair: Vec<String> = h["places"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seat"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seat(&api, e, &pair[0]), "held");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(
+        seat(&api, e, &pair[0]),
+        "available",
+        "the hold lapsed with nothing run"
+    );
+    let (_, lapsed) = api.call(
+        "GET",
+        &format!("/api/v1/holds/{}", h["token"].as_str().unwrap()),
+        None,
+        None,
+    );
+    assert_eq!(lapsed["state"].as_str(), Some("expired"));
+    let (_, t) = api.call("GET", &format!("/api/v1/events/{e}/tickets"), None, None);
+    let floor = t["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["category_id"] == standing)
+        .unwrap();
+    assert_eq!(floor["available"].as_u64(), Some(300));
+}
+
+#[test]
+fn hold_requests_that_cannot_be_met_are_refused_in_the_error_shape() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start(&env);
+    let (e, seated, standing) = event_on_sale(&api, &token);
+    let json = |v: Value| Some(("application/json", v.to_string()));
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/api/v1/holds".into(),
+            None,
+            Some(("application/json", "{".into())),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/v1/holds".into(),
+            None,
+            json(json!({"event_id": e, "items": []})),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/api/v1/holds".into(),
+            None,
+            json(
+                json!({"event_id": e, "items": [{"kind": "quantity", "category_id": standing, "quantity": 0}]}),
+            ),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/api/v1/holds".into(),
+            None,
+            json(
+                json!({"event_id": e, "items": [{"kind": "quantity", "category_id": standing, "quantity": 9}]}),
+            ),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/api/v1/holds".into(),
+            None,
+            json(
+                json!({"event_id": e, "items": [{"kind": "best", "category_id": standing, "quantity": 2}]}),
+            ),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/api/v1/holds".into(),
+            None,
+            json(
+                json!({"event_id": e, "items": [{"kind": "best", "category_id": seated, "quantity": 21}]}),
+            ),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/api/v1/holds".into(),
+            None,
+            json(json!({"event_id": e + 9, "items": [{"kind": "seats", "seats": ["A-1-1"]}]})),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/api/v1/holds".into(),
+            None,
+            json(
+                json!({"event_id": e, "items": [{"kind": "seats", "seats": ["A-1-1"]}], "extra": 1}),
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/api/v1/holds/hold_nothing".into(),
+            None,
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/api/v1/holds/org_x".into(),
+            None,
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            "/api/v1/holds/hold_nothing".into(),
+            None,
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            format!("/api/v1/events/{}/tickets", e + 9),
+            None,
+            None,
+            404,
+            "not_found",
+        ),
+    ];
+    for (method, path, token, body, status, expect) in cases {
+        let (got, answer) = api.raw(method, &path, token, body);
+        assert_eq!(
+            (got, code(&answer)),
+            (status, expect),
+            "{method} {path}: {answer}"
+        );
+    }
+    let (_, t) = api.call("GET", &format!("/api/v1/events/{e}/tickets"), None, None);
+    assert!(
+        t["categories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["held"] == 0),
+        "{t}"
+    );
 }

@@ -2,9 +2,11 @@
 //! each (SQLite now). A backend is made fresh for each test by `backends()`.
 
 use issuer::domain::catalogue::{EventStatus, Genre, NewCategory, NewEvent, NewVenue, Places};
+use issuer::domain::hold::{HoldItem, HoldRequest, HoldState};
 use issuer::domain::pricing::Pricing;
+use issuer::domain::pricing::TimeTier;
 use issuer::domain::venue::{Area, Row, Seat, SeatingPlan, Section};
-use issuer::storage::{EventQuery, OrganizerId, Storage, StorageError};
+use issuer::storage::{EventQuery, OrganizerId, PlaceState, Storage, StorageError};
 
 /// Every backend under test, each fresh and empty, with a name for messages.
 fn backends() -> Vec<(&'static str, Box<dyn Storage>, tempfile::TempDir)> {
@@ -426,5 +428,404 @@ fn search_finds_words_by_prefix_best_match_first_and_follows_changes() {
         db.update_event(a, hamlet, &renamed).unwrap();
         assert!(found("hamlet", None).is_empty(), "{name}");
         assert_eq!(found("macb", None), vec![hamlet], "{name}");
+    }
+}
+
+/// An event on sale at a venue of sections A and B (3 rows of 10 seats)
+/// and a standing floor: category "seats" sells A, "floor" a quota of
+/// `quota`. Returns (event, seats category, floor category).
+fn on_sale(db: &dyn Storage, quota: u32) -> (u64, u64, u64) {
+    let a = organizer(db, 1);
+    let v = db.add_venue(a, &venue("Lyon")).unwrap();
+    let e = db
+        .add_event(a, &event(v.id, "Night", Genre::Concert, 1000))
+        .unwrap();
+    let seats = Places::Seats {
+        sections: vec!["A".into()],
+    };
+    let s = db.add_category(a, e.id, &category(seats, 4500)).unwrap();
+    let floor = Places::Quota {
+        area: "floor".into(),
+        places: quota,
+    };
+    let f = db.add_category(a, e.id, &category(floor, 2000)).unwrap();
+    db.set_status(a, e.id, EventStatus::OnSale).unwrap();
+    (e.id, s.id, f.id)
+}
+
+fn seats(event_id: u64, keys: &[&str]) -> HoldRequest {
+    HoldRequest {
+        event_id,
+        items: vec![HoldItem::Seats {
+            seats: keys.iter().map(|k| k.to_string()).collect(),
+        }],
+    }
+}
+
+/// The state of seat `key` at `now`.
+fn seat_state(db: &dyn Storage, event: u64, key: &str, now: u64) -> PlaceState {
+    db.availability(event, now)
+        .unwrap()
+        .seats
+        .into_iter()
+        .find(|(k, _, _)| k == key)
+        .map(|(_, _, s)| s)
+        .unwrap()
+}
+
+const MIN: u64 = 60_000;
+const T0: u64 = 1_000_000_000;
+
+#[test]
+fn a_hold_takes_every_seat_asked_for_or_none_and_ends_by_itself() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, _) = on_sale(&*db, 10);
+        let h = db
+            .hold(&seats(e, &["A-1-1", "A-1-2"]), &[1; 32], T0, 10 * MIN)
+            .unwrap();
+        assert_eq!(
+            (h.state, h.total, h.places.len()),
+            (HoldState::Active, 9000, 2),
+            "{name}"
+        );
+        assert_eq!(seat_state(&*db, e, "A-1-1", T0), PlaceState::Held, "{name}");
+        // One seat of the second request is taken: nothing of it is held.
+        let clash = db.hold(&seats(e, &["A-1-3", "A-1-2"]), &[2; 32], T0 + 1, 10 * MIN);
+        assert!(
+            matches!(&clash, Err(StorageError::Conflict(m)) if m.contains("A-1-2")),
+            "{name}: {clash:?}"
+        );
+        assert_eq!(
+            seat_state(&*db, e, "A-1-3", T0 + 1),
+            PlaceState::Available,
+            "{name}"
+        );
+        assert!(not_found(db.hold_of(&[2; 32], T0 + 1)), "{name}");
+        // Ten minutes on, the hold stopped counting, with nothing run.
+        let later = T0 + 10 * MIN;
+        assert_eq!(
+            db.hold_of(&[1; 32], later).unwrap().state,
+            HoldState::Expired,
+            "{name}"
+        );
+        assert_eq!(
+            seat_state(&*db, e, "A-1-2", later),
+            PlaceState::Available,
+            "{name}"
+        );
+        db.hold(&seats(e, &["A-1-2"]), &[3; 32], later, 10 * MIN)
+            .unwrap();
+        assert_eq!(
+            seat_state(&*db, e, "A-1-2", later),
+            PlaceState::Held,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_released_hold_frees_its_places_at_once_and_releasing_again_changes_nothing() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, floor) = on_sale(&*db, 4);
+        let req = HoldRequest {
+            event_id: e,
+            items: vec![
+                HoldItem::Quantity {
+                    category_id: floor,
+                    quantity: 4,
+                },
+                HoldItem::Seats {
+                    seats: vec!["A-2-5".into()],
+                },
+            ],
+        };
+        db.hold(&req, &[1; 32], T0, 10 * MIN).unwrap();
+        let left = |t| {
+            db.availability(e, t)
+                .unwrap()
+                .categories
+                .iter()
+                .find(|c| c.category_id == floor)
+                .map(|c| c.available)
+                .unwrap()
+        };
+        assert_eq!(left(T0), 0, "{name}");
+        let released = db.release(&[1; 32], T0 + 5).unwrap();
+        assert_eq!(released.state, HoldState::Released, "{name}");
+        assert_eq!(left(T0 + 5), 4, "{name}");
+        assert_eq!(seat_state(&*db, e, "A-2-5", T0 + 5), PlaceState::Available);
+        assert_eq!(
+            db.release(&[1; 32], T0 + 6).unwrap().state,
+            HoldState::Released
+        );
+        assert!(not_found(db.release(&[9; 32], T0)), "{name}");
+    }
+}
+
+#[test]
+fn a_quota_is_never_held_beyond_its_places() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, floor) = on_sale(&*db, 5);
+        let q = |n| HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Quantity {
+                category_id: floor,
+                quantity: n,
+            }],
+        };
+        db.hold(&q(3), &[1; 32], T0, MIN).unwrap();
+        let short = db.hold(&q(3), &[2; 32], T0, MIN);
+        assert!(
+            matches!(&short, Err(StorageError::Conflict(m)) if m.contains("2 places left")),
+            "{name}: {short:?}"
+        );
+        db.hold(&q(2), &[3; 32], T0, MIN).unwrap();
+        assert!(matches!(
+            db.hold(&q(1), &[4; 32], T0, MIN),
+            Err(StorageError::Conflict(_))
+        ));
+        let c = db.availability(e, T0).unwrap().categories;
+        let floor_now = c.iter().find(|c| c.category_id == floor).unwrap();
+        assert_eq!(
+            (floor_now.held, floor_now.available, floor_now.capacity),
+            (5, 0, 5)
+        );
+    }
+}
+
+#[test]
+fn best_seats_sit_together_leaving_no_lone_seat_when_they_can() {
+    for (name, db, _tmp) in backends() {
+        let (e, s, _) = on_sale(&*db, 1);
+        // Row 1 keeps seats 1 to 3 free: two there would leave one alone.
+        let taken: Vec<String> = (4..=10).map(|n| format!("A-1-{n}")).collect();
+        let keys: Vec<&str> = taken.iter().map(String::as_str).collect();
+        db.hold(&seats(e, &keys), &[1; 32], T0, 10 * MIN).unwrap();
+        let best = |n, token: u8| {
+            db.hold(
+                &HoldRequest {
+                    event_id: e,
+                    items: vec![HoldItem::Best {
+                        category_id: s,
+                        quantity: n,
+                    }],
+                },
+                &[token; 32],
+                T0,
+                10 * MIN,
+            )
+        };
+        let two = best(2, 2).unwrap();
+        let got: Vec<&str> = two
+            .places
+            .iter()
+            .filter_map(|p| p.seat.as_deref())
+            .collect();
+        assert_eq!(got.len(), 2, "{name}");
+        assert!(got.iter().all(|k| k.starts_with("A-2-")), "{name}: {got:?}");
+        // Three fit exactly in row 1.
+        let three = best(3, 3).unwrap();
+        let got: Vec<&str> = three
+            .places
+            .iter()
+            .filter_map(|p| p.seat.as_deref())
+            .collect();
+        assert_eq!(got, ["A-1-1", "A-1-2", "A-1-3"], "{name}");
+        // No row has 11.
+        assert!(matches!(
+            best(11, 4),
+            Err(StorageError::Invalid(_) | StorageError::Conflict(_))
+        ));
+    }
+}
+
+#[test]
+fn a_hold_for_what_is_not_on_sale_or_too_much_is_refused_and_takes_nothing() {
+    for (name, db, _tmp) in backends() {
+        let (e, s, floor) = on_sale(&*db, 5);
+        let refused = |req: HoldRequest| {
+            let r = db.hold(&req, &[7; 32], T0, MIN);
+            assert!(r.is_err(), "{name}: {req:?} was held");
+            r.unwrap_err()
+        };
+        assert!(matches!(
+            refused(seats(e, &["Z-9-9"])),
+            StorageError::Invalid(_)
+        ));
+        assert!(
+            matches!(refused(seats(e, &["B-1-1"])), StorageError::Invalid(_)),
+            "B is not sold"
+        );
+        assert!(matches!(
+            refused(seats(e + 100, &["A-1-1"])),
+            StorageError::NotFound(_)
+        ));
+        let many: Vec<String> = (1..=10)
+            .flat_map(|r| (1..=3).map(move |n| format!("A-{n}-{r}")))
+            .collect();
+        let keys: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(
+            matches!(refused(seats(e, &keys[..11])), StorageError::Invalid(m) if m.contains("at most 10")),
+            "{name}: per order"
+        );
+        let best_standing = HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Best {
+                category_id: floor,
+                quantity: 2,
+            }],
+        };
+        assert!(matches!(refused(best_standing), StorageError::Invalid(_)));
+        let other_category = HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Quantity {
+                category_id: s + 1000,
+                quantity: 1,
+            }],
+        };
+        assert!(matches!(refused(other_category), StorageError::Invalid(_)));
+        let a = db.availability(e, T0).unwrap();
+        assert!(
+            a.categories.iter().all(|c| c.held == 0),
+            "{name}: nothing held"
+        );
+        // A cancelled event holds nothing.
+        db.set_status(1, e, EventStatus::Cancelled).unwrap();
+        assert!(matches!(
+            refused(seats(e, &["A-1-1"])),
+            StorageError::Conflict(_)
+        ));
+    }
+}
+
+#[test]
+fn the_price_is_fixed_when_places_are_held() {
+    for (name, db, _tmp) in backends() {
+        let a = organizer(&*db, 1);
+        let v = db.add_venue(a, &venue("Lyon")).unwrap();
+        let e = db
+            .add_event(a, &event(v.id, "Night", Genre::Concert, 1000))
+            .unwrap();
+        let mut early = category(
+            Places::Quota {
+                area: "floor".into(),
+                places: 10,
+            },
+            3000,
+        );
+        early.pricing.time_tiers = vec![TimeTier {
+            until: T0 / 1000 + 60,
+            price: 2000,
+        }];
+        let c = db.add_category(a, e.id, &early).unwrap();
+        db.set_status(a, e.id, EventStatus::OnSale).unwrap();
+        let q = HoldRequest {
+            event_id: e.id,
+            items: vec![HoldItem::Quantity {
+                category_id: c.id,
+                quantity: 2,
+            }],
+        };
+        let bird = db.hold(&q, &[1; 32], T0, 10 * MIN).unwrap();
+        assert_eq!(bird.total, 4000, "{name}: early-bird price");
+        let late = db.hold(&q, &[2; 32], T0 + 2 * MIN, 10 * MIN).unwrap();
+        assert_eq!(late.total, 6000, "{name}");
+        assert_eq!(
+            db.hold_of(&[1; 32], T0 + 3 * MIN).unwrap().total,
+            4000,
+            "{name}: kept"
+        );
+    }
+}
+
+#[test]
+fn buyers_at_once_never_hold_one_place_twice_nor_a_quota_beyond_its_places() {
+    for (name, db, _tmp) in backends() {
+        let db: std::sync::Arc<dyn Storage> = db.into();
+        let (e, s, floor) = on_sale(&*db, 50);
+        // 16 buyers, 25 tries each: random seats of section A (30), the
+        // best pair, or a few standing places; all at the same instant.
+        let held: Vec<(u8, Vec<Option<String>>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16u8)
+                .map(|buyer| {
+                    let db = db.clone();
+                    scope.spawn(move || {
+                        let mut x = u64::from(buyer) * 7919 + 1;
+                        let mut rnd = |n: u64| {
+                            x = x
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            (x >> 33) % n
+                        };
+                        let mut mine = Vec::new();
+                        for t in 0..25u8 {
+                            let item = match rnd(3) {
+                                0 => HoldItem::Seats {
+                                    seats: (0..=rnd(3))
+                                        .map(|_| format!("A-{}-{}", 1 + rnd(3), 1 + rnd(10)))
+                                        .collect::<std::collections::BTreeSet<_>>()
+                                        .into_iter()
+                                        .collect(),
+                                },
+                                1 => HoldItem::Best {
+                                    category_id: s,
+                                    quantity: 2,
+                                },
+                                _ => HoldItem::Quantity {
+                                    category_id: floor,
+                                    quantity: 1 + rnd(4) as u32,
+                                },
+                            };
+                            let token = [buyer, t, 0xAA, 0x55].repeat(8).try_into().unwrap();
+                            let req = HoldRequest {
+                                event_id: e,
+                                items: vec![item],
+                            };
+                            match db.hold(&req, &token, T0, 10 * MIN) {
+                                Ok(h) => {
+                                    mine.push((t, h.places.into_iter().map(|p| p.seat).collect()))
+                                }
+                                Err(StorageError::Conflict(_)) => {}
+                                Err(other) => panic!("{other:?}"),
+                            }
+                        }
+                        (buyer, mine)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    let (buyer, mine) = h.join().unwrap();
+                    mine.into_iter().map(move |(_, places)| (buyer, places))
+                })
+                .collect()
+        });
+        let seats: Vec<&String> = held.iter().flat_map(|(_, p)| p.iter().flatten()).collect();
+        let unique: std::collections::HashSet<&&String> = seats.iter().collect();
+        assert_eq!(unique.len(), seats.len(), "{name}: a seat held twice");
+        let standing = held
+            .iter()
+            .flat_map(|(_, p)| p.iter().filter(|s| s.is_none()))
+            .count();
+        assert!(
+            standing <= 50,
+            "{name}: {standing} standing places held of 50"
+        );
+        // What the store counts is what the buyers were answered.
+        let a = db.availability(e, T0).unwrap();
+        let count = |id| {
+            a.categories
+                .iter()
+                .find(|c| c.category_id == id)
+                .unwrap()
+                .held as usize
+        };
+        assert_eq!(count(s), seats.len(), "{name}");
+        assert_eq!(count(floor), standing, "{name}");
+        assert!(
+            seats.len() > 5 && standing > 5,
+            "{name}: the buyers held something"
+        );
     }
 }

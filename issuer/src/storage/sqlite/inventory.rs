@@ -1,0 +1,386 @@
+//! Holds and what is left, on SQLite. A hold is one IMMEDIATE transaction:
+//! SQLite lets one writer in at a time, so two buyers can never both take
+//! a place; each place is taken by a conditional update that succeeds only
+//! while the place is neither sold nor held.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::catalogue::categories_of;
+use super::{SqliteStorage, key, venue_of};
+use crate::domain::catalogue::{Category, EventStatus, Places};
+use crate::domain::hold::{HeldPlace, Hold, HoldItem, HoldRequest, HoldState};
+use crate::domain::seats::best_block;
+use crate::domain::venue::SeatingPlan;
+use crate::storage::{
+    Availability, CategoryAvailability, Inventory, PlaceState, Result, StorageError,
+};
+
+/// A place taken by a hold being made: (category, n, seat key).
+type Taken = (u64, i64, Option<String>);
+
+/// Takes place `n` of `category` for the hold, if it is free at `now`.
+fn take(
+    conn: &Connection,
+    hold: &[u8; 32],
+    until: u64,
+    now: u64,
+    category: u64,
+    n: i64,
+) -> Result<bool> {
+    Ok(conn.execute(
+        "UPDATE places SET hold = ?1, held_until = ?2
+         WHERE category_id = ?3 AND n = ?4 AND order_id IS NULL AND held_until <= ?5",
+        params![&hold[..], key(until), key(category), n, key(now)],
+    )? == 1)
+}
+
+fn category(categories: &BTreeMap<u64, Category>, id: u64) -> Result<&Category> {
+    categories
+        .get(&id)
+        .ok_or_else(|| StorageError::Invalid(format!("the event has no category {id}")))
+}
+
+impl Inventory for SqliteStorage {
+    fn hold(
+        &self,
+        request: &HoldRequest,
+        token_hash: &[u8; 32],
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Hold> {
+        request.check()?;
+        let until = now_ms.saturating_add(ttl_ms);
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let event = match SqliteStorage::event_row(&tx, request.event_id)? {
+            Some((e, _)) if e.status != EventStatus::Draft => e,
+            _ => {
+                return Err(StorageError::NotFound(format!(
+                    "event {}",
+                    request.event_id
+                )));
+            }
+        };
+        if event.status != EventStatus::OnSale {
+            return Err(StorageError::Conflict(format!(
+                "event {} is {}: nothing of it can be held",
+                event.id,
+                event.status.as_str()
+            )));
+        }
+        let categories: BTreeMap<u64, Category> = categories_of(&tx, event.id)?
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect();
+        // Quantities beyond an order's limit are refused before anything
+        // is looked for (seats asked by key are counted once found).
+        for item in &request.items {
+            if let HoldItem::Quantity {
+                category_id,
+                quantity,
+            }
+            | HoldItem::Best {
+                category_id,
+                quantity,
+            } = item
+            {
+                let c = category(&categories, *category_id)?;
+                if *quantity > c.info.per_order {
+                    return Err(StorageError::Invalid(format!(
+                        "{} sells at most {} places an order",
+                        c.info.name, c.info.per_order
+                    )));
+                }
+            }
+        }
+        let mut taken: Vec<Taken> = Vec::new();
+        for item in &request.items {
+            match item {
+                HoldItem::Seats { seats } => {
+                    for seat in seats {
+                        let place: Option<(i64, i64)> = tx
+                            .query_row(
+                                "SELECT category_id, n FROM places WHERE event_id = ?1 AND seat_key = ?2",
+                                params![key(event.id), seat],
+                                |r| Ok((r.get(0)?, r.get(1)?)),
+                            )
+                            .optional()?;
+                        let Some((c, n)) = place else {
+                            return Err(StorageError::Invalid(format!(
+                                "the event sells no seat {seat:?}"
+                            )));
+                        };
+                        if !take(&tx, token_hash, until, now_ms, c as u64, n)? {
+                            return Err(StorageError::Conflict(format!("seat {seat} is taken")));
+                        }
+                        taken.push((c as u64, n, Some(seat.clone())));
+                    }
+                }
+                HoldItem::Quantity {
+                    category_id,
+                    quantity,
+                } => {
+                    let c = category(&categories, *category_id)?;
+                    let free: Vec<(i64, Option<String>)> = tx
+                        .prepare_cached(
+                            "SELECT n, seat_key FROM places
+                             WHERE category_id = ?1 AND order_id IS NULL AND held_until <= ?2
+                             ORDER BY n LIMIT ?3",
+                        )?
+                        .query_map(params![key(c.id), key(now_ms), quantity], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?
+                        .collect::<rusqlite::Result<_>>()?;
+                    if free.len() < *quantity as usize {
+                        return Err(StorageError::Conflict(format!(
+                            "{} has {} places left, not {quantity}",
+                            c.info.name,
+                            free.len()
+                        )));
+                    }
+                    for (n, seat) in free {
+                        if !take(&tx, token_hash, until, now_ms, c.id, n)? {
+                            return Err(StorageError::Conflict(
+                                "a place was taken meanwhile".into(),
+                            ));
+                        }
+                        taken.push((c.id, n, seat));
+                    }
+                }
+                HoldItem::Best {
+                    category_id,
+                    quantity,
+                } => {
+                    let c = category(&categories, *category_id)?;
+                    let Places::Seats { sections } = &c.info.places else {
+                        return Err(StorageError::Invalid(format!(
+                            "{} is standing: ask for a quantity, not the best seats",
+                            c.info.name
+                        )));
+                    };
+                    let venue = venue_of(&tx, event.info.venue_id)?
+                        .ok_or_else(|| StorageError::NotFound("the event's venue".into()))?;
+                    let free: HashMap<String, i64> = tx
+                        .prepare_cached(
+                            "SELECT seat_key, n FROM places
+                             WHERE category_id = ?1 AND order_id IS NULL AND held_until <= ?2",
+                        )?
+                        .query_map(params![key(c.id), key(now_ms)], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?
+                        .collect::<rusqlite::Result<_>>()?;
+                    // The category's rows, front to back, section by section.
+                    let mut rows: Vec<(Vec<String>, Vec<bool>)> = Vec::new();
+                    let plan = &venue.info.plan;
+                    for section in plan.sections.iter().filter(|s| sections.contains(&s.id)) {
+                        for row in &section.rows {
+                            let keys: Vec<String> = row
+                                .seats
+                                .iter()
+                                .map(|seat| SeatingPlan::seat_key(section, row, seat))
+                                .collect();
+                            let state = keys.iter().map(|k| free.contains_key(k)).collect();
+                            rows.push((keys, state));
+                        }
+                    }
+                    let views: Vec<&[bool]> = rows.iter().map(|(_, s)| s.as_slice()).collect();
+                    let Some(block) = best_block(&views, *quantity as usize) else {
+                        return Err(StorageError::Conflict(format!(
+                            "{} has no {quantity} seats side by side left",
+                            c.info.name
+                        )));
+                    };
+                    let keys = &rows[block.row].0[block.first..block.first + *quantity as usize];
+                    for k in keys {
+                        let n = free[k];
+                        if !take(&tx, token_hash, until, now_ms, c.id, n)? {
+                            return Err(StorageError::Conflict(format!("seat {k} is taken")));
+                        }
+                        taken.push((c.id, n, Some(k.clone())));
+                    }
+                }
+            }
+        }
+        // Per category: on sale now, within its limit, at its price now.
+        let now_s = now_ms / 1000;
+        let mut prices: BTreeMap<u64, u64> = BTreeMap::new();
+        for (id, c) in &categories {
+            let count = taken.iter().filter(|t| t.0 == *id).count();
+            if count == 0 {
+                continue;
+            }
+            if now_s < c.info.sale_starts || now_s >= c.info.sale_ends {
+                return Err(StorageError::Conflict(format!(
+                    "{} is not on sale now",
+                    c.info.name
+                )));
+            }
+            if count > c.info.per_order as usize {
+                return Err(StorageError::Invalid(format!(
+                    "{} sells at most {} places an order",
+                    c.info.name, c.info.per_order
+                )));
+            }
+            let (capacity, sold): (i64, i64) = tx.query_row(
+                "SELECT count(*), count(order_id) FROM places WHERE category_id = ?1",
+                [key(*id)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            prices.insert(
+                *id,
+                c.info.pricing.price_at(now_s, sold as u64, capacity as u64),
+            );
+        }
+        let currency = categories
+            .values()
+            .next()
+            .map(|c| c.info.pricing.currency.clone())
+            .unwrap_or_default();
+        let places: Vec<HeldPlace> = taken
+            .iter()
+            .map(|(c, _, seat)| HeldPlace {
+                category_id: *c,
+                seat: seat.clone(),
+                price: prices.get(c).copied().unwrap_or_default(),
+            })
+            .collect();
+        let total = places.iter().map(|p| p.price).sum();
+        tx.execute(
+            "INSERT INTO holds (token_hash, event_id, created_at, expires_at, currency, total)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                &token_hash[..],
+                key(event.id),
+                key(now_ms),
+                key(until),
+                currency,
+                key(total)
+            ],
+        )?;
+        {
+            let mut item = tx.prepare_cached(
+                "INSERT INTO hold_items (hold, category_id, n, seat_key, price) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for ((c, n, seat), place) in taken.iter().zip(&places) {
+                item.execute(params![&token_hash[..], key(*c), n, seat, key(place.price)])?;
+            }
+        }
+        tx.commit()?;
+        hold_of(&conn, token_hash, now_ms)
+    }
+
+    fn hold_of(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
+        hold_of(&self.conn(), token_hash, now_ms)
+    }
+
+    fn release(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let hold = hold_of(&tx, token_hash, now_ms)?;
+        if hold.state == HoldState::Active {
+            tx.execute(
+                "UPDATE holds SET released_at = ?2 WHERE token_hash = ?1",
+                params![&token_hash[..], key(now_ms)],
+            )?;
+            tx.execute(
+                "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND order_id IS NULL",
+                [&token_hash[..]],
+            )?;
+        }
+        let hold = hold_of(&tx, token_hash, now_ms)?;
+        tx.commit()?;
+        Ok(hold)
+    }
+
+    fn availability(&self, event_id: u64, now_ms: u64) -> Result<Availability> {
+        let conn = self.conn();
+        match SqliteStorage::event_row(&conn, event_id)? {
+            Some((e, _)) if e.status != EventStatus::Draft => {}
+            _ => return Err(StorageError::NotFound(format!("event {event_id}"))),
+        }
+        let now_s = now_ms / 1000;
+        let mut categories = Vec::new();
+        for c in categories_of(&conn, event_id)? {
+            let (capacity, sold, held): (i64, i64, i64) = conn.query_row(
+                "SELECT count(*), count(order_id), count(*) FILTER (WHERE order_id IS NULL AND held_until > ?2)
+                 FROM places WHERE category_id = ?1",
+                params![key(c.id), key(now_ms)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let (capacity, sold, held) = (capacity as u64, sold as u64, held as u64);
+            categories.push(CategoryAvailability {
+                category_id: c.id,
+                price: c.info.pricing.price_at(now_s, sold, capacity),
+                currency: c.info.pricing.currency,
+                name: c.info.name,
+                capacity,
+                available: capacity - sold - held,
+                held,
+                sold,
+            });
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT p.seat_key, p.category_id,
+                    CASE WHEN p.order_id IS NOT NULL THEN 2 WHEN p.held_until > ?2 THEN 1 ELSE 0 END
+             FROM categories c JOIN places p ON p.category_id = c.id
+             WHERE c.event_id = ?1 AND p.seat_key IS NOT NULL
+             ORDER BY p.category_id, p.n",
+        )?;
+        let seats = stmt
+            .query_map(params![key(event_id), key(now_ms)], |r| {
+                let state = match r.get::<_, i64>(2)? {
+                    2 => PlaceState::Sold,
+                    1 => PlaceState::Held,
+                    _ => PlaceState::Available,
+                };
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, state))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Availability {
+            event_id,
+            categories,
+            seats,
+        })
+    }
+}
+
+/// A hold as it stands at `now_ms`.
+fn hold_of(conn: &Connection, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
+    let row: Option<(i64, i64, Option<i64>, String, i64)> = conn
+        .query_row(
+            "SELECT event_id, expires_at, released_at, currency, total FROM holds WHERE token_hash = ?1",
+            [&token_hash[..]],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((event_id, expires_at, released_at, currency, total)) = row else {
+        return Err(StorageError::NotFound("hold".into()));
+    };
+    let places = conn
+        .prepare_cached(
+            "SELECT category_id, seat_key, price FROM hold_items WHERE hold = ?1 ORDER BY category_id, n",
+        )?
+        .query_map([&token_hash[..]], |r| {
+            Ok(HeldPlace {
+                category_id: r.get::<_, i64>(0)? as u64,
+                seat: r.get(1)?,
+                price: r.get::<_, i64>(2)? as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let state = match released_at {
+        Some(_) => HoldState::Released,
+        None if (expires_at as u64) <= now_ms => HoldState::Expired,
+        None => HoldState::Active,
+    };
+    Ok(Hold {
+        event_id: event_id as u64,
+        expires_at: expires_at as u64,
+        state,
+        places,
+        total: total as u64,
+        currency,
+    })
+}
