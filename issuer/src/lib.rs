@@ -16,6 +16,7 @@ pub mod events;
 pub mod http;
 pub mod issue;
 pub mod keys;
+pub mod payments;
 pub mod qr;
 pub mod storage;
 pub mod store;

@@ -5,6 +5,7 @@ mod api;
 mod contract;
 mod issuance;
 mod keys;
+mod payments;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
