@@ -60,12 +60,15 @@ impl Sandbox {
     }
 }
 
+/// A request's form, and the status and body it was answered.
+type Answer = (Vec<(String, String)>, u16, Value);
+
 #[derive(Default)]
 struct Ledger {
     intents: HashMap<String, Intent>,
     refunded: HashMap<String, u64>,
     /// Idempotency key: the request's parameters and the answer given.
-    answers: HashMap<String, (Vec<(String, String)>, u16, Value)>,
+    answers: HashMap<String, Answer>,
     next: u64,
 }
 
