@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_catalogue.sql"),
     include_str!("../migrations/0003_search.sql"),
     include_str!("../migrations/0004_inventory.sql"),
+    include_str!("../migrations/0005_orders.sql"),
 ];
 
 /// An opened data directory.

@@ -13,7 +13,72 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::hold::HeldPlace;
 use super::{Invalid, invalid};
+
+/// An order as the buyer and organizer see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub code: String,
+    pub event_id: u64,
+    pub email: String,
+    pub name: String,
+    /// Minor units.
+    pub amount: u64,
+    pub currency: String,
+    pub state: OrderState,
+    pub places: Vec<HeldPlace>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_intent: Option<String>,
+    /// Why a payment was refused, or why it was paid back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// Who buys: checked before an order is made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Buyer {
+    pub email: String,
+    pub name: String,
+}
+
+impl Buyer {
+    pub fn check(&self) -> Result<(), Invalid> {
+        super::text("the buyer's name", &self.name, 200)?;
+        let e = &self.email;
+        let well_formed = e.len() <= 254
+            && e.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty()
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
+                    && !domain.ends_with('.')
+            })
+            && !e
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<' || c == '>');
+        if !well_formed {
+            return Err(invalid(format!("{e:?} is not an e-mail address")));
+        }
+        Ok(())
+    }
+}
+
+/// An order's code: 10 letters and digits without look-alikes, from 8
+/// random bytes (enough that two orders never share one).
+pub fn order_code(random: [u8; 8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut n = u64::from_le_bytes(random);
+    (0..10)
+        .map(|_| {
+            let c = ALPHABET[(n % 32) as usize] as char;
+            n /= 32;
+            c
+        })
+        .collect()
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -37,6 +102,9 @@ pub enum OrderEvent {
     PaymentFailed,
     Cancel,
     Refund,
+    /// A payment succeeded for places no longer to be had
+    /// ([`Settlement::Refund`]): the money goes straight back.
+    PaidTooLate,
 }
 
 impl OrderState {
@@ -59,11 +127,13 @@ impl OrderState {
             (S::Pending, E::PaymentSucceeded) => Ok(S::Paid),
             (S::Pending, E::PaymentFailed) => Ok(S::Failed),
             (S::Pending, E::Cancel) => Ok(S::Cancelled),
-            (S::Paid, E::Refund) => Ok(S::Refunded),
+            (S::Paid, E::Refund) | (S::Pending | S::Failed | S::Cancelled, E::PaidTooLate) => {
+                Ok(S::Refunded)
+            }
             (S::Paid, E::PaymentSucceeded)
             | (S::Failed, E::PaymentFailed)
             | (S::Cancelled, E::Cancel)
-            | (S::Refunded, E::Refund) => Ok(self),
+            | (S::Refunded, E::Refund | E::PaidTooLate) => Ok(self),
             (S::Paid, E::Cancel) => Err(invalid(
                 "the order is paid: it is cancelled by refunding it",
             )),
@@ -112,7 +182,13 @@ mod tests {
     use OrderState as S;
 
     const STATES: [S; 5] = [S::Pending, S::Paid, S::Failed, S::Cancelled, S::Refunded];
-    const EVENTS: [E; 4] = [E::PaymentSucceeded, E::PaymentFailed, E::Cancel, E::Refund];
+    const EVENTS: [E; 5] = [
+        E::PaymentSucceeded,
+        E::PaymentFailed,
+        E::Cancel,
+        E::Refund,
+        E::PaidTooLate,
+    ];
 
     #[test]
     fn an_order_is_paid_then_refunded_and_news_repeated_changes_nothing() {
@@ -131,20 +207,62 @@ mod tests {
                     && to != s
                 {
                     assert!(
-                        s == S::Pending || (s == S::Paid && e == E::Refund),
+                        s == S::Pending
+                            || (s == S::Paid && e == E::Refund)
+                            || (to == S::Refunded && e == E::PaidTooLate),
                         "{s:?} --{e:?}--> {to:?}"
                     );
                 }
             }
         }
-        // No way back from a final state.
+        // No way back from a final state, but money that came in anyway
+        // going back.
         for s in [S::Failed, S::Cancelled, S::Refunded] {
             for e in EVENTS {
-                assert!(s.next(e).is_err() || s.next(e) == Ok(s));
+                let to = s.next(e);
+                assert!(
+                    to.is_err() || to == Ok(s) || to == Ok(S::Refunded),
+                    "{s:?} {e:?}"
+                );
             }
         }
         assert!(S::Paid.next(E::Cancel).unwrap_err().0.contains("refunding"));
         assert!(S::Pending.next(E::Refund).is_err());
+    }
+
+    #[test]
+    fn buyers_give_a_name_and_an_address_mail_can_reach() {
+        let b = |email: &str, name: &str| {
+            Buyer {
+                email: email.into(),
+                name: name.into(),
+            }
+            .check()
+        };
+        assert!(b("ana@example.org", "Ana").is_ok());
+        for bad in [
+            "ana",
+            "ana@",
+            "@example.org",
+            "ana@example",
+            "a na@example.org",
+            "a@b.c\nBcc: x@y.z",
+            "a@.org",
+        ] {
+            assert!(b(bad, "Ana").is_err(), "{bad:?}");
+        }
+        assert!(b("ana@example.org", " ").is_err());
+    }
+
+    #[test]
+    fn order_codes_are_ten_unambiguous_characters() {
+        let code = order_code([0xFF; 8]);
+        assert_eq!(code.len(), 10);
+        assert!(
+            code.chars()
+                .all(|c| c.is_ascii_alphanumeric() && !"01IO".contains(c))
+        );
+        assert_ne!(order_code([1; 8]), order_code([2; 8]));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::domain::catalogue::{
     Category, Event, EventStatus, Genre, NewCategory, NewEvent, NewVenue,
 };
 use crate::domain::hold::{Hold, HoldRequest};
+use crate::domain::order::{Buyer, Order};
 
 pub type OrganizerId = u64;
 
@@ -170,7 +171,64 @@ pub trait Inventory: Send + Sync {
     fn availability(&self, event_id: u64, now_ms: u64) -> Result<Availability>;
 }
 
-/// Everything the issuer stores.
-pub trait Storage: Catalogue + Inventory {}
+/// What makes a new order.
+#[derive(Clone, Debug)]
+pub struct NewOrder {
+    pub hold_hash: [u8; 32],
+    pub code: String,
+    pub secret_hash: [u8; 32],
+    pub buyer: Buyer,
+    /// The `Idempotency-Key` and the SHA-256 of the request it came with.
+    pub idempotency: Option<(String, [u8; 32])>,
+}
 
-impl<T: Catalogue + Inventory> Storage for T {}
+/// What a new order came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    New(Order),
+    /// The same request was made before with this idempotency key.
+    Again(Order),
+}
+
+/// What a payment that succeeded came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Paid now: its places are sold (held again if the hold had expired
+    /// and they were still free).
+    Paid(Order),
+    /// Paid before: the same news again.
+    Already(Order),
+    /// Its places are gone, or the order was given up: the money goes back
+    /// ([`Orders::mark_refunded`] once it has).
+    MustRefund(Order),
+}
+
+/// Orders, from the hold to payment and refund.
+pub trait Orders: Send + Sync {
+    /// Makes a pending order of an active hold's places; one live order
+    /// per hold.
+    fn create_order(&self, new: &NewOrder, now_ms: u64) -> Result<Created>;
+
+    /// The order with `code`, if `secret_hash` is its link's.
+    fn order(&self, code: &str, secret_hash: &[u8; 32]) -> Result<Order>;
+
+    /// The order paid by a payment.
+    fn order_by_intent(&self, intent: &str) -> Result<Order>;
+
+    /// Notes the payment charging an order.
+    fn set_intent(&self, code: &str, intent: &str, now_ms: u64) -> Result<Order>;
+
+    /// Settles a payment that succeeded ([`crate::domain::order::settle_payment`]).
+    fn settle_paid(&self, code: &str, now_ms: u64) -> Result<Settled>;
+
+    /// A payment refused: the order failed (its hold stands until its time).
+    fn mark_failed(&self, code: &str, why: &str, now_ms: u64) -> Result<Order>;
+
+    /// The money went back.
+    fn mark_refunded(&self, code: &str, refund: &str, why: &str, now_ms: u64) -> Result<Order>;
+}
+
+/// Everything the issuer stores.
+pub trait Storage: Catalogue + Inventory + Orders {}
+
+impl<T: Catalogue + Inventory + Orders> Storage for T {}

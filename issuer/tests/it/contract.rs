@@ -3,10 +3,13 @@
 
 use issuer::domain::catalogue::{EventStatus, Genre, NewCategory, NewEvent, NewVenue, Places};
 use issuer::domain::hold::{HoldItem, HoldRequest, HoldState};
+use issuer::domain::order::{Buyer, OrderState};
 use issuer::domain::pricing::Pricing;
 use issuer::domain::pricing::TimeTier;
 use issuer::domain::venue::{Area, Row, Seat, SeatingPlan, Section};
-use issuer::storage::{EventQuery, OrganizerId, PlaceState, Storage, StorageError};
+use issuer::storage::{
+    Created, EventQuery, NewOrder, OrganizerId, PlaceState, Settled, Storage, StorageError,
+};
 
 /// Every backend under test, each fresh and empty, with a name for messages.
 fn backends() -> Vec<(&'static str, Box<dyn Storage>, tempfile::TempDir)> {
@@ -826,6 +829,305 @@ fn buyers_at_once_never_hold_one_place_twice_nor_a_quota_beyond_its_places() {
         assert!(
             seats.len() > 5 && standing > 5,
             "{name}: the buyers held something"
+        );
+    }
+}
+
+fn new_order(hold: u8, code: &str, key: Option<(&str, u8)>) -> NewOrder {
+    NewOrder {
+        hold_hash: [hold; 32],
+        code: code.into(),
+        secret_hash: [0xEE; 32],
+        buyer: Buyer {
+            email: "ana@example.org".into(),
+            name: "Ana".into(),
+        },
+        idempotency: key.map(|(k, h)| (k.to_owned(), [h; 32])),
+    }
+}
+
+fn created(c: Created) -> issuer::domain::order::Order {
+    match c {
+        Created::New(o) => o,
+        Created::Again(o) => panic!("{} was made before", o.code),
+    }
+}
+
+#[test]
+fn an_order_of_a_hold_is_paid_once_and_its_places_are_sold() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, _) = on_sale(&*db, 5);
+        db.hold(&seats(e, &["A-1-1", "A-1-2"]), &[1; 32], T0, 10 * MIN)
+            .unwrap();
+        let order = created(
+            db.create_order(&new_order(1, "ORDER00001", None), T0 + 1)
+                .unwrap(),
+        );
+        assert_eq!(
+            (order.state, order.amount, order.places.len()),
+            (OrderState::Pending, 9000, 2)
+        );
+        // A second order of the same hold while the first is live.
+        assert!(matches!(
+            db.create_order(&new_order(1, "ORDER00002", None), T0 + 2),
+            Err(StorageError::Conflict(_))
+        ));
+        let paid = db.settle_paid("ORDER00001", T0 + 3).unwrap();
+        assert!(
+            matches!(&paid, Settled::Paid(o) if o.state == OrderState::Paid),
+            "{name}: {paid:?}"
+        );
+        assert!(matches!(
+            db.settle_paid("ORDER00001", T0 + 4).unwrap(),
+            Settled::Already(_)
+        ));
+        // Sold, and no longer held: not even once the hold's time is past,
+        // nor when the hold is let go.
+        db.release(&[1; 32], T0 + 5).unwrap();
+        for t in [T0 + 5, T0 + 60 * MIN] {
+            assert_eq!(seat_state(&*db, e, "A-1-1", t), PlaceState::Sold, "{name}");
+        }
+        assert!(matches!(
+            db.hold(&seats(e, &["A-1-2"]), &[2; 32], T0 + 60 * MIN, MIN),
+            Err(StorageError::Conflict(_))
+        ));
+        // The buyer reads it with the link's secret only.
+        assert_eq!(
+            db.order("ORDER00001", &[0xEE; 32]).unwrap().state,
+            OrderState::Paid
+        );
+        assert!(not_found(db.order("ORDER00001", &[0xEF; 32])), "{name}");
+        assert!(not_found(db.order("NOSUCH0000", &[0xEE; 32])), "{name}");
+    }
+}
+
+#[test]
+fn a_retried_order_is_the_first_and_a_key_reused_for_another_is_refused() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, floor) = on_sale(&*db, 5);
+        let q = HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Quantity {
+                category_id: floor,
+                quantity: 2,
+            }],
+        };
+        db.hold(&q, &[1; 32], T0, 10 * MIN).unwrap();
+        db.hold(&q, &[2; 32], T0, 10 * MIN).unwrap();
+        let first = created(
+            db.create_order(&new_order(1, "RETRY00001", Some(("k1", 7))), T0)
+                .unwrap(),
+        );
+        let again = db
+            .create_order(&new_order(1, "RETRY00002", Some(("k1", 7))), T0 + 1)
+            .unwrap();
+        assert_eq!(again, Created::Again(first.clone()), "{name}");
+        assert!(matches!(
+            db.create_order(&new_order(2, "RETRY00003", Some(("k1", 8))), T0 + 2),
+            Err(StorageError::Conflict(m)) if m.contains("Idempotency-Key")
+        ));
+        // A failed payment leaves the hold to be ordered again.
+        db.mark_failed("RETRY00001", "insufficient_funds", T0 + 3)
+            .unwrap();
+        let retry = created(
+            db.create_order(&new_order(1, "RETRY00004", Some(("k2", 9))), T0 + 4)
+                .unwrap(),
+        );
+        assert_eq!(retry.state, OrderState::Pending, "{name}");
+        assert_eq!(
+            db.order("RETRY00001", &[0xEE; 32]).unwrap().note.as_deref(),
+            Some("insufficient_funds")
+        );
+    }
+}
+
+#[test]
+fn a_payment_after_the_hold_expired_is_kept_if_the_places_are_free_else_refunded() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, _) = on_sale(&*db, 5);
+        db.hold(&seats(e, &["A-3-1"]), &[1; 32], T0, MIN).unwrap();
+        db.hold(&seats(e, &["A-3-2"]), &[2; 32], T0, MIN).unwrap();
+        created(
+            db.create_order(&new_order(1, "LATE000001", None), T0 + 1)
+                .unwrap(),
+        );
+        created(
+            db.create_order(&new_order(2, "LATE000002", None), T0 + 1)
+                .unwrap(),
+        );
+        let late = T0 + 2 * MIN;
+        // A-3-1 is still free: held again, paid.
+        assert!(
+            matches!(
+                db.settle_paid("LATE000001", late).unwrap(),
+                Settled::Paid(_)
+            ),
+            "{name}"
+        );
+        assert_eq!(seat_state(&*db, e, "A-3-1", late), PlaceState::Sold);
+        // A-3-2 went to someone else meanwhile: the money goes back.
+        db.hold(&seats(e, &["A-3-2"]), &[3; 32], late, 10 * MIN)
+            .unwrap();
+        let settled = db.settle_paid("LATE000002", late + 1).unwrap();
+        assert!(
+            matches!(&settled, Settled::MustRefund(o) if o.state == OrderState::Pending),
+            "{name}"
+        );
+        let refunded = db
+            .mark_refunded("LATE000002", "re_1", "the places were taken", late + 2)
+            .unwrap();
+        assert_eq!(refunded.state, OrderState::Refunded, "{name}");
+        // The other buyer's hold is untouched.
+        assert_eq!(
+            db.hold_of(&[3; 32], late + 3).unwrap().state,
+            HoldState::Active
+        );
+        assert_eq!(
+            seat_state(&*db, e, "A-3-2", late + 3),
+            PlaceState::Held,
+            "{name}"
+        );
+        // An expired or let-go hold cannot be ordered.
+        db.hold(&seats(e, &["A-3-5"]), &[4; 32], T0, MIN).unwrap();
+        assert!(matches!(
+            db.create_order(&new_order(4, "LATE000003", None), late),
+            Err(StorageError::Conflict(_))
+        ));
+        db.release(&[3; 32], late + 4).unwrap();
+        assert!(matches!(
+            db.create_order(&new_order(3, "LATE000004", None), late + 5),
+            Err(StorageError::Conflict(_))
+        ));
+    }
+}
+
+#[test]
+fn a_refunded_order_puts_its_places_on_sale_again() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, _) = on_sale(&*db, 5);
+        db.hold(&seats(e, &["A-2-2"]), &[1; 32], T0, MIN).unwrap();
+        created(
+            db.create_order(&new_order(1, "REFUND0001", None), T0)
+                .unwrap(),
+        );
+        db.settle_paid("REFUND0001", T0).unwrap();
+        let o = db
+            .mark_refunded("REFUND0001", "re_9", "cancelled by the organizer", T0 + 1)
+            .unwrap();
+        assert_eq!(o.state, OrderState::Refunded, "{name}");
+        assert_eq!(
+            seat_state(&*db, e, "A-2-2", T0 + 1),
+            PlaceState::Available,
+            "{name}"
+        );
+        // A late success of a refunded order changes nothing.
+        assert!(matches!(
+            db.settle_paid("REFUND0001", T0 + 2).unwrap(),
+            Settled::Already(_)
+        ));
+        assert_eq!(
+            seat_state(&*db, e, "A-2-2", T0 + 2),
+            PlaceState::Available,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn buyers_at_once_never_buy_one_seat_twice_nor_more_than_capacity() {
+    for (name, db, _tmp) in backends() {
+        let db: std::sync::Arc<dyn Storage> = db.into();
+        let (e, s, floor) = on_sale(&*db, 40);
+        // 16 buyers, 20 tries each: hold, order, pay; a third of holds
+        // expire before payment (paid late), so late payments race fresh
+        // holds for the same places.
+        let paid: Vec<Vec<Option<String>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16u8)
+                .map(|buyer| {
+                    let db = db.clone();
+                    scope.spawn(move || {
+                        let mut x = u64::from(buyer) * 104_729 + 7;
+                        let mut rnd = |n: u64| {
+                            x = x
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            (x >> 33) % n
+                        };
+                        let mut bought = Vec::new();
+                        for t in 0..20u8 {
+                            let now = T0 + u64::from(t) * MIN;
+                            let item = match rnd(3) {
+                                0 => HoldItem::Best {
+                                    category_id: s,
+                                    quantity: 1 + rnd(3) as u32,
+                                },
+                                1 => HoldItem::Seats {
+                                    seats: vec![format!("A-{}-{}", 1 + rnd(3), 1 + rnd(10))],
+                                },
+                                _ => HoldItem::Quantity {
+                                    category_id: floor,
+                                    quantity: 1 + rnd(3) as u32,
+                                },
+                            };
+                            let token: [u8; 32] =
+                                [buyer, t, 0x11, 0x22].repeat(8).try_into().unwrap();
+                            let req = HoldRequest {
+                                event_id: e,
+                                items: vec![item],
+                            };
+                            if db.hold(&req, &token, now, MIN).is_err() {
+                                continue;
+                            }
+                            let code = format!("B{buyer:02}T{t:02}XXXX");
+                            let mut order = new_order(0, &code, None);
+                            order.hold_hash = token;
+                            let Ok(Created::New(_)) = db.create_order(&order, now) else {
+                                continue;
+                            };
+                            // Paid at once, or after the hold's time.
+                            let at = if rnd(3) == 0 { now + 2 * MIN } else { now + 1 };
+                            match db.settle_paid(&code, at).unwrap() {
+                                Settled::Paid(o) => bought
+                                    .push(o.places.into_iter().map(|p| p.seat).collect::<Vec<_>>()),
+                                Settled::MustRefund(_) => {
+                                    db.mark_refunded(&code, "re", "taken", at).unwrap();
+                                }
+                                Settled::Already(o) => panic!("{} paid twice", o.code),
+                            }
+                        }
+                        bought
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let seats: Vec<&String> = paid.iter().flatten().flatten().collect();
+        let unique: std::collections::HashSet<&&String> = seats.iter().collect();
+        assert_eq!(unique.len(), seats.len(), "{name}: a seat sold twice");
+        let standing = paid.iter().flatten().filter(|p| p.is_none()).count();
+        assert!(
+            standing <= 40,
+            "{name}: {standing} of 40 standing places sold"
+        );
+        let a = db.availability(e, T0 + 1000 * MIN).unwrap();
+        let sold = |id| {
+            a.categories
+                .iter()
+                .find(|c| c.category_id == id)
+                .unwrap()
+                .sold as usize
+        };
+        assert_eq!(
+            (sold(s), sold(floor)),
+            (seats.len(), standing),
+            "{name}: sold as answered"
+        );
+        assert!(
+            seats.len() > 5 && standing > 5,
+            "{name}: the buyers bought something"
         );
     }
 }

@@ -347,7 +347,7 @@ impl Inventory for SqliteStorage {
 }
 
 /// A hold as it stands at `now_ms`.
-fn hold_of(conn: &Connection, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
+pub(super) fn hold_of(conn: &Connection, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
     let row: Option<(i64, i64, Option<i64>, String, i64)> = conn
         .query_row(
             "SELECT event_id, expires_at, released_at, currency, total FROM holds WHERE token_hash = ?1",

@@ -2,6 +2,7 @@
 
 mod catalogue;
 mod inventory;
+mod orders;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};

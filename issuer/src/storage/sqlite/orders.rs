@@ -1,0 +1,272 @@
+//! Orders on SQLite: made from a hold, settled by payments, in
+//! IMMEDIATE transactions so that a payment and an expiry, or two
+//! webhooks, never both decide.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::inventory::hold_of;
+use super::{SqliteStorage, key};
+use crate::domain::hold::HoldState;
+use crate::domain::order::{Order, OrderEvent, OrderState, Settlement, settle_payment};
+use crate::storage::{Created, NewOrder, Orders, Result, Settled, StorageError};
+
+const ORDER_COLUMNS: &str = "id, code, hold, event_id, email, name, amount, currency, state, \
+     payment_intent, note, created_at, updated_at";
+
+/// An order row with its hold's places: (row id, hold, order).
+fn order_where(
+    conn: &Connection,
+    clause: &str,
+    arg: &dyn rusqlite::ToSql,
+) -> Result<Option<(i64, [u8; 32], Order)>> {
+    let row = conn
+        .query_row(
+            &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE {clause}"),
+            [arg],
+            |r| {
+                let hold: Vec<u8> = r.get(2)?;
+                let state: String = r.get(8)?;
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    hold,
+                    state,
+                    Order {
+                        code: r.get(1)?,
+                        event_id: r.get::<_, i64>(3)? as u64,
+                        email: r.get(4)?,
+                        name: r.get(5)?,
+                        amount: r.get::<_, i64>(6)? as u64,
+                        currency: r.get(7)?,
+                        state: OrderState::Pending,
+                        places: Vec::new(),
+                        payment_intent: r.get(9)?,
+                        note: r.get(10)?,
+                        created_at: r.get::<_, i64>(11)? as u64,
+                        updated_at: r.get::<_, i64>(12)? as u64,
+                    },
+                ))
+            },
+        )
+        .optional()?;
+    let Some((id, hold, state, mut order)) = row else {
+        return Ok(None);
+    };
+    let hold: [u8; 32] = hold
+        .try_into()
+        .map_err(|_| StorageError::Backend("an order's hold is not 32 bytes".into()))?;
+    order.state = state_of(&state)?;
+    // The hold's places, as at any time (only prices and keys are read).
+    order.places = hold_of(conn, &hold, 0)?.places;
+    Ok(Some((id, hold, order)))
+}
+
+fn state_of(s: &str) -> Result<OrderState> {
+    Ok(match s {
+        "pending" => OrderState::Pending,
+        "paid" => OrderState::Paid,
+        "failed" => OrderState::Failed,
+        "cancelled" => OrderState::Cancelled,
+        "refunded" => OrderState::Refunded,
+        other => return Err(StorageError::Backend(format!("order state {other:?}"))),
+    })
+}
+
+fn by_code(conn: &Connection, code: &str) -> Result<(i64, [u8; 32], Order)> {
+    order_where(conn, "code = ?1", &code)?
+        .ok_or_else(|| StorageError::NotFound(format!("order {code}")))
+}
+
+/// Moves an order on by `event`, with a note, if the move may happen.
+fn advance(
+    conn: &Connection,
+    code: &str,
+    event: OrderEvent,
+    note: Option<&str>,
+    now_ms: u64,
+) -> Result<Order> {
+    let (_, _, order) = by_code(conn, code)?;
+    let to = order.state.next(event)?;
+    if to != order.state {
+        conn.execute(
+            "UPDATE orders SET state = ?2, note = coalesce(?3, note), updated_at = ?4 WHERE code = ?1",
+            params![code, to.as_str(), note, key(now_ms)],
+        )?;
+    }
+    Ok(by_code(conn, code)?.2)
+}
+
+impl Orders for SqliteStorage {
+    fn create_order(&self, new: &NewOrder, now_ms: u64) -> Result<Created> {
+        new.buyer.check()?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some((k, request)) = &new.idempotency {
+            let before: Option<(String, Vec<u8>)> = tx
+                .query_row(
+                    "SELECT code, request_hash FROM orders WHERE idempotency_key = ?1",
+                    [k],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((code, hash)) = before {
+                if hash != request {
+                    return Err(StorageError::Conflict(
+                        "this Idempotency-Key was used for another request".into(),
+                    ));
+                }
+                return Ok(Created::Again(by_code(&tx, &code)?.2));
+            }
+        }
+        let hold = hold_of(&tx, &new.hold_hash, now_ms)?;
+        match hold.state {
+            HoldState::Active => {}
+            HoldState::Expired => {
+                return Err(StorageError::Conflict(
+                    "the hold expired: its places may be taken; hold them again".into(),
+                ));
+            }
+            HoldState::Released => {
+                return Err(StorageError::Conflict("the hold was let go".into()));
+            }
+        }
+        let live: Option<String> = tx
+            .query_row(
+                "SELECT code FROM orders WHERE hold = ?1 AND state IN ('pending', 'paid')",
+                [&new.hold_hash[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(code) = live {
+            return Err(StorageError::Conflict(format!(
+                "the hold is ordered already (order {code})"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO orders (code, secret_hash, hold, event_id, email, name, amount, currency,
+                                 state, idempotency_key, request_hash, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?11)",
+            params![
+                new.code,
+                &new.secret_hash[..],
+                &new.hold_hash[..],
+                key(hold.event_id),
+                new.buyer.email,
+                new.buyer.name,
+                key(hold.total),
+                hold.currency,
+                new.idempotency.as_ref().map(|(k, _)| k),
+                new.idempotency.as_ref().map(|(_, h)| &h[..]),
+                key(now_ms)
+            ],
+        )?;
+        let order = by_code(&tx, &new.code)?.2;
+        tx.commit()?;
+        Ok(Created::New(order))
+    }
+
+    fn order(&self, code: &str, secret_hash: &[u8; 32]) -> Result<Order> {
+        let conn = self.conn();
+        let secret: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT secret_hash FROM orders WHERE code = ?1",
+                [code],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match secret {
+            Some(s) if s == secret_hash => Ok(by_code(&conn, code)?.2),
+            _ => Err(StorageError::NotFound(format!("order {code}"))),
+        }
+    }
+
+    fn order_by_intent(&self, intent: &str) -> Result<Order> {
+        Ok(order_where(&self.conn(), "payment_intent = ?1", &intent)?
+            .ok_or_else(|| StorageError::NotFound(format!("the order paid by {intent}")))?
+            .2)
+    }
+
+    fn set_intent(&self, code: &str, intent: &str, now_ms: u64) -> Result<Order> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE orders SET payment_intent = ?2, updated_at = ?3 WHERE code = ?1",
+            params![code, intent, key(now_ms)],
+        )?;
+        Ok(by_code(&conn, code)?.2)
+    }
+
+    fn settle_paid(&self, code: &str, now_ms: u64) -> Result<Settled> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (id, hold_hash, order) = by_code(&tx, code)?;
+        if matches!(order.state, OrderState::Paid | OrderState::Refunded) {
+            return Ok(Settled::Already(order));
+        }
+        let hold = hold_of(&tx, &hold_hash, now_ms)?;
+        let items: Vec<(i64, i64)> = tx
+            .prepare_cached("SELECT category_id, n FROM hold_items WHERE hold = ?1")?
+            .query_map([&hold_hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        // Free for this order: unsold, and held by no one else now.
+        let mut free = true;
+        for (c, n) in &items {
+            free &= tx.query_row(
+                "SELECT order_id IS NULL AND (hold = ?3 OR held_until <= ?4)
+                 FROM places WHERE category_id = ?1 AND n = ?2",
+                params![c, n, &hold_hash[..], key(now_ms)],
+                |r| r.get::<_, bool>(0),
+            )?;
+        }
+        let settled = match settle_payment(order.state, hold.state == HoldState::Active, free) {
+            Settlement::Keep | Settlement::HoldAgain if free => {
+                for (c, n) in &items {
+                    tx.execute(
+                        "UPDATE places SET order_id = ?3, hold = ?4 WHERE category_id = ?1 AND n = ?2",
+                        params![c, n, id, &hold_hash[..]],
+                    )?;
+                }
+                let order = advance(&tx, code, OrderEvent::PaymentSucceeded, None, now_ms)?;
+                Settled::Paid(order)
+            }
+            _ => Settled::MustRefund(order),
+        };
+        tx.commit()?;
+        Ok(settled)
+    }
+
+    fn mark_failed(&self, code: &str, why: &str, now_ms: u64) -> Result<Order> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (_, _, order) = by_code(&tx, code)?;
+        // News of a failure after the order ended changes nothing.
+        let order = match order.state {
+            OrderState::Pending => {
+                advance(&tx, code, OrderEvent::PaymentFailed, Some(why), now_ms)?
+            }
+            _ => order,
+        };
+        tx.commit()?;
+        Ok(order)
+    }
+
+    fn mark_refunded(&self, code: &str, refund: &str, why: &str, now_ms: u64) -> Result<Order> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (id, _, order) = by_code(&tx, code)?;
+        let event = match order.state {
+            OrderState::Paid | OrderState::Refunded => OrderEvent::Refund,
+            _ => OrderEvent::PaidTooLate,
+        };
+        let order = advance(&tx, code, event, Some(why), now_ms)?;
+        tx.execute(
+            "UPDATE orders SET refund = ?2 WHERE code = ?1",
+            params![code, refund],
+        )?;
+        // Places paid back are for sale again.
+        tx.execute(
+            "UPDATE places SET order_id = NULL, hold = NULL, held_until = 0 WHERE order_id = ?1",
+            [id],
+        )?;
+        tx.commit()?;
+        Ok(order)
+    }
+}
