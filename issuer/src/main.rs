@@ -46,6 +46,18 @@ enum Command {
         /// How long a hold keeps its places, in seconds.
         #[arg(long, default_value_t = issuer::http::HOLD_TTL_MS / 1000)]
         hold_seconds: u64,
+        /// A payment provider speaking Stripe's protocol
+        /// (`https://api.stripe.com`); without it, a sandbox gateway with
+        /// Stripe's test cards runs on 127.0.0.1.
+        #[arg(long, env = "ISSUER_PAYMENTS_URL")]
+        payments_url: Option<String>,
+        /// A file holding the provider's secret key (`sk_...`), readable by
+        /// its owner only.
+        #[arg(long, env = "ISSUER_PAYMENTS_KEY_FILE")]
+        payments_key_file: Option<PathBuf>,
+        /// A file holding the provider's webhook signing secret (`whsec_...`).
+        #[arg(long, env = "ISSUER_WEBHOOK_SECRET_FILE")]
+        webhook_secret_file: Option<PathBuf>,
     },
 }
 
@@ -198,7 +210,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve {
             listen,
             hold_seconds,
-        } => return serve(&cli.data, &listen, hold_seconds),
+            payments_url,
+            payments_key_file,
+            webhook_secret_file,
+        } => {
+            let provider = match payments_url {
+                Some(url) => Some(Payments {
+                    url,
+                    key: secret_of(payments_key_file.as_deref(), "--payments-key-file")?,
+                    webhook: secret_of(webhook_secret_file.as_deref(), "--webhook-secret-file")?,
+                }),
+                None => None,
+            };
+            return serve(&cli.data, &listen, hold_seconds, provider);
+        }
         _ => {}
     }
     let mut store = if reads_only {
@@ -237,7 +262,41 @@ fn organizers_cmd(data: &std::path::Path, cmd: OrganizersCmd) -> Result<()> {
     Ok(())
 }
 
-fn serve(data: &std::path::Path, listen: &str, hold_seconds: u64) -> Result<()> {
+/// A real payment provider's address and secrets.
+struct Payments {
+    url: String,
+    key: String,
+    webhook: String,
+}
+
+/// A secret from a file that only its owner can read.
+fn secret_of(path: Option<&std::path::Path>, flag: &str) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = path.with_context(|| format!("with --payments-url, give {flag}"))?;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{} can be read by others (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    let secret = std::fs::read_to_string(path)?.trim().to_owned();
+    if secret.is_empty() {
+        anyhow::bail!("{} is empty", path.display());
+    }
+    Ok(secret)
+}
+
+fn serve(
+    data: &std::path::Path,
+    listen: &str,
+    hold_seconds: u64,
+    provider: Option<Payments>,
+) -> Result<()> {
     if !(1..=24 * 3600).contains(&hold_seconds) {
         anyhow::bail!("--hold-seconds is 1 to 86400");
     }
@@ -250,8 +309,8 @@ fn serve(data: &std::path::Path, listen: &str, hold_seconds: u64) -> Result<()> 
         .init();
     let storage = issuer::storage::sqlite::SqliteStorage::open(data)
         .with_context(|| format!("opening data directory {}", data.display()))?;
-    let mut state = issuer::http::AppState::new(std::sync::Arc::new(storage));
-    state.hold_ttl_ms = hold_seconds * 1000;
+    let link_key = issuer::store::secret_key_file(&data.join("order-links.key"))
+        .with_context(|| format!("the order links' key in {}", data.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -260,6 +319,36 @@ fn serve(data: &std::path::Path, listen: &str, hold_seconds: u64) -> Result<()> 
             .await
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
+        let (payments, webhook): (std::sync::Arc<dyn issuer::payments::Provider>, String) =
+            match provider {
+                Some(p) => (
+                    std::sync::Arc::new(issuer::payments::stripe::Stripe::new(&p.url, &p.key)),
+                    p.webhook,
+                ),
+                None => {
+                    let own = std::net::SocketAddr::new([127, 0, 0, 1].into(), addr.port());
+                    let sandbox = issuer::payments::sandbox::start(issuer::payments::sandbox::Config {
+                        webhook_url: Some(format!("http://{own}/api/v1/payments/webhook")),
+                        ..Default::default()
+                    })
+                    .await?;
+                    tracing::info!(sandbox = %sandbox.base_url(), "payments go to the sandbox gateway");
+                    (
+                        std::sync::Arc::new(issuer::payments::stripe::Stripe::new(
+                            &sandbox.base_url(),
+                            &sandbox.secret_key,
+                        )),
+                        sandbox.webhook_secret,
+                    )
+                }
+            };
+        let mut state = issuer::http::AppState::new(
+            std::sync::Arc::new(storage),
+            payments,
+            Some(webhook),
+            link_key,
+        );
+        state.hold_ttl_ms = hold_seconds * 1000;
         tracing::info!(%addr, data = %data.display(), "serving the booking API");
         println!("issuer serving http://{addr}/api/v1 (Ctrl-C stops)");
         issuer::http::serve(listener, state, async {

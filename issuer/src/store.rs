@@ -106,6 +106,27 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// A 32-byte secret kept in `path` (its owner's only), made at random the
+/// first time.
+pub fn secret_key_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    use rand_core::{OsRng, RngCore};
+    match std::fs::read(path) {
+        Ok(bytes) => bytes.try_into().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not a 32-byte key", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            OsRng.fill_bytes(&mut key);
+            write_private(path, &key)?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes `bytes` to a new file at `path`, readable by its owner only
 /// from the start.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -8,12 +8,14 @@ pub mod body;
 pub mod catalogue;
 pub mod error;
 pub mod holds;
+pub mod orders;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
 
+use crate::payments::Provider;
 use crate::storage::Storage;
 pub use error::ApiError;
 
@@ -23,16 +25,29 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     /// How long a hold keeps its places.
     pub hold_ttl_ms: u64,
+    pub payments: Arc<dyn Provider>,
+    /// The secret webhooks are signed with; `None`: no webhooks taken.
+    pub webhook_secret: Option<String>,
+    /// Makes each order's link secret ([`orders::link_secret`]).
+    pub link_key: [u8; 32],
 }
 
 /// How long a hold keeps its places, unless told otherwise: 10 minutes.
 pub const HOLD_TTL_MS: u64 = 10 * 60 * 1000;
 
 impl AppState {
-    pub fn new(storage: Arc<dyn Storage>) -> AppState {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        payments: Arc<dyn Provider>,
+        webhook_secret: Option<String>,
+        link_key: [u8; 32],
+    ) -> AppState {
         AppState {
             storage,
             hold_ttl_ms: HOLD_TTL_MS,
+            payments,
+            webhook_secret,
+            link_key,
         }
     }
 
@@ -52,7 +67,12 @@ impl AppState {
 /// Every route of the API.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .nest("/api/v1", catalogue::router().merge(holds::router()))
+        .nest(
+            "/api/v1",
+            catalogue::router()
+                .merge(holds::router())
+                .merge(orders::router()),
+        )
         .fallback(|| async { ApiError::not_found("no such path") })
         .with_state(state)
 }

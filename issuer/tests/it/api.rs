@@ -780,3 +780,192 @@ fn hold_requests_that_cannot_be_met_are_refused_in_the_error_shape() {
         "{t}"
     );
 }
+
+/// Holds seats `keys` of event `e`: the hold's token.
+fn hold_seats(api: &Server, e: u64, keys: &[&str]) -> String {
+    let (status, h) = api.call(
+        "POST",
+        "/api/v1/holds",
+        None,
+        Some(&json!({"event_id": e, "items": [{"kind": "seats", "seats": keys}]})),
+    );
+    assert_eq!(status, 201, "{h}");
+    h["token"].as_str().unwrap().to_owned()
+}
+
+fn order_body(hold: &str, card: &str) -> Value {
+    json!({"hold_token": hold, "email": "ana@example.org", "name": "Ana", "payment_method": card})
+}
+
+/// Posts an order with an idempotency key.
+fn order(api: &Server, body: &Value, key: &str) -> (u16, Value) {
+    let url = format!("{}/api/v1/orders", api.base);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    finish(
+        agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .send(body.to_string())
+            .unwrap(),
+    )
+}
+
+/// The order as its link shows it, once `done` says so (at most 10 s).
+fn order_when(api: &Server, link: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..100 {
+        let (status, o) = api.call("GET", link, None, None);
+        assert_eq!(status, 200, "{o}");
+        if done(&o) {
+            return o;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the order never got there");
+}
+
+#[test]
+fn a_buyer_pays_by_card_a_retry_is_the_same_order_and_a_declined_card_can_be_replaced() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start(&env);
+    let (e, _, _) = event_on_sale(&api, &token);
+    let hold = hold_seats(&api, e, &["A-4-1", "A-4-2"]);
+    // Declined: the order failed, the hold still stands.
+    let (status, failed) = order(&api, &order_body(&hold, "4000000000000002"), "try-1");
+    assert_eq!(
+        (status, failed["state"].as_str()),
+        (201, Some("failed")),
+        "{failed}"
+    );
+    assert_eq!(
+        failed["note"].as_str(),
+        Some("card_declined: generic_decline")
+    );
+    assert_eq!(seat(&api, e, "A-4-1"), "held");
+    // Another card: paid.
+    let (status, paid) = order(&api, &order_body(&hold, "pm_card_visa"), "try-2");
+    assert_eq!(
+        (status, paid["state"].as_str()),
+        (201, Some("paid")),
+        "{paid}"
+    );
+    assert_eq!(paid["amount"].as_u64(), Some(9000));
+    assert_eq!(seat(&api, e, "A-4-1"), "sold");
+    // The same request again: the same order, not a second charge.
+    let (status, again) = order(&api, &order_body(&hold, "pm_card_visa"), "try-2");
+    assert_eq!(
+        (status, again["code"].as_str()),
+        (200, paid["code"].as_str()),
+        "{again}"
+    );
+    assert_eq!(again["secret"], paid["secret"]);
+    // The key with another request.
+    let (status, other) = order(&api, &order_body(&hold, "pm_card_chargeDeclined"), "try-2");
+    assert_eq!((status, code(&other)), (409, "conflict"), "{other}");
+    // The link reads it; a wrong secret does not.
+    let link = paid["link"].as_str().unwrap();
+    let (status, read) = api.call("GET", link, None, None);
+    assert_eq!((status, read["state"].as_str()), (200, Some("paid")));
+    let code_ = paid["code"].as_str().unwrap();
+    for wrong in [
+        format!("/api/v1/orders/{code_}?secret=sec_x"),
+        format!("/api/v1/orders/{code_}"),
+    ] {
+        let (status, answer) = api.call("GET", &wrong, None, None);
+        assert_eq!((status, self::code(&answer)), (404, "not_found"), "{wrong}");
+    }
+}
+
+#[test]
+fn a_late_payment_is_settled_by_webhook_and_paid_back_when_its_places_are_gone() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start_with(&env, &["--hold-seconds", "1"]);
+    let (e, _, _) = event_on_sale(&api, &token);
+    // Confirmed by webhook seconds later, after its hold lapsed; the seat
+    // is still free then: held again, paid.
+    let hold = hold_seats(&api, e, &["A-5-1"]);
+    let (status, pending) = order(&api, &order_body(&hold, "pm_card_late"), "late-1");
+    assert_eq!(
+        (status, pending["state"].as_str()),
+        (201, Some("pending")),
+        "{pending}"
+    );
+    let paid = order_when(&api, pending["link"].as_str().unwrap(), |o| {
+        o["state"] != "pending"
+    });
+    assert_eq!(paid["state"].as_str(), Some("paid"), "{paid}");
+    assert_eq!(seat(&api, e, "A-5-1"), "sold");
+    // This time another buyer buys the seat once the hold lapsed.
+    let hold = hold_seats(&api, e, &["A-5-2"]);
+    let (_, pending) = order(&api, &order_body(&hold, "pm_card_late"), "late-2");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let other = hold_seats(&api, e, &["A-5-2"]);
+    let (_, bought) = order(&api, &order_body(&other, "pm_card_visa"), "other-1");
+    assert_eq!(bought["state"].as_str(), Some("paid"), "{bought}");
+    let refunded = order_when(&api, pending["link"].as_str().unwrap(), |o| {
+        o["state"] != "pending"
+    });
+    assert_eq!(refunded["state"].as_str(), Some("refunded"), "{refunded}");
+    assert!(refunded["note"].as_str().unwrap().contains("paid back"));
+    assert_eq!(seat(&api, e, "A-5-2"), "sold", "the other buyer keeps it");
+    let (_, theirs) = api.call("GET", bought["link"].as_str().unwrap(), None, None);
+    assert_eq!(theirs["state"].as_str(), Some("paid"));
+}
+
+#[test]
+fn a_forged_or_unsigned_webhook_changes_nothing() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start(&env);
+    let (e, _, _) = event_on_sale(&api, &token);
+    let hold = hold_seats(&api, e, &["A-3-3"]);
+    let (_, pending) = order(&api, &order_body(&hold, "pm_card_late"), "forge-1");
+    let forged = json!({"id": "evt_x", "type": "payment_intent.succeeded", "data": {"object": {
+        "id": "pi_forged", "amount": 1, "currency": "eur", "status": "succeeded",
+        "metadata": {"order": pending["code"]}}}});
+    let body = forged.to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{}/api/v1/payments/webhook", api.base);
+    for signature in [
+        Some(issuer::payments::sign_webhook(
+            "whsec_guess",
+            body.as_bytes(),
+            now,
+        )),
+        Some(format!("t={now},v1={}", "0".repeat(64))),
+        Some("garbage".into()),
+        None,
+    ] {
+        let mut req = agent.post(&url).header("content-type", "application/json");
+        if let Some(s) = &signature {
+            req = req.header("stripe-signature", s);
+        }
+        let (status, answer) = finish(req.send(body.as_str()).unwrap());
+        assert_eq!(status, 400, "{signature:?}: {answer}");
+    }
+    // Still pending until the real payment's webhook; then paid once.
+    let (_, now_) = api.call("GET", pending["link"].as_str().unwrap(), None, None);
+    assert_eq!(
+        now_["payment_intent"]
+            .as_str()
+            .map(|p| p.starts_with("pi_sandbox")),
+        Some(true),
+        "{now_}"
+    );
+    let paid = order_when(&api, pending["link"].as_str().unwrap(), |o| {
+        o["state"] != "pending"
+    });
+    assert_eq!(paid["state"].as_str(), Some("paid"));
+}
