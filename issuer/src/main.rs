@@ -311,6 +311,18 @@ fn serve(
         .with_context(|| format!("opening data directory {}", data.display()))?;
     let link_key = issuer::store::secret_key_file(&data.join("order-links.key"))
         .with_context(|| format!("the order links' key in {}", data.display()))?;
+    // Paid orders' tickets are signed with the active key; a new shop
+    // makes its first.
+    let store = Store::open(data)?;
+    let signer = match keys::signer(&store, None) {
+        Err(issuer::Error::NoActiveKey) => {
+            let key = keys::generate(&store, time::now())?;
+            tracing::info!(key = %key.key_id, "made a signing key for tickets");
+            keys::signer(&store, None)?
+        }
+        other => other?,
+    };
+    drop(store);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -349,6 +361,7 @@ fn serve(
             link_key,
         );
         state.hold_ttl_ms = hold_seconds * 1000;
+        state.signer = Some(std::sync::Arc::new(signer));
         tracing::info!(%addr, data = %data.display(), "serving the booking API");
         println!("issuer serving http://{addr}/api/v1 (Ctrl-C stops)");
         issuer::http::serve(listener, state, async {

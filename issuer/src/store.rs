@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_search.sql"),
     include_str!("../migrations/0004_inventory.sql"),
     include_str!("../migrations/0005_orders.sql"),
+    include_str!("../migrations/0006_order_tickets.sql"),
 ];
 
 /// An opened data directory.

@@ -30,6 +30,8 @@ pub struct AppState {
     pub webhook_secret: Option<String>,
     /// Makes each order's link secret ([`orders::link_secret`]).
     pub link_key: [u8; 32],
+    /// Signs paid orders' tickets: the data directory's active key.
+    pub signer: Option<Arc<shared::code::Signer>>,
 }
 
 /// How long a hold keeps its places, unless told otherwise: 10 minutes.
@@ -48,6 +50,7 @@ impl AppState {
             payments,
             webhook_secret,
             link_key,
+            signer: None,
         }
     }
 

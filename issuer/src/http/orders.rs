@@ -20,12 +20,14 @@ use super::holds::now_ms;
 use super::{ApiError, AppState};
 use crate::domain::order::{Buyer, Order, order_code};
 use crate::payments::{Intent, IntentStatus, PaymentFailure, verify_webhook};
-use crate::storage::{Created, NewOrder, Settled, StorageError};
+use crate::storage::{Created, IssuedTicket, NewOrder, Settled, StorageError};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/orders", post(add_order))
         .route("/orders/{code}", get(order))
+        .route("/tickets/{id}/qr.png", get(qr_png))
+        .route("/tickets/{id}/qr.svg", get(qr_svg))
         .route("/payments/webhook", post(webhook))
 }
 
@@ -50,6 +52,9 @@ struct OrderAnswer {
     /// The secret of the order's link: whoever has it reads the order.
     secret: String,
     link: String,
+    /// A paid order's tickets; their pictures are at
+    /// `/api/v1/tickets/{ticket_id}/qr.png?secret=...` (and `.svg`).
+    tickets: Vec<IssuedTicket>,
 }
 
 /// The secret of an order's link, worked out again whenever needed from
@@ -64,13 +69,46 @@ pub fn link_secret(link_key: &[u8; 32], code: &str) -> String {
     )
 }
 
-fn answer(s: &AppState, order: Order) -> OrderAnswer {
+/// An order with its link and tickets, issuing them if it is paid and has
+/// none yet (a crash between payment and signing leaves none).
+async fn answer(s: &AppState, order: Order) -> Result<OrderAnswer, ApiError> {
     let secret = link_secret(&s.link_key, &order.code);
-    OrderAnswer {
+    if order.state == crate::domain::order::OrderState::Paid {
+        issue_tickets(s, &order.code).await?;
+    }
+    let (code, hash) = (order.code.clone(), Sha256::digest(&secret).into());
+    let tickets = s.db(move |db| db.order_tickets(&code, &hash)).await?;
+    Ok(OrderAnswer {
         link: format!("/api/v1/orders/{}?secret={secret}", order.code),
         secret,
         order,
-    }
+        tickets,
+    })
+}
+
+/// Signs and records a paid order's tickets, once: one a place, signed by
+/// the data directory's active key, as `issuer tickets issue` signs them.
+async fn issue_tickets(s: &AppState, code: &str) -> Result<(), ApiError> {
+    let Some(signer) = s.signer.clone() else {
+        return Err(ApiError::internal("no signing key to sign tickets with"));
+    };
+    let code = code.to_owned();
+    s.db(move |db| {
+        let Some(fields) = db.tickets_to_sign(&code)? else {
+            return Ok(());
+        };
+        let signed = fields
+            .into_iter()
+            .map(|f| {
+                let ticket = signer
+                    .encode(&f)
+                    .map_err(|e| StorageError::Backend(format!("signing a ticket: {e}")))?;
+                Ok((f, ticket))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        db.record_tickets(&code, &signer.key_id().to_string(), &signed, now_ms())
+    })
+    .await
 }
 
 async fn add_order(
@@ -118,7 +156,7 @@ async fn add_order(
     };
     let order = match s.db(move |db| db.create_order(&new, now_ms())).await? {
         // The same request again: what it came to, never a second charge.
-        Created::Again(order) => return Ok((StatusCode::OK, Json(answer(&s, order)))),
+        Created::Again(order) => return Ok((StatusCode::OK, Json(answer(&s, order).await?))),
         Created::New(order) => order,
     };
     let (payments, method, code) = (s.payments.clone(), req.payment_method, order.code.clone());
@@ -150,7 +188,7 @@ async fn add_order(
             order
         }
     };
-    Ok((StatusCode::CREATED, Json(answer(&s, order))))
+    Ok((StatusCode::CREATED, Json(answer(&s, order).await?)))
 }
 
 /// Brings an order in line with its payment as the provider reports it.
@@ -201,13 +239,56 @@ async fn order(
     State(s): State<AppState>,
     Path(code): Path<String>,
     params: Result<Query<Secret>, QueryRejection>,
-) -> Result<Json<Order>, ApiError> {
+) -> Result<Json<OrderAnswer>, ApiError> {
     let Query(Secret { secret }) = params.map_err(|_| ApiError::not_found("order not found"))?;
     if code.len() > 20 || secret.len() > 100 {
         return Err(ApiError::not_found("order not found"));
     }
     let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-    Ok(Json(s.db(move |db| db.order(&code, &hash)).await?))
+    let order = s.db(move |db| db.order(&code, &hash)).await?;
+    Ok(Json(answer(&s, order).await?))
+}
+
+/// A ticket's signed code, by its id and its order's link secret.
+async fn ticket_code(
+    s: &AppState,
+    id: String,
+    params: Result<Query<Secret>, QueryRejection>,
+) -> Result<String, ApiError> {
+    let Query(Secret { secret }) = params.map_err(|_| ApiError::not_found("ticket not found"))?;
+    if id.len() != 32 || secret.len() > 100 {
+        return Err(ApiError::not_found("ticket not found"));
+    }
+    let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    s.db(move |db| db.ticket_code(&id, &hash)).await
+}
+
+async fn qr_png(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Query<Secret>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let code = ticket_code(&s, id, params).await?;
+    let symbol = crate::qr::encode(&code).map_err(|e| ApiError::internal(e.to_string()))?;
+    let png = crate::qr::png(&symbol, crate::issue::DEFAULT_SCALE)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+async fn qr_svg(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Query<Secret>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let code = ticket_code(&s, id, params).await?;
+    let symbol = crate::qr::encode(&code).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "image/svg+xml")],
+        crate::qr::svg(&symbol),
+    )
+        .into_response())
 }
 
 /// Most bytes of a webhook.
@@ -251,6 +332,9 @@ async fn webhook(
             s.db(move |db| db.order_by_intent(&id)).await?.code
         }
     };
-    settle(&s, &code, &intent).await?;
+    let order = settle(&s, &code, &intent).await?;
+    if order.state == crate::domain::order::OrderState::Paid {
+        issue_tickets(&s, &order.code).await?;
+    }
     Ok(StatusCode::OK)
 }

@@ -18,6 +18,7 @@ use crate::domain::catalogue::{
 };
 use crate::domain::hold::{Hold, HoldRequest};
 use crate::domain::order::{Buyer, Order};
+use shared::TicketFields;
 
 pub type OrganizerId = u64;
 
@@ -226,6 +227,39 @@ pub trait Orders: Send + Sync {
 
     /// The money went back.
     fn mark_refunded(&self, code: &str, refund: &str, why: &str, now_ms: u64) -> Result<Order>;
+
+    /// What a paid order's tickets say, if they are still to be signed:
+    /// one a place, with a fresh random id each.
+    fn tickets_to_sign(&self, code: &str) -> Result<Option<Vec<TicketFields>>>;
+
+    /// Records a paid order's signed tickets (`(fields, code)`), signed by
+    /// `key_id`; once (a second time changes nothing).
+    fn record_tickets(
+        &self,
+        code: &str,
+        key_id: &str,
+        tickets: &[(TicketFields, String)],
+        now_ms: u64,
+    ) -> Result<()>;
+
+    /// A paid order's tickets, if `secret_hash` is its link's.
+    fn order_tickets(&self, code: &str, secret_hash: &[u8; 32]) -> Result<Vec<IssuedTicket>>;
+
+    /// The signed code of ticket `ticket_id` (32 hex digits), if it was
+    /// issued to an order whose link's secret is `secret_hash`.
+    fn ticket_code(&self, ticket_id: &str, secret_hash: &[u8; 32]) -> Result<String>;
+}
+
+/// A ticket issued to an order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedTicket {
+    /// 32 hex digits.
+    pub ticket_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seat: Option<String>,
+    pub category: u16,
+    /// The signed code the QR picture holds.
+    pub code: String,
 }
 
 /// Everything the issuer stores.

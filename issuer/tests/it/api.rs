@@ -855,6 +855,39 @@ fn a_buyer_pays_by_card_a_retry_is_the_same_order_and_a_declined_card_can_be_rep
     );
     assert_eq!(paid["amount"].as_u64(), Some(9000));
     assert_eq!(seat(&api, e, "A-4-1"), "sold");
+    // One signed ticket a seat, its picture behind the order's secret.
+    let tickets = paid["tickets"].as_array().unwrap();
+    let seats: Vec<&str> = tickets
+        .iter()
+        .map(|t| t["seat"].as_str().unwrap())
+        .collect();
+    assert_eq!(seats, ["A-4-1", "A-4-2"], "{paid}");
+    let verifier = shared::Verifier::new(env.keyset(&[e]));
+    let secret = paid["secret"].as_str().unwrap();
+    for t in tickets {
+        let code = t["code"].as_str().unwrap();
+        let ticket = verifier.verify(code, 1_900_000_000).unwrap();
+        assert_eq!(ticket.fields().seat, t["seat"].as_str().unwrap());
+        assert_eq!(
+            ticket.fields().ticket_id.to_string(),
+            t["ticket_id"].as_str().unwrap()
+        );
+        let id = t["ticket_id"].as_str().unwrap();
+        let url = format!("{}/api/v1/tickets/{id}/qr.png?secret={secret}", api.base);
+        let png = ureq::get(&url)
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_vec()
+            .unwrap();
+        let path = env.path(&format!("{id}.png"));
+        std::fs::write(&path, png).unwrap();
+        assert_eq!(crate::decode_png(&path), vec![(code.to_owned(), 0)]);
+        let svg = format!("/api/v1/tickets/{id}/qr.svg?secret={secret}");
+        assert_eq!(api.call("GET", &svg, None, None).0, 200);
+        let wrong = format!("/api/v1/tickets/{id}/qr.png?secret=sec_nope");
+        assert_eq!(api.call("GET", &wrong, None, None).0, 404);
+    }
     // The same request again: the same order, not a second charge.
     let (status, again) = order(&api, &order_body(&hold, "pm_card_visa"), "try-2");
     assert_eq!(

@@ -294,6 +294,12 @@ impl Catalogue for SqliteStorage {
             ],
         )?;
         let id = tx.last_insert_rowid() as u64;
+        // Its number within the event, as tickets carry it.
+        tx.execute(
+            "UPDATE categories SET number = (SELECT count(*) FROM categories WHERE event_id = ?1)
+             WHERE id = ?2",
+            params![key(event_id), key(id)],
+        )?;
         // Its places, one row each, in the plan's order.
         {
             let mut place = tx.prepare_cached(

@@ -8,7 +8,9 @@ use super::inventory::hold_of;
 use super::{SqliteStorage, key};
 use crate::domain::hold::HoldState;
 use crate::domain::order::{Order, OrderEvent, OrderState, Settlement, settle_payment};
-use crate::storage::{Created, NewOrder, Orders, Result, Settled, StorageError};
+use crate::storage::{Created, IssuedTicket, NewOrder, Orders, Result, Settled, StorageError};
+use rand_core::{OsRng, RngCore};
+use shared::{TicketFields, TicketId};
 
 const ORDER_COLUMNS: &str = "id, code, hold, event_id, email, name, amount, currency, state, \
      payment_intent, note, created_at, updated_at";
@@ -268,5 +270,164 @@ impl Orders for SqliteStorage {
         )?;
         tx.commit()?;
         Ok(order)
+    }
+
+    fn tickets_to_sign(&self, code: &str) -> Result<Option<Vec<TicketFields>>> {
+        let conn = self.conn();
+        let (id, hold, order) = by_code(&conn, code)?;
+        let batch: Option<i64> =
+            conn.query_row("SELECT batch_id FROM orders WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })?;
+        if order.state != OrderState::Paid || batch.is_some() {
+            return Ok(None);
+        }
+        let (starts, ends): (i64, i64) = conn.query_row(
+            "SELECT starts_at, ends_at FROM events WHERE id = ?1",
+            [key(order.event_id)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let valid_from = u32::try_from(starts)
+            .unwrap_or(u32::MAX)
+            .saturating_sub(crate::issue::DEFAULT_DOORS_BEFORE_SECS);
+        let valid_until = u32::try_from(ends).unwrap_or(u32::MAX);
+        let places: Vec<(i64, Option<String>)> = conn
+            .prepare_cached(
+                "SELECT c.number, i.seat_key FROM hold_items i JOIN categories c ON c.id = i.category_id
+                 WHERE i.hold = ?1 ORDER BY i.category_id, i.n",
+            )?
+            .query_map([&hold[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut fields = Vec::with_capacity(places.len());
+        for (number, seat) in places {
+            let mut ticket_id = [0u8; 16];
+            OsRng.fill_bytes(&mut ticket_id);
+            fields.push(TicketFields {
+                event_id: order.event_id,
+                ticket_id: TicketId(ticket_id),
+                category_id: u16::try_from(number).map_err(|_| {
+                    StorageError::Conflict(
+                        "the event has more categories than a ticket can number".into(),
+                    )
+                })?,
+                multi_entry: false,
+                valid_from,
+                valid_until,
+                seat: seat.unwrap_or_default(),
+            });
+        }
+        Ok(Some(fields))
+    }
+
+    fn record_tickets(
+        &self,
+        code: &str,
+        key_id: &str,
+        tickets: &[(TicketFields, String)],
+        now_ms: u64,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (id, _, order) = by_code(&tx, code)?;
+        let batch: Option<i64> =
+            tx.query_row("SELECT batch_id FROM orders WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })?;
+        if batch.is_some() {
+            return Ok(());
+        }
+        if order.state != OrderState::Paid {
+            return Err(StorageError::Conflict(format!(
+                "order {code} is {}: it has no tickets",
+                order.state.as_str()
+            )));
+        }
+        tx.execute(
+            "INSERT INTO batches (event_id, category_id, key_id, count, out_dir, created_at, state)
+             VALUES (?1, 0, ?2, ?3, ?4, ?5, 'recorded')",
+            params![
+                key(order.event_id),
+                key_id,
+                tickets.len() as i64,
+                format!("order {code}"),
+                key(now_ms / 1000)
+            ],
+        )?;
+        let batch = tx.last_insert_rowid();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO tickets (event_id, ticket_id, batch_id, category_id, seat, multi_entry,
+                                      valid_from, valid_until, key_id, code)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for (f, signed) in tickets {
+                let seat = (!f.seat.is_empty()).then_some(f.seat.as_str());
+                insert.execute(params![
+                    key(f.event_id),
+                    f.ticket_id.0.as_slice(),
+                    batch,
+                    f.category_id,
+                    seat,
+                    f.multi_entry,
+                    f.valid_from,
+                    f.valid_until,
+                    key_id,
+                    signed
+                ])?;
+            }
+        }
+        tx.execute(
+            "UPDATE orders SET batch_id = ?2 WHERE id = ?1",
+            params![id, batch],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn order_tickets(&self, code: &str, secret_hash: &[u8; 32]) -> Result<Vec<IssuedTicket>> {
+        let conn = self.conn();
+        let batch: Option<Option<i64>> = conn
+            .query_row(
+                "SELECT batch_id FROM orders WHERE code = ?1 AND secret_hash = ?2",
+                params![code, &secret_hash[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(batch) = batch else {
+            return Err(StorageError::NotFound(format!("order {code}")));
+        };
+        let Some(batch) = batch else {
+            return Ok(Vec::new());
+        };
+        let tickets = conn
+            .prepare_cached(
+                "SELECT ticket_id, seat, category_id, code FROM tickets WHERE batch_id = ?1
+                 ORDER BY seat, ticket_id",
+            )?
+            .query_map([batch], |r| {
+                let id: Vec<u8> = r.get(0)?;
+                Ok(IssuedTicket {
+                    ticket_id: id.iter().map(|b| format!("{b:02x}")).collect(),
+                    seat: r.get(1)?,
+                    category: r.get(2)?,
+                    code: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(tickets)
+    }
+
+    fn ticket_code(&self, ticket_id: &str, secret_hash: &[u8; 32]) -> Result<String> {
+        let not_found = || StorageError::NotFound(format!("ticket {ticket_id}"));
+        let id: [u8; 16] = shared::hex::decode(ticket_id).ok_or_else(not_found)?;
+        self.conn()
+            .query_row(
+                "SELECT t.code FROM tickets t JOIN orders o ON o.batch_id = t.batch_id
+                 WHERE t.ticket_id = ?1 AND o.secret_hash = ?2",
+                params![&id[..], &secret_hash[..]],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(not_found)
     }
 }
