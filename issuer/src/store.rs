@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_inventory.sql"),
     include_str!("../migrations/0005_orders.sql"),
     include_str!("../migrations/0006_order_tickets.sql"),
+    include_str!("../migrations/0007_revocations.sql"),
 ];
 
 /// An opened data directory.

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod body;
 pub mod catalogue;
 pub mod error;
+pub mod feed;
 pub mod holds;
 pub mod orders;
 
@@ -74,7 +75,8 @@ pub fn app(state: AppState) -> Router {
             "/api/v1",
             catalogue::router()
                 .merge(holds::router())
-                .merge(orders::router()),
+                .merge(orders::router())
+                .merge(feed::router()),
         )
         .fallback(|| async { ApiError::not_found("no such path") })
         .with_state(state)

@@ -15,6 +15,7 @@ use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::auth::Organizer;
 use super::body::{JsonBody, MAX_BODY};
 use super::holds::now_ms;
 use super::{ApiError, AppState};
@@ -26,6 +27,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/orders", post(add_order))
         .route("/orders/{code}", get(order))
+        .route("/orders/{code}/cancel", post(cancel))
         .route("/tickets/{id}/qr.png", get(qr_png))
         .route("/tickets/{id}/qr.svg", get(qr_svg))
         .route("/payments/webhook", post(webhook))
@@ -337,4 +339,41 @@ async fn webhook(
         issue_tickets(&s, &order.code).await?;
     }
     Ok(StatusCode::OK)
+}
+
+/// The organizer cancels an order: a pending one is given up, a paid one
+/// paid back through the provider, and its tickets revoked.
+async fn cancel(
+    State(s): State<AppState>,
+    Organizer(by): Organizer,
+    Path(code): Path<String>,
+) -> Result<Json<Order>, ApiError> {
+    use crate::domain::order::OrderState;
+    if code.len() > 20 {
+        return Err(ApiError::not_found("order not found"));
+    }
+    let order = {
+        let code = code.clone();
+        s.db(move |db| db.organizer_order(by, &code)).await?
+    };
+    let payments = s.payments.clone();
+    let order = s
+        .db(move |db| match order.state {
+            OrderState::Pending => db.cancel_pending(&code, now_ms()),
+            OrderState::Paid => {
+                let intent = order.payment_intent.clone().ok_or_else(|| {
+                    StorageError::Backend(format!("paid order {code} has no payment"))
+                })?;
+                let refund = payments
+                    .refund(&intent, order.amount, &format!("refund-{code}"))
+                    .map_err(|e| StorageError::Backend(format!("refund of {code}: {e}")))?;
+                db.mark_refunded(&code, &refund.id, "cancelled by the organizer", now_ms())
+            }
+            other => Err(StorageError::Conflict(format!(
+                "the order is {}: there is nothing to cancel",
+                other.as_str()
+            ))),
+        })
+        .await?;
+    Ok(Json(order))
 }

@@ -115,6 +115,10 @@ pub trait Catalogue: Send + Sync {
     ) -> Result<Category>;
 
     fn categories(&self, event_id: u64) -> Result<Vec<Category>>;
+
+    /// The keyset (JSON) scanners of events of organizer `by`'s need at
+    /// `now` (unix seconds): the public keys only.
+    fn keyset(&self, by: OrganizerId, events: &[u64], now: u64) -> Result<String>;
 }
 
 /// What is left of a category, now.
@@ -248,6 +252,35 @@ pub trait Orders: Send + Sync {
     /// The signed code of ticket `ticket_id` (32 hex digits), if it was
     /// issued to an order whose link's secret is `secret_hash`.
     fn ticket_code(&self, ticket_id: &str, secret_hash: &[u8; 32]) -> Result<String>;
+
+    /// An order of an event of organizer `by`'s.
+    fn organizer_order(&self, by: OrganizerId, code: &str) -> Result<Order>;
+
+    /// Gives up a pending order (its places are free again once its hold's
+    /// time is past, or at once if the hold is let go).
+    fn cancel_pending(&self, code: &str, now_ms: u64) -> Result<Order>;
+
+    /// Revoked tickets of events of organizer `by`'s, after `since` in the
+    /// feed's order.
+    fn revocations(
+        &self,
+        by: OrganizerId,
+        events: &[u64],
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<Revocation>>;
+}
+
+/// A ticket no longer good, in the order revocations were made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub seq: u64,
+    pub event_id: u64,
+    /// 32 hex digits.
+    pub ticket_id: String,
+    /// Unix milliseconds.
+    pub revoked_at: u64,
+    pub reason: String,
 }
 
 /// A ticket issued to an order.

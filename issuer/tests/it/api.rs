@@ -1002,3 +1002,127 @@ fn a_forged_or_unsigned_webhook_changes_nothing() {
     });
     assert_eq!(paid["state"].as_str(), Some("paid"));
 }
+
+#[test]
+fn an_organizer_cancels_a_paid_order_the_money_goes_back_and_its_tickets_are_revoked() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let mallory = organizer(&env, "Mallory");
+    let api = Server::start(&env);
+    let (e, _, _) = event_on_sale(&api, &token);
+    let hold = hold_seats(&api, e, &["A-2-7", "A-2-8"]);
+    let (_, paid) = order(&api, &order_body(&hold, "pm_card_visa"), "c-1");
+    let code_ = paid["code"].as_str().unwrap();
+    let cancel = format!("/api/v1/orders/{code_}/cancel");
+    // Not another organizer's to cancel.
+    let (status, answer) = api.call("POST", &cancel, Some(&mallory), None);
+    assert_eq!((status, code(&answer)), (404, "not_found"), "{answer}");
+    let (status, cancelled) = api.call("POST", &cancel, Some(&token), None);
+    assert_eq!(
+        (status, cancelled["state"].as_str()),
+        (200, Some("refunded")),
+        "{cancelled}"
+    );
+    assert_eq!(seat(&api, e, "A-2-7"), "available", "on sale again");
+    let (status, again) = api.call("POST", &cancel, Some(&token), None);
+    assert_eq!((status, code(&again)), (409, "conflict"), "{again}");
+    // The feed names both tickets; the text list is what gate-sync imports.
+    let ids: Vec<String> = paid["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["ticket_id"].as_str().unwrap().to_owned())
+        .collect();
+    let (status, feed) = api.call(
+        "GET",
+        &format!("/api/v1/revocations?events={e}"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200, "{feed}");
+    let mut fed: Vec<&str> = feed["revocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ticket_id"].as_str().unwrap())
+        .collect();
+    fed.sort();
+    let mut ids = ids;
+    ids.sort();
+    assert_eq!(fed, ids, "{feed}");
+    let next = feed["next"].as_u64().unwrap();
+    let (_, after) = api.call(
+        "GET",
+        &format!("/api/v1/revocations?events={e}&since={next}"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(after["revocations"].as_array().unwrap().len(), 0);
+    let (status, text) = api.call(
+        "GET",
+        &format!("/api/v1/revocations.txt?events={e}"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200);
+    let listed = shared::revocations::parse(text.as_str().unwrap()).unwrap();
+    let mut listed: Vec<String> = listed.iter().map(|r| r.ticket_id.to_string()).collect();
+    listed.sort();
+    assert_eq!(listed, ids);
+    // The keyset verifies the tickets; not another organizer's to read.
+    let (status, keyset) = api.call(
+        "GET",
+        &format!("/api/v1/keyset?events={e}"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200, "{keyset}");
+    let keyset = shared::Keyset::from_json(&keyset.to_string()).unwrap();
+    let code0 = paid["tickets"][0]["code"].as_str().unwrap();
+    assert!(
+        shared::Verifier::new(keyset)
+            .verify(code0, 1_900_000_000)
+            .is_ok()
+    );
+    for path in [
+        format!("/api/v1/keyset?events={e}"),
+        format!("/api/v1/revocations?events={e}"),
+    ] {
+        let (status, answer) = api.call("GET", &path, Some(&mallory), None);
+        assert_eq!((status, code(&answer)), (404, "not_found"), "{path}");
+        assert_eq!(api.call("GET", &path, None, None).0, 401, "{path}");
+    }
+    assert_eq!(
+        api.call("GET", "/api/v1/revocations?events=x", Some(&token), None)
+            .0,
+        400
+    );
+}
+
+#[test]
+fn a_pending_order_cancelled_then_paid_is_paid_back() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start(&env);
+    let (e, _, _) = event_on_sale(&api, &token);
+    let hold = hold_seats(&api, e, &["A-1-9"]);
+    let (_, pending) = order(&api, &order_body(&hold, "pm_card_late"), "p-1");
+    let code_ = pending["code"].as_str().unwrap();
+    let (status, cancelled) = api.call(
+        "POST",
+        &format!("/api/v1/orders/{code_}/cancel"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(
+        (status, cancelled["state"].as_str()),
+        (200, Some("cancelled")),
+        "{cancelled}"
+    );
+    // The payment lands anyway: the money goes back, the seat is not sold.
+    let done = order_when(&api, pending["link"].as_str().unwrap(), |o| {
+        o["state"] != "cancelled"
+    });
+    assert_eq!(done["state"].as_str(), Some("refunded"), "{done}");
+    assert_ne!(seat(&api, e, "A-1-9"), "sold");
+}

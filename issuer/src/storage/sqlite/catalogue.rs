@@ -339,6 +339,21 @@ impl Catalogue for SqliteStorage {
     fn categories(&self, event_id: u64) -> Result<Vec<Category>> {
         categories_of(&self.conn(), event_id)
     }
+
+    fn keyset(&self, by: OrganizerId, events: &[u64], now: u64) -> Result<String> {
+        for &event in events {
+            Self::own_event(&self.conn(), by, event)?;
+        }
+        // The keys' metadata is in this database, their secrets in `keys/`;
+        // only public keys are read.
+        let store =
+            crate::Store::open(&self.dir).map_err(|e| StorageError::Backend(e.to_string()))?;
+        let keyset = crate::keys::export_keyset(&store, events, now).map_err(|e| match e {
+            crate::Error::Invalid(m) => StorageError::Invalid(m),
+            e => StorageError::Backend(e.to_string()),
+        })?;
+        Ok(keyset.to_json())
+    }
 }
 
 /// Writes event `id`'s words into the search index, as they are now.

@@ -20,6 +20,8 @@ pub const MAX_LIST: usize = 200;
 
 pub struct SqliteStorage {
     conn: Mutex<Connection>,
+    /// The data directory, whose `keys/` sign tickets.
+    dir: std::path::PathBuf,
 }
 
 impl From<rusqlite::Error> for StorageError {
@@ -47,6 +49,7 @@ impl SqliteStorage {
     pub fn open(dir: &Path) -> std::result::Result<SqliteStorage, crate::Error> {
         Ok(SqliteStorage {
             conn: Mutex::new(crate::store::open_db(dir)?),
+            dir: dir.to_owned(),
         })
     }
 

@@ -8,7 +8,9 @@ use super::inventory::hold_of;
 use super::{SqliteStorage, key};
 use crate::domain::hold::HoldState;
 use crate::domain::order::{Order, OrderEvent, OrderState, Settlement, settle_payment};
-use crate::storage::{Created, IssuedTicket, NewOrder, Orders, Result, Settled, StorageError};
+use crate::storage::{
+    Created, IssuedTicket, NewOrder, Orders, OrganizerId, Result, Revocation, Settled, StorageError,
+};
 use rand_core::{OsRng, RngCore};
 use shared::{TicketFields, TicketId};
 
@@ -263,6 +265,13 @@ impl Orders for SqliteStorage {
             "UPDATE orders SET refund = ?2 WHERE code = ?1",
             params![code, refund],
         )?;
+        // Its tickets, if it had any, are good no more.
+        tx.execute(
+            "INSERT OR IGNORE INTO revocations (event_id, ticket_id, revoked_at, reason)
+             SELECT t.event_id, t.ticket_id, ?2, ?3 FROM tickets t
+             JOIN orders o ON o.batch_id = t.batch_id WHERE o.id = ?1",
+            params![id, key(now_ms), format!("order {code} paid back: {why}")],
+        )?;
         // Places paid back are for sale again.
         tx.execute(
             "UPDATE places SET order_id = NULL, hold = NULL, held_until = 0 WHERE order_id = ?1",
@@ -429,5 +438,78 @@ impl Orders for SqliteStorage {
             )
             .optional()?
             .ok_or_else(not_found)
+    }
+
+    fn organizer_order(&self, by: OrganizerId, code: &str) -> Result<Order> {
+        let conn = self.conn();
+        let (_, _, order) = by_code(&conn, code)?;
+        let owner: Option<i64> = conn.query_row(
+            "SELECT organizer_id FROM events WHERE id = ?1",
+            [key(order.event_id)],
+            |r| r.get(0),
+        )?;
+        match owner {
+            Some(o) if o as u64 == by => Ok(order),
+            _ => Err(StorageError::NotFound(format!("order {code}"))),
+        }
+    }
+
+    fn cancel_pending(&self, code: &str, now_ms: u64) -> Result<Order> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let order = advance(
+            &tx,
+            code,
+            OrderEvent::Cancel,
+            Some("cancelled before payment"),
+            now_ms,
+        )?;
+        tx.commit()?;
+        Ok(order)
+    }
+
+    fn revocations(
+        &self,
+        by: OrganizerId,
+        events: &[u64],
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<Revocation>> {
+        let conn = self.conn();
+        let mut out = Vec::new();
+        for &event in events {
+            let owner: Option<Option<i64>> = conn
+                .query_row(
+                    "SELECT organizer_id FROM events WHERE id = ?1",
+                    [key(event)],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if owner.flatten().map(|o| o as u64) != Some(by) {
+                return Err(StorageError::NotFound(format!("event {event}")));
+            }
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, event_id, ticket_id, revoked_at, reason FROM revocations
+             WHERE event_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        for &event in events {
+            let rows = stmt.query_map(params![key(event), key(since), limit as i64], |r| {
+                let id: Vec<u8> = r.get(2)?;
+                Ok(Revocation {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    event_id: r.get::<_, i64>(1)? as u64,
+                    ticket_id: id.iter().map(|b| format!("{b:02x}")).collect(),
+                    revoked_at: r.get::<_, i64>(3)? as u64,
+                    reason: r.get(4)?,
+                })
+            })?;
+            for row in rows {
+                out.push(row?);
+            }
+        }
+        out.sort_by_key(|r| r.seq);
+        out.truncate(limit);
+        Ok(out)
     }
 }
