@@ -14,6 +14,7 @@
 
 pub mod counts;
 pub mod http;
+pub mod issuer;
 pub mod net;
 pub mod peers;
 pub mod store;

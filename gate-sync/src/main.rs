@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serves the sync API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Scanners allowed to sync.
     #[command(subcommand)]
     Devices(DevicesCmd),
@@ -73,6 +73,23 @@ struct ServeArgs {
     /// Seconds between exchanges with peers.
     #[arg(long, default_value_t = 5)]
     peer_every: u64,
+    /// The issuer to take keysets and revoked tickets from, whenever it
+    /// can be reached: http://127.0.0.1:PORT, or https://HOST:PORT#FINGERPRINT.
+    #[arg(long, env = "GATE_SYNC_ISSUER", requires = "issuer_events")]
+    issuer: Option<String>,
+    /// The events to follow, comma-separated.
+    #[arg(long, env = "GATE_SYNC_ISSUER_EVENTS", value_delimiter = ',')]
+    issuer_events: Vec<u64>,
+    /// The organizer's API token for the issuer. Prefer
+    /// --issuer-token-file or the environment.
+    #[arg(long, env = "GATE_SYNC_ISSUER_TOKEN", hide_env_values = true)]
+    issuer_token: Option<String>,
+    /// A file holding the issuer token (mode 0600).
+    #[arg(long, conflicts_with = "issuer_token")]
+    issuer_token_file: Option<PathBuf>,
+    /// Seconds between visits to the issuer.
+    #[arg(long, default_value_t = 30)]
+    issuer_every: u64,
 }
 
 #[derive(Subcommand)]
@@ -140,7 +157,7 @@ fn error_line(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let store = open_store(&cli.db)?;
     match cli.command {
-        Command::Serve(args) => serve(store, args),
+        Command::Serve(args) => serve(store, *args),
         Command::Keyset(ImportCmd::Import { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -265,7 +282,13 @@ fn serve(store: Store, args: ServeArgs) -> anyhow::Result<()> {
         organizer_token,
         organizer_token_file,
         peer_every,
+        issuer,
+        issuer_events,
+        issuer_token,
+        issuer_token_file,
+        issuer_every,
     } = args;
+    let issuer_token = secret(issuer_token, issuer_token_file.as_deref())?;
     let peer_token = secret(peer_token, peer_token_file.as_deref())?;
     let organizer_token = secret(organizer_token, organizer_token_file.as_deref())?;
     let listen = listen.as_str();
@@ -306,6 +329,23 @@ fn serve(store: Store, args: ServeArgs) -> anyhow::Result<()> {
         peers,
         std::time::Duration::from_secs(peer_every.max(1)),
     );
+    if let Some(issuer) = issuer {
+        let (url, pin) = gate_sync::issuer::parse(&issuer).map_err(anyhow::Error::msg)?;
+        let token = issuer_token.context(
+            "--issuer needs the organizer's token: --issuer-token-file or GATE_SYNC_ISSUER_TOKEN",
+        )?;
+        tracing::info!(%url, events = ?issuer_events, "following the issuer");
+        gate_sync::issuer::spawn(
+            state.clone(),
+            gate_sync::issuer::Feed {
+                url,
+                pin,
+                token,
+                events: issuer_events,
+            },
+            std::time::Duration::from_secs(issuer_every.max(1)),
+        );
+    }
     let runtime = gate_sync::runtime()?;
     runtime.block_on(async move {
         let listener = gate_sync::listen(listen)

@@ -297,11 +297,13 @@ fn the_node_answers_only_json_in_the_documented_shape() {
     }
 }
 
-/// The node's own binary, serving `db` on a port of its own; returns the
-/// child (the caller kills and waits for it) and the address it printed.
+/// The node's own binary, serving `db` on a port of its own (with `extra`
+/// arguments); returns the child (the caller kills and waits for it) and
+/// the address it printed.
 #[allow(clippy::zombie_processes)]
-fn node_process(
+pub fn node_process(
     db: &std::path::Path,
+    extra: &[&str],
 ) -> (
     std::process::Child,
     String,
@@ -316,6 +318,7 @@ fn node_process(
             "--listen",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .env("RUST_LOG", "info")
         .env_remove("GATE_SYNC_ORGANIZER_TOKEN")
         .env_remove("GATE_SYNC_PEER_TOKEN")
@@ -345,7 +348,7 @@ fn refusals_leave_a_line_in_the_node_log() {
         let store = gate_sync::store::Store::open(&db).unwrap();
         store.create_enrollment("tablet-1", 0).unwrap()
     };
-    let (mut child, addr, mut log) = node_process(&db);
+    let (mut child, addr, mut log) = node_process(&db, &[]);
     let (status, body) = send(
         &format!("http://{addr}/v1/enroll"),
         None,
@@ -724,7 +727,7 @@ fn many_scans_of_one_ticket_are_counted_without_walking_them_again() {
 #[test]
 fn a_flood_of_refused_requests_cannot_fill_the_node_log() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut child, addr, mut log) = node_process(&tmp.path().join("sync.db"));
+    let (mut child, addr, mut log) = node_process(&tmp.path().join("sync.db"), &[]);
     // A stranger sends 300 requests with a made-up token, as fast as the
     // node answers: each left a line in the log (thousands a second).
     let url = format!("http://{addr}/v1/devices/{}/records", dev(1));

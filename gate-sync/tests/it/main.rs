@@ -3,6 +3,7 @@
 
 mod attacks;
 mod cli;
+mod issuer_feed;
 mod simulation;
 
 use std::net::SocketAddr;
