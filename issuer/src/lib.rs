@@ -18,6 +18,7 @@ pub mod issue;
 pub mod keys;
 pub mod payments;
 pub mod qr;
+pub mod shop;
 pub mod storage;
 pub mod store;
 pub mod time;

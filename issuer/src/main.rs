@@ -307,8 +307,21 @@ fn serve(
         )
         .with_writer(std::io::stderr)
         .init();
+    let fresh = !data.join("issuer.db").exists();
     let storage = issuer::storage::sqlite::SqliteStorage::open(data)
         .with_context(|| format!("opening data directory {}", data.display()))?;
+    // A new shop opens with the fixture venues and events, on sale.
+    if fresh {
+        let (token, hash) = issuer::http::auth::new_token();
+        let (_, n) = issuer::shop::open_demo_shop(&storage, &hash, time::now())?;
+        let file = data.join("demo-organizer.token");
+        issuer::store::write_private(&file, format!("{token}\n").as_bytes())
+            .with_context(|| format!("writing {}", file.display()))?;
+        println!(
+            "a new shop: {n} demo events on sale; the demo organizer's API token is in {}",
+            file.display()
+        );
+    }
     let link_key = issuer::store::secret_key_file(&data.join("order-links.key"))
         .with_context(|| format!("the order links' key in {}", data.display()))?;
     // Paid orders' tickets are signed with the active key; a new shop

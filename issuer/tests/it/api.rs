@@ -27,19 +27,28 @@ impl Server {
     }
 
     fn start_with(env: &Env, args: &[&str]) -> Server {
+        Server::start_in(&env.data(), args)
+    }
+
+    fn start_in(data: &std::path::Path, args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_issuer"))
             .arg("--data")
-            .arg(env.data())
+            .arg(data)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // What it prints first on a new shop, then where it serves.
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        while !line.contains("serving") {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                panic!("issuer serve stopped before serving");
+            }
+        }
         let base = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
@@ -1125,4 +1134,85 @@ fn a_pending_order_cancelled_then_paid_is_paid_back() {
     });
     assert_eq!(done["state"].as_str(), Some("refunded"), "{done}");
     assert_ne!(seat(&api, e, "A-1-9"), "sold");
+}
+
+#[test]
+fn a_new_shop_opens_with_events_on_sale_that_a_buyer_can_buy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shop");
+    let api = Server::start_in(&data, &[]);
+    let token = std::fs::read_to_string(data.join("demo-organizer.token")).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.join("demo-organizer.token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "the token is its owner's only");
+    let (_, list) = api.call("GET", "/api/v1/events?limit=100", None, None);
+    let events = list["events"].as_array().unwrap();
+    assert_eq!(events.len(), 12, "{list}");
+    let genres: std::collections::BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["genre"].as_str().unwrap())
+        .collect();
+    let cities: std::collections::BTreeSet<&str> =
+        events.iter().map(|e| e["city"].as_str().unwrap()).collect();
+    assert!(
+        genres.len() >= 6 && cities.len() >= 3,
+        "{genres:?} {cities:?}"
+    );
+    let (_, found) = api.call("GET", "/api/v1/search?query=daft", None, None);
+    assert_eq!(
+        found["events"][0]["name"].as_str(),
+        Some("Daft Punk Tribute Night"),
+        "{found}"
+    );
+    // The theatre's 2,000 seats, and the best four together in the stalls.
+    let cyrano = events
+        .iter()
+        .find(|e| e["name"] == "Cyrano de Bergerac")
+        .unwrap();
+    let id = cyrano["id"].as_u64().unwrap();
+    let (_, tickets) = api.call("GET", &format!("/api/v1/events/{id}/tickets"), None, None);
+    assert_eq!(tickets["seats"].as_array().unwrap().len(), 2000);
+    let orchestra = tickets["categories"][0]["category_id"].as_u64().unwrap();
+    let (status, hold) = api.call(
+        "POST",
+        "/api/v1/holds",
+        None,
+        Some(&json!({"event_id": id,
+        "items": [{"kind": "best", "category_id": orchestra, "quantity": 4}]})),
+    );
+    assert_eq!(status, 201, "{hold}");
+    assert!(
+        hold["places"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["seat"].as_str().unwrap().starts_with("ORCH-1-"))
+    );
+    let (_, paid) = order(
+        &api,
+        &order_body(hold["token"].as_str().unwrap(), "pm_card_visa"),
+        "demo-1",
+    );
+    assert_eq!(
+        (
+            paid["state"].as_str(),
+            paid["tickets"].as_array().map(Vec::len)
+        ),
+        (Some("paid"), Some(4))
+    );
+    // The demo organizer's token works; a restart opens the same shop.
+    let (status, _) = api.call(
+        "GET",
+        &format!("/api/v1/revocations?events={id}"),
+        Some(token.trim()),
+        None,
+    );
+    assert_eq!(status, 200);
+    drop(api);
+    let again = Server::start_in(&data, &[]);
+    let (_, list) = again.call("GET", "/api/v1/events?limit=100", None, None);
+    assert_eq!(list["events"].as_array().unwrap().len(), 12);
 }
