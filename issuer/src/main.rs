@@ -307,11 +307,11 @@ fn serve(
         )
         .with_writer(std::io::stderr)
         .init();
-    let fresh = !data.join("issuer.db").exists();
     let storage = issuer::storage::sqlite::SqliteStorage::open(data)
         .with_context(|| format!("opening data directory {}", data.display()))?;
-    // A new shop opens with the fixture venues and events, on sale.
-    if fresh {
+    // A new shop (no organizer sells here yet) opens with the fixture
+    // venues and events, on sale.
+    if !issuer::storage::Catalogue::has_organizers(&storage)? {
         let (token, hash) = issuer::http::auth::new_token();
         let (_, n) = issuer::shop::open_demo_shop(&storage, &hash, time::now())?;
         let file = data.join("demo-organizer.token");

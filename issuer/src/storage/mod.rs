@@ -79,6 +79,9 @@ pub trait Catalogue: Send + Sync {
     /// Adds an organizer with its first API token (its SHA-256).
     fn add_organizer(&self, name: &str, token_hash: &[u8; 32], now: u64) -> Result<OrganizerId>;
 
+    /// Whether any organizer sells here (a new shop has none).
+    fn has_organizers(&self) -> Result<bool>;
+
     /// The organizer a token (by its SHA-256) belongs to, if it is valid.
     fn organizer_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<OrganizerId>>;
 

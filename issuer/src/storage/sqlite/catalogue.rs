@@ -29,6 +29,13 @@ impl Catalogue for SqliteStorage {
         Ok(id as u64)
     }
 
+    fn has_organizers(&self) -> Result<bool> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT 1 FROM organizers LIMIT 1")?
+            .exists([])?)
+    }
+
     fn organizer_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<OrganizerId>> {
         Ok(self
             .conn()
