@@ -46,6 +46,10 @@ enum Command {
         /// How long a hold keeps its places, in seconds.
         #[arg(long, default_value_t = issuer::http::HOLD_TTL_MS / 1000)]
         hold_seconds: u64,
+        /// Holds and orders a second from one address (20 at once); 0: no
+        /// limit (a load test from one machine).
+        #[arg(long, default_value_t = 5.0)]
+        buyer_rate: f64,
         /// A payment provider speaking Stripe's protocol
         /// (`https://api.stripe.com`); without it, a sandbox gateway with
         /// Stripe's test cards runs on 127.0.0.1.
@@ -210,6 +214,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve {
             listen,
             hold_seconds,
+            buyer_rate,
             payments_url,
             payments_key_file,
             webhook_secret_file,
@@ -222,7 +227,7 @@ fn run(cli: Cli) -> Result<()> {
                 }),
                 None => None,
             };
-            return serve(&cli.data, &listen, hold_seconds, provider);
+            return serve(&cli.data, &listen, hold_seconds, buyer_rate, provider);
         }
         _ => {}
     }
@@ -295,8 +300,12 @@ fn serve(
     data: &std::path::Path,
     listen: &str,
     hold_seconds: u64,
+    buyer_rate: f64,
     provider: Option<Payments>,
 ) -> Result<()> {
+    if !(buyer_rate >= 0.0 && buyer_rate.is_finite()) {
+        anyhow::bail!("--buyer-rate is a number of requests a second, 0 for no limit");
+    }
     if !(1..=24 * 3600).contains(&hold_seconds) {
         anyhow::bail!("--hold-seconds is 1 to 86400");
     }
@@ -375,6 +384,8 @@ fn serve(
         );
         state.hold_ttl_ms = hold_seconds * 1000;
         state.signer = Some(std::sync::Arc::new(signer));
+        state.buyer_rate = (buyer_rate > 0.0)
+            .then(|| std::sync::Arc::new(issuer::http::limit::RateLimit::new(buyer_rate, 20.0)));
         tracing::info!(%addr, data = %data.display(), "serving the booking API");
         println!("issuer serving http://{addr}/api/v1 (Ctrl-C stops)");
         issuer::http::serve(listener, state, async {

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// For people.
     pub message: String,
+    /// Seconds to wait before trying again, for refusals that pass.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -70,6 +73,11 @@ impl IntoResponse for ApiError {
             Json(json!({ "error": { "code": self.code, "message": self.message } })),
         )
             .into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

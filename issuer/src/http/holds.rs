@@ -45,6 +45,7 @@ struct NewHold {
 
 async fn add_hold(
     State(s): State<AppState>,
+    _: super::limit::Limited,
     JsonBody(request): JsonBody<HoldRequest>,
 ) -> Result<(StatusCode, Json<NewHold>), ApiError> {
     let (token, hash) = super::auth::new_secret("hold_");

@@ -9,6 +9,7 @@ pub mod catalogue;
 pub mod error;
 pub mod feed;
 pub mod holds;
+pub mod limit;
 pub mod orders;
 
 use std::future::Future;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub link_key: [u8; 32],
     /// Signs paid orders' tickets: the data directory's active key.
     pub signer: Option<Arc<shared::code::Signer>>,
+    /// How fast one address may hold and order; `None`: as fast as it likes.
+    pub buyer_rate: Option<Arc<limit::RateLimit>>,
 }
 
 /// How long a hold keeps its places, unless told otherwise: 10 minutes.
@@ -52,6 +55,7 @@ impl AppState {
             webhook_secret,
             link_key,
             signer: None,
+            buyer_rate: None,
         }
     }
 
@@ -88,7 +92,11 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Each request knows its client's address (for the buyers' rate).
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

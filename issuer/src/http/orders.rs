@@ -115,6 +115,7 @@ async fn issue_tickets(s: &AppState, code: &str) -> Result<(), ApiError> {
 
 async fn add_order(
     State(s): State<AppState>,
+    _: super::limit::Limited,
     headers: HeaderMap,
     JsonBody(req): JsonBody<OrderRequest, MAX_BODY>,
 ) -> Result<(StatusCode, Json<OrderAnswer>), ApiError> {

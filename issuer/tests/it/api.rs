@@ -1216,3 +1216,56 @@ fn a_new_shop_opens_with_events_on_sale_that_a_buyer_can_buy() {
     let (_, list) = again.call("GET", "/api/v1/events?limit=100", None, None);
     assert_eq!(list["events"].as_array().unwrap().len(), 12);
 }
+
+#[test]
+fn one_address_holding_too_fast_is_slowed_and_told_when_to_come_back() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start_with(&env, &["--buyer-rate", "1"]);
+    let (e, _, standing) = event_on_sale(&api, &token);
+    let one = json!({"event_id": e, "items": [{"kind": "quantity", "category_id": standing, "quantity": 1}]});
+    let (mut held, mut slowed) = (0, 0);
+    for _ in 0..30 {
+        let url = format!("{}/api/v1/holds", api.base);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let response = agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .send(one.to_string())
+            .unwrap();
+        match response.status().as_u16() {
+            201 => held += 1,
+            429 => {
+                let wait: u64 = response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=2).contains(&wait), "{wait}");
+                let (_, answer) = finish(response);
+                assert_eq!(code(&answer), "rate_limited");
+                slowed += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert!(
+        (20..=22).contains(&held) && held + slowed == 30,
+        "{held} held, {slowed} slowed"
+    );
+    let (_, t) = api.call("GET", &format!("/api/v1/events/{e}/tickets"), None, None);
+    let floor = t["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["category_id"] == standing)
+        .unwrap();
+    assert_eq!(
+        floor["held"].as_u64(),
+        Some(held),
+        "only what was answered 201 is held"
+    );
+}
