@@ -20,6 +20,20 @@ pub fn router() -> Router<AppState> {
         .route("/keyset", get(keyset))
         .route("/revocations", get(revocations))
         .route("/revocations.txt", get(revocations_text))
+        .route("/events/{id}/figures", get(figures))
+}
+
+/// An event's sales for its organizer: revenue, orders by state, every
+/// category's places, sales by day, holds under way.
+async fn figures(
+    State(s): State<AppState>,
+    Organizer(by): Organizer,
+    axum::extract::Path(raw): axum::extract::Path<String>,
+) -> Result<Json<crate::storage::Figures>, ApiError> {
+    let id: u64 = raw
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("event {raw:?} not found")))?;
+    Ok(Json(s.db(move |db| db.figures(by, id, now_ms())).await?))
 }
 
 /// Most events one request names, and revocations one page holds.

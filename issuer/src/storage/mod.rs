@@ -263,6 +263,9 @@ pub trait Orders: Send + Sync {
     /// time is past, or at once if the hold is let go).
     fn cancel_pending(&self, code: &str, now_ms: u64) -> Result<Order>;
 
+    /// An event of organizer `by`'s sales at `now_ms`.
+    fn figures(&self, by: OrganizerId, event_id: u64, now_ms: u64) -> Result<Figures>;
+
     /// Revoked tickets of events of organizer `by`'s, after `since` in the
     /// feed's order.
     fn revocations(
@@ -272,6 +275,40 @@ pub trait Orders: Send + Sync {
         since: u64,
         limit: usize,
     ) -> Result<Vec<Revocation>>;
+}
+
+/// An event's sales, for its organizer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Figures {
+    pub event_id: u64,
+    pub currency: String,
+    /// Paid orders' amounts, in minor units.
+    pub revenue: u64,
+    /// Orders by state.
+    pub orders: std::collections::BTreeMap<String, u64>,
+    /// Holds whose time has not passed, not let go, not yet paid.
+    pub active_holds: u64,
+    pub categories: Vec<CategoryFigures>,
+    /// Places sold and revenue by UTC day the orders were paid.
+    pub by_day: Vec<DayFigures>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CategoryFigures {
+    pub category_id: u64,
+    pub name: String,
+    pub capacity: u64,
+    pub sold: u64,
+    pub held: u64,
+    pub revenue: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayFigures {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub places: u64,
+    pub revenue: u64,
 }
 
 /// A ticket no longer good, in the order revocations were made.

@@ -1131,3 +1131,64 @@ fn buyers_at_once_never_buy_one_seat_twice_nor_more_than_capacity() {
         );
     }
 }
+
+#[test]
+fn an_organizer_sees_revenue_orders_places_and_sales_by_day() {
+    for (name, db, _tmp) in backends() {
+        let (e, s, floor) = on_sale(&*db, 10);
+        let day = 1_900_000_000_000; // 2030-03-17
+        db.hold(&seats(e, &["A-1-1", "A-1-2"]), &[1; 32], day, MIN)
+            .unwrap();
+        let q = HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Quantity {
+                category_id: floor,
+                quantity: 2,
+            }],
+        };
+        db.hold(&q, &[2; 32], day, MIN).unwrap();
+        db.hold(&seats(e, &["A-1-3"]), &[3; 32], day, MIN).unwrap();
+        db.hold(&seats(e, &["A-1-4"]), &[4; 32], day + 1, 10 * MIN)
+            .unwrap();
+        for (hold, code) in [(1, "FIG0000001"), (2, "FIG0000002"), (3, "FIG0000003")] {
+            created(db.create_order(&new_order(hold, code, None), day).unwrap());
+        }
+        db.settle_paid("FIG0000001", day + 5).unwrap();
+        db.settle_paid("FIG0000002", day + 5).unwrap();
+        db.mark_failed("FIG0000003", "card_declined", day + 5)
+            .unwrap();
+        let f = db.figures(1, e, day + 10).unwrap();
+        assert_eq!(
+            (f.revenue, f.currency.as_str()),
+            (2 * 4500 + 2 * 2000, "EUR"),
+            "{name}"
+        );
+        assert_eq!(f.orders.get("paid"), Some(&2), "{name}");
+        assert_eq!(f.orders.get("failed"), Some(&1), "{name}");
+        // Holds 3 (its order failed) and 4 are under way.
+        assert_eq!(f.active_holds, 2, "{name}");
+        let seated = f.categories.iter().find(|c| c.category_id == s).unwrap();
+        assert_eq!(
+            (seated.capacity, seated.sold, seated.held, seated.revenue),
+            (30, 2, 2, 9000)
+        );
+        let standing = f
+            .categories
+            .iter()
+            .find(|c| c.category_id == floor)
+            .unwrap();
+        assert_eq!((standing.sold, standing.revenue), (2, 4000), "{name}");
+        assert_eq!(f.by_day.len(), 1, "{name}");
+        assert_eq!(
+            (
+                f.by_day[0].day.as_str(),
+                f.by_day[0].places,
+                f.by_day[0].revenue
+            ),
+            ("2030-03-17", 4, 13000)
+        );
+        // Not another organizer's to see.
+        let other = organizer(&*db, 9);
+        assert!(not_found(db.figures(other, e, day)), "{name}");
+    }
+}

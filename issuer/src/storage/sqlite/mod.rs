@@ -72,7 +72,7 @@ impl SqliteStorage {
     }
 
     /// An event of organizer `by`'s, or not found.
-    fn own_event(conn: &Connection, by: OrganizerId, id: u64) -> Result<Event> {
+    pub(super) fn own_event(conn: &Connection, by: OrganizerId, id: u64) -> Result<Event> {
         match Self::event_row(conn, id)? {
             Some((event, Some(owner))) if owner == by => Ok(event),
             _ => Err(StorageError::NotFound(format!("event {id}"))),

@@ -9,7 +9,8 @@ use super::{SqliteStorage, key};
 use crate::domain::hold::HoldState;
 use crate::domain::order::{Order, OrderEvent, OrderState, Settlement, settle_payment};
 use crate::storage::{
-    Created, IssuedTicket, NewOrder, Orders, OrganizerId, Result, Revocation, Settled, StorageError,
+    CategoryFigures, Created, DayFigures, Figures, IssuedTicket, NewOrder, Orders, OrganizerId,
+    Result, Revocation, Settled, StorageError,
 };
 use rand_core::{OsRng, RngCore};
 use shared::{TicketFields, TicketId};
@@ -511,5 +512,85 @@ impl Orders for SqliteStorage {
         out.sort_by_key(|r| r.seq);
         out.truncate(limit);
         Ok(out)
+    }
+
+    fn figures(&self, by: OrganizerId, event_id: u64, now_ms: u64) -> Result<Figures> {
+        let conn = self.conn();
+        SqliteStorage::own_event(&conn, by, event_id)?;
+        let mut orders = std::collections::BTreeMap::new();
+        let mut stmt = conn.prepare_cached(
+            "SELECT state, count(*) FROM orders WHERE event_id = ?1 GROUP BY state",
+        )?;
+        for row in stmt.query_map([key(event_id)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })? {
+            let (state, n) = row?;
+            orders.insert(state, n);
+        }
+        let (revenue, currency): (i64, Option<String>) = conn.query_row(
+            "SELECT coalesce(sum(amount), 0), max(currency) FROM orders
+             WHERE event_id = ?1 AND state = 'paid'",
+            [key(event_id)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let active_holds: i64 = conn.query_row(
+            "SELECT count(*) FROM holds h WHERE event_id = ?1 AND released_at IS NULL AND expires_at > ?2
+             AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.hold = h.token_hash AND o.state = 'paid')",
+            params![key(event_id), key(now_ms)],
+            |r| r.get(0),
+        )?;
+        let mut categories = Vec::new();
+        let mut stmt = conn.prepare_cached(
+            "SELECT c.id, c.name, c.currency,
+                    (SELECT count(*) FROM places p WHERE p.category_id = c.id),
+                    (SELECT count(*) FROM places p WHERE p.category_id = c.id AND p.order_id IS NOT NULL),
+                    (SELECT count(*) FROM places p WHERE p.category_id = c.id AND p.order_id IS NULL
+                        AND p.held_until > ?2),
+                    (SELECT coalesce(sum(i.price), 0) FROM hold_items i JOIN orders o ON o.hold = i.hold
+                        WHERE i.category_id = c.id AND o.state = 'paid')
+             FROM categories c WHERE c.event_id = ?1 ORDER BY c.id",
+        )?;
+        let mut fallback_currency = None;
+        for row in stmt.query_map(params![key(event_id), key(now_ms)], |r| {
+            Ok((
+                CategoryFigures {
+                    category_id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    capacity: r.get::<_, i64>(3)? as u64,
+                    sold: r.get::<_, i64>(4)? as u64,
+                    held: r.get::<_, i64>(5)? as u64,
+                    revenue: r.get::<_, i64>(6)? as u64,
+                },
+                r.get::<_, String>(2)?,
+            ))
+        })? {
+            let (c, currency) = row?;
+            fallback_currency.get_or_insert(currency);
+            categories.push(c);
+        }
+        let mut by_day = Vec::new();
+        let mut stmt = conn.prepare_cached(
+            "SELECT date(o.updated_at / 1000, 'unixepoch') AS day, count(i.n), coalesce(sum(i.price), 0)
+             FROM orders o JOIN hold_items i ON i.hold = o.hold
+             WHERE o.event_id = ?1 AND o.state = 'paid' GROUP BY day ORDER BY day",
+        )?;
+        for row in stmt.query_map([key(event_id)], |r| {
+            Ok(DayFigures {
+                day: r.get(0)?,
+                places: r.get::<_, i64>(1)? as u64,
+                revenue: r.get::<_, i64>(2)? as u64,
+            })
+        })? {
+            by_day.push(row?);
+        }
+        Ok(Figures {
+            event_id,
+            currency: currency.or(fallback_currency).unwrap_or_default(),
+            revenue: revenue as u64,
+            orders,
+            active_holds: active_holds as u64,
+            categories,
+            by_day,
+        })
     }
 }
