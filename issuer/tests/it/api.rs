@@ -1106,6 +1106,19 @@ fn an_organizer_cancels_a_paid_order_the_money_goes_back_and_its_tickets_are_rev
             .0,
         400
     );
+    // The organizer's figures: one order, paid back; no revenue.
+    let figures = format!("/api/v1/events/{e}/figures");
+    let (status, f) = api.call("GET", &figures, Some(&token), None);
+    assert_eq!(
+        (
+            status,
+            f["orders"]["refunded"].as_u64(),
+            f["revenue"].as_u64()
+        ),
+        (200, Some(1), Some(0)),
+        "{f}"
+    );
+    assert_eq!(api.call("GET", &figures, Some(&mallory), None).0, 404);
 }
 
 #[test]
