@@ -271,6 +271,35 @@ fn sign_all(signer: &Signer, fields: &[TicketFields]) -> Result<Vec<TicketRow>, 
     })
 }
 
+/// Records one signed ticket: its fields and its code, in its batch.
+pub(crate) const INSERT_TICKET: &str =
+    "INSERT INTO tickets (event_id, ticket_id, batch_id, category_id, seat, multi_entry,
+                          valid_from, valid_until, key_id, code)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+/// Runs [`INSERT_TICKET`] for ticket `f`, signed by `key_id` as `code`.
+pub(crate) fn insert_ticket(
+    insert: &mut rusqlite::Statement<'_>,
+    batch_id: i64,
+    key_id: &str,
+    f: &TicketFields,
+    code: &str,
+) -> rusqlite::Result<usize> {
+    let seat = (!f.seat.is_empty()).then_some(f.seat.as_str());
+    insert.execute(params![
+        i64::try_from(f.event_id).unwrap_or(i64::MAX),
+        f.ticket_id.0.as_slice(),
+        batch_id,
+        f.category_id,
+        seat,
+        f.multi_entry,
+        f.valid_from,
+        f.valid_until,
+        key_id,
+        code,
+    ])
+}
+
 /// Records the batch and its tickets in one transaction.
 fn record(
     store: &mut Store,
@@ -296,25 +325,10 @@ fn record(
     )?;
     let batch_id = tx.last_insert_rowid();
     {
-        let mut insert = tx.prepare(
-            "INSERT INTO tickets (event_id, ticket_id, batch_id, category_id, seat, multi_entry,
-                                  valid_from, valid_until, key_id, code)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
+        let mut insert = tx.prepare(INSERT_TICKET)?;
         for (f, row) in fields.iter().zip(rows) {
             let seat = (!f.seat.is_empty()).then_some(f.seat.as_str());
-            let inserted = insert.execute(params![
-                f.event_id as i64,
-                f.ticket_id.0.as_slice(),
-                batch_id,
-                f.category_id,
-                seat,
-                f.multi_entry,
-                f.valid_from,
-                f.valid_until,
-                key_id,
-                row.code,
-            ]);
+            let inserted = insert_ticket(&mut insert, batch_id, &key_id, f, &row.code);
             match inserted {
                 Ok(_) => {}
                 Err(rusqlite::Error::SqliteFailure(e, _))

@@ -266,17 +266,33 @@ async fn ticket_code(
     s.db(move |db| db.ticket_code(&id, &hash)).await
 }
 
+/// A ticket's QR picture, as PNG or SVG.
+async fn picture(
+    s: &AppState,
+    id: String,
+    params: Result<Query<Secret>, QueryRejection>,
+    svg: bool,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let code = ticket_code(s, id, params).await?;
+    let symbol = crate::qr::encode(&code).map_err(|e| ApiError::internal(e.to_string()))?;
+    let (kind, body) = match svg {
+        true => ("image/svg+xml", crate::qr::svg(&symbol).into_bytes()),
+        false => (
+            "image/png",
+            crate::qr::png(&symbol, crate::issue::DEFAULT_SCALE)
+                .map_err(|e| ApiError::internal(e.to_string()))?,
+        ),
+    };
+    Ok(([(axum::http::header::CONTENT_TYPE, kind)], body).into_response())
+}
+
 async fn qr_png(
     State(s): State<AppState>,
     Path(id): Path<String>,
     params: Result<Query<Secret>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
-    let code = ticket_code(&s, id, params).await?;
-    let symbol = crate::qr::encode(&code).map_err(|e| ApiError::internal(e.to_string()))?;
-    let png = crate::qr::png(&symbol, crate::issue::DEFAULT_SCALE)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "image/png")], png).into_response())
+    picture(&s, id, params, false).await
 }
 
 async fn qr_svg(
@@ -284,14 +300,7 @@ async fn qr_svg(
     Path(id): Path<String>,
     params: Result<Query<Secret>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
-    let code = ticket_code(&s, id, params).await?;
-    let symbol = crate::qr::encode(&code).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "image/svg+xml")],
-        crate::qr::svg(&symbol),
-    )
-        .into_response())
+    picture(&s, id, params, true).await
 }
 
 /// Most bytes of a webhook.

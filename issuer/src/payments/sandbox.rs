@@ -125,6 +125,27 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// What a write is answered before it is done: a refusal of a wrong key,
+/// or the answer given before to its idempotency key.
+fn before_write(
+    shared: &Shared,
+    headers: &HeaderMap,
+    form: &[(String, String)],
+) -> Option<Response> {
+    if !authorized(shared, headers) {
+        return Some(unauthorized());
+    }
+    replay(shared, headers, form)
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_request_error",
+        "Invalid API Key provided",
+    )
+}
+
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
     headers
         .get("authorization")
@@ -196,14 +217,7 @@ async fn create_intent(
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if !authorized(&shared, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "Invalid API Key provided",
-        );
-    }
-    if let Some(answer) = replay(&shared, &headers, &form) {
+    if let Some(answer) = before_write(&shared, &headers, &form) {
         return answer;
     }
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -315,11 +329,7 @@ async fn read_intent(
     Path(id): Path<String>,
 ) -> Response {
     if !authorized(&shared, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "Invalid API Key provided",
-        );
+        return unauthorized();
     }
     match shared.ledger().intents.get(&id) {
         Some(intent) => Json(intent.clone()).into_response(),
@@ -336,14 +346,7 @@ async fn refund(
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    if !authorized(&shared, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "Invalid API Key provided",
-        );
-    }
-    if let Some(answer) = replay(&shared, &headers, &form) {
+    if let Some(answer) = before_write(&shared, &headers, &form) {
         return answer;
     }
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());

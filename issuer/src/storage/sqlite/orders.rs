@@ -365,25 +365,9 @@ impl Orders for SqliteStorage {
         )?;
         let batch = tx.last_insert_rowid();
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO tickets (event_id, ticket_id, batch_id, category_id, seat, multi_entry,
-                                      valid_from, valid_until, key_id, code)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
+            let mut insert = tx.prepare_cached(crate::issue::INSERT_TICKET)?;
             for (f, signed) in tickets {
-                let seat = (!f.seat.is_empty()).then_some(f.seat.as_str());
-                insert.execute(params![
-                    key(f.event_id),
-                    f.ticket_id.0.as_slice(),
-                    batch,
-                    f.category_id,
-                    seat,
-                    f.multi_entry,
-                    f.valid_from,
-                    f.valid_until,
-                    key_id,
-                    signed
-                ])?;
+                crate::issue::insert_ticket(&mut insert, batch, key_id, f, signed)?;
             }
         }
         tx.execute(
