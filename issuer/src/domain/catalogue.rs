@@ -197,10 +197,18 @@ pub struct NewCategory {
 }
 
 impl NewCategory {
-    /// Checks the category against its venue's plan: its sections or area
-    /// exist, and no seat is sold under two categories (`taken`: sections
-    /// other categories of the event have).
-    pub fn check(&self, plan: &SeatingPlan, taken: &[String]) -> Result<(), Invalid> {
+    /// Checks the category against its venue's plan and the event's other
+    /// categories (`others`): its sections or area exist, no seat is sold
+    /// under two categories, and a standing area's quotas together fit it.
+    pub fn check(&self, plan: &SeatingPlan, others: &[NewCategory]) -> Result<(), Invalid> {
+        let taken: Vec<&String> = others
+            .iter()
+            .filter_map(|c| match &c.places {
+                Places::Seats { sections } => Some(sections),
+                Places::Quota { .. } => None,
+            })
+            .flatten()
+            .collect();
         text("the category's name", &self.name, 200)?;
         self.pricing.check()?;
         if self.sale_ends <= self.sale_starts {
@@ -218,7 +226,7 @@ impl NewCategory {
                     if !plan.sections.iter().any(|s| s.id == *id) {
                         return Err(invalid(format!("the venue has no section {id:?}")));
                     }
-                    if sections[..i].contains(id) || taken.contains(id) {
+                    if sections[..i].contains(id) || taken.contains(&id) {
                         return Err(invalid(format!(
                             "section {id:?} is sold under another category already"
                         )));
@@ -229,9 +237,18 @@ impl NewCategory {
                 let Some(a) = plan.areas.iter().find(|a| a.id == *area) else {
                     return Err(invalid(format!("the venue has no standing area {area:?}")));
                 };
-                if *places == 0 || *places > a.capacity {
+                // What the event's other quotas sell of the same area.
+                let sold: u64 = others
+                    .iter()
+                    .filter_map(|c| match &c.places {
+                        Places::Quota { area: a, places } if a == area => Some(u64::from(*places)),
+                        _ => None,
+                    })
+                    .sum();
+                let left = u64::from(a.capacity).saturating_sub(sold);
+                if *places == 0 || u64::from(*places) > left {
                     return Err(invalid(format!(
-                        "area {area:?} holds {}: a quota is 1 to that",
+                        "area {area:?} holds {}, {sold} of them in other categories: a quota is 1 to {left}",
                         a.capacity
                     )));
                 }

@@ -146,9 +146,20 @@ impl SeatingPlan {
                 }
             }
         }
+        let standing: u64 = self.areas.iter().map(|a| u64::from(a.capacity)).sum();
+        if seats as u64 + standing > 2 * MAX_SEATS as u64 {
+            return Err(invalid(format!(
+                "the plan holds {} places; at most {}",
+                seats as u64 + standing,
+                2 * MAX_SEATS
+            )));
+        }
         for area in &self.areas {
-            if area.capacity == 0 {
-                return Err(invalid(format!("area {:?} holds no one", area.id)));
+            if area.capacity == 0 || area.capacity as usize > MAX_SEATS {
+                return Err(invalid(format!(
+                    "area {:?} holds {}: a standing area holds 1 to {MAX_SEATS}",
+                    area.id, area.capacity
+                )));
             }
         }
         Ok(())
@@ -235,7 +246,9 @@ mod tests {
         refused(&|p| p.sections[0].rows[0].seats[0].x = f32::NAN, "position");
         refused(&|p| p.sections[0].name = " ".into(), "empty");
         refused(&|p| p.sections[0].name = "a\nb".into(), "control");
-        refused(&|p| p.areas[0].capacity = 0, "holds no one");
+        refused(&|p| p.areas[0].capacity = 0, "holds 1 to");
+        refused(&|p| p.areas[0].capacity = 150_000, "holds 1 to");
+        refused(&|p| p.areas[0].capacity = 4_000_000_000, "at most");
         refused(
             &|p| p.sections[0].rows[0].seats[0].label = "9".repeat(40),
             "a ticket holds",

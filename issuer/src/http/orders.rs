@@ -164,6 +164,19 @@ async fn add_order(
     };
     let (payments, method, code) = (s.payments.clone(), req.payment_method, order.code.clone());
     let (amount, currency) = (order.amount, order.currency.clone());
+    if amount == 0 {
+        // Free places: nothing to charge.
+        let free = Intent {
+            id: format!("free-{code}"),
+            amount: 0,
+            currency,
+            status: IntentStatus::Succeeded,
+            last_payment_error: None,
+            metadata: Default::default(),
+        };
+        let order = settle(&s, &order.code, &free).await?;
+        return Ok((StatusCode::CREATED, Json(answer(&s, order).await?)));
+    }
     let charged = tokio::task::spawn_blocking(move || {
         payments.charge(
             amount,
@@ -177,10 +190,12 @@ async fn add_order(
     .map_err(|e| ApiError::internal(e.to_string()))?;
     let order = match charged {
         Ok(intent) => settle(&s, &order.code, &intent).await?,
+        // The provider's own words may name our account: logged, not shown.
         Err(PaymentFailure::Refused(why)) => {
+            tracing::warn!(order = %order.code, %why, "the payment provider refused the charge");
             let code = order.code.clone();
             s.db(move |db| {
-                db.mark_failed(&code, &format!("the payment was refused: {why}"), now_ms())
+                db.mark_failed(&code, "the payment provider refused the payment", now_ms())
             })
             .await?
         }
@@ -205,13 +220,12 @@ async fn settle(s: &AppState, code: &str, intent: &Intent) -> Result<Order, ApiE
                 Settled::Paid(o) | Settled::Already(o) => Ok(o),
                 Settled::MustRefund(o) => {
                     // Paid for places no longer to be had: paid back, once.
-                    let refund = payments
-                        .refund(&intent.id, o.amount, &format!("refund-{code}"))
-                        .map_err(|e| StorageError::Backend(format!("refund of {code}: {e}")))?;
+                    let refund = refund(&*payments, &intent.id, &o)?;
                     db.mark_refunded(
                         &code,
-                        &refund.id,
-                        "paid after the hold expired, and its places were taken: paid back",
+                        &refund,
+                        "its places could no longer be sold to it (the hold had expired and they \
+                         were taken, or the order or the event was cancelled): paid back",
                         now_ms(),
                     )
                 }
@@ -374,10 +388,8 @@ async fn cancel(
                 let intent = order.payment_intent.clone().ok_or_else(|| {
                     StorageError::Backend(format!("paid order {code} has no payment"))
                 })?;
-                let refund = payments
-                    .refund(&intent, order.amount, &format!("refund-{code}"))
-                    .map_err(|e| StorageError::Backend(format!("refund of {code}: {e}")))?;
-                db.mark_refunded(&code, &refund.id, "cancelled by the organizer", now_ms())
+                let refund = refund(&*payments, &intent, &order)?;
+                db.mark_refunded(&code, &refund, "cancelled by the organizer", now_ms())
             }
             other => Err(StorageError::Conflict(format!(
                 "the order is {}: there is nothing to cancel",
@@ -386,4 +398,21 @@ async fn cancel(
         })
         .await?;
     Ok(Json(order))
+}
+
+/// Pays an order's amount back through the provider, once (its idempotency
+/// key is the order's); a free order has nothing to pay back. Returns the
+/// refund's id.
+fn refund(
+    payments: &dyn crate::payments::Provider,
+    intent: &str,
+    order: &Order,
+) -> Result<String, StorageError> {
+    if order.amount == 0 {
+        return Ok(format!("free-{}", order.code));
+    }
+    payments
+        .refund(intent, order.amount, &format!("refund-{}", order.code))
+        .map(|r| r.id)
+        .map_err(|e| StorageError::Backend(format!("refund of {}: {e}", order.code)))
 }

@@ -69,7 +69,6 @@ struct Ledger {
     refunded: HashMap<String, u64>,
     /// Idempotency key: the request's parameters and the answer given.
     answers: HashMap<String, Answer>,
-    next: u64,
 }
 
 #[derive(Clone)]
@@ -254,11 +253,9 @@ async fn create_intent(
             Some((name.to_owned(), v.clone()))
         })
         .collect();
-    let id = {
-        let mut ledger = shared.ledger();
-        ledger.next += 1;
-        format!("pi_sandbox_{}", ledger.next)
-    };
+    // Random, as Stripe's are: a sandbox started again never gives a
+    // payment the id of one made before.
+    let id = random("pi_sandbox_").replace('-', "_");
     let mut intent = Intent {
         id: id.clone(),
         amount,
@@ -379,9 +376,8 @@ async fn refund(
             );
         }
         ledger.refunded.insert(id.clone(), done + amount);
-        ledger.next += 1;
         Refund {
-            id: format!("re_sandbox_{}", ledger.next),
+            id: random("re_sandbox_").replace('-', "_"),
             amount,
             payment_intent: id,
             status: "succeeded".into(),

@@ -1282,3 +1282,68 @@ fn one_address_holding_too_fast_is_slowed_and_told_when_to_come_back() {
         "only what was answered 201 is held"
     );
 }
+
+#[test]
+fn free_places_are_ordered_without_a_payment() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start(&env);
+    let (_, v) = api.call("POST", "/api/v1/venues", Some(&token), Some(&venue("Lyon")));
+    let (_, e) = api.call(
+        "POST",
+        "/api/v1/events",
+        Some(&token),
+        Some(&event(
+            v["id"].as_u64().unwrap(),
+            "Open day",
+            "family",
+            1_900_000_000,
+        )),
+    );
+    let id = e["id"].as_u64().unwrap();
+    let free = json!({"name": "Free", "price": 0, "currency": "EUR",
+        "places": {"kind": "quota", "area": "floor", "places": 100},
+        "sale_starts": 0, "sale_ends": 1_900_000_000, "per_order": 4});
+    let (_, c) = api.call(
+        "POST",
+        &format!("/api/v1/events/{id}/categories"),
+        Some(&token),
+        Some(&free),
+    );
+    api.call(
+        "POST",
+        &format!("/api/v1/events/{id}/status"),
+        Some(&token),
+        Some(&json!({"status": "on_sale"})),
+    );
+    let (_, hold) = api.call(
+        "POST",
+        "/api/v1/holds",
+        None,
+        Some(&json!({"event_id": id,
+        "items": [{"kind": "quantity", "category_id": c["id"], "quantity": 2}]})),
+    );
+    let (status, o) = order(
+        &api,
+        &order_body(hold["token"].as_str().unwrap(), "pm_card_chargeDeclined"),
+        "free-1",
+    );
+    assert_eq!(
+        (status, o["state"].as_str(), o["amount"].as_u64()),
+        (201, Some("paid"), Some(0)),
+        "{o}"
+    );
+    assert_eq!(o["tickets"].as_array().map(Vec::len), Some(2));
+    // Cancelled: nothing to pay back, the tickets revoked.
+    let (status, c) = api.call(
+        "POST",
+        &format!("/api/v1/orders/{}/cancel", o["code"].as_str().unwrap()),
+        Some(&token),
+        None,
+    );
+    assert_eq!(
+        (status, c["state"].as_str()),
+        (200, Some("refunded")),
+        "{c}"
+    );
+}

@@ -1192,3 +1192,65 @@ fn an_organizer_sees_revenue_orders_places_and_sales_by_day() {
         assert!(not_found(db.figures(other, e, day)), "{name}");
     }
 }
+
+#[test]
+fn a_standing_area_is_never_sold_twice_over_by_several_quotas() {
+    for (name, db, _tmp) in backends() {
+        let a = organizer(&*db, 1);
+        let v = db.add_venue(a, &venue("Lyon")).unwrap();
+        let e = db
+            .add_event(a, &event(v.id, "Night", Genre::Concert, 1000))
+            .unwrap();
+        let quota = |places| Places::Quota {
+            area: "floor".into(),
+            places,
+        };
+        db.add_category(a, e.id, &category(quota(300), 2000))
+            .unwrap();
+        let over = db.add_category(a, e.id, &category(quota(201), 3000));
+        assert!(
+            matches!(&over, Err(StorageError::Invalid(m)) if m.contains("1 to 200")),
+            "{name}: {over:?}"
+        );
+        db.add_category(a, e.id, &category(quota(200), 3000))
+            .unwrap();
+        db.set_status(a, e.id, EventStatus::OnSale).unwrap();
+        let a = db.availability(e.id, T0).unwrap();
+        let total: u64 = a.categories.iter().map(|c| c.capacity).sum();
+        assert_eq!(total, 500, "{name}: the area's 500 places, once");
+    }
+}
+
+#[test]
+fn a_cancelled_event_takes_no_order_and_a_payment_landing_then_goes_back() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, _) = on_sale(&*db, 5);
+        db.hold(&seats(e, &["A-1-1"]), &[1; 32], T0, 10 * MIN)
+            .unwrap();
+        db.hold(&seats(e, &["A-1-2"]), &[2; 32], T0, 10 * MIN)
+            .unwrap();
+        created(
+            db.create_order(&new_order(1, "CANCEL0001", None), T0)
+                .unwrap(),
+        );
+        db.set_status(1, e, EventStatus::Cancelled).unwrap();
+        let refused = db.create_order(&new_order(2, "CANCEL0002", None), T0 + 1);
+        assert!(
+            matches!(&refused, Err(StorageError::Conflict(m)) if m.contains("cancelled")),
+            "{name}: {refused:?}"
+        );
+        // The first order's payment lands after the event was cancelled.
+        assert!(
+            matches!(
+                db.settle_paid("CANCEL0001", T0 + 2).unwrap(),
+                Settled::MustRefund(_)
+            ),
+            "{name}"
+        );
+        assert_ne!(
+            seat_state(&*db, e, "A-1-1", T0 + 2),
+            PlaceState::Sold,
+            "{name}"
+        );
+    }
+}

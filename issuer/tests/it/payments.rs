@@ -90,6 +90,18 @@ fn test_cards_succeed_or_are_declined_with_stripes_reasons_and_webhooks_are_sign
         (IntentStatus::Succeeded, 9000, "eur")
     );
     assert_eq!(paid.metadata.get("order").map(String::as_str), Some("ABC"));
+    // A sandbox started again never gives a payment an id given before.
+    let (_rt2, other, _) = sandbox(Duration::from_secs(1), Duration::from_secs(1));
+    let elsewhere = Stripe::new(&other.base_url(), &other.secret_key)
+        .charge(
+            9000,
+            "EUR",
+            "pm_card_visa",
+            &[("order", "ABC")],
+            "order-ABC",
+        )
+        .unwrap();
+    assert_ne!(paid.id, elsewhere.id);
     for (card, why) in [
         ("4000000000000002", "generic_decline"),
         (

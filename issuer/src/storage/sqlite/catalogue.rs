@@ -270,20 +270,20 @@ impl Catalogue for SqliteStorage {
         let event = Self::own_event(&tx, by, event_id)?;
         let venue = venue_of(&tx, event.info.venue_id)?
             .ok_or_else(|| StorageError::NotFound(format!("venue {}", event.info.venue_id)))?;
-        // Sections already sold under the event's other categories.
-        let mut taken = Vec::new();
-        for c in categories_of(&tx, event_id)? {
-            if c.info.pricing.currency != category.pricing.currency {
-                return Err(StorageError::Invalid(format!(
-                    "the event's other categories are priced in {}: one order pays in one currency",
-                    c.info.pricing.currency
-                )));
-            }
-            if let Places::Seats { sections } = c.info.places {
-                taken.extend(sections);
-            }
+        let others: Vec<NewCategory> = categories_of(&tx, event_id)?
+            .into_iter()
+            .map(|c| c.info)
+            .collect();
+        if let Some(c) = others
+            .iter()
+            .find(|c| c.pricing.currency != category.pricing.currency)
+        {
+            return Err(StorageError::Invalid(format!(
+                "the event's other categories are priced in {}: one order pays in one currency",
+                c.pricing.currency
+            )));
         }
-        category.check(&venue.info.plan, &taken)?;
+        category.check(&venue.info.plan, &others)?;
         tx.execute(
             "INSERT INTO categories (event_id, name, price, currency, pricing, places, sale_starts,
                                      sale_ends, per_order)

@@ -65,6 +65,16 @@ fn order_where(
     Ok(Some((id, hold, order)))
 }
 
+/// The status of an event that is not on sale, or `None` if it is.
+fn off_sale(conn: &Connection, event_id: u64) -> Result<Option<String>> {
+    let status: String = conn.query_row(
+        "SELECT status FROM events WHERE id = ?1",
+        [key(event_id)],
+        |r| r.get(0),
+    )?;
+    Ok((status != "on_sale").then_some(status))
+}
+
 fn state_of(s: &str) -> Result<OrderState> {
     Ok(match s {
         "pending" => OrderState::Pending,
@@ -133,6 +143,12 @@ impl Orders for SqliteStorage {
             HoldState::Released => {
                 return Err(StorageError::Conflict("the hold was let go".into()));
             }
+        }
+        if let Some(status) = off_sale(&tx, hold.event_id)? {
+            return Err(StorageError::Conflict(format!(
+                "event {} is {status}: nothing of it can be ordered",
+                hold.event_id
+            )));
         }
         let live: Option<String> = tx
             .query_row(
@@ -221,8 +237,11 @@ impl Orders for SqliteStorage {
                 |r| r.get::<_, bool>(0),
             )?;
         }
+        // A payment for an event no longer on sale (cancelled meanwhile)
+        // goes back.
+        let on_sale = off_sale(&tx, order.event_id)?.is_none();
         let settled = match settle_payment(order.state, hold.state == HoldState::Active, free) {
-            Settlement::Keep | Settlement::HoldAgain if free => {
+            Settlement::Keep | Settlement::HoldAgain if free && on_sale => {
                 for (c, n) in &items {
                     tx.execute(
                         "UPDATE places SET order_id = ?3, hold = ?4 WHERE category_id = ?1 AND n = ?2",
