@@ -50,6 +50,10 @@ enum Command {
         /// limit (a load test from one machine).
         #[arg(long, default_value_t = 5.0)]
         buyer_rate: f64,
+        /// Most places one address may hold of an event at once (orders
+        /// paid aside); 0: no limit.
+        #[arg(long, default_value_t = 40)]
+        max_held: u32,
         /// A payment provider speaking Stripe's protocol
         /// (`https://api.stripe.com`); without it, a sandbox gateway with
         /// Stripe's test cards runs on 127.0.0.1.
@@ -215,6 +219,7 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             hold_seconds,
             buyer_rate,
+            max_held,
             payments_url,
             payments_key_file,
             webhook_secret_file,
@@ -227,7 +232,8 @@ fn run(cli: Cli) -> Result<()> {
                 }),
                 None => None,
             };
-            return serve(&cli.data, &listen, hold_seconds, buyer_rate, provider);
+            let limits = (buyer_rate, max_held);
+            return serve(&cli.data, &listen, hold_seconds, limits, provider);
         }
         _ => {}
     }
@@ -300,7 +306,7 @@ fn serve(
     data: &std::path::Path,
     listen: &str,
     hold_seconds: u64,
-    buyer_rate: f64,
+    (buyer_rate, max_held): (f64, u32),
     provider: Option<Payments>,
 ) -> Result<()> {
     if !(buyer_rate >= 0.0 && buyer_rate.is_finite()) {
@@ -384,6 +390,7 @@ fn serve(
         );
         state.hold_ttl_ms = hold_seconds * 1000;
         state.signer = Some(std::sync::Arc::new(signer));
+        state.max_held = (max_held > 0).then_some(max_held);
         state.buyer_rate = (buyer_rate > 0.0)
             .then(|| std::sync::Arc::new(issuer::http::limit::RateLimit::new(buyer_rate, 20.0)));
         tracing::info!(%addr, data = %data.display(), "serving the booking API");

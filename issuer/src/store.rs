@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_orders.sql"),
     include_str!("../migrations/0006_order_tickets.sql"),
     include_str!("../migrations/0007_revocations.sql"),
+    include_str!("../migrations/0008_hold_clients.sql"),
 ];
 
 /// An opened data directory.

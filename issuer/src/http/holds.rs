@@ -45,13 +45,20 @@ struct NewHold {
 
 async fn add_hold(
     State(s): State<AppState>,
-    _: super::limit::Limited,
+    super::limit::Limited(address): super::limit::Limited,
     JsonBody(request): JsonBody<HoldRequest>,
 ) -> Result<(StatusCode, Json<NewHold>), ApiError> {
     let (token, hash) = super::auth::new_secret("hold_");
     let ttl = s.hold_ttl_ms;
+    // One address holds at most so many places of an event at once.
+    let client = address
+        .zip(s.max_held)
+        .map(|(ip, most)| (ip.to_string(), most));
     let hold = s
-        .db(move |db| db.hold(&request, &hash, now_ms(), ttl))
+        .db(move |db| {
+            let client = client.as_ref().map(|(a, most)| (a.as_str(), *most));
+            db.hold_for(&request, &hash, now_ms(), ttl, client)
+        })
         .await?;
     Ok((StatusCode::CREATED, Json(NewHold { token, hold })))
 }

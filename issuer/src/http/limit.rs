@@ -58,22 +58,23 @@ impl RateLimit {
 }
 
 /// A buyer's request that counts against its address's rate; taken before
-/// the body is read.
-pub struct Limited;
+/// the body is read. Holds the address, when known.
+pub struct Limited(pub Option<IpAddr>);
 
 impl FromRequestParts<AppState> for Limited {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let (Some(limit), Some(ConnectInfo(addr))) = (
-            state.buyer_rate.as_ref(),
-            parts.extensions.get::<ConnectInfo<SocketAddr>>(),
-        ) else {
-            return Ok(Limited);
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(a)| a.ip());
+        let (Some(limit), Some(ip)) = (state.buyer_rate.as_ref(), addr) else {
+            return Ok(Limited(addr));
         };
         limit
-            .take(addr.ip(), Instant::now())
-            .map(|()| Limited)
+            .take(ip, Instant::now())
+            .map(|()| Limited(addr))
             .map_err(|wait| {
                 let mut e = ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,

@@ -36,6 +36,8 @@ pub struct AppState {
     pub signer: Option<Arc<shared::code::Signer>>,
     /// How fast one address may hold and order; `None`: as fast as it likes.
     pub buyer_rate: Option<Arc<limit::RateLimit>>,
+    /// Most places one address may hold of an event at once.
+    pub max_held: Option<u32>,
 }
 
 /// How long a hold keeps its places, unless told otherwise: 10 minutes.
@@ -56,6 +58,7 @@ impl AppState {
             link_key,
             signer: None,
             buyer_rate: None,
+            max_held: None,
         }
     }
 

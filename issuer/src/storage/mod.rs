@@ -167,6 +167,19 @@ pub trait Inventory: Send + Sync {
         token_hash: &[u8; 32],
         now_ms: u64,
         ttl_ms: u64,
+    ) -> Result<Hold> {
+        self.hold_for(request, token_hash, now_ms, ttl_ms, None)
+    }
+
+    /// [`Inventory::hold`] for a client (its address) that may hold at most
+    /// so many places of one event at once, paid ones aside.
+    fn hold_for(
+        &self,
+        request: &HoldRequest,
+        token_hash: &[u8; 32],
+        now_ms: u64,
+        ttl_ms: u64,
+        client: Option<(&str, u32)>,
     ) -> Result<Hold>;
 
     /// A hold, as it stands at `now_ms`.

@@ -1254,3 +1254,36 @@ fn a_cancelled_event_takes_no_order_and_a_payment_landing_then_goes_back() {
         );
     }
 }
+
+#[test]
+fn one_address_holds_at_most_so_many_places_of_an_event_paid_ones_aside() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, floor) = on_sale(&*db, 50);
+        let q = |n| HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Quantity {
+                category_id: floor,
+                quantity: n,
+            }],
+        };
+        let bot = Some(("10.0.0.1", 5));
+        db.hold_for(&q(3), &[1; 32], T0, MIN, bot).unwrap();
+        let more = db.hold_for(&q(3), &[2; 32], T0, MIN, bot);
+        assert!(
+            matches!(&more, Err(StorageError::Conflict(m)) if m.contains("holds 3 places")),
+            "{name}: {more:?}"
+        );
+        db.hold_for(&q(2), &[3; 32], T0, MIN, bot).unwrap();
+        // Another address is not held back.
+        db.hold_for(&q(5), &[4; 32], T0, MIN, Some(("10.0.0.2", 5)))
+            .unwrap();
+        // Paid places do not count; expired holds do not either.
+        created(
+            db.create_order(&new_order(1, "BOTORDER01", None), T0)
+                .unwrap(),
+        );
+        db.settle_paid("BOTORDER01", T0).unwrap();
+        db.hold_for(&q(3), &[5; 32], T0, MIN, bot).unwrap();
+        db.hold_for(&q(5), &[6; 32], T0 + MIN, MIN, bot).unwrap();
+    }
+}

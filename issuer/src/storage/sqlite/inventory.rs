@@ -43,12 +43,13 @@ fn category(categories: &BTreeMap<u64, Category>, id: u64) -> Result<&Category> 
 }
 
 impl Inventory for SqliteStorage {
-    fn hold(
+    fn hold_for(
         &self,
         request: &HoldRequest,
         token_hash: &[u8; 32],
         now_ms: u64,
         ttl_ms: u64,
+        client: Option<(&str, u32)>,
     ) -> Result<Hold> {
         request.check()?;
         let until = now_ms.saturating_add(ttl_ms);
@@ -203,6 +204,22 @@ impl Inventory for SqliteStorage {
                 }
             }
         }
+        // What the client holds of the event already, paid places aside.
+        if let Some((address, most)) = client {
+            let held: i64 = tx.query_row(
+                "SELECT count(*) FROM hold_items i JOIN holds h ON h.token_hash = i.hold
+                 WHERE h.event_id = ?1 AND h.client = ?2 AND h.released_at IS NULL
+                   AND h.expires_at > ?3
+                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.hold = h.token_hash AND o.state = 'paid')",
+                params![key(event.id), address, key(now_ms)],
+                |r| r.get(0),
+            )?;
+            if held as u64 + taken.len() as u64 > u64::from(most) {
+                return Err(StorageError::Conflict(format!(
+                    "this address holds {held} places of the event already; at most {most} at once"
+                )));
+            }
+        }
         // Per category: on sale now, within its limit, at its price now.
         let now_s = now_ms / 1000;
         let mut prices: BTreeMap<u64, u64> = BTreeMap::new();
@@ -248,15 +265,16 @@ impl Inventory for SqliteStorage {
             .collect();
         let total = places.iter().map(|p| p.price).sum();
         tx.execute(
-            "INSERT INTO holds (token_hash, event_id, created_at, expires_at, currency, total)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO holds (token_hash, event_id, created_at, expires_at, currency, total, client)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 &token_hash[..],
                 key(event.id),
                 key(now_ms),
                 key(until),
                 currency,
-                key(total)
+                key(total),
+                client.map(|(a, _)| a)
             ],
         )?;
         {
