@@ -35,37 +35,11 @@ pub async fn run(
 
 /// [`run`] on a listener with limits of its own.
 pub async fn run_guarded(
-    mut listener: net::Guarded,
+    listener: net::Guarded,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::Listener;
-    let app = http::app(state);
-    let header_timeout = listener.header_timeout();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (io, addr) = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => return Ok(()),
-        };
-        // Each connection: the app, told who the client is, served by
-        // hyper with a deadline for a request's headers (a client sending
-        // them a byte at a time keeps no connection for long).
-        let app = app
-            .clone()
-            .layer(axum::Extension(axum::extract::ConnectInfo(net::PeerAddr(
-                addr,
-            ))));
-        let service = hyper_util::service::TowerToHyperService::new(app);
-        tokio::spawn(async move {
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            let _ = http
-                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-                .await;
-        });
-    }
+    net::serve(listener, http::app(state), shutdown).await
 }
 
 /// Serves `state` on `addr` (port 0 picks one) from a thread of its own, for

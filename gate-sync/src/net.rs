@@ -383,3 +383,37 @@ impl AsyncWrite for Timed {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+/// Serves `app` on `listener`, with its limits, until `shutdown` completes:
+/// each connection is served by hyper with a deadline for a request's
+/// headers (a client sending them a byte at a time keeps no connection for
+/// long), and the app is told who the client is (`ConnectInfo` of a
+/// [`PeerAddr`] and of a `SocketAddr`). Any axum service may be served
+/// this way; the issuer's is.
+pub async fn serve(
+    mut listener: Guarded,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let header_timeout = listener.header_timeout();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => return Ok(()),
+        };
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(PeerAddr(addr))))
+            .layer(axum::Extension(axum::extract::ConnectInfo(addr)));
+        let service = hyper_util::service::TowerToHyperService::new(app);
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let _ = http
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .await;
+        });
+    }
+}

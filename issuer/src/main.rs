@@ -54,6 +54,9 @@ enum Command {
         /// paid aside); 0: no limit.
         #[arg(long, default_value_t = 40)]
         max_held: u32,
+        /// Seconds after which a connection that sends nothing is closed.
+        #[arg(long, default_value_t = 20)]
+        idle_seconds: u64,
         /// A payment provider speaking Stripe's protocol
         /// (`https://api.stripe.com`); without it, a sandbox gateway with
         /// Stripe's test cards runs on 127.0.0.1.
@@ -220,6 +223,7 @@ fn run(cli: Cli) -> Result<()> {
             hold_seconds,
             buyer_rate,
             max_held,
+            idle_seconds,
             payments_url,
             payments_key_file,
             webhook_secret_file,
@@ -232,7 +236,7 @@ fn run(cli: Cli) -> Result<()> {
                 }),
                 None => None,
             };
-            let limits = (buyer_rate, max_held);
+            let limits = (buyer_rate, max_held, idle_seconds);
             return serve(&cli.data, &listen, hold_seconds, limits, provider);
         }
         _ => {}
@@ -306,7 +310,7 @@ fn serve(
     data: &std::path::Path,
     listen: &str,
     hold_seconds: u64,
-    (buyer_rate, max_held): (f64, u32),
+    (buyer_rate, max_held, idle_seconds): (f64, u32, u64),
     provider: Option<Payments>,
 ) -> Result<()> {
     if !(buyer_rate >= 0.0 && buyer_rate.is_finite()) {
@@ -395,7 +399,8 @@ fn serve(
             .then(|| std::sync::Arc::new(issuer::http::limit::RateLimit::new(buyer_rate, 20.0)));
         tracing::info!(%addr, data = %data.display(), "serving the booking API");
         println!("issuer serving http://{addr}/api/v1 (Ctrl-C stops)");
-        issuer::http::serve(listener, state, async {
+        let idle = std::time::Duration::from_secs(idle_seconds.max(1));
+        issuer::http::serve(listener, state, idle, async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;

@@ -89,17 +89,17 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes, with the
+/// limits of gate-sync's guarded listener: connections idle for `idle`
+/// closed (a request's headers must come within 10 s however slowly they
+/// trickle), connections open for 10 minutes closed, at most 64 from one
+/// address and 900 in all.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    idle: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Each request knows its client's address (for the buyers' rate).
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let guarded = gate_sync::net::Guarded::with_idle(listener, idle);
+    gate_sync::net::serve(guarded, app(state), shutdown).await
 }

@@ -1347,3 +1347,38 @@ fn free_places_are_ordered_without_a_payment() {
         "{c}"
     );
 }
+
+#[test]
+fn silent_and_trickling_connections_are_closed_and_the_api_keeps_serving() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    let api = Server::start_with(&env, &["--idle-seconds", "1"]);
+    let addr = api.base.trim_start_matches("http://").to_owned();
+    let closed_within = |mut conn: std::net::TcpStream, trickle: bool| {
+        conn.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 256];
+        loop {
+            if trickle {
+                // A header a byte at a time, never finished.
+                let _ = conn.write_all(b"X");
+            }
+            match conn.read(&mut buf) {
+                Ok(0) => return started.elapsed(),
+                Ok(_) => return started.elapsed(),
+                Err(_) if started.elapsed() < std::time::Duration::from_secs(10) => {}
+                Err(e) => panic!("still open after 10 s: {e}"),
+            }
+        }
+    };
+    let silent = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(closed_within(silent, false) < std::time::Duration::from_secs(4));
+    let mut trickling = std::net::TcpStream::connect(&addr).unwrap();
+    trickling
+        .write_all(b"GET /api/v1/events HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    assert!(closed_within(trickling, true) < std::time::Duration::from_secs(8));
+    let (status, _) = api.call("GET", "/api/v1/events", None, None);
+    assert_eq!(status, 200);
+}
