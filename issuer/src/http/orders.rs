@@ -147,15 +147,20 @@ async fn add_order(
     let mut random = [0u8; 8];
     OsRng.fill_bytes(&mut random);
     let code = order_code(random);
+    let hold_hash = super::auth::token_hash(&req.hold_token);
     let new = NewOrder {
-        hold_hash: super::auth::token_hash(&req.hold_token),
+        hold_hash,
         secret_hash: Sha256::digest(link_secret(&s.link_key, &code)).into(),
         code,
         buyer: Buyer {
             email: req.email,
             name: req.name,
         },
-        idempotency: key.map(|k| (k, request_hash)),
+        // A key counts within its hold: one buyer's key never blocks another's.
+        idempotency: key.map(|k| {
+            let hold: String = hold_hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+            (format!("{hold}:{k}"), request_hash)
+        }),
     };
     let order = match s.db(move |db| db.create_order(&new, now_ms())).await? {
         // The same request again: what it came to, never a second charge.

@@ -905,6 +905,16 @@ fn a_buyer_pays_by_card_a_retry_is_the_same_order_and_a_declined_card_can_be_rep
         "{again}"
     );
     assert_eq!(again["secret"], paid["secret"]);
+    // Another buyer using the same key for a hold of its own is not
+    // blocked by it.
+    let other = hold_seats(&api, e, &["A-4-9"]);
+    let (status, theirs) = order(&api, &order_body(&other, "pm_card_visa"), "try-2");
+    assert_eq!(
+        (status, theirs["state"].as_str()),
+        (201, Some("paid")),
+        "{theirs}"
+    );
+    assert_ne!(theirs["code"], paid["code"]);
     // The key with another request.
     let (status, other) = order(&api, &order_body(&hold, "pm_card_chargeDeclined"), "try-2");
     assert_eq!((status, code(&other)), (409, "conflict"), "{other}");
@@ -1141,6 +1151,11 @@ fn a_pending_order_cancelled_then_paid_is_paid_back() {
         (200, Some("cancelled")),
         "{cancelled}"
     );
+    // Its hold went with it: the seat is free at once, the hold can be
+    // ordered no more.
+    assert_eq!(seat(&api, e, "A-1-9"), "available");
+    let (status, again) = order(&api, &order_body(&hold, "pm_card_visa"), "p-2");
+    assert_eq!((status, code(&again)), (409, "conflict"), "{again}");
     // The payment lands anyway: the money goes back, the seat is not sold.
     let done = order_when(&api, pending["link"].as_str().unwrap(), |o| {
         o["state"] != "cancelled"

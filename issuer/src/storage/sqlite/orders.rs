@@ -461,12 +461,23 @@ impl Orders for SqliteStorage {
     fn cancel_pending(&self, code: &str, now_ms: u64) -> Result<Order> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (_, hold, _) = by_code(&tx, code)?;
         let order = advance(
             &tx,
             code,
             OrderEvent::Cancel,
             Some("cancelled before payment"),
             now_ms,
+        )?;
+        // Its hold goes too: the places are free at once, and the hold can
+        // be ordered no more.
+        tx.execute(
+            "UPDATE holds SET released_at = ?2 WHERE token_hash = ?1 AND released_at IS NULL",
+            params![&hold[..], key(now_ms)],
+        )?;
+        tx.execute(
+            "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND order_id IS NULL",
+            [&hold[..]],
         )?;
         tx.commit()?;
         Ok(order)
