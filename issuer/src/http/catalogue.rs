@@ -247,14 +247,20 @@ fn day(s: &str) -> Result<u64, ApiError> {
     else {
         return Err(bad());
     };
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days_in_month = match m {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
     if s.len() != 10
         || !(1970..=2105).contains(&y)
         || !(1..=12).contains(&m)
-        || !(1..=31).contains(&d)
+        || !(1..=days_in_month).contains(&d)
     {
         return Err(bad());
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
+    } // Days from the civil date (Howard Hinnant's algorithm).
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;

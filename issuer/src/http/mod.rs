@@ -38,6 +38,24 @@ pub struct AppState {
     pub buyer_rate: Option<Arc<limit::RateLimit>>,
     /// Most places one address may hold of an event at once.
     pub max_held: Option<u32>,
+    /// Throttles the log of refused webhooks.
+    pub webhook_log: Arc<OncePerSecond>,
+}
+
+/// Lets something happen at most once a second (a log line under a flood).
+#[derive(Default)]
+pub struct OncePerSecond(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl OncePerSecond {
+    pub fn allow(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
 }
 
 /// How long a hold keeps its places, unless told otherwise: 10 minutes.
@@ -59,6 +77,7 @@ impl AppState {
             signer: None,
             buyer_rate: None,
             max_held: None,
+            webhook_log: Default::default(),
         }
     }
 
@@ -86,6 +105,13 @@ pub fn app(state: AppState) -> Router {
                 .merge(feed::router()),
         )
         .fallback(|| async { ApiError::not_found("no such path") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this path does not take that method",
+            )
+        })
         .with_state(state)
 }
 

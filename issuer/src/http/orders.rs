@@ -342,13 +342,18 @@ async fn webhook(
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::bad_request("no Stripe-Signature header"))?
         .to_owned();
+    let refused = |why: String| {
+        // At most one line a second, however many are sent.
+        if s.webhook_log.allow() {
+            tracing::warn!(%why, "a webhook was refused");
+        }
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_signature", why)
+    };
+    crate::payments::fresh_signature(&signature, now_ms() / 1000).map_err(refused)?;
     let payload: Bytes = axum::body::to_bytes(body, MAX_WEBHOOK)
         .await
         .map_err(|_| ApiError::bad_request(format!("a webhook is at most {MAX_WEBHOOK} bytes")))?;
-    let event = verify_webhook(&secret, &payload, &signature, now_ms() / 1000).map_err(|why| {
-        tracing::warn!(%why, "a webhook was refused");
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_signature", why)
-    })?;
+    let event = verify_webhook(&secret, &payload, &signature, now_ms() / 1000).map_err(refused)?;
     if !matches!(
         event.kind.as_str(),
         "payment_intent.succeeded" | "payment_intent.payment_failed"

@@ -135,6 +135,23 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether a `Stripe-Signature` header's time is near `now` (unix seconds):
+/// checked before a body is read, so a stale or timeless header costs
+/// nothing. [`verify_webhook`] checks it again with the payload.
+pub fn fresh_signature(header: &str, now: u64) -> Result<(), String> {
+    let t = header
+        .split(',')
+        .find_map(|part| part.trim().strip_prefix("t="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or("the signature has no time (t=)")?;
+    if now.abs_diff(t) > WEBHOOK_TOLERANCE_S {
+        return Err(format!(
+            "the signature is from {t}, more than {WEBHOOK_TOLERANCE_S} s from now"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a webhook's `Stripe-Signature` header against `payload` at `now`
 /// (unix seconds) and reads the event: a forged, altered or replayed-late
 /// webhook is refused with a reason.

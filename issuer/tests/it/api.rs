@@ -485,6 +485,22 @@ fn hostile_or_careless_requests_get_a_clear_refusal_and_change_nothing() {
             "bad_request",
         ),
         (
+            "DELETE",
+            "/api/v1/events".into(),
+            None,
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "GET",
+            "/api/v1/events?start_date=2030-02-31".into(),
+            None,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
             "GET",
             format!("/api/v1/search?query={}", "a".repeat(600)),
             None,
