@@ -292,7 +292,10 @@ fn serve(store: Store, args: ServeArgs) -> anyhow::Result<()> {
     let peer_token = secret(peer_token, peer_token_file.as_deref())?;
     let organizer_token = secret(organizer_token, organizer_token_file.as_deref())?;
     let listen = listen.as_str();
+    // A log that cannot be written (stderr closed under a supervisor) is
+    // dropped: tracing would otherwise say so on stderr, and panic there.
     tracing_subscriber::fmt()
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

@@ -319,7 +319,10 @@ fn serve(
     if !(1..=24 * 3600).contains(&hold_seconds) {
         anyhow::bail!("--hold-seconds is 1 to 86400");
     }
+    // A log that cannot be written (stderr closed under a supervisor) is
+    // dropped: tracing would otherwise say so on stderr, and panic there.
     tracing_subscriber::fmt()
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -468,7 +468,10 @@ fn station(
     sync_every: u64,
     result_secs: u64,
 ) -> anyhow::Result<ExitCode> {
+    // A log that cannot be written (stderr closed under a supervisor) is
+    // dropped: tracing would otherwise say so on stderr, and panic there.
     tracing_subscriber::fmt()
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
