@@ -40,6 +40,7 @@ pub struct Guarded {
     idle: Duration,
     header_timeout: Duration,
     per_addr: usize,
+    max_conns: usize,
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// When a refusal was last logged: one line per second at most.
     last_warned: Option<Instant>,
@@ -59,6 +60,7 @@ impl Guarded {
             idle,
             header_timeout: HEADER_TIMEOUT.min(idle.saturating_mul(4)),
             per_addr: PER_ADDR,
+            max_conns: MAX_CONNS,
             tls: None,
             last_warned: None,
         }
@@ -68,6 +70,13 @@ impl Guarded {
     /// NAT share an address).
     pub fn with_per_addr(mut self, n: usize) -> Guarded {
         self.per_addr = n.max(1);
+        self
+    }
+
+    /// Takes at most `n` connections at once (a server whose clients stay
+    /// connected, such as the issuer's live availability, needs more).
+    pub fn with_max_conns(mut self, n: usize) -> Guarded {
+        self.max_conns = n.max(1);
         self
     }
 
@@ -87,7 +96,7 @@ impl Guarded {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let total: usize = open.values().sum();
         let mine = open.entry(ip).or_insert(0);
-        if total >= MAX_CONNS || *mine >= self.per_addr {
+        if total >= self.max_conns || *mine >= self.per_addr {
             return None;
         }
         *mine += 1;
@@ -413,6 +422,7 @@ pub async fn serve(
                 .header_read_timeout(header_timeout);
             let _ = http
                 .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .with_upgrades()
                 .await;
         });
     }

@@ -57,6 +57,13 @@ enum Command {
         /// Seconds after which a connection that sends nothing is closed.
         #[arg(long, default_value_t = 20)]
         idle_seconds: u64,
+        /// Most connections open at once from one address (buyers behind
+        /// one NAT share an address).
+        #[arg(long, default_value_t = 64)]
+        conns_per_address: usize,
+        /// Most connections open at once (live watchers each keep one).
+        #[arg(long, default_value_t = 10_000)]
+        max_conns: usize,
         /// A payment provider speaking Stripe's protocol
         /// (`https://api.stripe.com`); without it, a sandbox gateway with
         /// Stripe's test cards runs on 127.0.0.1.
@@ -224,6 +231,8 @@ fn run(cli: Cli) -> Result<()> {
             buyer_rate,
             max_held,
             idle_seconds,
+            conns_per_address,
+            max_conns,
             payments_url,
             payments_key_file,
             webhook_secret_file,
@@ -236,8 +245,13 @@ fn run(cli: Cli) -> Result<()> {
                 }),
                 None => None,
             };
-            let limits = (buyer_rate, max_held, idle_seconds);
-            return serve(&cli.data, &listen, hold_seconds, limits, provider);
+            let limits = issuer::http::Limits {
+                idle: std::time::Duration::from_secs(idle_seconds.max(1)),
+                per_address: conns_per_address,
+                total: max_conns,
+            };
+            let buyers = (buyer_rate, max_held);
+            return serve(&cli.data, &listen, hold_seconds, buyers, limits, provider);
         }
         _ => {}
     }
@@ -310,7 +324,8 @@ fn serve(
     data: &std::path::Path,
     listen: &str,
     hold_seconds: u64,
-    (buyer_rate, max_held, idle_seconds): (f64, u32, u64),
+    (buyer_rate, max_held): (f64, u32),
+    limits: issuer::http::Limits,
     provider: Option<Payments>,
 ) -> Result<()> {
     if !(buyer_rate >= 0.0 && buyer_rate.is_finite()) {
@@ -402,8 +417,9 @@ fn serve(
             .then(|| std::sync::Arc::new(issuer::http::limit::RateLimit::new(buyer_rate, 20.0)));
         tracing::info!(%addr, data = %data.display(), "serving the booking API");
         println!("issuer serving http://{addr}/api/v1 (Ctrl-C stops)");
-        let idle = std::time::Duration::from_secs(idle_seconds.max(1));
-        issuer::http::serve(listener, state, idle, async {
+        // Pinged within the idle limit, a quiet live watcher stays.
+        state.live = std::sync::Arc::new(issuer::http::live::Live::pinging_every(limits.idle / 2));
+        issuer::http::serve(listener, state, limits, async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_order_tickets.sql"),
     include_str!("../migrations/0007_revocations.sql"),
     include_str!("../migrations/0008_hold_clients.sql"),
+    include_str!("../migrations/0009_place_changes.sql"),
 ];
 
 /// An opened data directory.

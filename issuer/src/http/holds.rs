@@ -60,6 +60,7 @@ async fn add_hold(
             db.hold_for(&request, &hash, now_ms(), ttl, client)
         })
         .await?;
+    s.changed();
     Ok((StatusCode::CREATED, Json(NewHold { token, hold })))
 }
 
@@ -76,7 +77,9 @@ async fn release(
     Path(token): Path<String>,
 ) -> Result<Json<Hold>, ApiError> {
     let hash = hold_hash(&token)?;
-    Ok(Json(s.db(move |db| db.release(&hash, now_ms())).await?))
+    let hold = s.db(move |db| db.release(&hash, now_ms())).await?;
+    s.changed();
+    Ok(Json(hold))
 }
 
 async fn tickets(

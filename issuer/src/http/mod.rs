@@ -10,6 +10,7 @@ pub mod error;
 pub mod feed;
 pub mod holds;
 pub mod limit;
+pub mod live;
 pub mod orders;
 
 use std::future::Future;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub max_held: Option<u32>,
     /// Throttles the log of refused webhooks.
     pub webhook_log: Arc<OncePerSecond>,
+    /// Hands places' changes to live watchers ([`live`]).
+    pub live: Arc<live::Live>,
 }
 
 /// Lets something happen at most once a second (a log line under a flood).
@@ -78,7 +81,13 @@ impl AppState {
             buyer_rate: None,
             max_held: None,
             webhook_log: Default::default(),
+            live: Default::default(),
         }
+    }
+
+    /// Says that places changed: live watchers hear of it at once.
+    pub fn changed(&self) {
+        self.live.changed();
     }
 
     /// Runs `f` on the storage, on a thread of the blocking pool.
@@ -102,6 +111,7 @@ pub fn app(state: AppState) -> Router {
             catalogue::router()
                 .merge(holds::router())
                 .merge(orders::router())
+                .merge(live::router())
                 .merge(feed::router()),
         )
         .fallback(|| async { ApiError::not_found("no such path") })
@@ -118,14 +128,41 @@ pub fn app(state: AppState) -> Router {
 /// Serves the API on `listener` until `shutdown` completes, with the
 /// limits of gate-sync's guarded listener: connections idle for `idle`
 /// closed (a request's headers must come within 10 s however slowly they
-/// trickle), connections open for 10 minutes closed, at most 64 from one
-/// address and 900 in all.
+/// trickle), connections open for 10 minutes closed (a live watcher
+/// reconnects), at most `limits.per_address` from one address and
+/// `limits.total` in all. The live feed's fan-out runs beside it.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    idle: std::time::Duration,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let guarded = gate_sync::net::Guarded::with_idle(listener, idle);
-    gate_sync::net::serve(guarded, app(state), shutdown).await
+    let guarded = gate_sync::net::Guarded::with_idle(listener, limits.idle)
+        .with_per_addr(limits.per_address)
+        .with_max_conns(limits.total);
+    let fan_out = tokio::spawn(state.live.clone().run(state.storage.clone()));
+    let served = gate_sync::net::serve(guarded, app(state), shutdown).await;
+    fan_out.abort();
+    served
+}
+
+/// What the listener allows.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A connection that moves no byte for this long is closed.
+    pub idle: std::time::Duration,
+    /// Most connections open at once from one address.
+    pub per_address: usize,
+    /// Most connections open at once.
+    pub total: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            idle: gate_sync::net::IDLE,
+            per_address: gate_sync::net::PER_ADDR,
+            total: 10_000,
+        }
+    }
 }

@@ -218,37 +218,40 @@ async fn add_order(
 async fn settle(s: &AppState, code: &str, intent: &Intent) -> Result<Order, ApiError> {
     let (code, intent) = (code.to_owned(), intent.clone());
     let payments = s.payments.clone();
-    s.db(move |db| {
-        let order = db.set_intent(&code, &intent.id, now_ms())?;
-        match intent.status {
-            IntentStatus::Succeeded => match db.settle_paid(&code, now_ms())? {
-                Settled::Paid(o) | Settled::Already(o) => Ok(o),
-                Settled::MustRefund(o) => {
-                    // Paid for places no longer to be had: paid back, once.
-                    let refund = refund(&*payments, &intent.id, &o)?;
-                    db.mark_refunded(
+    let settled = s
+        .db(move |db| {
+            let order = db.set_intent(&code, &intent.id, now_ms())?;
+            match intent.status {
+                IntentStatus::Succeeded => match db.settle_paid(&code, now_ms())? {
+                    Settled::Paid(o) | Settled::Already(o) => Ok(o),
+                    Settled::MustRefund(o) => {
+                        // Paid for places no longer to be had: paid back, once.
+                        let refund = refund(&*payments, &intent.id, &o)?;
+                        db.mark_refunded(
                         &code,
                         &refund,
                         "its places could no longer be sold to it (the hold had expired and they \
                          were taken, or the order or the event was cancelled): paid back",
                         now_ms(),
                     )
+                    }
+                },
+                IntentStatus::RequiresPaymentMethod | IntentStatus::Canceled => {
+                    let why = intent
+                        .last_payment_error
+                        .map(|e| match e.decline_code {
+                            Some(d) => format!("{}: {d}", e.code),
+                            None => e.code,
+                        })
+                        .unwrap_or_else(|| "the payment was not made".into());
+                    db.mark_failed(&code, &why, now_ms())
                 }
-            },
-            IntentStatus::RequiresPaymentMethod | IntentStatus::Canceled => {
-                let why = intent
-                    .last_payment_error
-                    .map(|e| match e.decline_code {
-                        Some(d) => format!("{}: {d}", e.code),
-                        None => e.code,
-                    })
-                    .unwrap_or_else(|| "the payment was not made".into());
-                db.mark_failed(&code, &why, now_ms())
+                IntentStatus::Processing | IntentStatus::Other => Ok(order),
             }
-            IntentStatus::Processing | IntentStatus::Other => Ok(order),
-        }
-    })
-    .await
+        })
+        .await;
+    s.changed();
+    settled
 }
 
 #[derive(Deserialize)]
@@ -407,6 +410,7 @@ async fn cancel(
             ))),
         })
         .await?;
+    s.changed();
     Ok(Json(order))
 }
 

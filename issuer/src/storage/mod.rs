@@ -150,9 +150,81 @@ pub enum PlaceState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Availability {
     pub event_id: u64,
+    /// The number of the last change this includes ([`PlaceChange::seq`]):
+    /// the live feed goes on from there.
+    pub seq: u64,
     pub categories: Vec<CategoryAvailability>,
     /// Seat key, category, state; in the plan's order.
     pub seats: Vec<(String, u64, PlaceState)>,
+}
+
+/// How places changed, as the live feed tells it. Each kind moves places
+/// from one state to another: held (available to held), released and
+/// expired (held to available), sold (held to sold), refunded (sold to
+/// available). A place taken by a hold whose time passed is first told
+/// expired, so the moves add up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Held,
+    Released,
+    Expired,
+    Sold,
+    Refunded,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Held => "held",
+            ChangeKind::Released => "released",
+            ChangeKind::Expired => "expired",
+            ChangeKind::Sold => "sold",
+            ChangeKind::Refunded => "refunded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChangeKind> {
+        [
+            ChangeKind::Held,
+            ChangeKind::Released,
+            ChangeKind::Expired,
+            ChangeKind::Sold,
+            ChangeKind::Refunded,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    /// The states a place moves between.
+    pub fn moves(self) -> (PlaceState, PlaceState) {
+        match self {
+            ChangeKind::Held => (PlaceState::Available, PlaceState::Held),
+            ChangeKind::Released | ChangeKind::Expired => (PlaceState::Held, PlaceState::Available),
+            ChangeKind::Sold => (PlaceState::Held, PlaceState::Sold),
+            ChangeKind::Refunded => (PlaceState::Sold, PlaceState::Available),
+        }
+    }
+}
+
+/// One change of an event's places, numbered 1, 2, ... per event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceChange {
+    pub event_id: u64,
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub at: u64,
+    pub kind: ChangeKind,
+    /// The seats that moved, by key.
+    pub seats: Vec<String>,
+    /// How many places of each category moved, seats included.
+    pub places: Vec<CategoryCount>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CategoryCount {
+    pub category_id: u64,
+    pub count: u64,
 }
 
 /// Places: held, let go, and what is left. Times are unix milliseconds,
@@ -188,8 +260,25 @@ pub trait Inventory: Send + Sync {
     /// Lets a hold's places go at once (again: nothing changes).
     fn release(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold>;
 
-    /// What an event (not a draft) has left at `now_ms`.
+    /// What an event (not a draft) has left at `now_ms`, with the number
+    /// of the last change it includes.
     fn availability(&self, event_id: u64, now_ms: u64) -> Result<Availability>;
+
+    /// An event's changes numbered after `after`, at most `limit`, in order.
+    fn changes(&self, event_id: u64, after: u64, limit: usize) -> Result<Vec<PlaceChange>>;
+
+    /// Every event's changes after `cursor` in the order they were made, at
+    /// most `limit`, and the cursor after them (for fanning them out).
+    fn changes_after(&self, cursor: u64, limit: usize) -> Result<(u64, Vec<PlaceChange>)>;
+
+    /// The cursor of the newest change: [`Inventory::changes_after`] from it
+    /// returns only changes made later.
+    fn change_cursor(&self) -> Result<u64>;
+
+    /// Tells the feed of every hold whose time has passed by `now_ms`
+    /// (nothing waits on this: an expired hold stops counting anyway).
+    /// Returns how many holds it told of.
+    fn announce_expired(&self, now_ms: u64) -> Result<usize>;
 }
 
 /// What makes a new order.

@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 
 use crate::Env;
 
+mod live;
+
 /// `issuer serve` on a free port of this machine; killed when dropped.
 struct Server {
     child: Child,

@@ -476,6 +476,60 @@ fn seat_state(db: &dyn Storage, event: u64, key: &str, now: u64) -> PlaceState {
         .unwrap()
 }
 
+/// The live feed adds up: every change of the event from the first,
+/// applied to the event with every place free, gives what its availability
+/// says at `now`, seat by seat and count by count.
+fn feed_adds_up(db: &dyn Storage, e: u64, now: u64, name: &str) {
+    let a = db.availability(e, now).unwrap();
+    let changes = db.changes(e, 0, 10_000).unwrap();
+    assert_eq!(
+        changes.len() as u64,
+        a.seq,
+        "{name}: numbered 1 to {}",
+        a.seq
+    );
+    let mut seats: std::collections::HashMap<String, PlaceState> = a
+        .seats
+        .iter()
+        .map(|(k, _, _)| (k.clone(), PlaceState::Available))
+        .collect();
+    let mut counts: std::collections::BTreeMap<u64, [i64; 3]> = a
+        .categories
+        .iter()
+        .map(|c| (c.category_id, [c.capacity as i64, 0, 0]))
+        .collect();
+    let slot = |s: PlaceState| match s {
+        PlaceState::Available => 0,
+        PlaceState::Held => 1,
+        PlaceState::Sold => 2,
+    };
+    for (i, c) in changes.iter().enumerate() {
+        assert_eq!(c.seq, i as u64 + 1, "{name}");
+        let (from, to) = c.kind.moves();
+        for k in &c.seats {
+            let state = seats.get_mut(k).unwrap();
+            assert_eq!(*state, from, "{name}: {k} in change {c:?}");
+            *state = to;
+        }
+        for p in &c.places {
+            let n = counts.get_mut(&p.category_id).unwrap();
+            n[slot(from)] -= p.count as i64;
+            n[slot(to)] += p.count as i64;
+        }
+    }
+    for (k, _, state) in &a.seats {
+        assert_eq!(seats[k], *state, "{name}: seat {k}");
+    }
+    for c in &a.categories {
+        let told = [c.available as i64, c.held as i64, c.sold as i64];
+        assert_eq!(
+            counts[&c.category_id], told,
+            "{name}: category {}",
+            c.category_id
+        );
+    }
+}
+
 const MIN: u64 = 60_000;
 const T0: u64 = 1_000_000_000;
 
@@ -562,6 +616,7 @@ fn a_released_hold_frees_its_places_at_once_and_releasing_again_changes_nothing(
             HoldState::Released
         );
         assert!(not_found(db.release(&[9; 32], T0)), "{name}");
+        feed_adds_up(&*db, e, T0 + 20 * MIN, name);
     }
 }
 
@@ -830,6 +885,8 @@ fn buyers_at_once_never_hold_one_place_twice_nor_a_quota_beyond_its_places() {
             seats.len() > 5 && standing > 5,
             "{name}: the buyers held something"
         );
+        feed_adds_up(&*db, e, T0, name);
+        feed_adds_up(&*db, e, T0 + 11 * MIN, name);
     }
 }
 
@@ -998,6 +1055,7 @@ fn a_payment_after_the_hold_expired_is_kept_if_the_places_are_free_else_refunded
             db.create_order(&new_order(3, "LATE000004", None), late + 5),
             Err(StorageError::Conflict(_))
         ));
+        feed_adds_up(&*db, e, late + 6, name);
     }
 }
 
@@ -1030,6 +1088,7 @@ fn a_refunded_order_puts_its_places_on_sale_again() {
             PlaceState::Available,
             "{name}"
         );
+        feed_adds_up(&*db, e, T0 + 3, name);
     }
 }
 
@@ -1129,6 +1188,7 @@ fn buyers_at_once_never_buy_one_seat_twice_nor_more_than_capacity() {
             seats.len() > 5 && standing > 5,
             "{name}: the buyers bought something"
         );
+        feed_adds_up(&*db, e, T0 + 1000 * MIN, name);
     }
 }
 

@@ -8,13 +8,15 @@ use std::collections::{BTreeMap, HashMap};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::catalogue::categories_of;
+use super::changes::{announce_expired_in, last_seq, moved, record};
 use super::{SqliteStorage, key, venue_of};
 use crate::domain::catalogue::{Category, EventStatus, Places};
 use crate::domain::hold::{HeldPlace, Hold, HoldItem, HoldRequest, HoldState};
 use crate::domain::seats::best_block;
 use crate::domain::venue::SeatingPlan;
 use crate::storage::{
-    Availability, CategoryAvailability, Inventory, PlaceState, Result, StorageError,
+    Availability, CategoryAvailability, ChangeKind, Inventory, PlaceChange, PlaceState, Result,
+    StorageError,
 };
 
 /// A place taken by a hold being made: (category, n, seat key).
@@ -71,6 +73,9 @@ impl Inventory for SqliteStorage {
                 event.status.as_str()
             )));
         }
+        // Places of holds whose time passed are told free before they are
+        // taken again, so the live feed's moves add up.
+        announce_expired_in(&tx, Some(event.id), now_ms)?;
         let categories: BTreeMap<u64, Category> = categories_of(&tx, event.id)?
             .into_iter()
             .map(|c| (c.id, c))
@@ -285,6 +290,9 @@ impl Inventory for SqliteStorage {
                 item.execute(params![&token_hash[..], key(*c), n, seat, key(place.price)])?;
             }
         }
+        let moved: Vec<(u64, Option<String>)> =
+            taken.into_iter().map(|(c, _, seat)| (c, seat)).collect();
+        record(&tx, event.id, now_ms, ChangeKind::Held, &moved)?;
         tx.commit()?;
         hold_of(&conn, token_hash, now_ms)
     }
@@ -302,10 +310,13 @@ impl Inventory for SqliteStorage {
                 "UPDATE holds SET released_at = ?2 WHERE token_hash = ?1",
                 params![&token_hash[..], key(now_ms)],
             )?;
-            tx.execute(
-                "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND order_id IS NULL",
+            let places = moved(
+                &tx,
+                "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND order_id IS NULL
+                 RETURNING category_id, seat_key",
                 [&token_hash[..]],
             )?;
+            record(&tx, hold.event_id, now_ms, ChangeKind::Released, &places)?;
         }
         let hold = hold_of(&tx, token_hash, now_ms)?;
         tx.commit()?;
@@ -313,11 +324,16 @@ impl Inventory for SqliteStorage {
     }
 
     fn availability(&self, event_id: u64, now_ms: u64) -> Result<Availability> {
-        let conn = self.conn();
+        let mut guard = self.conn();
+        let conn = guard.transaction()?;
         match SqliteStorage::event_row(&conn, event_id)? {
             Some((e, _)) if e.status != EventStatus::Draft => {}
             _ => return Err(StorageError::NotFound(format!("event {event_id}"))),
         }
+        // What is shown is what the feed has told: holds past their time
+        // are told expired first.
+        announce_expired_in(&conn, Some(event_id), now_ms)?;
+        let seq = last_seq(&conn, event_id)?;
         let now_s = now_ms / 1000;
         let mut categories = Vec::new();
         for c in categories_of(&conn, event_id)? {
@@ -356,11 +372,30 @@ impl Inventory for SqliteStorage {
                 Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, state))
             })?
             .collect::<rusqlite::Result<_>>()?;
+        drop(stmt);
+        conn.commit()?;
         Ok(Availability {
             event_id,
+            seq,
             categories,
             seats,
         })
+    }
+
+    fn changes(&self, event_id: u64, after: u64, limit: usize) -> Result<Vec<PlaceChange>> {
+        self.changes_of(event_id, after, limit)
+    }
+
+    fn changes_after(&self, cursor: u64, limit: usize) -> Result<(u64, Vec<PlaceChange>)> {
+        self.all_changes_after(cursor, limit)
+    }
+
+    fn change_cursor(&self) -> Result<u64> {
+        self.newest_change()
+    }
+
+    fn announce_expired(&self, now_ms: u64) -> Result<usize> {
+        self.announce_all(now_ms)
     }
 }
 

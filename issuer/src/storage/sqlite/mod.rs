@@ -1,6 +1,7 @@
 //! The embedded backend: the data directory's `issuer.db` (SQLite, WAL).
 
 mod catalogue;
+mod changes;
 mod inventory;
 mod orders;
 

@@ -4,13 +4,14 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::changes::{announce_expired_in, moved, record};
 use super::inventory::hold_of;
 use super::{SqliteStorage, key};
 use crate::domain::hold::HoldState;
 use crate::domain::order::{Order, OrderEvent, OrderState, Settlement, settle_payment};
 use crate::storage::{
-    CategoryFigures, Created, DayFigures, Figures, IssuedTicket, NewOrder, Orders, OrganizerId,
-    Result, Revocation, Settled, StorageError,
+    CategoryFigures, ChangeKind, Created, DayFigures, Figures, IssuedTicket, NewOrder, Orders,
+    OrganizerId, Result, Revocation, Settled, StorageError,
 };
 use rand_core::{OsRng, RngCore};
 use shared::{TicketFields, TicketId};
@@ -222,6 +223,9 @@ impl Orders for SqliteStorage {
         if matches!(order.state, OrderState::Paid | OrderState::Refunded) {
             return Ok(Settled::Already(order));
         }
+        // Places of holds whose time passed are told free before they are
+        // sold, so the live feed's moves add up.
+        announce_expired_in(&tx, Some(order.event_id), now_ms)?;
         let hold = hold_of(&tx, &hold_hash, now_ms)?;
         let items: Vec<(i64, i64)> = tx
             .prepare_cached("SELECT category_id, n FROM hold_items WHERE hold = ?1")?
@@ -242,12 +246,23 @@ impl Orders for SqliteStorage {
         let on_sale = off_sale(&tx, order.event_id)?.is_none();
         let settled = match settle_payment(order.state, hold.state == HoldState::Active, free) {
             Settlement::Keep | Settlement::HoldAgain if free && on_sale => {
+                // Places still tied to the hold go from held to sold; the
+                // others (its time passed) are held again, then sold.
+                let (mut again, mut sold) = (Vec::new(), Vec::new());
                 for (c, n) in &items {
-                    tx.execute(
-                        "UPDATE places SET order_id = ?3, hold = ?4 WHERE category_id = ?1 AND n = ?2",
+                    let (seat, mine): (Option<String>, bool) = tx.query_row(
+                        "UPDATE places SET order_id = ?3, hold = ?4 WHERE category_id = ?1 AND n = ?2
+                         RETURNING seat_key, held_until > 0",
                         params![c, n, id, &hold_hash[..]],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
                     )?;
+                    if !mine {
+                        again.push((*c as u64, seat.clone()));
+                    }
+                    sold.push((*c as u64, seat));
                 }
+                record(&tx, order.event_id, now_ms, ChangeKind::Held, &again)?;
+                record(&tx, order.event_id, now_ms, ChangeKind::Sold, &sold)?;
                 let order = advance(&tx, code, OrderEvent::PaymentSucceeded, None, now_ms)?;
                 Settled::Paid(order)
             }
@@ -293,10 +308,13 @@ impl Orders for SqliteStorage {
             params![id, key(now_ms), format!("order {code} paid back: {why}")],
         )?;
         // Places paid back are for sale again.
-        tx.execute(
-            "UPDATE places SET order_id = NULL, hold = NULL, held_until = 0 WHERE order_id = ?1",
+        let places = moved(
+            &tx,
+            "UPDATE places SET order_id = NULL, hold = NULL, held_until = 0 WHERE order_id = ?1
+             RETURNING category_id, seat_key",
             [id],
         )?;
+        record(&tx, order.event_id, now_ms, ChangeKind::Refunded, &places)?;
         tx.commit()?;
         Ok(order)
     }
@@ -461,7 +479,7 @@ impl Orders for SqliteStorage {
     fn cancel_pending(&self, code: &str, now_ms: u64) -> Result<Order> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (_, hold, _) = by_code(&tx, code)?;
+        let (_, hold, before) = by_code(&tx, code)?;
         let order = advance(
             &tx,
             code,
@@ -475,10 +493,13 @@ impl Orders for SqliteStorage {
             "UPDATE holds SET released_at = ?2 WHERE token_hash = ?1 AND released_at IS NULL",
             params![&hold[..], key(now_ms)],
         )?;
-        tx.execute(
-            "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND order_id IS NULL",
+        let places = moved(
+            &tx,
+            "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND order_id IS NULL
+             RETURNING category_id, seat_key",
             [&hold[..]],
         )?;
+        record(&tx, before.event_id, now_ms, ChangeKind::Released, &places)?;
         tx.commit()?;
         Ok(order)
     }

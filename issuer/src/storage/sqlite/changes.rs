@@ -1,0 +1,199 @@
+//! The live feed's changes on SQLite: written in the transaction that
+//! moves the places, so the feed never tells of a change that did not
+//! happen, nor misses one that did.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{SqliteStorage, key};
+use crate::storage::{CategoryCount, ChangeKind, PlaceChange, Result, StorageError};
+
+/// Places that moved: (category, seat key).
+pub(super) type Moved = Vec<(u64, Option<String>)>;
+
+/// Records that `moved` places of `event_id` changed by `kind`, under the
+/// event's next number. Nothing moved, nothing recorded.
+pub(super) fn record(
+    conn: &Connection,
+    event_id: u64,
+    now_ms: u64,
+    kind: ChangeKind,
+    moved: &[(u64, Option<String>)],
+) -> Result<()> {
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let seats: Vec<&str> = moved.iter().filter_map(|(_, s)| s.as_deref()).collect();
+    let mut places: BTreeMap<u64, u64> = BTreeMap::new();
+    for (c, _) in moved {
+        *places.entry(*c).or_default() += 1;
+    }
+    let places: Vec<(u64, u64)> = places.into_iter().collect();
+    conn.prepare_cached(
+        "INSERT INTO place_changes (event_id, seq, at, kind, seats, places)
+         VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM place_changes WHERE event_id = ?1),
+                 ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        key(event_id),
+        key(now_ms),
+        kind.as_str(),
+        serde_json::to_string(&seats)?,
+        serde_json::to_string(&places)?,
+    ])?;
+    Ok(())
+}
+
+/// The places a statement with `RETURNING category_id, seat_key` moved.
+pub(super) fn moved(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Moved> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_map(params, |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// Tells of the expiry of holds (of `event_id`, or of every event) whose
+/// time has passed by `now_ms` and that were not let go: their unsold
+/// places still tied to them are untied and recorded as expired.
+pub(super) fn announce_expired_in(
+    conn: &Connection,
+    event_id: Option<u64>,
+    now_ms: u64,
+) -> Result<usize> {
+    let holds: Vec<(Vec<u8>, i64)> = conn
+        .prepare_cached(
+            "SELECT token_hash, event_id FROM holds
+             WHERE announced = 0 AND released_at IS NULL AND expires_at <= ?1
+               AND (?2 IS NULL OR event_id = ?2)
+             ORDER BY expires_at LIMIT 1000",
+        )?
+        .query_map(params![key(now_ms), event_id.map(key)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (hold, event) in &holds {
+        let places = moved(
+            conn,
+            "UPDATE places SET hold = NULL, held_until = 0
+             WHERE hold = ?1 AND order_id IS NULL AND held_until <= ?2
+             RETURNING category_id, seat_key",
+            params![hold, key(now_ms)],
+        )?;
+        record(conn, *event as u64, now_ms, ChangeKind::Expired, &places)?;
+        conn.prepare_cached("UPDATE holds SET announced = 1 WHERE token_hash = ?1")?
+            .execute([hold])?;
+    }
+    Ok(holds.len())
+}
+
+/// The newest change number of an event.
+pub(super) fn last_seq(conn: &Connection, event_id: u64) -> Result<u64> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM place_changes WHERE event_id = ?1")?
+        .query_row([key(event_id)], |r| r.get::<_, i64>(0))? as u64)
+}
+
+const CHANGE_COLUMNS: &str = "id, event_id, seq, at, kind, seats, places";
+
+fn change_of(r: &rusqlite::Row<'_>) -> Result<(u64, PlaceChange)> {
+    let kind: String = r.get(4)?;
+    let seats: String = r.get(5)?;
+    let places: String = r.get(6)?;
+    let places: Vec<(u64, u64)> = serde_json::from_str(&places)?;
+    Ok((
+        r.get::<_, i64>(0)? as u64,
+        PlaceChange {
+            event_id: r.get::<_, i64>(1)? as u64,
+            seq: r.get::<_, i64>(2)? as u64,
+            at: r.get::<_, i64>(3)? as u64,
+            kind: ChangeKind::parse(&kind)
+                .ok_or_else(|| StorageError::Backend(format!("change kind {kind:?}")))?,
+            seats: serde_json::from_str(&seats)?,
+            places: places
+                .into_iter()
+                .map(|(category_id, count)| CategoryCount { category_id, count })
+                .collect(),
+        },
+    ))
+}
+
+fn query_changes(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<(u64, PlaceChange)>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |r| Ok(change_of(r)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row??);
+    }
+    Ok(out)
+}
+
+impl SqliteStorage {
+    pub(super) fn changes_of(
+        &self,
+        event_id: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<PlaceChange>> {
+        let conn = self.conn();
+        let rows = query_changes(
+            &conn,
+            &format!(
+                "SELECT {CHANGE_COLUMNS} FROM place_changes
+                 WHERE event_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ),
+            params![key(event_id), key(after), limit.min(10_000) as i64],
+        )?;
+        Ok(rows.into_iter().map(|(_, c)| c).collect())
+    }
+
+    pub(super) fn all_changes_after(
+        &self,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(u64, Vec<PlaceChange>)> {
+        let conn = self.conn();
+        let rows = query_changes(
+            &conn,
+            &format!(
+                "SELECT {CHANGE_COLUMNS} FROM place_changes WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ),
+            params![key(cursor), limit.min(10_000) as i64],
+        )?;
+        let next = rows.last().map_or(cursor, |(id, _)| *id);
+        Ok((next, rows.into_iter().map(|(_, c)| c).collect()))
+    }
+
+    pub(super) fn newest_change(&self) -> Result<u64> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row("SELECT max(id) FROM place_changes", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .optional()?
+            .flatten()
+            .unwrap_or(0) as u64)
+    }
+
+    pub(super) fn announce_all(&self, now_ms: u64) -> Result<usize> {
+        let mut conn = self.conn();
+        // Most seconds there is nothing to tell: no write lock for that.
+        let due: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM holds
+                 WHERE announced = 0 AND released_at IS NULL AND expires_at <= ?1)",
+            )?
+            .query_row([key(now_ms)], |r| r.get(0))?;
+        if !due {
+            return Ok(0);
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let n = announce_expired_in(&tx, None, now_ms)?;
+        tx.commit()?;
+        Ok(n)
+    }
+}
