@@ -72,6 +72,31 @@ pub struct TicketRow {
 /// Reads a seat file: one label a line; blank lines and lines starting with
 /// `#` are skipped. A label too long for a ticket, with control characters,
 /// or listed twice is refused with its line number.
+/// Signs and records a paid order's tickets, once: one a place, signed by
+/// `signer` as `issuer tickets issue` signs them. What the API and the
+/// mail worker both call, whichever comes first.
+pub fn sign_order(
+    db: &dyn crate::storage::Storage,
+    signer: &shared::code::Signer,
+    code: &str,
+    now_ms: u64,
+) -> Result<(), crate::storage::StorageError> {
+    use crate::storage::StorageError;
+    let Some(fields) = db.tickets_to_sign(code)? else {
+        return Ok(());
+    };
+    let signed = fields
+        .into_iter()
+        .map(|f| {
+            let ticket = signer
+                .encode(&f)
+                .map_err(|e| StorageError::Backend(format!("signing a ticket: {e}")))?;
+            Ok((f, ticket))
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    db.record_tickets(code, &signer.key_id().to_string(), &signed, now_ms)
+}
+
 pub fn parse_seats(text: &str) -> Result<Vec<String>, Error> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut seats = Vec::new();

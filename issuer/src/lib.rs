@@ -9,6 +9,9 @@
 //! - [`time`] reads and writes the times the command line takes.
 //! - [`domain`] is the booking domain, pure: seating plans, best available
 //!   seats, prices, order states.
+//! - [`storage`] keeps the shop behind traits; [`http`] serves the booking
+//!   API on it; [`payments`] charges and pays back; [`mail`] delivers the
+//!   messages the storage queues for buyers.
 
 pub mod demo;
 pub mod domain;
@@ -16,6 +19,7 @@ pub mod events;
 pub mod http;
 pub mod issue;
 pub mod keys;
+pub mod mail;
 pub mod payments;
 pub mod qr;
 pub mod shop;

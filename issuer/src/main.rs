@@ -1,5 +1,6 @@
 //! `issuer`: the organizer's command line. Parses arguments and calls the library.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -76,6 +77,22 @@ enum Command {
         /// A file holding the provider's webhook signing secret (`whsec_...`).
         #[arg(long, env = "ISSUER_WEBHOOK_SECRET_FILE")]
         webhook_secret_file: Option<PathBuf>,
+        /// Sends buyers' messages by SMTP (`smtp://host:25`,
+        /// `smtp://user@host:587?tls=required`, `smtps://user@host`);
+        /// without it they are written as `.eml` files to the data
+        /// directory's `mail/`.
+        #[arg(long, env = "ISSUER_SMTP_URL")]
+        smtp_url: Option<String>,
+        /// A file holding the SMTP user's password, readable by its owner only.
+        #[arg(long, env = "ISSUER_SMTP_PASSWORD_FILE")]
+        smtp_password_file: Option<PathBuf>,
+        /// Who buyers' messages are from.
+        #[arg(long, default_value = "Tickets <tickets@localhost>")]
+        mail_from: String,
+        /// The address buyers reach this API at, for the links in their
+        /// messages (default: the address it listens on).
+        #[arg(long)]
+        public_url: Option<String>,
     },
 }
 
@@ -236,7 +253,30 @@ fn run(cli: Cli) -> Result<()> {
             payments_url,
             payments_key_file,
             webhook_secret_file,
+            smtp_url,
+            smtp_password_file,
+            mail_from,
+            public_url,
         } => {
+            let mail = MailConfig {
+                transport: match smtp_url {
+                    Some(url) => {
+                        let password = match smtp_password_file {
+                            Some(path) => Some(secret_of(Some(&path), "--smtp-password-file")?),
+                            None => None,
+                        };
+                        Some(
+                            issuer::mail::Transport::smtp(&url, password)
+                                .map_err(anyhow::Error::msg)?,
+                        )
+                    }
+                    None => None,
+                },
+                from: mail_from
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--mail-from {mail_from:?}: {e}"))?,
+                public_url,
+            };
             let provider = match payments_url {
                 Some(url) => Some(Payments {
                     url,
@@ -251,7 +291,15 @@ fn run(cli: Cli) -> Result<()> {
                 total: max_conns,
             };
             let buyers = (buyer_rate, max_held);
-            return serve(&cli.data, &listen, hold_seconds, buyers, limits, provider);
+            return serve(
+                &cli.data,
+                &listen,
+                hold_seconds,
+                buyers,
+                limits,
+                provider,
+                mail,
+            );
         }
         _ => {}
     }
@@ -291,6 +339,14 @@ fn organizers_cmd(data: &std::path::Path, cmd: OrganizersCmd) -> Result<()> {
     Ok(())
 }
 
+/// Where buyers' messages go.
+struct MailConfig {
+    /// `None`: files in the data directory's `mail/`.
+    transport: Option<issuer::mail::Transport>,
+    from: lettre::message::Mailbox,
+    public_url: Option<String>,
+}
+
 /// A real payment provider's address and secrets.
 struct Payments {
     url: String,
@@ -327,6 +383,7 @@ fn serve(
     (buyer_rate, max_held): (f64, u32),
     limits: issuer::http::Limits,
     provider: Option<Payments>,
+    mail: MailConfig,
 ) -> Result<()> {
     if !(buyer_rate >= 0.0 && buyer_rate.is_finite()) {
         anyhow::bail!("--buyer-rate is a number of requests a second, 0 for no limit");
@@ -411,7 +468,28 @@ fn serve(
             link_key,
         );
         state.hold_ttl_ms = hold_seconds * 1000;
-        state.signer = Some(std::sync::Arc::new(signer));
+        let signer = std::sync::Arc::new(signer);
+        state.signer = Some(signer.clone());
+        let transport = match mail.transport {
+            Some(t) => t,
+            None => {
+                let dir = data.join("mail");
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                issuer::mail::Transport::Files(dir)
+            }
+        };
+        let mailer = issuer::mail::Mailer {
+            transport,
+            from: mail.from,
+            public_url: mail.public_url.unwrap_or_else(|| format!("http://{addr}")),
+            link_key,
+            signer: Some(signer),
+        };
+        tokio::spawn(std::sync::Arc::new(mailer).run(state.storage.clone()));
         state.max_held = (max_held > 0).then_some(max_held);
         state.buyer_rate = (buyer_rate > 0.0)
             .then(|| std::sync::Arc::new(issuer::http::limit::RateLimit::new(buyer_rate, 20.0)));

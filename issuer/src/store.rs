@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_revocations.sql"),
     include_str!("../migrations/0008_hold_clients.sql"),
     include_str!("../migrations/0009_place_changes.sql"),
+    include_str!("../migrations/0010_outbox.sql"),
 ];
 
 /// An opened data directory.

@@ -95,22 +95,8 @@ async fn issue_tickets(s: &AppState, code: &str) -> Result<(), ApiError> {
         return Err(ApiError::internal("no signing key to sign tickets with"));
     };
     let code = code.to_owned();
-    s.db(move |db| {
-        let Some(fields) = db.tickets_to_sign(&code)? else {
-            return Ok(());
-        };
-        let signed = fields
-            .into_iter()
-            .map(|f| {
-                let ticket = signer
-                    .encode(&f)
-                    .map_err(|e| StorageError::Backend(format!("signing a ticket: {e}")))?;
-                Ok((f, ticket))
-            })
-            .collect::<Result<Vec<_>, StorageError>>()?;
-        db.record_tickets(&code, &signer.key_id().to_string(), &signed, now_ms())
-    })
-    .await
+    s.db(move |db| crate::issue::sign_order(db, &signer, &code, now_ms()))
+        .await
 }
 
 async fn add_order(

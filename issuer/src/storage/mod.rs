@@ -437,7 +437,63 @@ pub struct IssuedTicket {
     pub code: String,
 }
 
-/// Everything the issuer stores.
-pub trait Storage: Catalogue + Inventory + Orders {}
+/// What a message to a buyer is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailKind {
+    /// The order is paid: its tickets.
+    Tickets,
+    /// The order was cancelled and paid back.
+    Refund,
+    /// The payment came after the places were gone: paid back.
+    LateRefund,
+}
 
-impl<T: Catalogue + Inventory + Orders> Storage for T {}
+impl MailKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailKind::Tickets => "tickets",
+            MailKind::Refund => "refund",
+            MailKind::LateRefund => "late_refund",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MailKind> {
+        [MailKind::Tickets, MailKind::Refund, MailKind::LateRefund]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// A message owed to a buyer, taken by a mail worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mail {
+    pub id: u64,
+    pub kind: MailKind,
+    pub order: Order,
+    /// Deliveries tried before this one.
+    pub attempts: u32,
+}
+
+/// Messages owed to buyers. The storage queues them itself, in the
+/// transaction that gives cause to them: an order paid (its tickets), an
+/// order paid back (cancelled, or paid too late).
+pub trait Outbox: Send + Sync {
+    /// Takes messages due at `now_ms`, at most `limit`, for `lease_ms`:
+    /// until then no other worker takes them.
+    fn claim_mail(&self, now_ms: u64, lease_ms: u64, limit: usize) -> Result<Vec<Mail>>;
+
+    /// A message was delivered.
+    fn mail_sent(&self, id: u64, now_ms: u64) -> Result<()>;
+
+    /// A delivery failed: tried again from `retry_at`, or given up (`None`).
+    fn mail_failed(&self, id: u64, error: &str, now_ms: u64, retry_at: Option<u64>) -> Result<()>;
+
+    /// An order's tickets, for the message to its own buyer.
+    fn tickets_of_order(&self, code: &str) -> Result<Vec<IssuedTicket>>;
+}
+
+/// Everything the issuer stores.
+pub trait Storage: Catalogue + Inventory + Orders + Outbox {}
+
+impl<T: Catalogue + Inventory + Orders + Outbox> Storage for T {}

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::Env;
 
 mod live;
+mod mail;
 
 /// `issuer serve` on a free port of this machine; killed when dropped.
 struct Server {

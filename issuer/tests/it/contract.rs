@@ -1347,3 +1347,88 @@ fn one_address_holds_at_most_so_many_places_of_an_event_paid_ones_aside() {
         db.hold_for(&q(5), &[6; 32], T0 + MIN, MIN, bot).unwrap();
     }
 }
+
+#[test]
+fn paid_and_paid_back_orders_queue_one_message_each_taken_by_one_worker_at_a_time() {
+    use issuer::storage::MailKind;
+    for (name, db, _tmp) in backends() {
+        let (e, _, _) = on_sale(&*db, 5);
+        db.hold(&seats(e, &["A-1-1"]), &[1; 32], T0, MIN).unwrap();
+        created(
+            db.create_order(&new_order(1, "MAIL000001", None), T0)
+                .unwrap(),
+        );
+        assert!(
+            db.claim_mail(T0, MIN, 10).unwrap().is_empty(),
+            "{name}: nothing yet"
+        );
+        db.settle_paid("MAIL000001", T0 + 1).unwrap();
+        // News of the same payment again queues nothing more.
+        db.settle_paid("MAIL000001", T0 + 2).unwrap();
+        let taken = db.claim_mail(T0 + 3, MIN, 10).unwrap();
+        assert_eq!(taken.len(), 1, "{name}");
+        assert_eq!(
+            (
+                taken[0].kind,
+                taken[0].order.code.as_str(),
+                taken[0].attempts
+            ),
+            (MailKind::Tickets, "MAIL000001", 0)
+        );
+        // Taken: no other worker gets it during the lease; after it, yes.
+        assert!(db.claim_mail(T0 + 4, MIN, 10).unwrap().is_empty(), "{name}");
+        let again = db.claim_mail(T0 + 3 + MIN, MIN, 10).unwrap();
+        assert_eq!((again.len(), again[0].attempts), (1, 1), "{name}");
+        // Failed: tried again from the time given; then sent, never again.
+        db.mail_failed(
+            again[0].id,
+            "connection refused",
+            T0 + MIN,
+            Some(T0 + 5 * MIN),
+        )
+        .unwrap();
+        assert!(
+            db.claim_mail(T0 + 4 * MIN, MIN, 10).unwrap().is_empty(),
+            "{name}"
+        );
+        let third = db.claim_mail(T0 + 5 * MIN, MIN, 10).unwrap();
+        assert_eq!(third.len(), 1, "{name}");
+        db.mail_sent(third[0].id, T0 + 5 * MIN).unwrap();
+        assert!(
+            db.claim_mail(T0 + 60 * MIN, MIN, 10).unwrap().is_empty(),
+            "{name}"
+        );
+        // Paid back: its own message; a message given up is not taken again.
+        db.mark_refunded("MAIL000001", "re_1", "cancelled", T0 + 61 * MIN)
+            .unwrap();
+        let refund = db.claim_mail(T0 + 61 * MIN, MIN, 10).unwrap();
+        assert_eq!(refund.len(), 1, "{name}");
+        assert_eq!(refund[0].kind, MailKind::Refund, "{name}");
+        db.mail_failed(refund[0].id, "no such mailbox", T0 + 61 * MIN, None)
+            .unwrap();
+        assert!(
+            db.claim_mail(T0 + 600 * MIN, MIN, 10).unwrap().is_empty(),
+            "{name}"
+        );
+        // A payment too late for its places: told so.
+        db.hold(&seats(e, &["A-1-2"]), &[2; 32], T0, MIN).unwrap();
+        created(
+            db.create_order(&new_order(2, "MAIL000002", None), T0)
+                .unwrap(),
+        );
+        db.hold(&seats(e, &["A-1-2"]), &[3; 32], T0 + 2 * MIN, MIN)
+            .unwrap();
+        assert!(matches!(
+            db.settle_paid("MAIL000002", T0 + 2 * MIN + 1).unwrap(),
+            Settled::MustRefund(_)
+        ));
+        db.mark_refunded("MAIL000002", "re_2", "too late", T0 + 2 * MIN + 2)
+            .unwrap();
+        let late = db.claim_mail(T0 + 601 * MIN, MIN, 10).unwrap();
+        assert_eq!(late.len(), 1, "{name}");
+        assert_eq!(
+            (late[0].kind, late[0].order.code.as_str()),
+            (MailKind::LateRefund, "MAIL000002")
+        );
+    }
+}

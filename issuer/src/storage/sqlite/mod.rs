@@ -4,6 +4,7 @@ mod catalogue;
 mod changes;
 mod inventory;
 mod orders;
+mod outbox;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};

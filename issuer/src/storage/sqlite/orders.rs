@@ -6,12 +6,13 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::changes::{announce_expired_in, moved, record};
 use super::inventory::hold_of;
+use super::outbox::enqueue;
 use super::{SqliteStorage, key};
 use crate::domain::hold::HoldState;
 use crate::domain::order::{Order, OrderEvent, OrderState, Settlement, settle_payment};
 use crate::storage::{
-    CategoryFigures, ChangeKind, Created, DayFigures, Figures, IssuedTicket, NewOrder, Orders,
-    OrganizerId, Result, Revocation, Settled, StorageError,
+    CategoryFigures, ChangeKind, Created, DayFigures, Figures, IssuedTicket, MailKind, NewOrder,
+    Orders, OrganizerId, Result, Revocation, Settled, StorageError,
 };
 use rand_core::{OsRng, RngCore};
 use shared::{TicketFields, TicketId};
@@ -87,7 +88,7 @@ fn state_of(s: &str) -> Result<OrderState> {
     })
 }
 
-fn by_code(conn: &Connection, code: &str) -> Result<(i64, [u8; 32], Order)> {
+pub(super) fn by_code(conn: &Connection, code: &str) -> Result<(i64, [u8; 32], Order)> {
     order_where(conn, "code = ?1", &code)?
         .ok_or_else(|| StorageError::NotFound(format!("order {code}")))
 }
@@ -109,6 +110,25 @@ fn advance(
         )?;
     }
     Ok(by_code(conn, code)?.2)
+}
+
+/// The tickets an order's batch holds.
+pub(super) fn tickets_of_batch(conn: &Connection, batch: i64) -> Result<Vec<IssuedTicket>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT ticket_id, seat, category_id, code FROM tickets WHERE batch_id = ?1
+             ORDER BY seat, ticket_id",
+        )?
+        .query_map([batch], |r| {
+            let id: Vec<u8> = r.get(0)?;
+            Ok(IssuedTicket {
+                ticket_id: id.iter().map(|b| format!("{b:02x}")).collect(),
+                seat: r.get(1)?,
+                category: r.get(2)?,
+                code: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 impl Orders for SqliteStorage {
@@ -264,6 +284,7 @@ impl Orders for SqliteStorage {
                 record(&tx, order.event_id, now_ms, ChangeKind::Held, &again)?;
                 record(&tx, order.event_id, now_ms, ChangeKind::Sold, &sold)?;
                 let order = advance(&tx, code, OrderEvent::PaymentSucceeded, None, now_ms)?;
+                enqueue(&tx, code, MailKind::Tickets, now_ms)?;
                 Settled::Paid(order)
             }
             _ => Settled::MustRefund(order),
@@ -291,11 +312,12 @@ impl Orders for SqliteStorage {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (id, _, order) = by_code(&tx, code)?;
-        let event = match order.state {
-            OrderState::Paid | OrderState::Refunded => OrderEvent::Refund,
-            _ => OrderEvent::PaidTooLate,
+        let (event, mail) = match order.state {
+            OrderState::Paid | OrderState::Refunded => (OrderEvent::Refund, MailKind::Refund),
+            _ => (OrderEvent::PaidTooLate, MailKind::LateRefund),
         };
         let order = advance(&tx, code, event, Some(why), now_ms)?;
+        enqueue(&tx, code, mail, now_ms)?;
         tx.execute(
             "UPDATE orders SET refund = ?2 WHERE code = ?1",
             params![code, refund],
@@ -427,25 +449,10 @@ impl Orders for SqliteStorage {
         let Some(batch) = batch else {
             return Err(StorageError::NotFound(format!("order {code}")));
         };
-        let Some(batch) = batch else {
-            return Ok(Vec::new());
-        };
-        let tickets = conn
-            .prepare_cached(
-                "SELECT ticket_id, seat, category_id, code FROM tickets WHERE batch_id = ?1
-                 ORDER BY seat, ticket_id",
-            )?
-            .query_map([batch], |r| {
-                let id: Vec<u8> = r.get(0)?;
-                Ok(IssuedTicket {
-                    ticket_id: id.iter().map(|b| format!("{b:02x}")).collect(),
-                    seat: r.get(1)?,
-                    category: r.get(2)?,
-                    code: r.get(3)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(tickets)
+        match batch {
+            Some(batch) => tickets_of_batch(&conn, batch),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn ticket_code(&self, ticket_id: &str, secret_hash: &[u8; 32]) -> Result<String> {
