@@ -148,7 +148,7 @@ impl Listener for Guarded {
                     .is_none_or(|t| now - t >= Duration::from_secs(1))
                 {
                     self.last_warned = Some(now);
-                    tracing::warn!(peer = %addr, per_addr = self.per_addr, max = MAX_CONNS,
+                    tracing::warn!(peer = %addr, per_addr = self.per_addr, max = self.max_conns,
                         "connection refused: too many open connections");
                 }
                 continue;

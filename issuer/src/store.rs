@@ -19,6 +19,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_hold_clients.sql"),
     include_str!("../migrations/0009_place_changes.sql"),
     include_str!("../migrations/0010_outbox.sql"),
+    include_str!("../migrations/0011_void_tickets.sql"),
+    include_str!("../migrations/0012_free_places.sql"),
 ];
 
 /// An opened data directory.

@@ -2,6 +2,7 @@
 //! organizer creates them, checked before anything is stored.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::pricing::Pricing;
 use super::venue::SeatingPlan;
@@ -14,11 +15,22 @@ pub const MAX_PERFORMERS: usize = 50;
 /// Most places one order may hold, whatever a category allows.
 pub const MAX_PER_ORDER: u32 = 100;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NewVenue {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub city: String,
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub address: String,
     pub plan: SeatingPlan,
 }
@@ -34,7 +46,7 @@ impl NewVenue {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Genre {
     Concert,
@@ -77,7 +89,7 @@ impl Genre {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventStatus {
     /// Being prepared: seen by its organizer only.
@@ -121,17 +133,29 @@ impl EventStatus {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NewEvent {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
+    /// At most 20,000 bytes.
     #[serde(default)]
+    #[schema(max_length = 20_000)]
     pub description: String,
+    /// Each name 1 to 200 bytes.
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub performers: Vec<String>,
     pub genre: Genre,
     pub venue_id: u64,
     /// Unix seconds.
+    #[schema(maximum = 4_294_967_295_u64)]
     pub starts_at: u64,
+    /// Unix seconds, not before `starts_at` (tickets carry it in 32 bits).
+    #[schema(maximum = 4_294_967_295_u64)]
     pub ends_at: u64,
 }
 
@@ -163,7 +187,7 @@ impl NewEvent {
 }
 
 /// An event as stored: what was given, and what the store adds.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     pub id: u64,
     #[serde(flatten)]
@@ -174,25 +198,40 @@ pub struct Event {
 }
 
 /// Where a category's places are.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Places {
     /// Every seat of these sections of the venue's plan.
-    Seats { sections: Vec<String> },
+    Seats {
+        #[schema(min_items = 1)]
+        sections: Vec<String>,
+    },
     /// So many places of a standing area.
-    Quota { area: String, places: u32 },
+    Quota {
+        area: String,
+        #[schema(minimum = 1)]
+        places: u32,
+    },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NewCategory {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     #[serde(flatten)]
     pub pricing: Pricing,
     pub places: Places,
     /// Unix seconds; sales open from `sale_starts` to before `sale_ends`.
+    #[schema(maximum = 4_294_967_295_u64)]
     pub sale_starts: u64,
+    #[schema(maximum = 4_294_967_295_u64)]
     pub sale_ends: u64,
     /// Most places of this category one order may hold.
+    #[schema(minimum = 1, maximum = 100)]
     pub per_order: u32,
 }
 
@@ -213,6 +252,10 @@ impl NewCategory {
         self.pricing.check()?;
         if self.sale_ends <= self.sale_starts {
             return Err(invalid("sales end before they start"));
+        }
+        // Times are unix seconds before 2106, as tickets carry them.
+        if self.sale_ends > u64::from(u32::MAX) {
+            return Err(invalid("sales end after 2106"));
         }
         if self.per_order == 0 || self.per_order > MAX_PER_ORDER {
             return Err(invalid(format!("per_order is 1 to {MAX_PER_ORDER}")));
@@ -258,7 +301,7 @@ impl NewCategory {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Category {
     pub id: u64,
     pub event_id: u64,

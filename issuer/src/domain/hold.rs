@@ -3,6 +3,7 @@
 //! simply stop counting (no sweeper is needed for a hold to end).
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::catalogue::MAX_PER_ORDER;
 use super::{Invalid, invalid};
@@ -11,21 +12,35 @@ use super::{Invalid, invalid};
 pub const MAX_ITEMS: usize = 10;
 
 /// One part of a hold request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum HoldItem {
     /// These seats, by key (`A-3-14`).
-    Seats { seats: Vec<String> },
+    Seats {
+        #[schema(min_items = 1, max_items = 100)]
+        seats: Vec<String>,
+    },
     /// So many places of a category, any of them (a standing quota).
-    Quantity { category_id: u64, quantity: u32 },
+    Quantity {
+        category_id: u64,
+        #[schema(minimum = 1, maximum = 100)]
+        quantity: u32,
+    },
     /// The best `quantity` seats side by side of a seated category.
-    Best { category_id: u64, quantity: u32 },
+    Best {
+        category_id: u64,
+        #[schema(minimum = 1, maximum = 100)]
+        quantity: u32,
+    },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"event_id": 1, "items": [{"kind": "best", "category_id": 1, "quantity": 2}]}))]
 pub struct HoldRequest {
     pub event_id: u64,
+    /// At most 100 places in all.
+    #[schema(min_items = 1, max_items = 10)]
     pub items: Vec<HoldItem>,
 }
 
@@ -71,7 +86,7 @@ impl HoldRequest {
 }
 
 /// A place held, at the price it will be charged.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HeldPlace {
     pub category_id: u64,
     /// The seat's key; `None` for a standing place.
@@ -80,7 +95,7 @@ pub struct HeldPlace {
     pub price: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HoldState {
     Active,
@@ -88,7 +103,7 @@ pub enum HoldState {
     Released,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Hold {
     pub event_id: u64,
     /// Unix milliseconds.

@@ -30,7 +30,8 @@ pub(crate) fn invalid(message: impl Into<String>) -> Invalid {
 }
 
 /// A name or line shown to people: present, at most `max` bytes, no
-/// control characters.
+/// control characters. (The OpenAPI document says the same of such fields
+/// with a pattern: no C0 or C1 control, and something besides whitespace.)
 pub(crate) fn text(what: &str, s: &str, max: usize) -> Result<(), Invalid> {
     if s.trim().is_empty() {
         return Err(invalid(format!("{what} is empty")));

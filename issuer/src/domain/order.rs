@@ -12,12 +12,13 @@
 //! settled by [`settle_payment`], never dropped.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::hold::HeldPlace;
 use super::{Invalid, invalid};
 
 /// An order as the buyer and organizer see it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Order {
     pub code: String,
     pub event_id: u64,
@@ -80,7 +81,7 @@ pub fn order_code(random: [u8; 8]) -> String {
         .collect()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderState {
     /// Places held, payment under way.

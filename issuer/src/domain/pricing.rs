@@ -2,6 +2,7 @@
 //! buyer is shown is fixed on the hold and is the price charged.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{Invalid, invalid};
 
@@ -10,32 +11,40 @@ pub const MAX_TIERS: usize = 20;
 /// Highest price, in minor units (ten million in a currency of cents).
 pub const MAX_PRICE: u64 = 1_000_000_000;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Pricing {
     /// Minor units (cents): no fractions, no rounding.
+    #[schema(maximum = 1_000_000_000_u64)]
     pub price: u64,
     /// ISO 4217, three capital letters (`EUR`).
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
     /// Early-bird prices: the first tier whose time has not passed applies.
     #[serde(default)]
+    #[schema(max_items = 20)]
     pub time_tiers: Vec<TimeTier>,
     /// Prices by demand: once at least a share of the category is sold, the
     /// tier with the greatest share reached applies (when no time tier does).
     #[serde(default)]
+    #[schema(max_items = 20)]
     pub demand_tiers: Vec<DemandTier>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TimeTier {
     /// Unix seconds: the tier applies before this.
+    #[schema(maximum = 4_294_967_295_u64)]
     pub until: u64,
+    #[schema(maximum = 1_000_000_000_u64)]
     pub price: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DemandTier {
     /// Share of the capacity sold, in thousandths (500: half sold).
+    #[schema(minimum = 1, maximum = 1000)]
     pub sold_permille: u16,
+    #[schema(maximum = 1_000_000_000_u64)]
     pub price: u64,
 }
 
@@ -95,6 +104,10 @@ impl Pricing {
         }
         let mut times: Vec<u64> = self.time_tiers.iter().map(|t| t.until).collect();
         times.sort_unstable();
+        // Times are unix seconds before 2106, as tickets carry them.
+        if times.last().is_some_and(|t| *t > u64::from(u32::MAX)) {
+            return Err(invalid("a time tier ends after 2106"));
+        }
         if times.windows(2).any(|w| w[0] == w[1]) {
             return Err(invalid("two time tiers end at the same time"));
         }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 use shared::code::MAX_SEAT_LEN;
+use utoipa::ToSchema;
 
 use super::{Invalid, invalid};
 
@@ -19,33 +20,48 @@ pub const MAX_PARTS: usize = 1_000;
 /// Longest name or label, in bytes.
 pub const MAX_NAME: usize = 200;
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SeatingPlan {
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub sections: Vec<Section>,
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub areas: Vec<Area>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Section {
     /// Short, unique in the plan: it starts every seat's key (`A-3-14`).
+    /// Letters, digits and `. _ / +` only.
+    #[schema(min_length = 1, max_length = 200)]
     pub id: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     /// Front to back: best-available tries them in this order.
+    #[schema(max_items = 1000)]
     pub rows: Vec<Row>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Row {
+    /// Letters, digits and `. _ / +` only.
+    #[schema(min_length = 1, max_length = 200)]
     pub label: String,
     /// Left to right, side by side: seats next to each other in the list
     /// are next to each other in the hall (an aisle starts a new row).
     pub seats: Vec<Seat>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Seat {
+    /// Letters, digits and `. _ / +` only; with its section's id and row's
+    /// label, at most 32 bytes (`A-3-14`).
+    #[schema(min_length = 1, max_length = 200)]
     pub label: String,
     /// Where the seat is drawn on the plan, in the plan's units.
     pub x: f32,
@@ -53,10 +69,18 @@ pub struct Seat {
 }
 
 /// Standing room: places counted, not named.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Area {
+    /// Letters, digits and `. _ / +` only.
+    #[schema(min_length = 1, max_length = 200)]
     pub id: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
+    #[schema(minimum = 1, maximum = 100_000)]
     pub capacity: u32,
 }
 

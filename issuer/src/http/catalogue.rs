@@ -1,15 +1,18 @@
 //! Venues, events and ticket categories: organizers make them, everyone
 //! browses them.
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::{MaybeOrganizer, Organizer};
 use super::body::{JsonBody, MAX_VENUE_BODY};
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::domain::catalogue::{
     Category, Event, EventStatus, Genre, NewCategory, NewEvent, NewVenue,
@@ -19,25 +22,45 @@ use crate::storage::{EventQuery, Venue};
 /// Events a page lists, unless asked for fewer.
 pub const PAGE: usize = 50;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/venues", post(add_venue))
-        .route("/venues/{id}", get(venue))
-        .route("/events", get(events).post(add_event))
-        .route("/events/{id}", get(event).put(update_event))
-        .route("/events/{id}/status", post(set_status))
-        .route("/events/{id}/categories", post(add_category))
-        .route("/search", get(search))
+/// One `routes!` a path: it serves every handler it is given on every
+/// path among them.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(add_venue))
+        .routes(routes!(venue))
+        .routes(routes!(events, add_event))
+        .routes(routes!(event, update_event))
+        .routes(routes!(set_status))
+        .routes(routes!(add_category))
+        .routes(routes!(search))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SearchParams {
+    /// What the buyer typed: every word matches as a prefix (at most 500
+    /// bytes).
     query: String,
+    /// Most events answered (1 to 200; 50 unless given).
+    #[param(format = "uint64", maximum = 18_446_744_073_709_551_615_u64)]
     limit: Option<usize>,
 }
 
 /// Events matching every word typed, each as a prefix, best first.
+#[utoipa::path(
+    get,
+    path = "/search",
+    tag = "catalogue",
+    params(SearchParams),
+    security((), ("organizer" = [])),
+    responses(
+        (status = 200, description = "The events found, best first (never a `next`)", body = EventList),
+        (status = 400, description = "The query is missing, too long or has an unknown parameter", body = ErrorBody),
+        (status = 401, response = super::error::Unauthorized),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn search(
     State(s): State<AppState>,
     MaybeOrganizer(viewer): MaybeOrganizer,
@@ -58,6 +81,23 @@ fn id(raw: &str, what: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::not_found(format!("{what} {raw:?} not found")))
 }
 
+/// Adds a venue with its seating plan.
+#[utoipa::path(
+    post,
+    path = "/venues",
+    tag = "catalogue",
+    request_body = NewVenue,
+    security(("organizer" = [])),
+    responses(
+        (status = 201, description = "The venue, as stored", body = Venue),
+        (status = 400, description = "The body is not a venue", body = ErrorBody),
+        (status = 401, response = super::error::Unauthorized),
+        (status = 413, response = super::error::TooLarge),
+        (status = 415, response = super::error::NotJson),
+        (status = 422, description = "The venue or its plan is refused: the message says why", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn add_venue(
     State(s): State<AppState>,
     Organizer(by): Organizer,
@@ -67,6 +107,18 @@ async fn add_venue(
     Ok((StatusCode::CREATED, Json(venue)))
 }
 
+/// A venue with its plan.
+#[utoipa::path(
+    get,
+    path = "/venues/{id}",
+    tag = "catalogue",
+    params(("id" = u64, Path, description = "The venue's id")),
+    responses(
+        (status = 200, description = "The venue", body = Venue),
+        (status = 404, description = "No such venue", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn venue(
     State(s): State<AppState>,
     Path(raw): Path<String>,
@@ -75,6 +127,24 @@ async fn venue(
     Ok(Json(s.db(move |db| db.venue(id)).await?))
 }
 
+/// Adds an event, as a draft, at one of the organizer's venues.
+#[utoipa::path(
+    post,
+    path = "/events",
+    tag = "catalogue",
+    request_body = NewEvent,
+    security(("organizer" = [])),
+    responses(
+        (status = 201, description = "The event, a draft", body = Event),
+        (status = 400, description = "The body is not an event", body = ErrorBody),
+        (status = 401, response = super::error::Unauthorized),
+        (status = 404, description = "The organizer has no such venue", body = ErrorBody),
+        (status = 413, response = super::error::TooLarge),
+        (status = 415, response = super::error::NotJson),
+        (status = 422, description = "The event is refused: the message says why", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn add_event(
     State(s): State<AppState>,
     Organizer(by): Organizer,
@@ -84,6 +154,26 @@ async fn add_event(
     Ok((StatusCode::CREATED, Json(event)))
 }
 
+/// Changes an event of the organizer's.
+#[utoipa::path(
+    put,
+    path = "/events/{id}",
+    tag = "catalogue",
+    params(("id" = u64, Path, description = "The event's id")),
+    request_body = NewEvent,
+    security(("organizer" = [])),
+    responses(
+        (status = 200, description = "The event, changed", body = Event),
+        (status = 400, description = "The body is not an event", body = ErrorBody),
+        (status = 401, response = super::error::Unauthorized),
+        (status = 404, description = "The organizer has no such event, or no such venue", body = ErrorBody),
+        (status = 409, description = "The venue cannot change: the event has ticket categories", body = ErrorBody),
+        (status = 413, response = super::error::TooLarge),
+        (status = 415, response = super::error::NotJson),
+        (status = 422, description = "The event is refused: the message says why", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn update_event(
     State(s): State<AppState>,
     Organizer(by): Organizer,
@@ -94,12 +184,32 @@ async fn update_event(
     Ok(Json(s.db(move |db| db.update_event(by, id, &event)).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StatusChange {
     status: EventStatus,
 }
 
+/// Moves an event on: a draft goes on sale (or is cancelled), an event on
+/// sale is cancelled or ends.
+#[utoipa::path(
+    post,
+    path = "/events/{id}/status",
+    tag = "catalogue",
+    params(("id" = u64, Path, description = "The event's id")),
+    request_body = StatusChange,
+    security(("organizer" = [])),
+    responses(
+        (status = 200, description = "The event, in its new status", body = Event),
+        (status = 400, description = "The body is not a status change", body = ErrorBody),
+        (status = 401, response = super::error::Unauthorized),
+        (status = 404, description = "The organizer has no such event", body = ErrorBody),
+        (status = 409, description = "The event cannot go from its status to that one", body = ErrorBody),
+        (status = 413, response = super::error::TooLarge),
+        (status = 415, response = super::error::NotJson),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn set_status(
     State(s): State<AppState>,
     Organizer(by): Organizer,
@@ -112,6 +222,25 @@ async fn set_status(
     ))
 }
 
+/// Adds a ticket category to an event of the organizer's.
+#[utoipa::path(
+    post,
+    path = "/events/{id}/categories",
+    tag = "catalogue",
+    params(("id" = u64, Path, description = "The event's id")),
+    request_body = NewCategory,
+    security(("organizer" = [])),
+    responses(
+        (status = 201, description = "The category, as stored", body = Category),
+        (status = 400, description = "The body is not a category", body = ErrorBody),
+        (status = 401, response = super::error::Unauthorized),
+        (status = 404, description = "The organizer has no such event", body = ErrorBody),
+        (status = 413, response = super::error::TooLarge),
+        (status = 415, response = super::error::NotJson),
+        (status = 422, description = "The category is refused (its places, prices or sale window): the message says why", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn add_category(
     State(s): State<AppState>,
     Organizer(by): Organizer,
@@ -124,7 +253,7 @@ async fn add_category(
 }
 
 /// An event with what a buyer needs to choose: its venue and categories.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct EventPage {
     #[serde(flatten)]
     event: Event,
@@ -132,6 +261,20 @@ struct EventPage {
     categories: Vec<Category>,
 }
 
+/// An event with its venue and categories; a draft only to its organizer.
+#[utoipa::path(
+    get,
+    path = "/events/{id}",
+    tag = "catalogue",
+    params(("id" = u64, Path, description = "The event's id")),
+    security((), ("organizer" = [])),
+    responses(
+        (status = 200, description = "The event, its venue and its categories", body = EventPage),
+        (status = 401, response = super::error::Unauthorized),
+        (status = 404, description = "No such event (or a draft of another organizer's)", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn event(
     State(s): State<AppState>,
     MaybeOrganizer(viewer): MaybeOrganizer,
@@ -156,24 +299,36 @@ async fn event(
 }
 
 /// `GET /events`'s query: every filter optional.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsParams {
+    /// One genre only.
+    #[param(value_type = Option<Genre>)]
     genre: Option<String>,
+    /// Events in this city (any case).
     city: Option<String>,
     /// `YYYY-MM-DD` (UTC): events starting that day or later.
+    #[param(format = Date)]
     start_date: Option<String>,
     /// `YYYY-MM-DD` (UTC): events starting that day or earlier.
+    #[param(format = Date)]
     end_date: Option<String>,
-    /// Minor units: events with a category priced within.
+    /// Minor units: events with a category priced at least this.
+    #[param(format = "uint64", maximum = 18_446_744_073_709_551_615_u64)]
     min_price: Option<u64>,
+    /// Minor units: events with a category priced at most this.
+    #[param(format = "uint64", maximum = 18_446_744_073_709_551_615_u64)]
     max_price: Option<u64>,
     /// The `next` of the page before.
+    #[param(pattern = r"^[0-9]{1,19}\.[0-9]{1,19}$")]
     cursor: Option<String>,
+    /// Events a page lists (1 to 200; 50 unless given).
+    #[param(format = "uint64", maximum = 18_446_744_073_709_551_615_u64)]
     limit: Option<usize>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct EventList {
     events: Vec<Event>,
     /// Pass as `cursor` for the next page; absent on the last.
@@ -181,6 +336,21 @@ struct EventList {
     next: Option<String>,
 }
 
+/// Events by start time, filtered, a page at a time; drafts only to their
+/// organizer.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "catalogue",
+    params(EventsParams),
+    security((), ("organizer" = [])),
+    responses(
+        (status = 200, description = "A page of events; `next` leads to the following page", body = EventList),
+        (status = 400, description = "A filter is not one this API takes: the message says which", body = ErrorBody),
+        (status = 401, response = super::error::Unauthorized),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn events(
     State(s): State<AppState>,
     MaybeOrganizer(viewer): MaybeOrganizer,
@@ -207,7 +377,7 @@ async fn events(
         .as_deref()
         .map(|c| {
             c.split_once('.')
-                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .and_then(|(a, b)| Some((super::digits(a)?, super::digits(b)?)))
                 .ok_or_else(|| {
                     ApiError::bad_request(format!("cursor {c:?} is not one this API gave"))
                 })
@@ -239,12 +409,19 @@ async fn events(
     Ok(Json(EventList { events, next }))
 }
 
-/// Unix seconds at the start of a `YYYY-MM-DD` day, UTC.
+/// Unix seconds at the start of a `YYYY-MM-DD` day, UTC (RFC 3339's
+/// full-date, as the document's `format: date` has it); a day before 1970
+/// is read as 1970's first.
 fn day(s: &str) -> Result<u64, ApiError> {
     let bad = || ApiError::bad_request(format!("{s:?} is not a date as YYYY-MM-DD"));
-    let mut parts = s.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (Some(Some(y)), Some(Some(m)), Some(Some(d))) = (parts.next(), parts.next(), parts.next())
-    else {
+    let b = s.as_bytes();
+    let digits_at = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(range)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let (Some(y), Some(m), Some(d)) = (digits_at(0..4), digits_at(5..7), digits_at(8..10)) else {
         return Err(bad());
     };
     let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
@@ -254,8 +431,9 @@ fn day(s: &str) -> Result<u64, ApiError> {
         4 | 6 | 9 | 11 => 30,
         _ => 31,
     };
-    if s.len() != 10
-        || !(1970..=2105).contains(&y)
+    if b.len() != 10
+        || b[4] != b'-'
+        || b[7] != b'-'
         || !(1..=12).contains(&m)
         || !(1..=days_in_month).contains(&d)
     {
@@ -268,7 +446,7 @@ fn day(s: &str) -> Result<u64, ApiError> {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400).map_err(|_| bad())
+    Ok(u64::try_from(days * 86_400).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -278,12 +456,18 @@ mod tests {
         assert_eq!(super::day("1970-01-01").unwrap(), 0);
         assert_eq!(super::day("2000-03-01").unwrap(), 951_868_800);
         assert_eq!(super::day("2030-03-17").unwrap(), 1_899_936_000);
+        assert_eq!(super::day("1969-12-31").unwrap(), 0);
+        assert_eq!(super::day("0001-01-01").unwrap(), 0);
+        assert_eq!(super::day("9999-12-31").unwrap(), 253_402_214_400);
         for bad in [
             "2030-3-17",
             "2030-13-01",
+            "2030-02-29",
             "17-03-2030",
             "",
             "2030-03-17T00",
+            "+030-03-17",
+            "2030/03/17",
             "x",
         ] {
             assert!(super::day(bad).is_err(), "{bad}");

@@ -4,7 +4,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::storage::StorageError;
 
@@ -66,13 +67,34 @@ impl From<StorageError> for ApiError {
     }
 }
 
+/// Every refusal's body.
+// Written with the very types the OpenAPI document describes it by.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `not_found`, `bad_request`, `unauthorized`,
+    /// `invalid`, `conflict`, `unsupported_media_type`, `too_large`,
+    /// `rate_limited`, `bad_signature`, `websocket_required`,
+    /// `method_not_allowed`, `internal`.
+    #[schema(example = "not_found")]
+    pub code: &'static str,
+    /// For people: what was wrong, and what to do about it.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({ "error": { "code": self.code, "message": self.message } })),
-        )
-            .into_response();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()
@@ -87,3 +109,32 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+// Refusals many operations share, as reusable responses of the OpenAPI
+// document (`#/components/responses/...`). Described, never built: the
+// body is always an `ApiError`'s.
+
+/// No organizer's token, a malformed `Authorization` header, or a token
+/// that is not an organizer's (or was revoked).
+#[derive(utoipa::ToResponse)]
+#[response(headers(("WWW-Authenticate" = String, description = "`Bearer`")))]
+pub struct Unauthorized(pub ErrorBody);
+
+/// The body is not `Content-Type: application/json`.
+#[derive(utoipa::ToResponse)]
+pub struct NotJson(pub ErrorBody);
+
+/// The body is larger than the operation takes (64 KiB; a venue 8 MiB).
+#[derive(utoipa::ToResponse)]
+pub struct TooLarge(pub ErrorBody);
+
+/// Too many holds and orders from this address: come back after
+/// `Retry-After` seconds.
+#[derive(utoipa::ToResponse)]
+#[response(headers(("Retry-After" = u64, description = "Seconds to wait")))]
+pub struct RateLimited(pub ErrorBody);
+
+/// The server failed (the details are logged, not sent); nothing was
+/// changed by the request.
+#[derive(utoipa::ToResponse)]
+pub struct Internal(pub ErrorBody);

@@ -1,22 +1,25 @@
 //! Holds: a buyer takes places for a while, then orders or lets them go;
 //! and what an event has left.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::body::JsonBody;
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::domain::hold::{Hold, HoldRequest};
 use crate::storage::Availability;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/holds", post(add_hold))
-        .route("/holds/{token}", get(hold).delete(release))
-        .route("/events/{id}/tickets", get(tickets))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(add_hold))
+        .routes(routes!(hold, release))
+        .routes(routes!(tickets))
 }
 
 /// The milliseconds since the epoch, now.
@@ -34,7 +37,7 @@ fn hold_hash(token: &str) -> Result<[u8; 32], ApiError> {
     Ok(super::auth::token_hash(token))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct NewHold {
     /// What the buyer shows to order, read or let go of the hold; given
     /// once, kept by its hash only.
@@ -43,6 +46,31 @@ struct NewHold {
     hold: Hold,
 }
 
+/// Holds places of an event, all or none.
+///
+/// At prices fixed now, for a while (10 minutes unless the server is told
+/// otherwise).
+#[utoipa::path(
+    post,
+    path = "/holds",
+    tag = "holds",
+    request_body = HoldRequest,
+    responses(
+        (status = 201, description = "The hold, with the token that orders, reads or releases it", body = NewHold, links(
+            ("order" = (operation_id = "add_order", request_body = json!({"hold_token": "$response.body#/token"}), description = "Order the hold's places")),
+            ("read" = (operation_id = "hold", parameters(("token" = "$response.body#/token")))),
+            ("release" = (operation_id = "release", parameters(("token" = "$response.body#/token")))),
+        )),
+        (status = 400, description = "The body is not a hold request", body = ErrorBody),
+        (status = 404, description = "No such event (drafts are not shown)", body = ErrorBody),
+        (status = 409, description = "The event is not on sale, or a place asked for is taken, sold out, or more than this address may hold", body = ErrorBody),
+        (status = 413, response = super::error::TooLarge),
+        (status = 415, response = super::error::NotJson),
+        (status = 422, description = "The request cannot be met as asked: the message says why", body = ErrorBody),
+        (status = 429, response = super::error::RateLimited),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn add_hold(
     State(s): State<AppState>,
     super::limit::Limited(address): super::limit::Limited,
@@ -64,6 +92,18 @@ async fn add_hold(
     Ok((StatusCode::CREATED, Json(NewHold { token, hold })))
 }
 
+/// A hold, as it stands now.
+#[utoipa::path(
+    get,
+    path = "/holds/{token}",
+    tag = "holds",
+    params(("token" = String, Path, description = "The hold's token (`hold_...`), as its creation gave it")),
+    responses(
+        (status = 200, description = "The hold", body = Hold),
+        (status = 404, description = "No such hold", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn hold(
     State(s): State<AppState>,
     Path(token): Path<String>,
@@ -72,6 +112,18 @@ async fn hold(
     Ok(Json(s.db(move |db| db.hold_of(&hash, now_ms())).await?))
 }
 
+/// Lets a hold's places go at once (again: nothing changes).
+#[utoipa::path(
+    delete,
+    path = "/holds/{token}",
+    tag = "holds",
+    params(("token" = String, Path, description = "The hold's token (`hold_...`), as its creation gave it")),
+    responses(
+        (status = 200, description = "The hold, released (or as it was, if it had ended)", body = Hold),
+        (status = 404, description = "No such hold", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn release(
     State(s): State<AppState>,
     Path(token): Path<String>,
@@ -82,6 +134,19 @@ async fn release(
     Ok(Json(hold))
 }
 
+/// What an event has left now: every category's counts and every seat's
+/// state.
+#[utoipa::path(
+    get,
+    path = "/events/{id}/tickets",
+    tag = "holds",
+    params(("id" = u64, Path, description = "The event's id")),
+    responses(
+        (status = 200, description = "The event's places, numbered with the last change they include", body = Availability),
+        (status = 404, description = "No such event (drafts are not shown)", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn tickets(
     State(s): State<AppState>,
     Path(raw): Path<String>,

@@ -15,14 +15,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::response::Response;
-use axum::routing::get;
-use axum::{Router, extract::ws::rejection::WebSocketUpgradeRejection};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse as _, Response};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::error::ErrorBody;
 use super::holds::now_ms;
 use super::{ApiError, AppState};
 use crate::storage::{Availability, PlaceChange, Storage, StorageError};
@@ -37,8 +41,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of one message a watcher may send (it has nothing to say).
 const MAX_INCOMING: usize = 1024;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/events/{id}/live", get(live))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(live))
 }
 
 /// What a watcher is sent, as JSON text.
@@ -112,8 +116,20 @@ impl Live {
         }));
     }
 
-    /// Fans changes out until the process ends.
+    /// Fans changes out until the process ends; should the fan-out fail
+    /// (a panic), it starts again a second later, and watchers catch up by
+    /// their numbers.
     pub async fn run(self: Arc<Self>, storage: Arc<dyn Storage>) {
+        loop {
+            let fan_out = tokio::spawn(self.clone().fan_out(storage.clone()));
+            if let Err(e) = fan_out.await {
+                tracing::error!(error = %e, "live feed: the fan-out stopped; starting it again");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn fan_out(self: Arc<Self>, storage: Arc<dyn Storage>) {
         let mut cursor = loop {
             let s = storage.clone();
             match tokio::task::spawn_blocking(move || s.change_cursor()).await {
@@ -168,11 +184,33 @@ impl Live {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LiveQuery {
+    /// The number of the last change the watcher saw: what came after it
+    /// is sent, or a snapshot when that is no longer kept.
+    #[param(format = "uint64", maximum = 18_446_744_073_709_551_615_u64)]
     since: Option<u64>,
 }
 
+/// An event's places as they change (WebSocket).
+///
+/// A snapshot, then every change as it happens. Each message is JSON text:
+/// `{"type": "snapshot"}` with the fields of `Availability`, or
+/// `{"type": "change"}` with those of `PlaceChange`.
+#[utoipa::path(
+    get,
+    path = "/events/{id}/live",
+    tag = "live",
+    params(("id" = u64, Path, description = "The event's id"), LiveQuery),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol: the messages follow"),
+        (status = 400, description = "`since` is not a number", body = ErrorBody),
+        (status = 404, description = "No such event (drafts are not shown)", body = ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn live(
     State(s): State<AppState>,
     Path(raw): Path<String>,
@@ -187,14 +225,26 @@ async fn live(
     })?;
     // The event must be one a buyer may see (drafts are not).
     s.db(move |db| db.event(id, None)).await?;
-    let upgrade = upgrade.map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::UPGRADE_REQUIRED,
-            "websocket_required",
-            format!("this is a WebSocket: {e}"),
-        )
-    })?;
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(e) => {
+            // 426 says which protocol to upgrade to (RFC 9110).
+            let mut refused = ApiError::new(
+                axum::http::StatusCode::UPGRADE_REQUIRED,
+                "websocket_required",
+                format!("this is a WebSocket: {e}"),
+            )
+            .into_response();
+            let headers = refused.headers_mut();
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            return Ok(refused);
+        }
+    };
+    // Small buffers: a watcher mostly waits, and there may be thousands.
     Ok(upgrade
+        .read_buffer_size(4 << 10)
+        .write_buffer_size(0)
         .max_message_size(MAX_INCOMING)
         .max_frame_size(MAX_INCOMING)
         .on_upgrade(move |socket| watch(s, id, query.since, socket)))
@@ -208,20 +258,15 @@ async fn catch_up(
     id: u64,
     since: Option<u64>,
 ) -> Result<(u64, Vec<Utf8Bytes>), ApiError> {
-    if let Some(n) = since {
+    // `since=0` (nothing seen) is a snapshot: a watcher starts from one.
+    if let Some(n) = since.filter(|n| *n > 0) {
         // From the change the watcher saw itself, so that a number this
         // event never reached (another shop's, say) is caught.
-        let from = n.saturating_sub(1);
-        let changes = s.db(move |db| db.changes(id, from, CATCH_UP + 1)).await?;
-        let seen = match changes.first() {
-            None => n == 0,
-            Some(first) if n == 0 => first.seq == 1,
-            Some(first) => first.seq == n,
-        };
+        let changes = s.db(move |db| db.changes(id, n - 1, CATCH_UP + 1)).await?;
+        let seen = changes.first().is_some_and(|first| first.seq == n);
         if seen && changes.len() <= CATCH_UP {
-            let skip = usize::from(n > 0);
             let last = changes.last().map_or(n, |c| c.seq);
-            let texts = changes[skip..]
+            let texts = changes[1..]
                 .iter()
                 .map(|c| text(&Told::Change(c)))
                 .collect();
@@ -261,12 +306,16 @@ async fn watch(s: AppState, id: u64, since: Option<u64>, mut socket: WebSocket) 
             last
         }
         Err(_) => {
-            let _ = socket.send(Message::Close(None)).await;
+            send(&mut socket, Message::Close(None)).await;
             return;
         }
     };
     let mut ping = tokio::time::interval(live.ping_every);
     ping.tick().await;
+    // A watcher answers pings (browsers do by themselves); one that has
+    // said nothing for two of them is gone, or is keeping a connection it
+    // does not read: let go either way.
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             got = changes.recv() => {
@@ -295,11 +344,14 @@ async fn watch(s: AppState, id: u64, since: Option<u64>, mut socket: WebSocket) 
             }
             incoming = socket.recv() => match incoming {
                 // Pings are answered by the socket itself; the watcher has
-                // nothing else to say.
+                // nothing else to say but pongs.
                 Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => heard = tokio::time::Instant::now(),
             },
             _ = ping.tick() => {
+                if heard.elapsed() > live.ping_every * 2 + Duration::from_secs(1) {
+                    break;
+                }
                 if !send(&mut socket, Message::Ping(Default::default())).await {
                     break;
                 }

@@ -2,6 +2,12 @@
 //! ([`error::ApiError`]), authentication as extractors ([`auth`]), a router
 //! per resource. Handlers parse and check what comes in, then call the
 //! storage from tokio's blocking pool.
+//!
+//! The OpenAPI document (`GET /api/v1/openapi.json`) is generated from the
+//! code: each handler carries its `#[utoipa::path]` (path, parameters,
+//! body, every answer), each type its `ToSchema`, and the routers are
+//! built with `utoipa_axum`'s `routes!`, which takes a route's path and
+//! methods from that annotation: a route cannot be served undocumented.
 
 pub mod auth;
 pub mod body;
@@ -16,7 +22,12 @@ pub mod orders;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::{Extension, Router};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::payments::Provider;
 use crate::storage::Storage;
@@ -43,6 +54,16 @@ pub struct AppState {
     pub webhook_log: Arc<OncePerSecond>,
     /// Hands places' changes to live watchers ([`live`]).
     pub live: Arc<live::Live>,
+}
+
+/// A number written as 1 to 19 decimal digits and nothing else (no sign,
+/// no space): how ids and cursors are written in queries. 19 digits hold
+/// every id, which SQLite keeps as a signed 64-bit integer.
+pub(crate) fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// Lets something happen at most once a second (a log line under a flood).
@@ -103,16 +124,131 @@ impl AppState {
     }
 }
 
-/// Every route of the API.
+/// What the document says beyond the handlers' own annotations: where the
+/// API is, its tags, how an organizer authenticates, the error shape.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "issuer booking API",
+        description = "Venues, events and ticket categories; holds, orders and payment; \
+                       the keyset and revoked tickets gates need. Every refusal is \
+                       `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    servers((url = "/api/v1", description = "This server")),
+    modifiers(&OrganizerToken),
+    tags(
+        (name = "catalogue", description = "Venues, events and ticket categories: organizers make them, everyone browses them"),
+        (name = "holds", description = "Places held for a while, and what an event has left"),
+        (name = "orders", description = "Orders, payment, guest links, ticket pictures"),
+        (name = "feed", description = "What an organizer's gates need, and its sales"),
+        (name = "live", description = "Places' changes as they happen (WebSocket)"),
+        (name = "meta", description = "This document"),
+    ),
+    components(
+        // The live feed's messages: no operation's body, named in its text.
+        schemas(error::ErrorBody, crate::storage::PlaceChange),
+        responses(
+            error::Unauthorized,
+            error::NotJson,
+            error::TooLarge,
+            error::RateLimited,
+            error::Internal
+        )
+    )
+)]
+struct ApiDoc;
+
+/// The security scheme `organizer`: an organizer's API token as a bearer
+/// token (`issuer organizers add` makes one).
+struct OrganizerToken;
+
+impl utoipa::Modify for OrganizerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "organizer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An organizer's API token: `Authorization: Bearer org_...`",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route of the API (paths relative to `/api/v1`) with its
+/// document.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(openapi_json))
+        .merge(catalogue::router())
+        .merge(holds::router())
+        .merge(orders::router())
+        .merge(live::router())
+        .merge(feed::router())
+}
+
+/// The OpenAPI document as served: serialized once, when the app is built.
+#[derive(Clone)]
+struct Document(axum::body::Bytes);
+
+/// This OpenAPI document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object))
+)]
+async fn openapi_json(Extension(Document(json)): Extension<Document>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], json)
+}
+
+/// The document as served. utoipa 5 writes a link's fields as they are
+/// named in Rust (`operation_id`); OpenAPI names them `operationId`,
+/// `operationRef` and `requestBody`, and tools ignore a link without them.
+fn document_json(document: &utoipa::openapi::OpenApi) -> Vec<u8> {
+    use serde_json::Value;
+    // Built from types and annotations only: it cannot fail to serialize.
+    let mut json = serde_json::to_value(document).unwrap_or_default();
+    let links = json
+        .get_mut("paths")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links")?.as_object_mut())
+        .flat_map(|links| links.values_mut())
+        .filter_map(Value::as_object_mut);
+    for link in links {
+        for (rust, openapi) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(v) = link.remove(rust) {
+                link.insert(openapi.into(), v);
+            }
+        }
+    }
+    serde_json::to_vec(&json).unwrap_or_default()
+}
+
+/// Every route of the API, and its OpenAPI document at
+/// `/api/v1/openapi.json`.
 pub fn app(state: AppState) -> Router {
+    let (api, document) = routes().split_for_parts();
+    let json = document_json(&document);
     Router::new()
         .nest(
             "/api/v1",
-            catalogue::router()
-                .merge(holds::router())
-                .merge(orders::router())
-                .merge(live::router())
-                .merge(feed::router()),
+            api.layer(Extension(Document(axum::body::Bytes::from(json)))),
         )
         .fallback(|| async { ApiError::not_found("no such path") })
         .method_not_allowed_fallback(|| async {

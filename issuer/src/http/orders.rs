@@ -2,57 +2,76 @@
 //! webhooks settle what was not settled at once. Guest checkout: the order
 //! is read with the secret of its link.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Organizer;
 use super::body::{JsonBody, MAX_BODY};
+use super::error::ErrorBody;
 use super::holds::now_ms;
 use super::{ApiError, AppState};
 use crate::domain::order::{Buyer, Order, order_code};
 use crate::payments::{Intent, IntentStatus, PaymentFailure, verify_webhook};
 use crate::storage::{Created, IssuedTicket, NewOrder, Settled, StorageError};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/orders", post(add_order))
-        .route("/orders/{code}", get(order))
-        .route("/orders/{code}/cancel", post(cancel))
-        .route("/tickets/{id}/qr.png", get(qr_png))
-        .route("/tickets/{id}/qr.svg", get(qr_svg))
-        .route("/payments/webhook", post(webhook))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(add_order))
+        .routes(routes!(order))
+        .routes(routes!(cancel))
+        .routes(routes!(qr_png))
+        .routes(routes!(qr_svg))
+        .routes(routes!(webhook))
 }
 
 /// Longest `Idempotency-Key` taken.
 const MAX_KEY: usize = 255;
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "hold_token": "hold_...",
+    "email": "ana@example.org",
+    "name": "Ana",
+    "payment_method": "pm_card_visa"
+}))]
 struct OrderRequest {
+    /// The hold whose places are ordered (`hold_...`).
     hold_token: String,
+    /// Where the tickets are sent.
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
     /// The provider's payment method (`pm_...`), made by the buyer's
     /// browser with the provider; a test card's in the sandbox.
+    #[schema(pattern = "^[!-~]{1,200}$", example = "pm_card_visa")]
     payment_method: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct OrderAnswer {
     #[serde(flatten)]
     order: Order,
     /// The secret of the order's link: whoever has it reads the order.
     secret: String,
+    /// The order's own address, its secret included.
     link: String,
     /// A paid order's tickets; their pictures are at
     /// `/api/v1/tickets/{ticket_id}/qr.png?secret=...` (and `.svg`).
@@ -99,6 +118,46 @@ async fn issue_tickets(s: &AppState, code: &str) -> Result<(), ApiError> {
         .await
 }
 
+/// Orders a hold's places and pays for them.
+///
+/// The payment goes through the provider at once. Sent again with the same
+/// `Idempotency-Key`, the same request is answered with what it came to,
+/// never charged twice.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    request_body = OrderRequest,
+    params((
+        "Idempotency-Key" = Option<String>,
+        Header,
+        description = "1 to 255 printable ASCII characters: the same key and request again is the same order",
+        pattern = r"^[!-~]([\t -~]*[!-~])?$",
+        max_length = 255
+    )),
+    responses(
+        (status = 200, description = "The same request again with its key: the order it made", body = OrderAnswer, links(
+            ("read" = (operation_id = "order", parameters(("code" = "$response.body#/code"), ("secret" = "$response.body#/secret")))),
+            ("cancel" = (operation_id = "cancel", parameters(("code" = "$response.body#/code")), description = "The organizer cancels it")),
+            ("png" = (operation_id = "qr_png", parameters(("id" = "$response.body#/tickets/0/ticket_id"), ("secret" = "$response.body#/secret")), description = "The first ticket's picture")),
+            ("svg" = (operation_id = "qr_svg", parameters(("id" = "$response.body#/tickets/0/ticket_id"), ("secret" = "$response.body#/secret")))),
+        )),
+        (status = 201, description = "The order: paid (with its tickets), failed (the payment was refused, see `note`) or pending (the payment is not settled yet)", body = OrderAnswer, links(
+            ("read" = (operation_id = "order", parameters(("code" = "$response.body#/code"), ("secret" = "$response.body#/secret")))),
+            ("cancel" = (operation_id = "cancel", parameters(("code" = "$response.body#/code")), description = "The organizer cancels it")),
+            ("png" = (operation_id = "qr_png", parameters(("id" = "$response.body#/tickets/0/ticket_id"), ("secret" = "$response.body#/secret")), description = "The first ticket's picture")),
+            ("svg" = (operation_id = "qr_svg", parameters(("id" = "$response.body#/tickets/0/ticket_id"), ("secret" = "$response.body#/secret")))),
+        )),
+        (status = 400, description = "The body is not an order, or the Idempotency-Key or payment method is malformed", body = ErrorBody),
+        (status = 404, description = "No such hold", body = ErrorBody),
+        (status = 409, description = "The hold expired, was let go or is ordered already; the event is off sale; or the key was used for another request", body = ErrorBody),
+        (status = 413, response = super::error::TooLarge),
+        (status = 415, response = super::error::NotJson),
+        (status = 422, description = "The buyer's name or e-mail address is refused", body = ErrorBody),
+        (status = 429, response = super::error::RateLimited),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn add_order(
     State(s): State<AppState>,
     _: super::limit::Limited,
@@ -122,9 +181,11 @@ async fn add_order(
     if !req.hold_token.starts_with("hold_") || req.hold_token.len() > 100 {
         return Err(ApiError::not_found("hold not found"));
     }
-    if req.payment_method.is_empty() || req.payment_method.len() > 200 {
+    if !(1..=200).contains(&req.payment_method.len())
+        || !req.payment_method.bytes().all(|b| b.is_ascii_graphic())
+    {
         return Err(ApiError::bad_request(
-            "payment_method is 1 to 200 characters",
+            "payment_method is 1 to 200 printable ASCII characters, no spaces",
         ));
     }
     let request_hash: [u8; 32] =
@@ -240,12 +301,26 @@ async fn settle(s: &AppState, code: &str, intent: &Intent) -> Result<Order, ApiE
     settled
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Secret {
+    /// The secret of the order's link (`sec_...`).
     secret: String,
 }
 
+/// An order, by its code and its link's secret (guest checkout).
+#[utoipa::path(
+    get,
+    path = "/orders/{code}",
+    tag = "orders",
+    params(("code" = String, Path, description = "The order's code"), Secret),
+    responses(
+        (status = 200, description = "The order, its link and its tickets", body = OrderAnswer),
+        (status = 404, description = "No such order, or not its secret", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn order(
     State(s): State<AppState>,
     Path(code): Path<String>,
@@ -274,6 +349,22 @@ async fn ticket_code(
     s.db(move |db| db.ticket_code(&id, &hash)).await
 }
 
+/// A PNG picture's bytes, as the document describes them (OpenAPI 3.1
+/// names binary content by its media type).
+pub struct Png;
+
+impl utoipa::PartialSchema for Png {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("image/png")
+            .into()
+    }
+}
+
+impl ToSchema for Png {}
+
 /// A ticket's QR picture, as PNG or SVG.
 async fn picture(
     s: &AppState,
@@ -295,6 +386,18 @@ async fn picture(
     Ok(([(axum::http::header::CONTENT_TYPE, kind)], body).into_response())
 }
 
+/// A ticket's QR code as a PNG picture.
+#[utoipa::path(
+    get,
+    path = "/tickets/{id}/qr.png",
+    tag = "orders",
+    params(("id" = String, Path, description = "The ticket's id (32 hex digits)"), Secret),
+    responses(
+        (status = 200, description = "The picture", content_type = "image/png", body = Png),
+        (status = 404, description = "No such ticket, or not its order's secret", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn qr_png(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -303,6 +406,18 @@ async fn qr_png(
     picture(&s, id, params, false).await
 }
 
+/// A ticket's QR code as an SVG picture.
+#[utoipa::path(
+    get,
+    path = "/tickets/{id}/qr.svg",
+    tag = "orders",
+    params(("id" = String, Path, description = "The ticket's id (32 hex digits)"), Secret),
+    responses(
+        (status = 200, description = "The picture", content_type = "image/svg+xml", body = String),
+        (status = 404, description = "No such ticket, or not its order's secret", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn qr_svg(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -315,6 +430,25 @@ async fn qr_svg(
 const MAX_WEBHOOK: usize = 64 << 10;
 
 /// The provider's news of a payment, signed with the webhook secret.
+#[utoipa::path(
+    post,
+    path = "/payments/webhook",
+    tag = "orders",
+    params(("Stripe-Signature" = String, Header, description = "`t=UNIX_SECONDS,v1=HEX`: HMAC-SHA256 of `t.body` with the webhook secret")),
+    request_body(
+        content = Object,
+        content_type = "application/json",
+        description = "A Stripe event (`{\"id\", \"type\", \"data\": {\"object\": PaymentIntent}}`), at most 64 KiB; \
+                       only `payment_intent.succeeded` and `payment_intent.payment_failed` are acted on"
+    ),
+    responses(
+        (status = 200, description = "Taken: the order is settled (or the event was of no interest)"),
+        (status = 400, description = "No signature, a stale or wrong one, or a body over 64 KiB", body = ErrorBody),
+        (status = 404, description = "No webhooks are taken here, or no order was paid by that payment", body = ErrorBody),
+        (status = 422, description = "The news does not apply to the order's state", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn webhook(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -366,6 +500,20 @@ async fn webhook(
 
 /// The organizer cancels an order: a pending one is given up, a paid one
 /// paid back through the provider, and its tickets revoked.
+#[utoipa::path(
+    post,
+    path = "/orders/{code}/cancel",
+    tag = "orders",
+    params(("code" = String, Path, description = "The order's code")),
+    security(("organizer" = [])),
+    responses(
+        (status = 200, description = "The order, cancelled or refunded", body = Order),
+        (status = 401, response = super::error::Unauthorized),
+        (status = 404, description = "No such order of the organizer's events", body = ErrorBody),
+        (status = 409, description = "The order is failed, cancelled or refunded already: nothing to cancel", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
 async fn cancel(
     State(s): State<AppState>,
     Organizer(by): Organizer,

@@ -11,6 +11,7 @@
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::domain::Invalid;
 use crate::domain::catalogue::{
@@ -45,7 +46,7 @@ impl From<Invalid> for StorageError {
 pub type Result<T> = std::result::Result<T, StorageError>;
 
 /// A venue as stored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Venue {
     pub id: u64,
     pub organizer_id: OrganizerId,
@@ -125,7 +126,7 @@ pub trait Catalogue: Send + Sync {
 }
 
 /// What is left of a category, now.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CategoryAvailability {
     pub category_id: u64,
     pub name: String,
@@ -138,7 +139,7 @@ pub struct CategoryAvailability {
     pub currency: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PlaceState {
     Available,
@@ -147,7 +148,7 @@ pub enum PlaceState {
 }
 
 /// An event's places now: every category's counts, every seat's state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Availability {
     pub event_id: u64,
     /// The number of the last change this includes ([`PlaceChange::seq`]):
@@ -163,7 +164,7 @@ pub struct Availability {
 /// expired (held to available), sold (held to sold), refunded (sold to
 /// available). A place taken by a hold whose time passed is first told
 /// expired, so the moves add up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
     Held,
@@ -208,7 +209,7 @@ impl ChangeKind {
 }
 
 /// One change of an event's places, numbered 1, 2, ... per event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PlaceChange {
     pub event_id: u64,
     pub seq: u64,
@@ -221,7 +222,7 @@ pub struct PlaceChange {
     pub places: Vec<CategoryCount>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CategoryCount {
     pub category_id: u64,
     pub count: u64,
@@ -380,7 +381,7 @@ pub trait Orders: Send + Sync {
 }
 
 /// An event's sales, for its organizer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Figures {
     pub event_id: u64,
     pub currency: String,
@@ -395,7 +396,7 @@ pub struct Figures {
     pub by_day: Vec<DayFigures>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CategoryFigures {
     pub category_id: u64,
     pub name: String,
@@ -405,7 +406,7 @@ pub struct CategoryFigures {
     pub revenue: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DayFigures {
     /// `YYYY-MM-DD`, UTC.
     pub day: String,
@@ -414,7 +415,7 @@ pub struct DayFigures {
 }
 
 /// A ticket no longer good, in the order revocations were made.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Revocation {
     pub seq: u64,
     pub event_id: u64,
@@ -426,7 +427,7 @@ pub struct Revocation {
 }
 
 /// A ticket issued to an order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct IssuedTicket {
     /// 32 hex digits.
     pub ticket_id: String,

@@ -10,6 +10,7 @@ use crate::Env;
 
 mod live;
 mod mail;
+mod openapi;
 
 /// `issuer serve` on a free port of this machine; killed when dropped.
 struct Server {

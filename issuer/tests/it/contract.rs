@@ -1061,7 +1061,12 @@ fn a_payment_after_the_hold_expired_is_kept_if_the_places_are_free_else_refunded
 
 #[test]
 fn a_refunded_order_puts_its_places_on_sale_again() {
-    for (name, db, _tmp) in backends() {
+    for (name, db, tmp) in backends() {
+        let store = issuer::Store::open(&tmp.path().join("data")).unwrap();
+        let key = issuer::keys::generate(&store, 1_000_000)
+            .unwrap()
+            .key_id
+            .to_string();
         let (e, _, _) = on_sale(&*db, 5);
         db.hold(&seats(e, &["A-2-2"]), &[1; 32], T0, MIN).unwrap();
         created(
@@ -1069,6 +1074,7 @@ fn a_refunded_order_puts_its_places_on_sale_again() {
                 .unwrap(),
         );
         db.settle_paid("REFUND0001", T0).unwrap();
+        sign(&*db, "REFUND0001", &key);
         let o = db
             .mark_refunded("REFUND0001", "re_9", "cancelled by the organizer", T0 + 1)
             .unwrap();
@@ -1088,8 +1094,36 @@ fn a_refunded_order_puts_its_places_on_sale_again() {
             PlaceState::Available,
             "{name}"
         );
-        feed_adds_up(&*db, e, T0 + 3, name);
+        // Sold again, to someone else, with a ticket of its own; the old
+        // one stays revoked.
+        db.hold(&seats(e, &["A-2-2"]), &[2; 32], T0 + 3, MIN)
+            .unwrap();
+        created(
+            db.create_order(&new_order(2, "REFUND0002", None), T0 + 3)
+                .unwrap(),
+        );
+        assert!(matches!(
+            db.settle_paid("REFUND0002", T0 + 4).unwrap(),
+            Settled::Paid(_)
+        ));
+        sign(&*db, "REFUND0002", &key);
+        let revoked = db.revocations(1, &[e], 0, 100).unwrap();
+        assert_eq!(revoked.len(), 1, "{name}");
+        feed_adds_up(&*db, e, T0 + 5, name);
     }
+}
+
+/// Records a paid order's tickets, with stand-in codes.
+fn sign(db: &dyn Storage, code: &str, key: &str) {
+    let fields = db.tickets_to_sign(code).unwrap().unwrap();
+    let tickets: Vec<_> = fields
+        .into_iter()
+        .map(|f| {
+            let stand_in = format!("VT1.{}", shared::hex::encode(&f.ticket_id.0));
+            (f, stand_in)
+        })
+        .collect();
+    db.record_tickets(code, key, &tickets, T0).unwrap();
 }
 
 #[test]
@@ -1430,5 +1464,53 @@ fn paid_and_paid_back_orders_queue_one_message_each_taken_by_one_worker_at_a_tim
             (late[0].kind, late[0].order.code.as_str()),
             (MailKind::LateRefund, "MAIL000002")
         );
+    }
+}
+
+#[test]
+fn the_feed_adds_up_when_more_holds_lapse_at_once_than_are_told_in_one_go() {
+    for (name, db, _tmp) in backends() {
+        let a = organizer(&*db, 1);
+        let mut big = venue("Lyon");
+        big.plan.areas[0].capacity = 3000;
+        let v = db.add_venue(a, &big).unwrap();
+        let e = db
+            .add_event(a, &event(v.id, "Night", Genre::Concert, 1000))
+            .unwrap()
+            .id;
+        let standing = Places::Quota {
+            area: "floor".into(),
+            places: 3000,
+        };
+        let floor = db.add_category(a, e, &category(standing, 2000)).unwrap().id;
+        db.set_status(a, e, EventStatus::OnSale).unwrap();
+        let one = HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Quantity {
+                category_id: floor,
+                quantity: 1,
+            }],
+        };
+        let lapsing = |round: u8, at: u64| {
+            for i in 0..1500u32 {
+                let mut token = [round; 32];
+                token[..4].copy_from_slice(&i.to_le_bytes());
+                db.hold(&one, &token, at, MIN).unwrap();
+            }
+        };
+        // All lapse, and someone looks.
+        lapsing(1, T0);
+        feed_adds_up(&*db, e, T0 + 2 * MIN, name);
+        // All lapse again, and the next buyer takes places they had.
+        lapsing(2, T0 + 3 * MIN);
+        let many = HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Quantity {
+                category_id: floor,
+                quantity: 10,
+            }],
+        };
+        db.hold(&many, &[0xEE; 32], T0 + 5 * MIN, MIN).unwrap();
+        feed_adds_up(&*db, e, T0 + 5 * MIN, name);
     }
 }

@@ -38,7 +38,7 @@ impl Catalogue for SqliteStorage {
 
     fn organizer_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<OrganizerId>> {
         Ok(self
-            .conn()
+            .read()
             .query_row(
                 "SELECT organizer_id FROM organizer_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
                 [&token_hash[..]],
@@ -69,7 +69,7 @@ impl Catalogue for SqliteStorage {
     }
 
     fn venue(&self, id: u64) -> Result<Venue> {
-        venue_of(&self.conn(), id)?.ok_or_else(|| StorageError::NotFound(format!("venue {id}")))
+        venue_of(&self.read(), id)?.ok_or_else(|| StorageError::NotFound(format!("venue {id}")))
     }
 
     fn add_event(&self, by: OrganizerId, event: &NewEvent) -> Result<Event> {
@@ -158,7 +158,7 @@ impl Catalogue for SqliteStorage {
     }
 
     fn event(&self, id: u64, viewer: Option<OrganizerId>) -> Result<Event> {
-        match Self::event_row(&self.conn(), id)? {
+        match Self::event_row(&self.read(), id)? {
             Some((event, owner))
                 if event.status != EventStatus::Draft || (owner.is_some() && owner == viewer) =>
             {
@@ -215,7 +215,7 @@ impl Catalogue for SqliteStorage {
         }
         sql.push_str(" ORDER BY starts_at, id LIMIT ");
         sql.push_str(&q.limit.clamp(1, MAX_LIST).to_string());
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| Ok(event_of(r)))?;
         let mut out = Vec::new();
@@ -236,7 +236,7 @@ impl Catalogue for SqliteStorage {
             .split(", ")
             .map(|c| format!("e.{c}"))
             .collect();
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {} FROM events_fts JOIN events e ON e.id = events_fts.rowid
              WHERE events_fts MATCH ?1 AND (e.status <> 'draft' OR e.organizer_id = ?2)
@@ -344,7 +344,7 @@ impl Catalogue for SqliteStorage {
     }
 
     fn categories(&self, event_id: u64) -> Result<Vec<Category>> {
-        categories_of(&self.conn(), event_id)
+        categories_of(&self.read(), event_id)
     }
 
     fn keyset(&self, by: OrganizerId, events: &[u64], now: u64) -> Result<String> {

@@ -61,16 +61,32 @@ pub(super) fn announce_expired_in(
     event_id: Option<u64>,
     now_ms: u64,
 ) -> Result<usize> {
+    // Every one of them, a thousand at a time: a place left untold would
+    // be taken without its expiry said, and watchers' counts would drift.
+    let mut told = 0;
+    loop {
+        let n = announce_some(conn, event_id, now_ms)?;
+        told += n;
+        if n < ANNOUNCE_BATCH {
+            return Ok(told);
+        }
+    }
+}
+
+const ANNOUNCE_BATCH: usize = 1000;
+
+fn announce_some(conn: &Connection, event_id: Option<u64>, now_ms: u64) -> Result<usize> {
     let holds: Vec<(Vec<u8>, i64)> = conn
         .prepare_cached(
             "SELECT token_hash, event_id FROM holds
              WHERE announced = 0 AND released_at IS NULL AND expires_at <= ?1
                AND (?2 IS NULL OR event_id = ?2)
-             ORDER BY expires_at LIMIT 1000",
+             ORDER BY expires_at LIMIT ?3",
         )?
-        .query_map(params![key(now_ms), event_id.map(key)], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?
+        .query_map(
+            params![key(now_ms), event_id.map(key), ANNOUNCE_BATCH as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
         .collect::<rusqlite::Result<_>>()?;
     for (hold, event) in &holds {
         let places = moved(
@@ -93,6 +109,9 @@ pub(super) fn last_seq(conn: &Connection, event_id: u64) -> Result<u64> {
         .prepare_cached("SELECT coalesce(max(seq), 0) FROM place_changes WHERE event_id = ?1")?
         .query_row([key(event_id)], |r| r.get::<_, i64>(0))? as u64)
 }
+
+/// How long changes are kept for watchers catching up.
+const KEEP_CHANGES_MS: u64 = 24 * 3600 * 1000;
 
 const CHANGE_COLUMNS: &str = "id, event_id, seq, at, kind, seats, places";
 
@@ -139,7 +158,7 @@ impl SqliteStorage {
         after: u64,
         limit: usize,
     ) -> Result<Vec<PlaceChange>> {
-        let conn = self.conn();
+        let conn = self.read();
         let rows = query_changes(
             &conn,
             &format!(
@@ -156,7 +175,7 @@ impl SqliteStorage {
         cursor: u64,
         limit: usize,
     ) -> Result<(u64, Vec<PlaceChange>)> {
-        let conn = self.conn();
+        let conn = self.read();
         let rows = query_changes(
             &conn,
             &format!(
@@ -169,7 +188,7 @@ impl SqliteStorage {
     }
 
     pub(super) fn newest_change(&self) -> Result<u64> {
-        let conn = self.conn();
+        let conn = self.read();
         Ok(conn
             .query_row("SELECT max(id) FROM place_changes", [], |r| {
                 r.get::<_, Option<i64>>(0)
@@ -180,9 +199,9 @@ impl SqliteStorage {
     }
 
     pub(super) fn announce_all(&self, now_ms: u64) -> Result<usize> {
-        let mut conn = self.conn();
-        // Most seconds there is nothing to tell: no write lock for that.
-        let due: bool = conn
+        // Most seconds there is nothing to tell: no write for that.
+        let due: bool = self
+            .read()
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM holds
                  WHERE announced = 0 AND released_at IS NULL AND expires_at <= ?1)",
@@ -191,9 +210,18 @@ impl SqliteStorage {
         if !due {
             return Ok(0);
         }
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let n = announce_expired_in(&tx, None, now_ms)?;
-        tx.commit()?;
+        self.write(|tx| {
+        let n = announce_expired_in(tx, None, now_ms)?;
+        // Changes older than a day go (a watcher that far behind gets a
+        // snapshot), but each event keeps its newest, so its numbers never
+        // start again.
+        tx.prepare_cached(
+            "DELETE FROM place_changes
+             WHERE id IN (SELECT id FROM place_changes WHERE at < ?1 ORDER BY id LIMIT 10000)
+               AND seq < (SELECT max(seq) FROM place_changes p WHERE p.event_id = place_changes.event_id)",
+        )?
+        .execute([key(now_ms.saturating_sub(KEEP_CHANGES_MS))])?;
         Ok(n)
+        })
     }
 }

@@ -3,9 +3,10 @@
 //! a place; each place is taken by a conditional update that succeeds only
 //! while the place is neither sold nor held.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::catalogue::categories_of;
 use super::changes::{announce_expired_in, last_seq, moved, record};
@@ -13,7 +14,6 @@ use super::{SqliteStorage, key, venue_of};
 use crate::domain::catalogue::{Category, EventStatus, Places};
 use crate::domain::hold::{HeldPlace, Hold, HoldItem, HoldRequest, HoldState};
 use crate::domain::seats::best_block;
-use crate::domain::venue::SeatingPlan;
 use crate::storage::{
     Availability, CategoryAvailability, ChangeKind, Inventory, PlaceChange, PlaceState, Result,
     StorageError,
@@ -22,7 +22,8 @@ use crate::storage::{
 /// A place taken by a hold being made: (category, n, seat key).
 type Taken = (u64, i64, Option<String>);
 
-/// Takes place `n` of `category` for the hold, if it is free at `now`.
+/// Takes place `n` of `category` for the hold, if it is free at `now`:
+/// its seat key (`None` for a standing place), or `None` if it was not free.
 fn take(
     conn: &Connection,
     hold: &[u8; 32],
@@ -30,12 +31,56 @@ fn take(
     now: u64,
     category: u64,
     n: i64,
-) -> Result<bool> {
-    Ok(conn.execute(
-        "UPDATE places SET hold = ?1, held_until = ?2
-         WHERE category_id = ?3 AND n = ?4 AND order_id IS NULL AND held_until <= ?5",
-        params![&hold[..], key(until), key(category), n, key(now)],
-    )? == 1)
+) -> Result<Option<Option<String>>> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE places SET hold = ?1, held_until = ?2
+             WHERE category_id = ?3 AND n = ?4 AND order_id IS NULL AND held_until <= ?5
+             RETURNING seat_key",
+        )?
+        .query_row(
+            params![&hold[..], key(until), key(category), n, key(now)],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+impl SqliteStorage {
+    /// The seat rows of a seated category, front to back, section by
+    /// section, as their lengths: place n of the category is the n-th seat
+    /// in that order. Kept once worked out (a category's seats never change,
+    /// nor a venue's plan once it has categories).
+    fn rows_of(&self, conn: &Connection, c: &Category, venue_id: u64) -> Result<Arc<Vec<usize>>> {
+        let cached = self
+            .rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&c.id)
+            .cloned();
+        if let Some(rows) = cached {
+            return Ok(rows);
+        }
+        let Places::Seats { sections } = &c.info.places else {
+            return Ok(Arc::default());
+        };
+        let venue = venue_of(conn, venue_id)?
+            .ok_or_else(|| StorageError::NotFound("the event's venue".into()))?;
+        let rows: Arc<Vec<usize>> = Arc::new(
+            venue
+                .info
+                .plan
+                .sections
+                .iter()
+                .filter(|s| sections.contains(&s.id))
+                .flat_map(|s| s.rows.iter().map(|r| r.seats.len()))
+                .collect(),
+        );
+        self.rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(c.id, rows.clone());
+        Ok(rows)
+    }
 }
 
 fn category(categories: &BTreeMap<u64, Category>, id: u64) -> Result<&Category> {
@@ -55,9 +100,8 @@ impl Inventory for SqliteStorage {
     ) -> Result<Hold> {
         request.check()?;
         let until = now_ms.saturating_add(ttl_ms);
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let event = match SqliteStorage::event_row(&tx, request.event_id)? {
+        self.write(|tx| {
+        let event = match SqliteStorage::event_row(tx, request.event_id)? {
             Some((e, _)) if e.status != EventStatus::Draft => e,
             _ => {
                 return Err(StorageError::NotFound(format!(
@@ -75,8 +119,8 @@ impl Inventory for SqliteStorage {
         }
         // Places of holds whose time passed are told free before they are
         // taken again, so the live feed's moves add up.
-        announce_expired_in(&tx, Some(event.id), now_ms)?;
-        let categories: BTreeMap<u64, Category> = categories_of(&tx, event.id)?
+        announce_expired_in(tx, Some(event.id), now_ms)?;
+        let categories: BTreeMap<u64, Category> = categories_of(tx, event.id)?
             .into_iter()
             .map(|c| (c.id, c))
             .collect();
@@ -118,7 +162,7 @@ impl Inventory for SqliteStorage {
                                 "the event sells no seat {seat:?}"
                             )));
                         };
-                        if !take(&tx, token_hash, until, now_ms, c as u64, n)? {
+                        if take(tx, token_hash, until, now_ms, c as u64, n)?.is_none() {
                             return Err(StorageError::Conflict(format!("seat {seat} is taken")));
                         }
                         taken.push((c as u64, n, Some(seat.clone())));
@@ -129,15 +173,13 @@ impl Inventory for SqliteStorage {
                     quantity,
                 } => {
                     let c = category(&categories, *category_id)?;
-                    let free: Vec<(i64, Option<String>)> = tx
+                    let free: Vec<i64> = tx
                         .prepare_cached(
-                            "SELECT n, seat_key FROM places
+                            "SELECT n FROM places
                              WHERE category_id = ?1 AND order_id IS NULL AND held_until <= ?2
-                             ORDER BY n LIMIT ?3",
+                             ORDER BY held_until, n LIMIT ?3",
                         )?
-                        .query_map(params![key(c.id), key(now_ms), quantity], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })?
+                        .query_map(params![key(c.id), key(now_ms), quantity], |r| r.get(0))?
                         .collect::<rusqlite::Result<_>>()?;
                     if free.len() < *quantity as usize {
                         return Err(StorageError::Conflict(format!(
@@ -146,12 +188,12 @@ impl Inventory for SqliteStorage {
                             free.len()
                         )));
                     }
-                    for (n, seat) in free {
-                        if !take(&tx, token_hash, until, now_ms, c.id, n)? {
+                    for n in free {
+                        let Some(seat) = take(tx, token_hash, until, now_ms, c.id, n)? else {
                             return Err(StorageError::Conflict(
                                 "a place was taken meanwhile".into(),
                             ));
-                        }
+                        };
                         taken.push((c.id, n, seat));
                     }
                 }
@@ -160,51 +202,51 @@ impl Inventory for SqliteStorage {
                     quantity,
                 } => {
                     let c = category(&categories, *category_id)?;
-                    let Places::Seats { sections } = &c.info.places else {
+                    if !matches!(c.info.places, Places::Seats { .. }) {
                         return Err(StorageError::Invalid(format!(
                             "{} is standing: ask for a quantity, not the best seats",
                             c.info.name
                         )));
-                    };
-                    let venue = venue_of(&tx, event.info.venue_id)?
-                        .ok_or_else(|| StorageError::NotFound("the event's venue".into()))?;
-                    let free: HashMap<String, i64> = tx
-                        .prepare_cached(
-                            "SELECT seat_key, n FROM places
+                    }
+                    // The category's rows, front to back, section by
+                    // section, as runs of its place numbers.
+                    let rows = self.rows_of(tx, c, event.info.venue_id)?;
+                    let capacity: usize = rows.iter().sum();
+                    let mut free = vec![false; capacity];
+                    {
+                        let mut stmt = tx.prepare_cached(
+                            "SELECT n FROM places
                              WHERE category_id = ?1 AND order_id IS NULL AND held_until <= ?2",
-                        )?
-                        .query_map(params![key(c.id), key(now_ms)], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })?
-                        .collect::<rusqlite::Result<_>>()?;
-                    // The category's rows, front to back, section by section.
-                    let mut rows: Vec<(Vec<String>, Vec<bool>)> = Vec::new();
-                    let plan = &venue.info.plan;
-                    for section in plan.sections.iter().filter(|s| sections.contains(&s.id)) {
-                        for row in &section.rows {
-                            let keys: Vec<String> = row
-                                .seats
-                                .iter()
-                                .map(|seat| SeatingPlan::seat_key(section, row, seat))
-                                .collect();
-                            let state = keys.iter().map(|k| free.contains_key(k)).collect();
-                            rows.push((keys, state));
+                        )?;
+                        let mut found = stmt.query(params![key(c.id), key(now_ms)])?;
+                        while let Some(r) = found.next()? {
+                            let n: i64 = r.get(0)?;
+                            if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i)) {
+                                *f = true;
+                            }
                         }
                     }
-                    let views: Vec<&[bool]> = rows.iter().map(|(_, s)| s.as_slice()).collect();
+                    let mut views: Vec<&[bool]> = Vec::with_capacity(rows.len());
+                    let mut starts = Vec::with_capacity(rows.len());
+                    let mut at = 0;
+                    for len in rows.iter() {
+                        views.push(&free[at..at + len]);
+                        starts.push(at);
+                        at += len;
+                    }
                     let Some(block) = best_block(&views, *quantity as usize) else {
                         return Err(StorageError::Conflict(format!(
                             "{} has no {quantity} seats side by side left",
                             c.info.name
                         )));
                     };
-                    let keys = &rows[block.row].0[block.first..block.first + *quantity as usize];
-                    for k in keys {
-                        let n = free[k];
-                        if !take(&tx, token_hash, until, now_ms, c.id, n)? {
-                            return Err(StorageError::Conflict(format!("seat {k} is taken")));
-                        }
-                        taken.push((c.id, n, Some(k.clone())));
+                    let first = starts[block.row] + block.first;
+                    for i in first..first + *quantity as usize {
+                        let n = i as i64 + 1;
+                        let Some(seat) = take(tx, token_hash, until, now_ms, c.id, n)? else {
+                            return Err(StorageError::Conflict("a seat was taken meanwhile".into()));
+                        };
+                        taken.push((c.id, n, seat));
                     }
                 }
             }
@@ -245,11 +287,17 @@ impl Inventory for SqliteStorage {
                     c.info.name, c.info.per_order
                 )));
             }
-            let (capacity, sold): (i64, i64) = tx.query_row(
-                "SELECT count(*), count(order_id) FROM places WHERE category_id = ?1",
-                [key(*id)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
+            // Counting what is sold costs a pass over the category: only
+            // demand tiers need it.
+            let (capacity, sold): (i64, i64) = if c.info.pricing.demand_tiers.is_empty() {
+                (0, 0)
+            } else {
+                tx.query_row(
+                    "SELECT count(*), count(order_id) FROM places WHERE category_id = ?1",
+                    [key(*id)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
+            };
             prices.insert(
                 *id,
                 c.info.pricing.price_at(now_s, sold as u64, capacity as u64),
@@ -292,47 +340,58 @@ impl Inventory for SqliteStorage {
         }
         let moved: Vec<(u64, Option<String>)> =
             taken.into_iter().map(|(c, _, seat)| (c, seat)).collect();
-        record(&tx, event.id, now_ms, ChangeKind::Held, &moved)?;
-        tx.commit()?;
-        hold_of(&conn, token_hash, now_ms)
+        record(tx, event.id, now_ms, ChangeKind::Held, &moved)?;
+        hold_of(tx, token_hash, now_ms)
+        })
     }
 
     fn hold_of(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
-        hold_of(&self.conn(), token_hash, now_ms)
+        hold_of(&self.read(), token_hash, now_ms)
     }
 
     fn release(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let hold = hold_of(&tx, token_hash, now_ms)?;
-        if hold.state == HoldState::Active {
-            tx.execute(
-                "UPDATE holds SET released_at = ?2 WHERE token_hash = ?1",
-                params![&token_hash[..], key(now_ms)],
-            )?;
-            let places = moved(
-                &tx,
+        self.write(|tx| {
+            let hold = hold_of(tx, token_hash, now_ms)?;
+            if hold.state == HoldState::Active {
+                tx.execute(
+                    "UPDATE holds SET released_at = ?2 WHERE token_hash = ?1",
+                    params![&token_hash[..], key(now_ms)],
+                )?;
+                let places = moved(
+                tx,
                 "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND order_id IS NULL
                  RETURNING category_id, seat_key",
                 [&token_hash[..]],
             )?;
-            record(&tx, hold.event_id, now_ms, ChangeKind::Released, &places)?;
-        }
-        let hold = hold_of(&tx, token_hash, now_ms)?;
-        tx.commit()?;
-        Ok(hold)
+                record(tx, hold.event_id, now_ms, ChangeKind::Released, &places)?;
+            }
+            let hold = hold_of(tx, token_hash, now_ms)?;
+            Ok(hold)
+        })
     }
 
     fn availability(&self, event_id: u64, now_ms: u64) -> Result<Availability> {
-        let mut guard = self.conn();
+        // What is shown is what the feed has told: holds past their time
+        // are told expired first.
+        let due: bool = self
+            .read()
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM holds
+                 WHERE announced = 0 AND released_at IS NULL AND expires_at <= ?2
+                   AND event_id = ?1)",
+            )?
+            .query_row(params![key(event_id), key(now_ms)], |r| r.get(0))?;
+        if due {
+            self.write(|tx| announce_expired_in(tx, Some(event_id), now_ms))?;
+        }
+        // One read transaction: the counts, the seats and the number of
+        // the last change all of one moment.
+        let mut guard = self.read();
         let conn = guard.transaction()?;
         match SqliteStorage::event_row(&conn, event_id)? {
             Some((e, _)) if e.status != EventStatus::Draft => {}
             _ => return Err(StorageError::NotFound(format!("event {event_id}"))),
         }
-        // What is shown is what the feed has told: holds past their time
-        // are told expired first.
-        announce_expired_in(&conn, Some(event_id), now_ms)?;
         let seq = last_seq(&conn, event_id)?;
         let now_s = now_ms / 1000;
         let mut categories = Vec::new();

@@ -17,13 +17,44 @@ use crate::domain::catalogue::{
 };
 use crate::domain::pricing::Pricing;
 
+/// Connections kept for reads beside the writer.
+const READERS: usize = 3;
+
+/// Which reader a read waits for when all are busy.
+static READ_TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Most events one listing returns.
 pub const MAX_LIST: usize = 200;
 
 pub struct SqliteStorage {
+    /// The one connection that writes (SQLite lets one writer in at a
+    /// time), and reads that must see what it has not committed yet.
     conn: Mutex<Connection>,
+    /// Connections for reads alone: in WAL mode they read beside the
+    /// writer, each what was committed when its read began.
+    readers: Vec<Mutex<Connection>>,
     /// The data directory, whose `keys/` sign tickets.
     dir: std::path::PathBuf,
+    /// Seated categories' rows, by category ([`SqliteStorage::rows_of`]).
+    rows: Mutex<std::collections::HashMap<u64, std::sync::Arc<Vec<usize>>>>,
+    /// Group commit ([`SqliteStorage::write`]).
+    group: Mutex<Group>,
+    committed: std::sync::Condvar,
+    /// Writers waiting for the writer connection.
+    queued: std::sync::atomic::AtomicUsize,
+}
+
+/// The writer connection's open batch of changes, if any.
+#[derive(Default)]
+struct Group {
+    /// A batch is open (`BEGIN IMMEDIATE` ran and no `COMMIT` yet).
+    open: bool,
+    /// The number of the open (or last) batch.
+    batch: u64,
+    /// The last batch committed, or given up.
+    done: u64,
+    /// Why the last batch given up was given up.
+    failed: Option<(u64, String)>,
 }
 
 impl From<rusqlite::Error> for StorageError {
@@ -51,12 +82,129 @@ impl SqliteStorage {
     pub fn open(dir: &Path) -> std::result::Result<SqliteStorage, crate::Error> {
         Ok(SqliteStorage {
             conn: Mutex::new(crate::store::open_db(dir)?),
+            readers: (0..READERS)
+                .map(|_| crate::store::open_db(dir).map(Mutex::new))
+                .collect::<std::result::Result<_, _>>()?,
             dir: dir.to_owned(),
+            rows: Mutex::default(),
+            group: Mutex::default(),
+            committed: std::sync::Condvar::new(),
+            queued: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
+    /// The writer connection, with no batch open: for the rare writes that
+    /// run their own transaction (the catalogue's).
     pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        self.commit_open(&conn);
+        conn
+    }
+
+    fn group(&self) -> MutexGuard<'_, Group> {
+        self.group.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commits the open batch, if any, and tells its writers.
+    fn commit_open(&self, conn: &Connection) {
+        let g = self.group();
+        if !g.open {
+            return;
+        }
+        let batch = g.batch;
+        drop(g);
+        let committed = conn.execute_batch("COMMIT");
+        let mut g = self.group();
+        g.open = false;
+        g.done = batch;
+        if let Err(e) = committed {
+            // Whatever the batch did is undone: every writer of it is told.
+            let _ = conn.execute_batch("ROLLBACK");
+            g.failed = Some((batch, e.to_string()));
+        }
+        drop(g);
+        self.committed.notify_all();
+    }
+
+    /// Runs `f` as one all-or-nothing change, and returns once it is on
+    /// disk. Changes made at the same moment share a commit (group commit):
+    /// each runs in its own savepoint of one transaction, and the writer
+    /// that finds no one waiting behind it commits them all, one wait for
+    /// the disk for the lot. A change that fails is undone alone.
+    pub(super) fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.queued.fetch_add(1, SeqCst);
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        self.queued.fetch_sub(1, SeqCst);
+        let batch = {
+            let mut g = self.group();
+            if !g.open {
+                if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                    return Err(e.into());
+                }
+                g.open = true;
+                g.batch += 1;
+            }
+            g.batch
+        };
+        conn.execute_batch("SAVEPOINT change")?;
+        let out = f(&conn);
+        let closed = match &out {
+            Ok(_) => conn.execute_batch("RELEASE change"),
+            Err(_) => conn.execute_batch("ROLLBACK TO change; RELEASE change"),
+        };
+        if let Err(e) = closed {
+            // The batch is in an unknown state: it is given up whole.
+            let _ = conn.execute_batch("ROLLBACK");
+            let mut g = self.group();
+            g.open = false;
+            g.done = batch;
+            g.failed = Some((batch, e.to_string()));
+            drop(g);
+            self.committed.notify_all();
+            return Err(e.into());
+        }
+        if self.queued.load(SeqCst) == 0 {
+            self.commit_open(&conn);
+            drop(conn);
+        } else {
+            // The next writer carries the batch on, and one of them
+            // commits it.
+            drop(conn);
+            let mut g = self.group();
+            while g.done < batch {
+                let (next, timeout) = self
+                    .committed
+                    .wait_timeout(g, std::time::Duration::from_secs(2))
+                    .unwrap_or_else(|p| p.into_inner());
+                g = next;
+                if timeout.timed_out() && g.done < batch {
+                    // No one came to commit (a writer stopped): do it.
+                    drop(g);
+                    drop(self.conn());
+                    g = self.group();
+                }
+            }
+        }
+        let out = out?;
+        match &self.group().failed {
+            Some((b, why)) if *b == batch => Err(StorageError::Backend(format!("commit: {why}"))),
+            _ => Ok(out),
+        }
+    }
+
+    /// A connection to read with: a free reader if there is one, else the
+    /// next in turn once it comes free.
+    pub(super) fn read(&self) -> MutexGuard<'_, Connection> {
+        for reader in &self.readers {
+            match reader.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        let i = READ_TURN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.readers.len();
+        self.readers[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The event with its organizer, whoever may see it.

@@ -2,7 +2,7 @@
 //! IMMEDIATE transactions so that a payment and an expiry, or two
 //! webhooks, never both decide.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::changes::{announce_expired_in, moved, record};
 use super::inventory::hold_of;
@@ -134,56 +134,55 @@ pub(super) fn tickets_of_batch(conn: &Connection, batch: i64) -> Result<Vec<Issu
 impl Orders for SqliteStorage {
     fn create_order(&self, new: &NewOrder, now_ms: u64) -> Result<Created> {
         new.buyer.check()?;
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some((k, request)) = &new.idempotency {
-            let before: Option<(String, Vec<u8>)> = tx
-                .query_row(
-                    "SELECT code, request_hash FROM orders WHERE idempotency_key = ?1",
-                    [k],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            if let Some((code, hash)) = before {
-                if hash != request {
+        self.write(|tx| {
+            if let Some((k, request)) = &new.idempotency {
+                let before: Option<(String, Vec<u8>)> = tx
+                    .query_row(
+                        "SELECT code, request_hash FROM orders WHERE idempotency_key = ?1",
+                        [k],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((code, hash)) = before {
+                    if hash != request {
+                        return Err(StorageError::Conflict(
+                            "this Idempotency-Key was used for another request".into(),
+                        ));
+                    }
+                    return Ok(Created::Again(by_code(tx, &code)?.2));
+                }
+            }
+            let hold = hold_of(tx, &new.hold_hash, now_ms)?;
+            match hold.state {
+                HoldState::Active => {}
+                HoldState::Expired => {
                     return Err(StorageError::Conflict(
-                        "this Idempotency-Key was used for another request".into(),
+                        "the hold expired: its places may be taken; hold them again".into(),
                     ));
                 }
-                return Ok(Created::Again(by_code(&tx, &code)?.2));
+                HoldState::Released => {
+                    return Err(StorageError::Conflict("the hold was let go".into()));
+                }
             }
-        }
-        let hold = hold_of(&tx, &new.hold_hash, now_ms)?;
-        match hold.state {
-            HoldState::Active => {}
-            HoldState::Expired => {
-                return Err(StorageError::Conflict(
-                    "the hold expired: its places may be taken; hold them again".into(),
-                ));
+            if let Some(status) = off_sale(tx, hold.event_id)? {
+                return Err(StorageError::Conflict(format!(
+                    "event {} is {status}: nothing of it can be ordered",
+                    hold.event_id
+                )));
             }
-            HoldState::Released => {
-                return Err(StorageError::Conflict("the hold was let go".into()));
+            let live: Option<String> = tx
+                .query_row(
+                    "SELECT code FROM orders WHERE hold = ?1 AND state IN ('pending', 'paid')",
+                    [&new.hold_hash[..]],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(code) = live {
+                return Err(StorageError::Conflict(format!(
+                    "the hold is ordered already (order {code})"
+                )));
             }
-        }
-        if let Some(status) = off_sale(&tx, hold.event_id)? {
-            return Err(StorageError::Conflict(format!(
-                "event {} is {status}: nothing of it can be ordered",
-                hold.event_id
-            )));
-        }
-        let live: Option<String> = tx
-            .query_row(
-                "SELECT code FROM orders WHERE hold = ?1 AND state IN ('pending', 'paid')",
-                [&new.hold_hash[..]],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(code) = live {
-            return Err(StorageError::Conflict(format!(
-                "the hold is ordered already (order {code})"
-            )));
-        }
-        tx.execute(
+            tx.execute(
             "INSERT INTO orders (code, secret_hash, hold, event_id, email, name, amount, currency,
                                  state, idempotency_key, request_hash, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?11)",
@@ -201,13 +200,13 @@ impl Orders for SqliteStorage {
                 key(now_ms)
             ],
         )?;
-        let order = by_code(&tx, &new.code)?.2;
-        tx.commit()?;
-        Ok(Created::New(order))
+            let order = by_code(tx, &new.code)?.2;
+            Ok(Created::New(order))
+        })
     }
 
     fn order(&self, code: &str, secret_hash: &[u8; 32]) -> Result<Order> {
-        let conn = self.conn();
+        let conn = self.read();
         let secret: Option<Vec<u8>> = conn
             .query_row(
                 "SELECT secret_hash FROM orders WHERE code = ?1",
@@ -222,7 +221,7 @@ impl Orders for SqliteStorage {
     }
 
     fn order_by_intent(&self, intent: &str) -> Result<Order> {
-        Ok(order_where(&self.conn(), "payment_intent = ?1", &intent)?
+        Ok(order_where(&self.read(), "payment_intent = ?1", &intent)?
             .ok_or_else(|| StorageError::NotFound(format!("the order paid by {intent}")))?
             .2)
     }
@@ -237,16 +236,15 @@ impl Orders for SqliteStorage {
     }
 
     fn settle_paid(&self, code: &str, now_ms: u64) -> Result<Settled> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (id, hold_hash, order) = by_code(&tx, code)?;
+        self.write(|tx| {
+        let (id, hold_hash, order) = by_code(tx, code)?;
         if matches!(order.state, OrderState::Paid | OrderState::Refunded) {
             return Ok(Settled::Already(order));
         }
         // Places of holds whose time passed are told free before they are
         // sold, so the live feed's moves add up.
-        announce_expired_in(&tx, Some(order.event_id), now_ms)?;
-        let hold = hold_of(&tx, &hold_hash, now_ms)?;
+        announce_expired_in(tx, Some(order.event_id), now_ms)?;
+        let hold = hold_of(tx, &hold_hash, now_ms)?;
         let items: Vec<(i64, i64)> = tx
             .prepare_cached("SELECT category_id, n FROM hold_items WHERE hold = ?1")?
             .query_map([&hold_hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -263,7 +261,7 @@ impl Orders for SqliteStorage {
         }
         // A payment for an event no longer on sale (cancelled meanwhile)
         // goes back.
-        let on_sale = off_sale(&tx, order.event_id)?.is_none();
+        let on_sale = off_sale(tx, order.event_id)?.is_none();
         let settled = match settle_payment(order.state, hold.state == HoldState::Active, free) {
             Settlement::Keep | Settlement::HoldAgain if free && on_sale => {
                 // Places still tied to the hold go from held to sold; the
@@ -281,64 +279,67 @@ impl Orders for SqliteStorage {
                     }
                     sold.push((*c as u64, seat));
                 }
-                record(&tx, order.event_id, now_ms, ChangeKind::Held, &again)?;
-                record(&tx, order.event_id, now_ms, ChangeKind::Sold, &sold)?;
-                let order = advance(&tx, code, OrderEvent::PaymentSucceeded, None, now_ms)?;
-                enqueue(&tx, code, MailKind::Tickets, now_ms)?;
+                record(tx, order.event_id, now_ms, ChangeKind::Held, &again)?;
+                record(tx, order.event_id, now_ms, ChangeKind::Sold, &sold)?;
+                let order = advance(tx, code, OrderEvent::PaymentSucceeded, None, now_ms)?;
+                enqueue(tx, code, MailKind::Tickets, now_ms)?;
                 Settled::Paid(order)
             }
             _ => Settled::MustRefund(order),
         };
-        tx.commit()?;
         Ok(settled)
+        })
     }
 
     fn mark_failed(&self, code: &str, why: &str, now_ms: u64) -> Result<Order> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (_, _, order) = by_code(&tx, code)?;
-        // News of a failure after the order ended changes nothing.
-        let order = match order.state {
-            OrderState::Pending => {
-                advance(&tx, code, OrderEvent::PaymentFailed, Some(why), now_ms)?
-            }
-            _ => order,
-        };
-        tx.commit()?;
-        Ok(order)
+        self.write(|tx| {
+            let (_, _, order) = by_code(tx, code)?;
+            // News of a failure after the order ended changes nothing.
+            let order = match order.state {
+                OrderState::Pending => {
+                    advance(tx, code, OrderEvent::PaymentFailed, Some(why), now_ms)?
+                }
+                _ => order,
+            };
+            Ok(order)
+        })
     }
 
     fn mark_refunded(&self, code: &str, refund: &str, why: &str, now_ms: u64) -> Result<Order> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (id, _, order) = by_code(&tx, code)?;
-        let (event, mail) = match order.state {
-            OrderState::Paid | OrderState::Refunded => (OrderEvent::Refund, MailKind::Refund),
-            _ => (OrderEvent::PaidTooLate, MailKind::LateRefund),
-        };
-        let order = advance(&tx, code, event, Some(why), now_ms)?;
-        enqueue(&tx, code, mail, now_ms)?;
-        tx.execute(
-            "UPDATE orders SET refund = ?2 WHERE code = ?1",
-            params![code, refund],
-        )?;
-        // Its tickets, if it had any, are good no more.
-        tx.execute(
-            "INSERT OR IGNORE INTO revocations (event_id, ticket_id, revoked_at, reason)
+        self.write(|tx| {
+            let (id, _, order) = by_code(tx, code)?;
+            let (event, mail) = match order.state {
+                OrderState::Paid | OrderState::Refunded => (OrderEvent::Refund, MailKind::Refund),
+                _ => (OrderEvent::PaidTooLate, MailKind::LateRefund),
+            };
+            let order = advance(tx, code, event, Some(why), now_ms)?;
+            enqueue(tx, code, mail, now_ms)?;
+            tx.execute(
+                "UPDATE orders SET refund = ?2 WHERE code = ?1",
+                params![code, refund],
+            )?;
+            // Its tickets, if it had any, are good no more.
+            tx.execute(
+                "INSERT OR IGNORE INTO revocations (event_id, ticket_id, revoked_at, reason)
              SELECT t.event_id, t.ticket_id, ?2, ?3 FROM tickets t
              JOIN orders o ON o.batch_id = t.batch_id WHERE o.id = ?1",
-            params![id, key(now_ms), format!("order {code} paid back: {why}")],
-        )?;
-        // Places paid back are for sale again.
-        let places = moved(
-            &tx,
-            "UPDATE places SET order_id = NULL, hold = NULL, held_until = 0 WHERE order_id = ?1
+                params![id, key(now_ms), format!("order {code} paid back: {why}")],
+            )?;
+            tx.execute(
+                "UPDATE tickets SET void = 1
+             WHERE batch_id = (SELECT batch_id FROM orders WHERE id = ?1)",
+                [id],
+            )?;
+            // Places paid back are for sale again.
+            let places = moved(
+                tx,
+                "UPDATE places SET order_id = NULL, hold = NULL, held_until = 0 WHERE order_id = ?1
              RETURNING category_id, seat_key",
-            [id],
-        )?;
-        record(&tx, order.event_id, now_ms, ChangeKind::Refunded, &places)?;
-        tx.commit()?;
-        Ok(order)
+                [id],
+            )?;
+            record(tx, order.event_id, now_ms, ChangeKind::Refunded, &places)?;
+            Ok(order)
+        })
     }
 
     fn tickets_to_sign(&self, code: &str) -> Result<Option<Vec<TicketFields>>> {
@@ -395,23 +396,22 @@ impl Orders for SqliteStorage {
         tickets: &[(TicketFields, String)],
         now_ms: u64,
     ) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (id, _, order) = by_code(&tx, code)?;
-        let batch: Option<i64> =
-            tx.query_row("SELECT batch_id FROM orders WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })?;
-        if batch.is_some() {
-            return Ok(());
-        }
-        if order.state != OrderState::Paid {
-            return Err(StorageError::Conflict(format!(
-                "order {code} is {}: it has no tickets",
-                order.state.as_str()
-            )));
-        }
-        tx.execute(
+        self.write(|tx| {
+            let (id, _, order) = by_code(tx, code)?;
+            let batch: Option<i64> =
+                tx.query_row("SELECT batch_id FROM orders WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
+            if batch.is_some() {
+                return Ok(());
+            }
+            if order.state != OrderState::Paid {
+                return Err(StorageError::Conflict(format!(
+                    "order {code} is {}: it has no tickets",
+                    order.state.as_str()
+                )));
+            }
+            tx.execute(
             "INSERT INTO batches (event_id, category_id, key_id, count, out_dir, created_at, state)
              VALUES (?1, 0, ?2, ?3, ?4, ?5, 'recorded')",
             params![
@@ -422,23 +422,23 @@ impl Orders for SqliteStorage {
                 key(now_ms / 1000)
             ],
         )?;
-        let batch = tx.last_insert_rowid();
-        {
-            let mut insert = tx.prepare_cached(crate::issue::INSERT_TICKET)?;
-            for (f, signed) in tickets {
-                crate::issue::insert_ticket(&mut insert, batch, key_id, f, signed)?;
+            let batch = tx.last_insert_rowid();
+            {
+                let mut insert = tx.prepare_cached(crate::issue::INSERT_TICKET)?;
+                for (f, signed) in tickets {
+                    crate::issue::insert_ticket(&mut insert, batch, key_id, f, signed)?;
+                }
             }
-        }
-        tx.execute(
-            "UPDATE orders SET batch_id = ?2 WHERE id = ?1",
-            params![id, batch],
-        )?;
-        tx.commit()?;
-        Ok(())
+            tx.execute(
+                "UPDATE orders SET batch_id = ?2 WHERE id = ?1",
+                params![id, batch],
+            )?;
+            Ok(())
+        })
     }
 
     fn order_tickets(&self, code: &str, secret_hash: &[u8; 32]) -> Result<Vec<IssuedTicket>> {
-        let conn = self.conn();
+        let conn = self.read();
         let batch: Option<Option<i64>> = conn
             .query_row(
                 "SELECT batch_id FROM orders WHERE code = ?1 AND secret_hash = ?2",
@@ -458,7 +458,7 @@ impl Orders for SqliteStorage {
     fn ticket_code(&self, ticket_id: &str, secret_hash: &[u8; 32]) -> Result<String> {
         let not_found = || StorageError::NotFound(format!("ticket {ticket_id}"));
         let id: [u8; 16] = shared::hex::decode(ticket_id).ok_or_else(not_found)?;
-        self.conn()
+        self.read()
             .query_row(
                 "SELECT t.code FROM tickets t JOIN orders o ON o.batch_id = t.batch_id
                  WHERE t.ticket_id = ?1 AND o.secret_hash = ?2",
@@ -470,7 +470,7 @@ impl Orders for SqliteStorage {
     }
 
     fn organizer_order(&self, by: OrganizerId, code: &str) -> Result<Order> {
-        let conn = self.conn();
+        let conn = self.read();
         let (_, _, order) = by_code(&conn, code)?;
         let owner: Option<i64> = conn.query_row(
             "SELECT organizer_id FROM events WHERE id = ?1",
@@ -484,31 +484,30 @@ impl Orders for SqliteStorage {
     }
 
     fn cancel_pending(&self, code: &str, now_ms: u64) -> Result<Order> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (_, hold, before) = by_code(&tx, code)?;
-        let order = advance(
-            &tx,
-            code,
-            OrderEvent::Cancel,
-            Some("cancelled before payment"),
-            now_ms,
-        )?;
-        // Its hold goes too: the places are free at once, and the hold can
-        // be ordered no more.
-        tx.execute(
-            "UPDATE holds SET released_at = ?2 WHERE token_hash = ?1 AND released_at IS NULL",
-            params![&hold[..], key(now_ms)],
-        )?;
-        let places = moved(
-            &tx,
-            "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND order_id IS NULL
+        self.write(|tx| {
+            let (_, hold, before) = by_code(tx, code)?;
+            let order = advance(
+                tx,
+                code,
+                OrderEvent::Cancel,
+                Some("cancelled before payment"),
+                now_ms,
+            )?;
+            // Its hold goes too: the places are free at once, and the hold can
+            // be ordered no more.
+            tx.execute(
+                "UPDATE holds SET released_at = ?2 WHERE token_hash = ?1 AND released_at IS NULL",
+                params![&hold[..], key(now_ms)],
+            )?;
+            let places = moved(
+                tx,
+                "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND order_id IS NULL
              RETURNING category_id, seat_key",
-            [&hold[..]],
-        )?;
-        record(&tx, before.event_id, now_ms, ChangeKind::Released, &places)?;
-        tx.commit()?;
-        Ok(order)
+                [&hold[..]],
+            )?;
+            record(tx, before.event_id, now_ms, ChangeKind::Released, &places)?;
+            Ok(order)
+        })
     }
 
     fn revocations(
@@ -518,7 +517,7 @@ impl Orders for SqliteStorage {
         since: u64,
         limit: usize,
     ) -> Result<Vec<Revocation>> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut out = Vec::new();
         for &event in events {
             let owner: Option<Option<i64>> = conn
@@ -557,7 +556,7 @@ impl Orders for SqliteStorage {
     }
 
     fn figures(&self, by: OrganizerId, event_id: u64, now_ms: u64) -> Result<Figures> {
-        let conn = self.conn();
+        let conn = self.read();
         SqliteStorage::own_event(&conn, by, event_id)?;
         let mut orders = std::collections::BTreeMap::new();
         let mut stmt = conn.prepare_cached(

@@ -249,10 +249,15 @@ fn a_number_the_event_never_reached_or_too_old_gets_a_snapshot_and_bad_requests_
             "{s}"
         );
     }
-    // Resuming from the present, or from before the first change.
+    // Having seen nothing is a snapshot; resuming from the present waits
+    // for the next change.
     let mut ws = watch(&api, e, Some(0));
-    assert_eq!(next(&mut ws)["seq"], 1);
-    assert_eq!(next(&mut ws)["seq"], 2);
+    let s = next(&mut ws);
+    assert_eq!(
+        (s["type"].as_str(), s["seq"].as_u64()),
+        (Some("snapshot"), Some(2)),
+        "{s}"
+    );
     let mut ws = watch(&api, e, Some(2));
     hold_seats(&api, e, &["A-1-3"]);
     let third = next(&mut ws);
@@ -312,4 +317,44 @@ fn a_number_the_event_never_reached_or_too_old_gets_a_snapshot_and_bad_requests_
     assert!(gone, "an oversized message ends the watch");
     let (status, _) = api.call("GET", &format!("/api/v1/events/{e}/tickets"), None, None);
     assert_eq!(status, 200);
+}
+
+#[test]
+fn a_watcher_that_never_answers_is_let_go_and_a_refusal_names_the_protocol() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start_with(&env, &["--idle-seconds", "2"]);
+    let (e, _, _) = event_on_sale(&api, &token);
+    // Pinged each second, it answers nothing (it does not read): gone
+    // within three seconds, though the server kept writing to it.
+    let mut silent = watch(&api, e, None);
+    std::thread::sleep(Duration::from_secs(5));
+    let ended = (0..20).any(|_| matches!(silent.read(), Err(_) | Ok(Message::Close(_))));
+    assert!(ended, "a silent watcher keeps no connection");
+    // One that reads (and so answers pings) stays past the idle limit.
+    let mut awake = watch(&api, e, None);
+    next(&mut awake);
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        match awake.read() {
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            other => panic!("the watcher was let go: {other:?}"),
+        }
+    }
+    hold_seats(&api, e, &["A-1-4"]);
+    assert_eq!(next(&mut awake)["kind"], "held");
+    // A plain request for the feed is told to upgrade, and to what.
+    let resp = ureq::Agent::from(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    )
+    .get(format!("{}/api/v1/events/{e}/live", api.base))
+    .call()
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 426);
+    assert_eq!(
+        resp.headers().get("upgrade").and_then(|v| v.to_str().ok()),
+        Some("websocket")
+    );
 }
