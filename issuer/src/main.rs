@@ -77,6 +77,14 @@ enum Command {
         /// A file holding the provider's webhook signing secret (`whsec_...`).
         #[arg(long, env = "ISSUER_WEBHOOK_SECRET_FILE")]
         webhook_secret_file: Option<PathBuf>,
+        /// How long to wait for the payment provider's answer, in seconds
+        /// (an order whose answer does not come stays pending until the
+        /// provider is asked again).
+        #[arg(long, default_value_t = 10)]
+        payment_timeout_seconds: u64,
+        /// Asks the provider about orders pending this long, in seconds.
+        #[arg(long, default_value_t = issuer::http::orders::RECONCILE_AFTER_MS / 1000)]
+        reconcile_after_seconds: u64,
         /// Sends buyers' messages by SMTP (`smtp://host:25`,
         /// `smtp://user@host:587?tls=required`, `smtps://user@host`);
         /// without it they are written as `.eml` files to the data
@@ -253,6 +261,8 @@ fn run(cli: Cli) -> Result<()> {
             payments_url,
             payments_key_file,
             webhook_secret_file,
+            payment_timeout_seconds,
+            reconcile_after_seconds,
             smtp_url,
             smtp_password_file,
             mail_from,
@@ -277,6 +287,16 @@ fn run(cli: Cli) -> Result<()> {
                     .map_err(|e| anyhow::anyhow!("--mail-from {mail_from:?}: {e}"))?,
                 public_url,
             };
+            if !(1..=120).contains(&payment_timeout_seconds) {
+                anyhow::bail!("--payment-timeout-seconds is 1 to 120");
+            }
+            if reconcile_after_seconds == 0 {
+                anyhow::bail!("--reconcile-after-seconds is at least 1");
+            }
+            let payment_timing = (
+                std::time::Duration::from_secs(payment_timeout_seconds),
+                reconcile_after_seconds * 1000,
+            );
             let provider = match payments_url {
                 Some(url) => Some(Payments {
                     url,
@@ -297,7 +317,7 @@ fn run(cli: Cli) -> Result<()> {
                 hold_seconds,
                 buyers,
                 limits,
-                provider,
+                (provider, payment_timing),
                 mail,
             );
         }
@@ -382,7 +402,10 @@ fn serve(
     hold_seconds: u64,
     (buyer_rate, max_held): (f64, u32),
     limits: issuer::http::Limits,
-    provider: Option<Payments>,
+    (provider, (payment_timeout, reconcile_after_ms)): (
+        Option<Payments>,
+        (std::time::Duration, u64),
+    ),
     mail: MailConfig,
 ) -> Result<()> {
     if !(buyer_rate >= 0.0 && buyer_rate.is_finite()) {
@@ -441,21 +464,28 @@ fn serve(
         let (payments, webhook): (std::sync::Arc<dyn issuer::payments::Provider>, String) =
             match provider {
                 Some(p) => (
-                    std::sync::Arc::new(issuer::payments::stripe::Stripe::new(&p.url, &p.key)),
+                    std::sync::Arc::new(issuer::payments::stripe::Stripe::with_timeout(
+                        &p.url,
+                        &p.key,
+                        payment_timeout,
+                    )),
                     p.webhook,
                 ),
                 None => {
                     let own = std::net::SocketAddr::new([127, 0, 0, 1].into(), addr.port());
                     let sandbox = issuer::payments::sandbox::start(issuer::payments::sandbox::Config {
+                        // Its card that answers too late does so past our wait.
+                        hang: payment_timeout + std::time::Duration::from_secs(5),
                         webhook_url: Some(format!("http://{own}/api/v1/payments/webhook")),
                         ..Default::default()
                     })
                     .await?;
                     tracing::info!(sandbox = %sandbox.base_url(), "payments go to the sandbox gateway");
                     (
-                        std::sync::Arc::new(issuer::payments::stripe::Stripe::new(
+                        std::sync::Arc::new(issuer::payments::stripe::Stripe::with_timeout(
                             &sandbox.base_url(),
                             &sandbox.secret_key,
+                            payment_timeout,
                         )),
                         sandbox.webhook_secret,
                     )
@@ -497,6 +527,7 @@ fn serve(
         println!("issuer serving http://{addr}/api/v1 (Ctrl-C stops)");
         // Pinged within the idle limit, a quiet live watcher stays.
         state.live = std::sync::Arc::new(issuer::http::live::Live::pinging_every(limits.idle / 2));
+        tokio::spawn(issuer::http::orders::reconcile(state.clone(), reconcile_after_ms));
         issuer::http::serve(listener, state, limits, async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_outbox.sql"),
     include_str!("../migrations/0011_void_tickets.sql"),
     include_str!("../migrations/0012_free_places.sql"),
+    include_str!("../migrations/0013_payment_method.sql"),
 ];
 
 /// An opened data directory.

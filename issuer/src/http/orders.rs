@@ -31,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(add_order))
         .routes(routes!(order))
         .routes(routes!(cancel))
+        .routes(routes!(reissue))
         .routes(routes!(qr_png))
         .routes(routes!(qr_svg))
         .routes(routes!(webhook))
@@ -208,6 +209,7 @@ async fn add_order(
             let hold: String = hold_hash[..8].iter().map(|b| format!("{b:02x}")).collect();
             (format!("{hold}:{k}"), request_hash)
         }),
+        payment_method: Some(req.payment_method.clone()),
     };
     let order = match s.db(move |db| db.create_order(&new, now_ms())).await? {
         // The same request again: what it came to, never a second charge.
@@ -259,6 +261,92 @@ async fn add_order(
         }
     };
     Ok((StatusCode::CREATED, Json(answer(&s, order).await?)))
+}
+
+/// How long an order may stay pending before the provider is asked how
+/// its payment went, unless told otherwise.
+pub const RECONCILE_AFTER_MS: u64 = 60_000;
+
+/// Asks the provider, now and then, about orders still pending: a payment
+/// whose answer was lost (the provider did not answer in time) is asked
+/// again with the same parameters and key, which charges nothing twice
+/// and tells what the first request came to; a payment in progress is
+/// looked up. Each is settled as its webhook would have settled it. Orders
+/// older than a day are left alone (a provider forgets keys after that).
+pub async fn reconcile(s: AppState, after_ms: u64) {
+    let warn = super::OncePerSecond::default();
+    let every = std::time::Duration::from_millis((after_ms / 2).clamp(500, 30_000));
+    loop {
+        tokio::time::sleep(every).await;
+        let now = now_ms();
+        let due = s
+            .db(move |db| {
+                db.unsettled(
+                    now.saturating_sub(after_ms),
+                    now.saturating_sub(86_400_000),
+                    50,
+                )
+            })
+            .await;
+        let due = match due {
+            Ok(due) => due,
+            Err(e) => {
+                if warn.allow() {
+                    tracing::warn!(error = %e.message, "reconciling: reading pending orders");
+                }
+                continue;
+            }
+        };
+        for (order, method) in due {
+            let code = order.code.clone();
+            if let Err(e) = reconcile_one(&s, order, method).await
+                && warn.allow()
+            {
+                tracing::warn!(order = %code, error = %e.message, "reconciling an order");
+            }
+        }
+    }
+}
+
+async fn reconcile_one(s: &AppState, order: Order, method: Option<String>) -> Result<(), ApiError> {
+    let code = order.code.clone();
+    {
+        let code = code.clone();
+        s.db(move |db| db.touch_order(&code, now_ms())).await?;
+    }
+    let payments = s.payments.clone();
+    let asked = tokio::task::spawn_blocking(move || match (&order.payment_intent, method) {
+        (Some(id), _) => payments.intent(id),
+        (None, Some(method)) => payments.charge(
+            order.amount,
+            &order.currency,
+            &method,
+            &[("order", order.code.as_str())],
+            &format!("order-{}", order.code),
+        ),
+        (None, None) => Err(PaymentFailure::Refused("no payment method was kept".into())),
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    match asked {
+        Ok(intent) => {
+            let order = settle(s, &code, &intent).await?;
+            if order.state == crate::domain::order::OrderState::Paid {
+                issue_tickets(s, &code).await?;
+            }
+            tracing::info!(order = %code, state = order.state.as_str(), "reconciled with the provider");
+        }
+        Err(PaymentFailure::Refused(why)) => {
+            tracing::warn!(order = %code, %why, "the provider refused the payment when asked again");
+            s.db(move |db| {
+                db.mark_failed(&code, "the payment provider refused the payment", now_ms())
+            })
+            .await?;
+        }
+        // Asked again at the next pass.
+        Err(PaymentFailure::Unreachable(_)) => {}
+    }
+    Ok(())
 }
 
 /// Brings an order in line with its payment as the provider reports it.
@@ -546,6 +634,56 @@ async fn cancel(
         .await?;
     s.changed();
     Ok(Json(order))
+}
+
+/// The organizer issues a paid ticket again (lost, or passed on to someone
+/// it should not have been): a fresh ticket for the same place, signed now;
+/// the old one is revoked, so gates refuse it once they sync.
+#[utoipa::path(
+    post,
+    path = "/orders/{code}/tickets/{ticket_id}/reissue",
+    tag = "orders",
+    params(
+        ("code" = String, Path, description = "The order's code"),
+        ("ticket_id" = String, Path, description = "The ticket's id: 32 hex digits"),
+    ),
+    security(("organizer" = [])),
+    responses(
+        (status = 201, description = "The new ticket", body = IssuedTicket),
+        (status = 401, response = super::error::Unauthorized),
+        (status = 404, description = "No such ticket of a paid order of the organizer's events", body = ErrorBody),
+        (status = 409, description = "The order is not paid", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
+async fn reissue(
+    State(s): State<AppState>,
+    Organizer(by): Organizer,
+    Path((code, ticket_id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<IssuedTicket>), ApiError> {
+    if code.len() > 20 || ticket_id.len() != 32 {
+        return Err(ApiError::not_found("ticket not found"));
+    }
+    let Some(signer) = s.signer.clone() else {
+        return Err(ApiError::internal("no signing key to sign tickets with"));
+    };
+    let ticket = s
+        .db(move |db| {
+            let fields = db.ticket_to_reissue(by, &code, &ticket_id)?;
+            let signed = signer
+                .encode(&fields)
+                .map_err(|e| StorageError::Backend(format!("signing a ticket: {e}")))?;
+            db.reissue_ticket(
+                by,
+                &code,
+                &ticket_id,
+                &signer.key_id().to_string(),
+                &(fields, signed),
+                now_ms(),
+            )
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(ticket)))
 }
 
 /// Pays an order's amount back through the provider, once (its idempotency

@@ -9,6 +9,7 @@
 //! | `pm_card_chargeDeclined` | 4000 0000 0000 0002 | declined (`generic_decline`) |
 //! | `pm_card_chargeDeclinedInsufficientFunds` | 4000 0000 0000 9995 | declined (`insufficient_funds`) |
 //! | `pm_card_timeout` | 4000 0000 0000 0119 | charged, but the answer comes too late (the sandbox's own) |
+//! | `pm_card_timeoutWebhookLost` | | the same, and its webhook is lost too (the sandbox's own) |
 //! | `pm_card_late` | 4000 0000 0000 3220 | `processing`, then succeeds by webhook (the sandbox's own) |
 
 use std::collections::HashMap;
@@ -194,7 +195,10 @@ fn remember(
 enum Card {
     Succeeds,
     Declined(&'static str),
-    Hangs,
+    /// Charged, but answers too late; its webhook comes, or is lost.
+    Hangs {
+        webhook: bool,
+    },
     Late,
 }
 
@@ -205,7 +209,8 @@ fn card(method: &str) -> Option<Card> {
         "pm_card_chargeDeclinedInsufficientFunds" | "4000000000009995" => {
             Card::Declined("insufficient_funds")
         }
-        "pm_card_timeout" | "4000000000000119" => Card::Hangs,
+        "pm_card_timeout" | "4000000000000119" => Card::Hangs { webhook: true },
+        "pm_card_timeoutWebhookLost" => Card::Hangs { webhook: false },
         "pm_card_late" | "4000000000003220" => Card::Late,
         _ => return None,
     })
@@ -266,7 +271,7 @@ async fn create_intent(
     };
     let mut status = 200;
     match card {
-        Card::Succeeds | Card::Hangs => {}
+        Card::Succeeds | Card::Hangs { .. } => {}
         Card::Declined(why) => {
             intent.status = IntentStatus::RequiresPaymentMethod;
             intent.last_payment_error = Some(PaymentError {
@@ -287,7 +292,9 @@ async fn create_intent(
         _ => serde_json::to_value(&intent).unwrap_or_default(),
     };
     remember(&shared, &headers, form, status, &body);
+    let lost = matches!(card, Card::Hangs { webhook: false });
     match intent.status {
+        IntentStatus::Succeeded if lost => {}
         IntentStatus::Succeeded => notify(&shared, "payment_intent.succeeded", &intent),
         IntentStatus::RequiresPaymentMethod => {
             notify(&shared, "payment_intent.payment_failed", &intent)
@@ -310,7 +317,7 @@ async fn create_intent(
             }
         });
     }
-    if matches!(card, Card::Hangs) {
+    if matches!(card, Card::Hangs { .. }) {
         tokio::time::sleep(shared.config.hang).await;
     }
     (

@@ -291,6 +291,8 @@ pub struct NewOrder {
     pub buyer: Buyer,
     /// The `Idempotency-Key` and the SHA-256 of the request it came with.
     pub idempotency: Option<(String, [u8; 32])>,
+    /// The provider's payment method (`pm_...`).
+    pub payment_method: Option<String>,
 }
 
 /// What a new order came to.
@@ -361,6 +363,42 @@ pub trait Orders: Send + Sync {
 
     /// An order of an event of organizer `by`'s.
     fn organizer_order(&self, by: OrganizerId, code: &str) -> Result<Order>;
+
+    /// Pending orders last changed at or before `before_ms` and made after
+    /// `since_ms`, oldest change first, with their payment method: the
+    /// ones whose payment's outcome is to be asked of the provider.
+    fn unsettled(
+        &self,
+        before_ms: u64,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(Order, Option<String>)>>;
+
+    /// Notes that an order's payment was asked about (it is asked again
+    /// no sooner than the next pass).
+    fn touch_order(&self, code: &str, now_ms: u64) -> Result<()>;
+
+    /// A paid ticket of an order of organizer `by`'s event, as it would
+    /// be issued again: the same place and validity, a fresh random id.
+    fn ticket_to_reissue(
+        &self,
+        by: OrganizerId,
+        code: &str,
+        ticket_id: &str,
+    ) -> Result<TicketFields>;
+
+    /// Replaces ticket `old` of the order with `new` (its fields and signed
+    /// code, by `key_id`): the old one is void and revoked, the new one is
+    /// the order's.
+    fn reissue_ticket(
+        &self,
+        by: OrganizerId,
+        code: &str,
+        old: &str,
+        key_id: &str,
+        new: &(TicketFields, String),
+        now_ms: u64,
+    ) -> Result<IssuedTicket>;
 
     /// Gives up a pending order (its places are free again once its hold's
     /// time is past, or at once if the hold is let go).

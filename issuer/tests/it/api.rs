@@ -1152,6 +1152,130 @@ fn an_organizer_cancels_a_paid_order_the_money_goes_back_and_its_tickets_are_rev
 }
 
 #[test]
+fn a_reissued_ticket_replaces_the_old_one_which_is_revoked() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let mallory = organizer(&env, "Mallory");
+    let api = Server::start(&env);
+    let (e, _, _) = event_on_sale(&api, &token);
+    let hold = hold_seats(&api, e, &["A-3-3", "A-3-4"]);
+    let (_, paid) = order(&api, &order_body(&hold, "pm_card_visa"), "re-1");
+    let code_ = paid["code"].as_str().unwrap();
+    let old = paid["tickets"][0].clone();
+    let old_id = old["ticket_id"].as_str().unwrap();
+    let path = format!("/api/v1/orders/{code_}/tickets/{old_id}/reissue");
+    // Not another organizer's, nor a buyer's, to reissue.
+    let (status, answer) = api.call("POST", &path, Some(&mallory), None);
+    assert_eq!((status, code(&answer)), (404, "not_found"), "{answer}");
+    assert_eq!(api.call("POST", &path, None, None).0, 401);
+    let (status, fresh) = api.call("POST", &path, Some(&token), None);
+    assert_eq!(status, 201, "{fresh}");
+    assert_eq!(fresh["seat"], old["seat"], "the same place");
+    assert_ne!(fresh["ticket_id"], old["ticket_id"]);
+    // The order's link shows the new ticket in place of the old, whose
+    // picture is gone; the new one is signed by the shop's key.
+    let (_, shown) = api.call("GET", paid["link"].as_str().unwrap(), None, None);
+    let ids: Vec<&str> = shown["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["ticket_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&fresh["ticket_id"].as_str().unwrap()));
+    assert!(!ids.contains(&old_id));
+    let secret = paid["secret"].as_str().unwrap();
+    let (status, _) = api.call(
+        "GET",
+        &format!("/api/v1/tickets/{old_id}/qr.png?secret={secret}"),
+        None,
+        None,
+    );
+    assert_eq!(status, 404);
+    let (_, keyset) = api.call(
+        "GET",
+        &format!("/api/v1/keyset?events={e}"),
+        Some(&token),
+        None,
+    );
+    let keyset = shared::Keyset::from_json(&keyset.to_string()).unwrap();
+    let verifier = shared::Verifier::new(keyset);
+    assert!(
+        verifier
+            .verify(fresh["code"].as_str().unwrap(), 1_900_000_000)
+            .is_ok()
+    );
+    // The old one is in the revocation feed; reissuing it again finds
+    // nothing to reissue.
+    let (_, feed) = api.call(
+        "GET",
+        &format!("/api/v1/revocations?events={e}"),
+        Some(&token),
+        None,
+    );
+    let revoked: Vec<&str> = feed["revocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ticket_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(revoked, vec![old_id], "{feed}");
+    let (status, again) = api.call("POST", &path, Some(&token), None);
+    assert_eq!((status, code(&again)), (404, "not_found"), "{again}");
+}
+
+#[test]
+fn a_payment_whose_answer_was_lost_is_asked_again_and_the_order_settled() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start_with(
+        &env,
+        &[
+            "--payment-timeout-seconds",
+            "1",
+            "--reconcile-after-seconds",
+            "1",
+        ],
+    );
+    let (e, _, _) = event_on_sale(&api, &token);
+    let hold = hold_seats(&api, e, &["A-2-9", "A-2-10"]);
+    // The card is charged, but the provider's answer comes too late, and
+    // its webhook never comes.
+    let lost = "pm_card_timeoutWebhookLost";
+    let (status, pending) = order(&api, &order_body(&hold, lost), "lost-1");
+    assert_eq!(
+        (status, pending["state"].as_str()),
+        (201, Some("pending")),
+        "{pending}"
+    );
+    // Retried by the buyer with the same key: the same order, still
+    // pending, nothing charged again.
+    let (status, again) = order(&api, &order_body(&hold, lost), "lost-1");
+    assert_eq!(
+        (status, again["code"].clone()),
+        (200, pending["code"].clone())
+    );
+    // The issuer asks the provider itself (the same charge, the same key)
+    // and learns it was paid: tickets, with no webhook and no buyer action.
+    let paid = order_when(&api, api_link(&pending), |o| o["state"] != "pending");
+    assert_eq!(paid["state"], "paid", "{paid}");
+    assert_eq!(paid["tickets"].as_array().unwrap().len(), 2, "{paid}");
+    assert_eq!(seat(&api, e, "A-2-9"), "sold");
+    // Its charge is the one made at first: one payment for the order.
+    let (_, f) = api.call(
+        "GET",
+        &format!("/api/v1/events/{e}/figures"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(f["revenue"].as_u64(), Some(2 * 4500), "{f}");
+}
+
+fn api_link(order: &Value) -> &str {
+    order["link"].as_str().unwrap()
+}
+
+#[test]
 fn a_pending_order_cancelled_then_paid_is_paid_back() {
     let env = Env::new();
     let token = organizer(&env, "Promoter");

@@ -900,6 +900,7 @@ fn new_order(hold: u8, code: &str, key: Option<(&str, u8)>) -> NewOrder {
             name: "Ana".into(),
         },
         idempotency: key.map(|(k, h)| (k.to_owned(), [h; 32])),
+        payment_method: Some("pm_card_visa".into()),
     }
 }
 

@@ -116,7 +116,7 @@ fn advance(
 pub(super) fn tickets_of_batch(conn: &Connection, batch: i64) -> Result<Vec<IssuedTicket>> {
     Ok(conn
         .prepare_cached(
-            "SELECT ticket_id, seat, category_id, code FROM tickets WHERE batch_id = ?1
+            "SELECT ticket_id, seat, category_id, code FROM tickets WHERE batch_id = ?1 AND void = 0
              ORDER BY seat, ticket_id",
         )?
         .query_map([batch], |r| {
@@ -184,8 +184,9 @@ impl Orders for SqliteStorage {
             }
             tx.execute(
             "INSERT INTO orders (code, secret_hash, hold, event_id, email, name, amount, currency,
-                                 state, idempotency_key, request_hash, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?11)",
+                                 state, idempotency_key, request_hash, created_at, updated_at,
+                                 payment_method)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?11, ?12)",
             params![
                 new.code,
                 &new.secret_hash[..],
@@ -197,7 +198,8 @@ impl Orders for SqliteStorage {
                 hold.currency,
                 new.idempotency.as_ref().map(|(k, _)| k),
                 new.idempotency.as_ref().map(|(_, h)| &h[..]),
-                key(now_ms)
+                key(now_ms),
+                new.payment_method
             ],
         )?;
             let order = by_code(tx, &new.code)?.2;
@@ -461,7 +463,7 @@ impl Orders for SqliteStorage {
         self.read()
             .query_row(
                 "SELECT t.code FROM tickets t JOIN orders o ON o.batch_id = t.batch_id
-                 WHERE t.ticket_id = ?1 AND o.secret_hash = ?2",
+                 WHERE t.ticket_id = ?1 AND o.secret_hash = ?2 AND t.void = 0",
                 params![&id[..], &secret_hash[..]],
                 |r| r.get(0),
             )
@@ -481,6 +483,138 @@ impl Orders for SqliteStorage {
             Some(o) if o as u64 == by => Ok(order),
             _ => Err(StorageError::NotFound(format!("order {code}"))),
         }
+    }
+
+    fn unsettled(
+        &self,
+        before_ms: u64,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(Order, Option<String>)>> {
+        let codes: Vec<(String, Option<String>)> = self
+            .read()
+            .prepare_cached(
+                "SELECT code, payment_method FROM orders
+                 WHERE state = 'pending' AND updated_at <= ?1 AND created_at > ?2
+                 ORDER BY updated_at LIMIT ?3",
+            )?
+            .query_map(
+                params![key(before_ms), key(since_ms), limit.min(1000) as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        let conn = self.read();
+        codes
+            .into_iter()
+            .map(|(code, method)| Ok((by_code(&conn, &code)?.2, method)))
+            .collect()
+    }
+
+    fn touch_order(&self, code: &str, now_ms: u64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE orders SET updated_at = ?2 WHERE code = ?1 AND state = 'pending'",
+                params![code, key(now_ms)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn ticket_to_reissue(
+        &self,
+        by: OrganizerId,
+        code: &str,
+        ticket_id: &str,
+    ) -> Result<TicketFields> {
+        let not_found = || StorageError::NotFound(format!("ticket {ticket_id} of order {code}"));
+        let old: [u8; 16] = shared::hex::decode(ticket_id).ok_or_else(not_found)?;
+        let order = self.organizer_order(by, code)?;
+        if order.state != OrderState::Paid {
+            return Err(StorageError::Conflict(format!(
+                "the order is {}: its tickets are not to be issued again",
+                order.state.as_str()
+            )));
+        }
+        let conn = self.read();
+        let row: Option<(i64, u16, Option<String>, bool, i64, i64)> = conn
+            .query_row(
+                "SELECT t.event_id, t.category_id, t.seat, t.multi_entry, t.valid_from, t.valid_until
+                 FROM tickets t JOIN orders o ON o.batch_id = t.batch_id
+                 WHERE o.code = ?1 AND t.ticket_id = ?2 AND t.void = 0",
+                params![code, &old[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()?;
+        let (event_id, category_id, seat, multi_entry, valid_from, valid_until) =
+            row.ok_or_else(not_found)?;
+        let mut fresh = [0u8; 16];
+        OsRng.fill_bytes(&mut fresh);
+        Ok(TicketFields {
+            event_id: event_id as u64,
+            ticket_id: TicketId(fresh),
+            category_id,
+            multi_entry,
+            valid_from: valid_from as u32,
+            valid_until: valid_until as u32,
+            seat: seat.unwrap_or_default(),
+        })
+    }
+
+    fn reissue_ticket(
+        &self,
+        by: OrganizerId,
+        code: &str,
+        old: &str,
+        key_id: &str,
+        new: &(TicketFields, String),
+        now_ms: u64,
+    ) -> Result<IssuedTicket> {
+        let not_found = || StorageError::NotFound(format!("ticket {old} of order {code}"));
+        let old_id: [u8; 16] = shared::hex::decode(old).ok_or_else(not_found)?;
+        // Checked again inside the change: the order is still paid, and
+        // the old ticket still its own and good.
+        self.organizer_order(by, code)?;
+        self.write(|tx| {
+            let (_, _, order) = by_code(tx, code)?;
+            if order.state != OrderState::Paid {
+                return Err(StorageError::Conflict(format!(
+                    "the order is {}: its tickets are not to be issued again",
+                    order.state.as_str()
+                )));
+            }
+            let batch: i64 = tx
+                .query_row(
+                    "SELECT t.batch_id FROM tickets t JOIN orders o ON o.batch_id = t.batch_id
+                     WHERE o.code = ?1 AND t.ticket_id = ?2 AND t.void = 0",
+                    params![code, &old_id[..]],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or_else(not_found)?;
+            tx.execute(
+                "UPDATE tickets SET void = 1 WHERE event_id = ?1 AND ticket_id = ?2",
+                params![key(order.event_id), &old_id[..]],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO revocations (event_id, ticket_id, revoked_at, reason)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    key(order.event_id),
+                    &old_id[..],
+                    key(now_ms),
+                    format!("reissued (order {code})")
+                ],
+            )?;
+            let (fields, signed) = new;
+            let mut insert = tx.prepare_cached(crate::issue::INSERT_TICKET)?;
+            crate::issue::insert_ticket(&mut insert, batch, key_id, fields, signed)?;
+            Ok(IssuedTicket {
+                ticket_id: shared::hex::encode(&fields.ticket_id.0),
+                seat: (!fields.seat.is_empty()).then(|| fields.seat.clone()),
+                category: fields.category_id,
+                code: signed.clone(),
+            })
+        })
     }
 
     fn cancel_pending(&self, code: &str, now_ms: u64) -> Result<Order> {
