@@ -49,6 +49,8 @@ pub fn open_demo_shop(
                 venue_id,
                 starts_at: e.starts_at,
                 ends_at: e.ends_at,
+                // Buyers of the demo shop may cancel until a day before.
+                buyers_cancel_until: Some(e.starts_at.saturating_sub(86_400)),
             },
         )?;
         for c in &e.categories {

@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0011_void_tickets.sql"),
     include_str!("../migrations/0012_free_places.sql"),
     include_str!("../migrations/0013_payment_method.sql"),
+    include_str!("../migrations/0014_buyer_cancellation.sql"),
 ];
 
 /// An opened data directory.

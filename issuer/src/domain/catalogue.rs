@@ -157,6 +157,12 @@ pub struct NewEvent {
     /// Unix seconds, not before `starts_at` (tickets carry it in 32 bits).
     #[schema(maximum = 4_294_967_295_u64)]
     pub ends_at: u64,
+    /// Until when (unix seconds, at the latest the event's end) buyers may
+    /// cancel their own orders, paid back in full; absent: only the
+    /// organizer cancels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 4_294_967_295_u64)]
+    pub buyers_cancel_until: Option<u64>,
 }
 
 impl NewEvent {
@@ -181,6 +187,11 @@ impl NewEvent {
         }
         if self.ends_at < self.starts_at {
             return Err(invalid("the event ends before it starts"));
+        }
+        if self.buyers_cancel_until.is_some_and(|t| t > self.ends_at) {
+            return Err(invalid(
+                "buyers may cancel until the event ends at the latest",
+            ));
         }
         Ok(())
     }

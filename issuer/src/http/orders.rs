@@ -31,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(add_order))
         .routes(routes!(order))
         .routes(routes!(cancel))
+        .routes(routes!(withdraw))
         .routes(routes!(reissue))
         .routes(routes!(qr_png))
         .routes(routes!(qr_svg))
@@ -607,15 +608,20 @@ async fn cancel(
     Organizer(by): Organizer,
     Path(code): Path<String>,
 ) -> Result<Json<Order>, ApiError> {
-    use crate::domain::order::OrderState;
     if code.len() > 20 {
         return Err(ApiError::not_found("order not found"));
     }
-    let order = {
-        let code = code.clone();
-        s.db(move |db| db.organizer_order(by, &code)).await?
-    };
+    let order = s.db(move |db| db.organizer_order(by, &code)).await?;
+    Ok(Json(
+        cancel_order(&s, order, "cancelled by the organizer").await?,
+    ))
+}
+
+/// Gives up a pending order, or pays a paid one back (its tickets revoked).
+async fn cancel_order(s: &AppState, order: Order, why: &'static str) -> Result<Order, ApiError> {
+    use crate::domain::order::OrderState;
     let payments = s.payments.clone();
+    let code = order.code.clone();
     let order = s
         .db(move |db| match order.state {
             OrderState::Pending => db.cancel_pending(&code, now_ms()),
@@ -624,7 +630,7 @@ async fn cancel(
                     StorageError::Backend(format!("paid order {code} has no payment"))
                 })?;
                 let refund = refund(&*payments, &intent, &order)?;
-                db.mark_refunded(&code, &refund, "cancelled by the organizer", now_ms())
+                db.mark_refunded(&code, &refund, why, now_ms())
             }
             other => Err(StorageError::Conflict(format!(
                 "the order is {}: there is nothing to cancel",
@@ -633,7 +639,59 @@ async fn cancel(
         })
         .await?;
     s.changed();
-    Ok(Json(order))
+    Ok(order)
+}
+
+/// The buyer cancels its own order, where the event allows it (until its
+/// `buyers_cancel_until`): a pending one is given up, a paid one paid back
+/// in full, and its tickets revoked.
+#[utoipa::path(
+    post,
+    path = "/orders/{code}/withdraw",
+    tag = "orders",
+    params(("code" = String, Path, description = "The order's code"), Secret),
+    responses(
+        (status = 200, description = "The order, cancelled or refunded", body = Order),
+        (status = 404, description = "No such order, or not its secret", body = ErrorBody),
+        (status = 409, description = "The event does not let buyers cancel (or no longer), or there is nothing to cancel", body = ErrorBody),
+        (status = 500, response = super::error::Internal),
+    )
+)]
+async fn withdraw(
+    State(s): State<AppState>,
+    Path(code): Path<String>,
+    params: Result<Query<Secret>, QueryRejection>,
+) -> Result<Json<Order>, ApiError> {
+    let Query(Secret { secret }) = params.map_err(|_| ApiError::not_found("order not found"))?;
+    if code.len() > 20 || secret.len() > 100 {
+        return Err(ApiError::not_found("order not found"));
+    }
+    let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    let (order, until) = s
+        .db(move |db| {
+            let order = db.order(&code, &hash)?;
+            let event = db.event(order.event_id, None)?;
+            Ok((order, event.info.buyers_cancel_until))
+        })
+        .await?;
+    let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, "conflict", m);
+    match until {
+        Some(t) if now_ms() / 1000 < t => {}
+        Some(t) => {
+            return Err(conflict(format!(
+                "buyers could cancel until {}; ask the organizer",
+                crate::time::format(t)
+            )));
+        }
+        None => {
+            return Err(conflict(
+                "the organizer alone cancels this event's orders".into(),
+            ));
+        }
+    }
+    Ok(Json(
+        cancel_order(&s, order, "cancelled by the buyer").await?,
+    ))
 }
 
 /// The organizer issues a paid ticket again (lost, or passed on to someone

@@ -1276,6 +1276,95 @@ fn api_link(order: &Value) -> &str {
 }
 
 #[test]
+fn a_buyer_cancels_its_own_order_where_and_while_the_event_allows() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start(&env);
+    let (e, _, _) = event_on_sale(&api, &token);
+    let hold = hold_seats(&api, e, &["A-4-1"]);
+    let (_, paid) = order(&api, &order_body(&hold, "pm_card_visa"), "w-1");
+    let code_ = paid["code"].as_str().unwrap();
+    let secret = paid["secret"].as_str().unwrap();
+    let withdraw = format!("/api/v1/orders/{code_}/withdraw?secret={secret}");
+    // The event does not let buyers cancel: the organizer alone does.
+    let (status, answer) = api.call("POST", &withdraw, None, None);
+    assert_eq!((status, code(&answer)), (409, "conflict"), "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("organizer")
+    );
+    // The organizer lets buyers cancel until a day before the start.
+    let (_, ev) = api.call("GET", &format!("/api/v1/events/{e}"), None, None);
+    let mut changed = event(
+        ev["venue_id"].as_u64().unwrap(),
+        "Night",
+        "concert",
+        1_900_000_000,
+    );
+    changed["buyers_cancel_until"] = json!(1_900_000_000u64 - 86_400);
+    let (status, updated) = api.call(
+        "PUT",
+        &format!("/api/v1/events/{e}"),
+        Some(&token),
+        Some(&changed),
+    );
+    assert_eq!(status, 200, "{updated}");
+    // Not without the order's secret.
+    let wrong = format!("/api/v1/orders/{code_}/withdraw?secret=sec_wrong");
+    assert_eq!(api.call("POST", &wrong, None, None).0, 404);
+    let (status, cancelled) = api.call("POST", &withdraw, None, None);
+    assert_eq!(
+        (status, cancelled["state"].as_str()),
+        (200, Some("refunded")),
+        "{cancelled}"
+    );
+    assert_eq!(seat(&api, e, "A-4-1"), "available", "on sale again");
+    let (_, feed) = api.call(
+        "GET",
+        &format!("/api/v1/revocations?events={e}"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(feed["revocations"].as_array().unwrap().len(), 1, "{feed}");
+    // Once is enough; and past the deadline, no more.
+    let (status, again) = api.call("POST", &withdraw, None, None);
+    assert_eq!((status, code(&again)), (409, "conflict"), "{again}");
+    changed["buyers_cancel_until"] = json!(1_000_000_000u64);
+    api.call(
+        "PUT",
+        &format!("/api/v1/events/{e}"),
+        Some(&token),
+        Some(&changed),
+    );
+    let hold = hold_seats(&api, e, &["A-4-2"]);
+    let (_, late) = order(&api, &order_body(&hold, "pm_card_visa"), "w-2");
+    let path = format!(
+        "/api/v1/orders/{}/withdraw?secret={}",
+        late["code"].as_str().unwrap(),
+        late["secret"].as_str().unwrap()
+    );
+    let (status, answer) = api.call("POST", &path, None, None);
+    assert_eq!((status, code(&answer)), (409, "conflict"), "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("until")
+    );
+    // After the end of the event, not at all: refused when set.
+    changed["buyers_cancel_until"] = json!(1_900_007_201u64);
+    let (status, answer) = api.call(
+        "PUT",
+        &format!("/api/v1/events/{e}"),
+        Some(&token),
+        Some(&changed),
+    );
+    assert_eq!(status, 422, "{answer}");
+}
+
+#[test]
 fn a_pending_order_cancelled_then_paid_is_paid_back() {
     let env = Env::new();
     let token = organizer(&env, "Promoter");

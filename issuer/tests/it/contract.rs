@@ -63,6 +63,7 @@ fn event(venue_id: u64, name: &str, genre: Genre, starts_at: u64) -> NewEvent {
         venue_id,
         starts_at,
         ends_at: starts_at + 3600,
+        buyers_cancel_until: None,
     }
 }
 

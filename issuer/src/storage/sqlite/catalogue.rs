@@ -79,8 +79,8 @@ impl Catalogue for SqliteStorage {
         let venue = own_venue(&tx, by, event.venue_id)?;
         tx.execute(
             "INSERT INTO events (name, description, performers, genre, venue_id, starts_at, ends_at,
-                                 status, city, organizer_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'draft', ?8, ?9)",
+                                 status, city, organizer_id, buyers_cancel_until)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'draft', ?8, ?9, ?10)",
             params![
                 event.name,
                 event.description,
@@ -90,7 +90,8 @@ impl Catalogue for SqliteStorage {
                 key(event.starts_at),
                 key(event.ends_at),
                 venue.info.city,
-                key(by)
+                key(by),
+                event.buyers_cancel_until.map(key)
             ],
         )?;
         let id = tx.last_insert_rowid() as u64;
@@ -118,7 +119,8 @@ impl Catalogue for SqliteStorage {
         let venue = own_venue(&tx, by, event.venue_id)?;
         tx.execute(
             "UPDATE events SET name = ?2, description = ?3, performers = ?4, genre = ?5,
-                venue_id = ?6, starts_at = ?7, ends_at = ?8, city = ?9 WHERE id = ?1",
+                venue_id = ?6, starts_at = ?7, ends_at = ?8, city = ?9, buyers_cancel_until = ?10
+             WHERE id = ?1",
             params![
                 key(id),
                 event.name,
@@ -128,7 +130,8 @@ impl Catalogue for SqliteStorage {
                 key(event.venue_id),
                 key(event.starts_at),
                 key(event.ends_at),
-                venue.info.city
+                venue.info.city,
+                event.buyers_cancel_until.map(key)
             ],
         )?;
         index_event(&tx, id)?;

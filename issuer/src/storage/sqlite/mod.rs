@@ -75,7 +75,7 @@ pub(super) fn key(n: u64) -> i64 {
 }
 
 pub(super) const EVENT_COLUMNS: &str = "id, name, description, performers, genre, venue_id, starts_at, \
-     ends_at, status, city, organizer_id";
+     ends_at, status, city, organizer_id, buyers_cancel_until";
 
 impl SqliteStorage {
     /// Opens (creating) the data directory's database.
@@ -285,6 +285,7 @@ pub(super) fn event_of(r: &Row<'_>) -> Result<(Event, Option<OrganizerId>)> {
             venue_id: r.get::<_, Option<i64>>(5)?.unwrap_or(0) as u64,
             starts_at: r.get::<_, i64>(6)? as u64,
             ends_at: r.get::<_, i64>(7)? as u64,
+            buyers_cancel_until: r.get::<_, Option<i64>>(11)?.map(|t| t as u64),
         },
         status: EventStatus::parse(&status)
             .ok_or_else(|| StorageError::Backend(format!("event status {status:?}")))?,

@@ -31,6 +31,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("POST", "/orders"),
     ("GET", "/orders/{code}"),
     ("POST", "/orders/{code}/cancel"),
+    ("POST", "/orders/{code}/withdraw"),
     ("POST", "/orders/{code}/tickets/{ticket_id}/reissue"),
     ("GET", "/tickets/{id}/qr.png"),
     ("GET", "/tickets/{id}/qr.svg"),
