@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -181,7 +182,9 @@ async fn update_event(
     JsonBody(event): JsonBody<NewEvent>,
 ) -> Result<Json<Event>, ApiError> {
     let id = id(&raw, "event")?;
-    Ok(Json(s.db(move |db| db.update_event(by, id, &event)).await?))
+    let event = s.db(move |db| db.update_event(by, id, &event)).await?;
+    s.pages.forget(id);
+    Ok(Json(event))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -217,9 +220,9 @@ async fn set_status(
     JsonBody(change): JsonBody<StatusChange>,
 ) -> Result<Json<Event>, ApiError> {
     let id = id(&raw, "event")?;
-    Ok(Json(
-        s.db(move |db| db.set_status(by, id, change.status)).await?,
-    ))
+    let event = s.db(move |db| db.set_status(by, id, change.status)).await?;
+    s.pages.forget(id);
+    Ok(Json(event))
 }
 
 /// Adds a ticket category to an event of the organizer's.
@@ -249,6 +252,7 @@ async fn add_category(
 ) -> Result<(StatusCode, Json<Category>), ApiError> {
     let id = id(&raw, "event")?;
     let category = s.db(move |db| db.add_category(by, id, &category)).await?;
+    s.pages.forget(id);
     Ok((StatusCode::CREATED, Json(category)))
 }
 
@@ -279,23 +283,43 @@ async fn event(
     State(s): State<AppState>,
     MaybeOrganizer(viewer): MaybeOrganizer,
     Path(raw): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let id = id(&raw, "event")?;
-    let page = s
-        .db(move |db| {
-            let event = db.event(id, viewer)?;
-            let venue = db.venue(event.info.venue_id).ok();
-            let categories = db.categories(id)?;
-            Ok(EventPage {
-                event,
-                venue,
-                categories,
-            })
-        })
-        .await?;
-    serde_json::to_value(page)
-        .map(Json)
-        .map_err(|e| ApiError::internal(e.to_string()))
+    // What everyone sees is drawn once a second at most: a venue's plan
+    // makes the page large. An organizer sees it fresh.
+    let cached = viewer.is_none().then(|| s.pages.get(id)).flatten();
+    let body = match cached {
+        Some(body) => body,
+        None => {
+            let page = s
+                .db(move |db| {
+                    let event = db.event(id, viewer)?;
+                    let venue = db.venue(event.info.venue_id).ok();
+                    let categories = db.categories(id)?;
+                    Ok(EventPage {
+                        event,
+                        venue,
+                        categories,
+                    })
+                })
+                .await?;
+            let body = axum::body::Bytes::from(
+                serde_json::to_vec(&page).map_err(|e| ApiError::internal(e.to_string()))?,
+            );
+            if viewer.is_none() && page.event.status != EventStatus::Draft {
+                s.pages.put(id, body.clone());
+            }
+            body
+        }
+    };
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 /// `GET /events`'s query: every filter optional.

@@ -52,6 +52,8 @@ pub struct AppState {
     pub max_held: Option<u32>,
     /// Throttles the log of refused webhooks.
     pub webhook_log: Arc<OncePerSecond>,
+    /// Event pages as everyone sees them, drawn once a second at most.
+    pub pages: Arc<PageCache>,
     /// Hands places' changes to live watchers ([`live`]).
     pub live: Arc<live::Live>,
 }
@@ -64,6 +66,41 @@ pub(crate) fn digits(s: &str) -> Option<u64> {
         return None;
     }
     s.parse().ok()
+}
+
+/// Rendered pages by event, kept for a second; forgotten at once when this
+/// process changes the event (another process's change shows within the
+/// second).
+#[derive(Default)]
+pub struct PageCache(
+    std::sync::Mutex<std::collections::HashMap<u64, (std::time::Instant, axum::body::Bytes)>>,
+);
+
+impl PageCache {
+    const FOR: std::time::Duration = std::time::Duration::from_secs(1);
+    const MOST: usize = 10_000;
+
+    pub fn get(&self, id: u64) -> Option<axum::body::Bytes> {
+        let pages = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        pages
+            .get(&id)
+            .filter(|(at, _)| at.elapsed() < Self::FOR)
+            .map(|(_, body)| body.clone())
+    }
+
+    pub fn put(&self, id: u64, body: axum::body::Bytes) {
+        let mut pages = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pages.len() >= Self::MOST {
+            pages.retain(|_, (at, _)| at.elapsed() < Self::FOR);
+        }
+        if pages.len() < Self::MOST {
+            pages.insert(id, (std::time::Instant::now(), body));
+        }
+    }
+
+    pub fn forget(&self, id: u64) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
 }
 
 /// Lets something happen at most once a second (a log line under a flood).
@@ -102,6 +139,7 @@ impl AppState {
             buyer_rate: None,
             max_held: None,
             webhook_log: Default::default(),
+            pages: Default::default(),
             live: Default::default(),
         }
     }

@@ -38,24 +38,25 @@ pub struct SqliteStorage {
     /// Seated categories' rows, by category ([`SqliteStorage::rows_of`]).
     rows: Mutex<std::collections::HashMap<u64, std::sync::Arc<Vec<usize>>>>,
     /// Group commit ([`SqliteStorage::write`]).
-    group: Mutex<Group>,
+    /// The batch open on the writer connection, if any.
+    group: Mutex<Option<std::sync::Arc<Batch>>>,
     committed: std::sync::Condvar,
     /// Writers waiting for the writer connection.
     queued: std::sync::atomic::AtomicUsize,
 }
 
-/// The writer connection's open batch of changes, if any.
+/// A batch of changes sharing one commit ([`SqliteStorage::write`]).
 #[derive(Default)]
-struct Group {
-    /// A batch is open (`BEGIN IMMEDIATE` ran and no `COMMIT` yet).
-    open: bool,
-    /// The number of the open (or last) batch.
-    batch: u64,
-    /// The last batch committed, or given up.
-    done: u64,
-    /// Why the last batch given up was given up.
-    failed: Option<(u64, String)>,
+struct Batch {
+    /// How its commit went: set once, by whoever commits or gives it up.
+    outcome: std::sync::OnceLock<std::result::Result<(), String>>,
+    /// Changes in it so far.
+    changes: std::sync::atomic::AtomicUsize,
 }
+
+/// Most changes one commit carries: a batch this full is committed even
+/// with writers queued, so none waits long.
+const MAX_BATCH: usize = 256;
 
 impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> StorageError {
@@ -87,7 +88,7 @@ impl SqliteStorage {
                 .collect::<std::result::Result<_, _>>()?,
             dir: dir.to_owned(),
             rows: Mutex::default(),
-            group: Mutex::default(),
+            group: Mutex::new(None),
             committed: std::sync::Condvar::new(),
             queued: std::sync::atomic::AtomicUsize::new(0),
         })
@@ -101,95 +102,115 @@ impl SqliteStorage {
         conn
     }
 
-    fn group(&self) -> MutexGuard<'_, Group> {
+    fn group(&self) -> MutexGuard<'_, Option<std::sync::Arc<Batch>>> {
         self.group.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Commits the open batch, if any, and tells its writers.
-    fn commit_open(&self, conn: &Connection) {
-        let g = self.group();
-        if !g.open {
+    /// Ends the open batch, if any: commits it, or (`Some(why)`) rolls it
+    /// back; either way its writers are told. Called with the writer
+    /// connection held, so no change is under way.
+    fn end_batch(&self, conn: &Connection, give_up: Option<String>) {
+        let Some(batch) = self.group().take() else {
             return;
-        }
-        let batch = g.batch;
-        drop(g);
-        let committed = conn.execute_batch("COMMIT");
-        let mut g = self.group();
-        g.open = false;
-        g.done = batch;
-        if let Err(e) = committed {
+        };
+        let outcome = match give_up {
+            Some(why) => Err(why),
+            None => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+        };
+        if outcome.is_err() {
             // Whatever the batch did is undone: every writer of it is told.
             let _ = conn.execute_batch("ROLLBACK");
-            g.failed = Some((batch, e.to_string()));
         }
-        drop(g);
+        {
+            // Set under the lock the waiters check it under: none misses it.
+            let _g = self.group();
+            let _ = batch.outcome.set(outcome);
+        }
         self.committed.notify_all();
+    }
+
+    fn commit_open(&self, conn: &Connection) {
+        self.end_batch(conn, None);
+    }
+
+    /// Waits until `batch` is committed or given up. Should no one come to
+    /// commit it (a writer stopped), it commits it itself.
+    fn wait_for(&self, batch: &Batch) {
+        let mut g = self.group();
+        while batch.outcome.get().is_none() {
+            let (next, timeout) = self
+                .committed
+                .wait_timeout(g, std::time::Duration::from_secs(2))
+                .unwrap_or_else(|p| p.into_inner());
+            g = next;
+            if timeout.timed_out() && batch.outcome.get().is_none() {
+                drop(g);
+                drop(self.conn());
+                g = self.group();
+            }
+        }
     }
 
     /// Runs `f` as one all-or-nothing change, and returns once it is on
     /// disk. Changes made at the same moment share a commit (group commit):
     /// each runs in its own savepoint of one transaction, and the writer
-    /// that finds no one waiting behind it commits them all, one wait for
-    /// the disk for the lot. A change that fails is undone alone.
+    /// that finds no one waiting behind it (or the batch full) commits
+    /// them all, one wait for the disk for the lot. A change that fails, or
+    /// panics, is undone alone; a commit that fails fails every change of
+    /// its batch.
     pub(super) fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         use std::sync::atomic::Ordering::SeqCst;
         self.queued.fetch_add(1, SeqCst);
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         self.queued.fetch_sub(1, SeqCst);
-        let batch = {
-            let mut g = self.group();
-            if !g.open {
-                if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-                    return Err(e.into());
-                }
-                g.open = true;
-                g.batch += 1;
+        // Join the open batch, or open one: only the holder of the writer
+        // connection does either.
+        let open = self.group().clone();
+        let batch = match open {
+            Some(batch) => batch,
+            None => {
+                conn.execute_batch("BEGIN IMMEDIATE")?;
+                let batch = std::sync::Arc::new(Batch::default());
+                *self.group() = Some(batch.clone());
+                batch
             }
-            g.batch
         };
-        conn.execute_batch("SAVEPOINT change")?;
-        let out = f(&conn);
-        let closed = match &out {
-            Ok(_) => conn.execute_batch("RELEASE change"),
-            Err(_) => conn.execute_batch("ROLLBACK TO change; RELEASE change"),
+        let changes = batch.changes.fetch_add(1, SeqCst) + 1;
+        if let Err(e) = conn.execute_batch("SAVEPOINT change") {
+            self.end_batch(&conn, Some(e.to_string()));
+            return Err(e.into());
+        }
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&conn)));
+        let closed = match out {
+            Ok(Ok(_)) => conn.execute_batch("RELEASE change"),
+            _ => conn.execute_batch("ROLLBACK TO change; RELEASE change"),
         };
         if let Err(e) = closed {
             // The batch is in an unknown state: it is given up whole.
-            let _ = conn.execute_batch("ROLLBACK");
-            let mut g = self.group();
-            g.open = false;
-            g.done = batch;
-            g.failed = Some((batch, e.to_string()));
-            drop(g);
-            self.committed.notify_all();
-            return Err(e.into());
+            self.end_batch(&conn, Some(e.to_string()));
+            drop(conn);
+            return match out {
+                Err(panic) => std::panic::resume_unwind(panic),
+                Ok(_) => Err(e.into()),
+            };
         }
-        if self.queued.load(SeqCst) == 0 {
+        if self.queued.load(SeqCst) == 0 || changes >= MAX_BATCH {
             self.commit_open(&conn);
             drop(conn);
         } else {
             // The next writer carries the batch on, and one of them
             // commits it.
             drop(conn);
-            let mut g = self.group();
-            while g.done < batch {
-                let (next, timeout) = self
-                    .committed
-                    .wait_timeout(g, std::time::Duration::from_secs(2))
-                    .unwrap_or_else(|p| p.into_inner());
-                g = next;
-                if timeout.timed_out() && g.done < batch {
-                    // No one came to commit (a writer stopped): do it.
-                    drop(g);
-                    drop(self.conn());
-                    g = self.group();
-                }
-            }
+            self.wait_for(&batch);
         }
-        let out = out?;
-        match &self.group().failed {
-            Some((b, why)) if *b == batch => Err(StorageError::Backend(format!("commit: {why}"))),
-            _ => Ok(out),
+        let value = match out {
+            Ok(out) => out?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        match batch.outcome.get() {
+            Some(Ok(())) => Ok(value),
+            Some(Err(why)) => Err(StorageError::Backend(format!("commit: {why}"))),
+            None => Err(StorageError::Backend("the change's commit was lost".into())),
         }
     }
 
@@ -310,4 +331,116 @@ pub(super) fn category_of(r: &Row<'_>) -> Result<Category> {
             per_order: r.get(7)?,
         },
     })
+}
+
+#[cfg(test)]
+mod group_commit {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn store() -> (tempfile::TempDir, Arc<SqliteStorage>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        s.conn()
+            .execute_batch(
+                "CREATE TABLE t(x INTEGER);
+                 CREATE TABLE p(id INTEGER PRIMARY KEY);
+                 CREATE TABLE c(x INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED);",
+            )
+            .unwrap();
+        (dir, Arc::new(s))
+    }
+
+    fn rows(s: &SqliteStorage) -> Option<String> {
+        s.read()
+            .query_row(
+                "SELECT group_concat(x) FROM (SELECT x FROM t ORDER BY x)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    fn count(s: &SqliteStorage, table: &str) -> usize {
+        s.read()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap() as usize
+    }
+
+    #[test]
+    fn a_change_that_panics_is_undone_alone() {
+        let (_d, s) = store();
+        let s2 = s.clone();
+        let panicked = std::thread::spawn(move || {
+            s2.write(|c| -> Result<()> {
+                c.execute("INSERT INTO t VALUES (1)", [])?;
+                panic!("a bug mid-change")
+            })
+        })
+        .join();
+        assert!(panicked.is_err());
+        s.write(|c| {
+            c.execute("INSERT INTO t VALUES (2)", [])?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(rows(&s).as_deref(), Some("2"));
+        // Behind a change that takes a while, one that panics: the first
+        // is still committed, the second not.
+        let sa = s.clone();
+        let first = std::thread::spawn(move || {
+            sa.write(|c| {
+                c.execute("INSERT INTO t VALUES (10)", [])?;
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                Ok(())
+            })
+            .is_ok()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let sb = s.clone();
+        let second = std::thread::spawn(move || {
+            sb.write(|c| -> Result<()> {
+                c.execute("INSERT INTO t VALUES (20)", [])?;
+                panic!("a bug mid-change")
+            })
+        });
+        assert!(second.join().is_err());
+        assert!(first.join().unwrap());
+        assert_eq!(rows(&s).as_deref(), Some("2,10"));
+    }
+
+    #[test]
+    fn no_change_is_told_done_unless_its_commit_was() {
+        let (_d, s) = store();
+        let (ok_bad, ok_good) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let writers: Vec<_> = (0..16)
+            .map(|i| {
+                let (s, ok_bad, ok_good) = (s.clone(), ok_bad.clone(), ok_good.clone());
+                std::thread::spawn(move || {
+                    for k in 0..150 {
+                        // Half the changes break a deferred foreign key: their
+                        // batch's commit fails, and all of it with it.
+                        let bad = (i + k) % 2 == 0;
+                        let sql = if bad {
+                            "INSERT INTO c VALUES (999)"
+                        } else {
+                            "INSERT INTO t VALUES (1)"
+                        };
+                        if s.write(|c| Ok(c.execute(sql, [])?)).is_ok() {
+                            if bad { &ok_bad } else { &ok_good }.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(ok_bad.load(Ordering::SeqCst), 0);
+        assert_eq!(count(&s, "c"), 0);
+        assert_eq!(ok_good.load(Ordering::SeqCst), count(&s, "t"));
+    }
 }
