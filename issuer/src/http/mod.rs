@@ -54,6 +54,11 @@ pub struct AppState {
     pub webhook_log: Arc<OncePerSecond>,
     /// Event pages as everyone sees them, drawn once a second at most.
     pub pages: Arc<PageCache>,
+    /// Storage calls under way at once ([`AppState::db`]).
+    pub db_turns: Arc<tokio::sync::Semaphore>,
+    /// Calls to the payment provider under way at once: each holds a
+    /// thread while it waits for the provider.
+    pub payment_turns: Arc<tokio::sync::Semaphore>,
     /// Hands places' changes to live watchers ([`live`]).
     pub live: Arc<live::Live>,
 }
@@ -119,6 +124,11 @@ impl OncePerSecond {
     }
 }
 
+/// Storage calls under way at once.
+const DB_TURNS: usize = 32;
+/// Payment provider calls under way at once.
+const PAYMENT_TURNS: usize = 128;
+
 /// How long a hold keeps its places, unless told otherwise: 10 minutes.
 pub const HOLD_TTL_MS: u64 = 10 * 60 * 1000;
 
@@ -140,6 +150,8 @@ impl AppState {
             max_held: None,
             webhook_log: Default::default(),
             pages: Default::default(),
+            db_turns: Arc::new(tokio::sync::Semaphore::new(DB_TURNS)),
+            payment_turns: Arc::new(tokio::sync::Semaphore::new(PAYMENT_TURNS)),
             live: Default::default(),
         }
     }
@@ -154,6 +166,13 @@ impl AppState {
         &self,
         f: impl FnOnce(&dyn Storage) -> Result<T, crate::storage::StorageError> + Send + 'static,
     ) -> Result<T, ApiError> {
+        // A few threads at a time: a crowd waits here, cheaply, rather
+        // than as blocking threads queued on the database.
+        let _turn = self
+            .db_turns
+            .acquire()
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         let storage = self.storage.clone();
         tokio::task::spawn_blocking(move || f(&*storage))
             .await

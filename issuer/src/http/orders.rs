@@ -232,7 +232,14 @@ async fn add_order(
         let order = settle(&s, &order.code, &free).await?;
         return Ok((StatusCode::CREATED, Json(answer(&s, order).await?)));
     }
+    let turn = s
+        .payment_turns
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let charged = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         payments.charge(
             amount,
             &currency,
@@ -573,6 +580,30 @@ async fn webhook(
         return Ok(StatusCode::OK);
     }
     let intent = event.data.object;
+    // News already known (the charge's own answer settled the order): done,
+    // with nothing written.
+    let known = {
+        let id = intent.id.clone();
+        s.db(move |db| match db.order_by_intent(&id) {
+            Ok(order) => Ok(Some(order)),
+            Err(StorageError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await?
+    };
+    let settled = |o: &Order| match intent.status {
+        IntentStatus::Succeeded => matches!(
+            o.state,
+            crate::domain::order::OrderState::Paid | crate::domain::order::OrderState::Refunded
+        ),
+        IntentStatus::RequiresPaymentMethod | IntentStatus::Canceled => {
+            o.state != crate::domain::order::OrderState::Pending
+        }
+        _ => false,
+    };
+    if known.as_ref().is_some_and(settled) {
+        return Ok(StatusCode::OK);
+    }
     let code = match intent.metadata.get("order") {
         Some(code) => code.clone(),
         None => {

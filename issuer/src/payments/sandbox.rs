@@ -75,6 +75,8 @@ struct Ledger {
 #[derive(Clone)]
 struct Shared {
     ledger: Arc<Mutex<Ledger>>,
+    /// Webhook deliveries under way at once.
+    senders: Arc<tokio::sync::Semaphore>,
     secret_key: String,
     webhook_secret: String,
     config: Config,
@@ -101,6 +103,7 @@ pub async fn start(config: Config) -> std::io::Result<Sandbox> {
     };
     let shared = Shared {
         ledger: Default::default(),
+        senders: Arc::new(tokio::sync::Semaphore::new(16)),
         secret_key: sandbox.secret_key.clone(),
         webhook_secret: sandbox.webhook_secret.clone(),
         config,
@@ -405,28 +408,43 @@ fn notify(shared: &Shared, kind: &str, intent: &Intent) {
     })
     .to_string();
     let secret = shared.webhook_secret.clone();
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
+    let senders = shared.senders.clone();
+    tokio::spawn(async move {
         for attempt in 0..5u32 {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let sent = agent
-                .post(&url)
-                .header("content-type", "application/json")
-                .header(
-                    "stripe-signature",
-                    &sign_webhook(&secret, payload.as_bytes(), now),
-                )
-                .send(payload.as_str());
-            if sent.is_ok_and(|r| r.status().is_success()) {
+            // A few deliveries at once, each one attempt on a thread: a
+            // flood of webhooks never takes every blocking thread.
+            let sent = match senders.clone().acquire_owned().await {
+                Ok(turn) => {
+                    let (url, payload, secret) = (url.clone(), payload.clone(), secret.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let _turn = turn;
+                        let agent: ureq::Agent = ureq::Agent::config_builder()
+                            .http_status_as_error(false)
+                            .timeout_global(Some(Duration::from_secs(10)))
+                            .build()
+                            .into();
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        agent
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .header(
+                                "stripe-signature",
+                                &sign_webhook(&secret, payload.as_bytes(), now),
+                            )
+                            .send(payload.as_str())
+                            .is_ok_and(|r| r.status().is_success())
+                    })
+                    .await
+                    .unwrap_or(false)
+                }
+                Err(_) => false,
+            };
+            if sent {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(200 << attempt));
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
         }
         tracing::warn!(%url, "a webhook was not taken after 5 tries");
     });
