@@ -363,9 +363,8 @@ async fn settle(s: &AppState, code: &str, intent: &Intent) -> Result<Order, ApiE
     let payments = s.payments.clone();
     let settled = s
         .db(move |db| {
-            let order = db.set_intent(&code, &intent.id, now_ms())?;
             match intent.status {
-                IntentStatus::Succeeded => match db.settle_paid(&code, now_ms())? {
+                IntentStatus::Succeeded => match db.pay(&code, &intent.id, now_ms())? {
                     Settled::Paid(o) | Settled::Already(o) => Ok(o),
                     Settled::MustRefund(o) => {
                         // Paid for places no longer to be had: paid back, once.
@@ -387,9 +386,12 @@ async fn settle(s: &AppState, code: &str, intent: &Intent) -> Result<Order, ApiE
                             None => e.code,
                         })
                         .unwrap_or_else(|| "the payment was not made".into());
+                    db.set_intent(&code, &intent.id, now_ms())?;
                     db.mark_failed(&code, &why, now_ms())
                 }
-                IntentStatus::Processing | IntentStatus::Other => Ok(order),
+                IntentStatus::Processing | IntentStatus::Other => {
+                    db.set_intent(&code, &intent.id, now_ms())
+                }
             }
         })
         .await;

@@ -334,6 +334,14 @@ pub trait Orders: Send + Sync {
     /// Settles a payment that succeeded ([`crate::domain::order::settle_payment`]).
     fn settle_paid(&self, code: &str, now_ms: u64) -> Result<Settled>;
 
+    /// Notes the payment charging an order and settles it as succeeded:
+    /// [`Orders::set_intent`] then [`Orders::settle_paid`], in one change
+    /// where the backend can.
+    fn pay(&self, code: &str, intent: &str, now_ms: u64) -> Result<Settled> {
+        self.set_intent(code, intent, now_ms)?;
+        self.settle_paid(code, now_ms)
+    }
+
     /// A payment refused: the order failed (its hold stands until its time).
     fn mark_failed(&self, code: &str, why: &str, now_ms: u64) -> Result<Order>;
 

@@ -352,7 +352,7 @@ impl Catalogue for SqliteStorage {
 
     fn keyset(&self, by: OrganizerId, events: &[u64], now: u64) -> Result<String> {
         for &event in events {
-            Self::own_event(&self.conn(), by, event)?;
+            Self::own_event(&self.read(), by, event)?;
         }
         // The keys' metadata is in this database, their secrets in `keys/`;
         // only public keys are read.

@@ -131,6 +131,61 @@ pub(super) fn tickets_of_batch(conn: &Connection, batch: i64) -> Result<Vec<Issu
         .collect::<rusqlite::Result<_>>()?)
 }
 
+/// Settles a payment that succeeded ([`crate::domain::order::settle_payment`]).
+fn settle_in(tx: &Connection, code: &str, now_ms: u64) -> Result<Settled> {
+    let (id, hold_hash, order) = by_code(tx, code)?;
+    if matches!(order.state, OrderState::Paid | OrderState::Refunded) {
+        return Ok(Settled::Already(order));
+    }
+    // Places of holds whose time passed are told free before they are
+    // sold, so the live feed's moves add up.
+    announce_expired_in(tx, Some(order.event_id), now_ms)?;
+    let hold = hold_of(tx, &hold_hash, now_ms)?;
+    let items: Vec<(i64, i64)> = tx
+        .prepare_cached("SELECT category_id, n FROM hold_items WHERE hold = ?1")?
+        .query_map([&hold_hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    // Free for this order: unsold, and held by no one else now.
+    let mut free = true;
+    for (c, n) in &items {
+        free &= tx.query_row(
+            "SELECT order_id IS NULL AND (hold = ?3 OR held_until <= ?4)
+                 FROM places WHERE category_id = ?1 AND n = ?2",
+            params![c, n, &hold_hash[..], key(now_ms)],
+            |r| r.get::<_, bool>(0),
+        )?;
+    }
+    // A payment for an event no longer on sale (cancelled meanwhile)
+    // goes back.
+    let on_sale = off_sale(tx, order.event_id)?.is_none();
+    let settled = match settle_payment(order.state, hold.state == HoldState::Active, free) {
+        Settlement::Keep | Settlement::HoldAgain if free && on_sale => {
+            // Places still tied to the hold go from held to sold; the
+            // others (its time passed) are held again, then sold.
+            let (mut again, mut sold) = (Vec::new(), Vec::new());
+            for (c, n) in &items {
+                let (seat, mine): (Option<String>, bool) = tx.query_row(
+                    "UPDATE places SET order_id = ?3, hold = ?4 WHERE category_id = ?1 AND n = ?2
+                         RETURNING seat_key, held_until > 0",
+                    params![c, n, id, &hold_hash[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if !mine {
+                    again.push((*c as u64, seat.clone()));
+                }
+                sold.push((*c as u64, seat));
+            }
+            record(tx, order.event_id, now_ms, ChangeKind::Held, &again)?;
+            record(tx, order.event_id, now_ms, ChangeKind::Sold, &sold)?;
+            let order = advance(tx, code, OrderEvent::PaymentSucceeded, None, now_ms)?;
+            enqueue(tx, code, MailKind::Tickets, now_ms)?;
+            Settled::Paid(order)
+        }
+        _ => Settled::MustRefund(order),
+    };
+    Ok(settled)
+}
+
 impl Orders for SqliteStorage {
     fn create_order(&self, new: &NewOrder, now_ms: u64) -> Result<Created> {
         new.buyer.check()?;
@@ -229,67 +284,27 @@ impl Orders for SqliteStorage {
     }
 
     fn set_intent(&self, code: &str, intent: &str, now_ms: u64) -> Result<Order> {
-        let conn = self.conn();
-        conn.execute(
-            "UPDATE orders SET payment_intent = ?2, updated_at = ?3 WHERE code = ?1",
-            params![code, intent, key(now_ms)],
-        )?;
-        Ok(by_code(&conn, code)?.2)
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE orders SET payment_intent = ?2, updated_at = ?3 WHERE code = ?1",
+                params![code, intent, key(now_ms)],
+            )?;
+            Ok(by_code(tx, code)?.2)
+        })
     }
 
     fn settle_paid(&self, code: &str, now_ms: u64) -> Result<Settled> {
+        self.write(|tx| settle_in(tx, code, now_ms))
+    }
+
+    fn pay(&self, code: &str, intent: &str, now_ms: u64) -> Result<Settled> {
+        // The payment noted and settled in one change: one commit.
         self.write(|tx| {
-        let (id, hold_hash, order) = by_code(tx, code)?;
-        if matches!(order.state, OrderState::Paid | OrderState::Refunded) {
-            return Ok(Settled::Already(order));
-        }
-        // Places of holds whose time passed are told free before they are
-        // sold, so the live feed's moves add up.
-        announce_expired_in(tx, Some(order.event_id), now_ms)?;
-        let hold = hold_of(tx, &hold_hash, now_ms)?;
-        let items: Vec<(i64, i64)> = tx
-            .prepare_cached("SELECT category_id, n FROM hold_items WHERE hold = ?1")?
-            .query_map([&hold_hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        // Free for this order: unsold, and held by no one else now.
-        let mut free = true;
-        for (c, n) in &items {
-            free &= tx.query_row(
-                "SELECT order_id IS NULL AND (hold = ?3 OR held_until <= ?4)
-                 FROM places WHERE category_id = ?1 AND n = ?2",
-                params![c, n, &hold_hash[..], key(now_ms)],
-                |r| r.get::<_, bool>(0),
-            )?;
-        }
-        // A payment for an event no longer on sale (cancelled meanwhile)
-        // goes back.
-        let on_sale = off_sale(tx, order.event_id)?.is_none();
-        let settled = match settle_payment(order.state, hold.state == HoldState::Active, free) {
-            Settlement::Keep | Settlement::HoldAgain if free && on_sale => {
-                // Places still tied to the hold go from held to sold; the
-                // others (its time passed) are held again, then sold.
-                let (mut again, mut sold) = (Vec::new(), Vec::new());
-                for (c, n) in &items {
-                    let (seat, mine): (Option<String>, bool) = tx.query_row(
-                        "UPDATE places SET order_id = ?3, hold = ?4 WHERE category_id = ?1 AND n = ?2
-                         RETURNING seat_key, held_until > 0",
-                        params![c, n, id, &hold_hash[..]],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )?;
-                    if !mine {
-                        again.push((*c as u64, seat.clone()));
-                    }
-                    sold.push((*c as u64, seat));
-                }
-                record(tx, order.event_id, now_ms, ChangeKind::Held, &again)?;
-                record(tx, order.event_id, now_ms, ChangeKind::Sold, &sold)?;
-                let order = advance(tx, code, OrderEvent::PaymentSucceeded, None, now_ms)?;
-                enqueue(tx, code, MailKind::Tickets, now_ms)?;
-                Settled::Paid(order)
-            }
-            _ => Settled::MustRefund(order),
-        };
-        Ok(settled)
+            tx.prepare_cached(
+                "UPDATE orders SET payment_intent = ?2, updated_at = ?3 WHERE code = ?1",
+            )?
+            .execute(params![code, intent, key(now_ms)])?;
+            settle_in(tx, code, now_ms)
         })
     }
 
@@ -345,7 +360,7 @@ impl Orders for SqliteStorage {
     }
 
     fn tickets_to_sign(&self, code: &str) -> Result<Option<Vec<TicketFields>>> {
-        let conn = self.conn();
+        let conn = self.read();
         let (id, hold, order) = by_code(&conn, code)?;
         let batch: Option<i64> =
             conn.query_row("SELECT batch_id FROM orders WHERE id = ?1", [id], |r| {

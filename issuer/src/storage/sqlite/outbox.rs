@@ -78,7 +78,7 @@ impl Outbox for SqliteStorage {
     }
 
     fn tickets_of_order(&self, code: &str) -> Result<Vec<IssuedTicket>> {
-        let conn = self.conn();
+        let conn = self.read();
         let batch: Option<Option<i64>> = conn
             .query_row("SELECT batch_id FROM orders WHERE code = ?1", [code], |r| {
                 r.get(0)
