@@ -42,5 +42,27 @@ pub(crate) fn text(what: &str, s: &str, max: usize) -> Result<(), Invalid> {
     if s.chars().any(char::is_control) {
         return Err(invalid(format!("{what} has control characters")));
     }
+    // Marks that reorder text as it is shown: a name that reads one way
+    // and is another (on a ticket, in a mail, in an organizer's list).
+    if s.chars()
+        .any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+    {
+        return Err(invalid(format!(
+            "{what} has marks that reorder how it is shown"
+        )));
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shown_text_is_refused_empty_too_long_with_controls_or_reordering_marks() {
+        assert!(super::text("a name", "Théâtre des Célestins", 200).is_ok());
+        assert!(super::text("a name", "  ", 200).is_err());
+        assert!(super::text("a name", "abc", 2).is_err());
+        assert!(super::text("a name", "Ana\r\nBcc: x@example.org", 200).is_err());
+        assert!(super::text("a name", "invoice\u{202E}fdp.exe", 200).is_err());
+        assert!(super::text("a name", "a\u{2067}b", 200).is_err());
+    }
 }

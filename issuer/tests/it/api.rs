@@ -352,6 +352,24 @@ fn hostile_or_careless_requests_get_a_clear_refusal_and_change_nothing() {
     let id = e["id"].as_u64().unwrap();
     let ev = event(venue_id, "Mine now", "concert", 1_900_000_000);
     let cases: Vec<Case> = vec![
+        // A path that is not UTF-8, refused by the router itself: still
+        // in the error shape.
+        (
+            "GET",
+            "/api/v1/events/%FF".into(),
+            None,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/api/v1/holds/%FF%FE".into(),
+            None,
+            None,
+            400,
+            "bad_request",
+        ),
         // No token, a wrong one, a malformed header.
         (
             "POST",
