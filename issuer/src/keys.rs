@@ -8,7 +8,7 @@
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_core::OsRng;
@@ -198,4 +198,65 @@ pub fn export_keyset(store: &Store, event_ids: &[u64], now: u64) -> Result<Keyse
         return Err(Error::NoActiveKey);
     }
     Ok(keyset)
+}
+
+/// The data directory's active signing key, for a server that runs for
+/// weeks: looked up again every few seconds, so a key made or retired with
+/// `issuer keys` while it runs is used, or no longer used, within seconds.
+pub struct ActiveSigner {
+    dir: PathBuf,
+    current: std::sync::RwLock<(std::time::Instant, Option<std::sync::Arc<Signer>>)>,
+}
+
+impl ActiveSigner {
+    /// How long a lookup holds.
+    const FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+    pub fn new(dir: &Path, first: Signer) -> ActiveSigner {
+        ActiveSigner {
+            dir: dir.to_owned(),
+            current: std::sync::RwLock::new((
+                std::time::Instant::now(),
+                Some(std::sync::Arc::new(first)),
+            )),
+        }
+    }
+
+    /// The key to sign with now (blocking: it may read the data directory).
+    pub fn get(&self) -> Result<std::sync::Arc<Signer>, Error> {
+        {
+            let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+            if current.0.elapsed() < Self::FOR
+                && let Some(signer) = &current.1
+            {
+                return Ok(signer.clone());
+            }
+        }
+        let store = Store::open_existing(&self.dir)?;
+        let found = signer(&store, None);
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        current.0 = std::time::Instant::now();
+        match found {
+            Ok(fresh) => {
+                let same = current
+                    .1
+                    .as_ref()
+                    .filter(|s| s.key_id() == fresh.key_id())
+                    .cloned();
+                let signer = match same {
+                    Some(signer) => signer,
+                    None => {
+                        tracing::info!(key = %fresh.key_id(), "signing tickets with key");
+                        std::sync::Arc::new(fresh)
+                    }
+                };
+                current.1 = Some(signer.clone());
+                Ok(signer)
+            }
+            Err(e) => {
+                current.1 = None;
+                Err(e)
+            }
+        }
+    }
 }

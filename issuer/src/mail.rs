@@ -80,7 +80,7 @@ pub struct Mailer {
     /// Makes order links' secrets.
     pub link_key: [u8; 32],
     /// Signs a paid order's tickets if no one has yet.
-    pub signer: Option<Arc<shared::code::Signer>>,
+    pub signer: Option<Arc<crate::keys::ActiveSigner>>,
 }
 
 impl Mailer {
@@ -175,8 +175,16 @@ impl Mailer {
         let (subject, text, tickets) = match mail.kind {
             MailKind::Tickets => {
                 if let Some(signer) = &self.signer {
-                    crate::issue::sign_order(db, signer, &order.code, crate::http::holds::now_ms())
-                        .map_err(transient)?;
+                    let signer = signer
+                        .get()
+                        .map_err(|e| Failure::Transient(format!("the signing key: {e}")))?;
+                    crate::issue::sign_order(
+                        db,
+                        &signer,
+                        &order.code,
+                        crate::http::holds::now_ms(),
+                    )
+                    .map_err(transient)?;
                 }
                 let tickets = db.tickets_of_order(&order.code).map_err(transient)?;
                 if tickets.is_empty() {

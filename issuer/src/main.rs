@@ -498,7 +498,7 @@ fn serve(
             link_key,
         );
         state.hold_ttl_ms = hold_seconds * 1000;
-        let signer = std::sync::Arc::new(signer);
+        let signer = std::sync::Arc::new(keys::ActiveSigner::new(data, signer));
         state.signer = Some(signer.clone());
         let transport = match mail.transport {
             Some(t) => t,

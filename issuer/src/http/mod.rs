@@ -45,7 +45,7 @@ pub struct AppState {
     /// Makes each order's link secret ([`orders::link_secret`]).
     pub link_key: [u8; 32],
     /// Signs paid orders' tickets: the data directory's active key.
-    pub signer: Option<Arc<shared::code::Signer>>,
+    pub signer: Option<Arc<crate::keys::ActiveSigner>>,
     /// How fast one address may hold and order; `None`: as fast as it likes.
     pub buyer_rate: Option<Arc<limit::RateLimit>>,
     /// Most places one address may hold of an event at once.

@@ -116,8 +116,13 @@ async fn issue_tickets(s: &AppState, code: &str) -> Result<(), ApiError> {
         return Err(ApiError::internal("no signing key to sign tickets with"));
     };
     let code = code.to_owned();
-    s.db(move |db| crate::issue::sign_order(db, &signer, &code, now_ms()))
-        .await
+    s.db(move |db| {
+        let signer = signer
+            .get()
+            .map_err(|e| StorageError::Backend(format!("the signing key: {e}")))?;
+        crate::issue::sign_order(db, &signer, &code, now_ms())
+    })
+    .await
 }
 
 /// Orders a hold's places and pays for them.
@@ -760,6 +765,9 @@ async fn reissue(
     };
     let ticket = s
         .db(move |db| {
+            let signer = signer
+                .get()
+                .map_err(|e| StorageError::Backend(format!("the signing key: {e}")))?;
             let fields = db.ticket_to_reissue(by, &code, &ticket_id)?;
             let signed = signer
                 .encode(&fields)

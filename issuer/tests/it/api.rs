@@ -1383,6 +1383,32 @@ fn a_buyer_cancels_its_own_order_where_and_while_the_event_allows() {
 }
 
 #[test]
+fn a_key_made_and_the_old_one_retired_while_serving_signs_the_next_tickets() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start(&env);
+    let (e, _, _) = event_on_sale(&api, &token);
+    let key_of = |order: &Value| {
+        shared::code::parse(order["tickets"][0]["code"].as_str().unwrap())
+            .unwrap()
+            .key_id()
+            .to_string()
+    };
+    let hold = hold_seats(&api, e, &["A-5-5"]);
+    let (_, first) = order(&api, &order_body(&hold, "pm_card_visa"), "k-1");
+    let old = key_of(&first);
+    // The organizer rotates keys with the command line, the server running.
+    let new = env.generate_key();
+    env.ok(&["keys", "retire", &old]);
+    std::thread::sleep(std::time::Duration::from_millis(5500));
+    let hold = hold_seats(&api, e, &["A-5-6"]);
+    let (status, second) = order(&api, &order_body(&hold, "pm_card_visa"), "k-2");
+    assert_eq!(status, 201, "{second}");
+    assert_eq!(key_of(&second), new, "signed with the key made meanwhile");
+    assert_ne!(new, old);
+}
+
+#[test]
 fn a_pending_order_cancelled_then_paid_is_paid_back() {
     let env = Env::new();
     let token = organizer(&env, "Promoter");
