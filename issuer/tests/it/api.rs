@@ -1409,6 +1409,50 @@ fn a_key_made_and_the_old_one_retired_while_serving_signs_the_next_tickets() {
 }
 
 #[test]
+fn a_server_whose_stderr_is_gone_goes_on_serving() {
+    // Under a supervisor whose log reader died, every log line fails to be
+    // written (a broken pipe): the server must not fall over on the first.
+    let env = Env::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_issuer"))
+        .arg("--data")
+        .arg(env.data())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("serving") {
+        line.clear();
+        if out.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            panic!("issuer serve stopped before serving: {:?}", child.wait());
+        }
+    }
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .and_then(|url| url.strip_suffix("/api/v1"))
+        .unwrap()
+        .to_owned();
+    let api = Server { child, base };
+    // Requests that log: a forged webhook (a warning), browsing (debug).
+    for _ in 0..3 {
+        let (status, _) = api.raw(
+            "POST",
+            "/api/v1/payments/webhook",
+            None,
+            Some(("application/json", "{}".into())),
+        );
+        assert_eq!(status, 400);
+        assert_eq!(api.call("GET", "/api/v1/events", None, None).0, 200);
+    }
+}
+
+#[test]
 fn a_pending_order_cancelled_then_paid_is_paid_back() {
     let env = Env::new();
     let token = organizer(&env, "Promoter");
