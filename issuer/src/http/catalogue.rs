@@ -108,24 +108,27 @@ async fn add_venue(
     Ok((StatusCode::CREATED, Json(venue)))
 }
 
-/// A venue with its plan.
+/// A venue with its plan: to everyone once an event there is shown (on
+/// sale, cancelled or ended), else to its organizer only.
 #[utoipa::path(
     get,
     path = "/venues/{id}",
     tag = "catalogue",
     params(("id" = u64, Path, description = "The venue's id")),
+    security((), ("organizer" = [])),
     responses(
         (status = 200, description = "The venue", body = Venue),
-        (status = 404, description = "No such venue", body = ErrorBody),
+        (status = 404, description = "No such venue (or none shown yet)", body = ErrorBody),
         (status = 500, response = super::error::Internal),
     )
 )]
 async fn venue(
     State(s): State<AppState>,
+    MaybeOrganizer(viewer): MaybeOrganizer,
     Path(raw): Path<String>,
 ) -> Result<Json<Venue>, ApiError> {
     let id = id(&raw, "venue")?;
-    Ok(Json(s.db(move |db| db.venue(id)).await?))
+    Ok(Json(s.db(move |db| db.venue_shown(id, viewer)).await?))
 }
 
 /// Adds an event, as a draft, at one of the organizer's venues.

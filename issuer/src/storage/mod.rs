@@ -90,6 +90,11 @@ pub trait Catalogue: Send + Sync {
 
     fn venue(&self, id: u64) -> Result<Venue>;
 
+    /// A venue as `viewer` may see it: its organizer always, everyone once
+    /// an event there is no longer a draft (venues are numbered in order:
+    /// nothing is learnt of one not yet shown).
+    fn venue_shown(&self, id: u64, viewer: Option<OrganizerId>) -> Result<Venue>;
+
     /// Adds an event, as a draft, at one of the organizer's venues.
     fn add_event(&self, by: OrganizerId, event: &NewEvent) -> Result<Event>;
 

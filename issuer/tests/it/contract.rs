@@ -1516,3 +1516,30 @@ fn the_feed_adds_up_when_more_holds_lapse_at_once_than_are_told_in_one_go() {
         feed_adds_up(&*db, e, T0 + 5 * MIN, name);
     }
 }
+
+#[test]
+fn a_venue_is_shown_to_everyone_once_an_event_there_is_and_before_to_its_organizer_only() {
+    for (name, db, _tmp) in backends() {
+        let a = organizer(&*db, 1);
+        let b = organizer(&*db, 2);
+        let v = db.add_venue(a, &venue("Lyon")).unwrap();
+        assert!(
+            not_found(db.venue_shown(v.id, None)),
+            "{name}: no event yet"
+        );
+        assert!(not_found(db.venue_shown(v.id, Some(b))), "{name}");
+        assert_eq!(db.venue_shown(v.id, Some(a)).unwrap(), v, "{name}");
+        let e = db
+            .add_event(a, &event(v.id, "Night", Genre::Concert, 1000))
+            .unwrap();
+        assert!(not_found(db.venue_shown(v.id, None)), "{name}: a draft");
+        let seats = Places::Seats {
+            sections: vec!["A".into()],
+        };
+        db.add_category(a, e.id, &category(seats, 4500)).unwrap();
+        db.set_status(a, e.id, EventStatus::OnSale).unwrap();
+        assert_eq!(db.venue_shown(v.id, None).unwrap(), v, "{name}");
+        assert_eq!(db.venue_shown(v.id, Some(b)).unwrap(), v, "{name}");
+        assert!(not_found(db.venue_shown(v.id + 100, Some(a))), "{name}");
+    }
+}

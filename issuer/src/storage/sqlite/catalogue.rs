@@ -72,6 +72,21 @@ impl Catalogue for SqliteStorage {
         venue_of(&self.read(), id)?.ok_or_else(|| StorageError::NotFound(format!("venue {id}")))
     }
 
+    fn venue_shown(&self, id: u64, viewer: Option<OrganizerId>) -> Result<Venue> {
+        let conn = self.read();
+        let not_found = || StorageError::NotFound(format!("venue {id}"));
+        let venue = venue_of(&conn, id)?.ok_or_else(not_found)?;
+        if viewer == Some(venue.organizer_id) {
+            return Ok(venue);
+        }
+        let shown = conn
+            .prepare_cached(
+                "SELECT 1 FROM events WHERE venue_id = ?1 AND status != 'draft' LIMIT 1",
+            )?
+            .exists([key(id)])?;
+        if shown { Ok(venue) } else { Err(not_found()) }
+    }
+
     fn add_event(&self, by: OrganizerId, event: &NewEvent) -> Result<Event> {
         event.check()?;
         let mut conn = self.conn();
