@@ -141,14 +141,32 @@ fn keep_freed_memory() {
 
 /// Creates `path` readable by its owner only, or makes it so if it exists
 /// (SQLite gives its journal files the database file's mode).
+///
+/// A file that exists is never opened here, only its mode set: a SQLite
+/// database's locks belong to the process, and closing any descriptor of
+/// the file would drop those of the connections this process has open
+/// (another program's connection would then think itself the last, and
+/// delete the write-ahead log under them).
 pub fn private_file(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+    let private = || std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => private(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let made = std::fs::OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .mode(0o600)
+                .open(path);
+            match made {
+                Ok(_) => Ok(()),
+                // Made meanwhile by another process: its mode is set.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => private(),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The wall clock, in unix milliseconds.

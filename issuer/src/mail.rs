@@ -174,6 +174,12 @@ impl Mailer {
         let hello = format!("Hello {},\n\n", order.name);
         let (subject, text, tickets) = match mail.kind {
             MailKind::Tickets => {
+                if order.state != crate::domain::order::OrderState::Paid {
+                    return Err(Failure::Permanent(format!(
+                        "the order is {} now: its tickets are not sent",
+                        order.state.as_str()
+                    )));
+                }
                 if let Some(signer) = &self.signer {
                     let signer = signer
                         .get()

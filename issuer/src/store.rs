@@ -1,6 +1,6 @@
 //! The issuer's data directory: `issuer.db` (SQLite, WAL) and `keys/`.
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
@@ -149,13 +149,8 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Creates `path` readable by its owner only, or makes it so if it exists
-/// (SQLite gives its journal files the database file's mode).
+/// Creates `path` readable by its owner only, or makes it so if it exists,
+/// never opening a file that exists ([`gate_sync::private_file`]).
 pub(crate) fn private_file(path: &Path) -> std::io::Result<()> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+    gate_sync::private_file(path)
 }

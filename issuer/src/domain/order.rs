@@ -59,7 +59,10 @@ impl Buyer {
             })
             && !e
                 .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<' || c == '>');
+                .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<' || c == '>')
+            // What the mail is sent to must be an address a mail server
+            // takes: checked as the mailer will read it.
+            && e.parse::<lettre::Address>().is_ok();
         if !well_formed {
             return Err(invalid(format!("{e:?} is not an e-mail address")));
         }

@@ -322,22 +322,42 @@ pub async fn reconcile(s: AppState, after_ms: u64) {
 }
 
 async fn reconcile_one(s: &AppState, order: Order, method: Option<String>) -> Result<(), ApiError> {
-    let code = order.code.clone();
     {
-        let code = code.clone();
+        let code = order.code.clone();
         s.db(move |db| db.touch_order(&code, now_ms())).await?;
     }
+    ask_provider(s, order, method).await.map(|_| ())
+}
+
+/// Asks the provider how an order's payment went (the same charge under
+/// the same key, or the payment looked up), and settles the order so:
+/// the order as it stands then, or `None` if the provider did not answer.
+async fn ask_provider(
+    s: &AppState,
+    order: Order,
+    method: Option<String>,
+) -> Result<Option<Order>, ApiError> {
+    let code = order.code.clone();
     let payments = s.payments.clone();
-    let asked = tokio::task::spawn_blocking(move || match (&order.payment_intent, method) {
-        (Some(id), _) => payments.intent(id),
-        (None, Some(method)) => payments.charge(
-            order.amount,
-            &order.currency,
-            &method,
-            &[("order", order.code.as_str())],
-            &format!("order-{}", order.code),
-        ),
-        (None, None) => Err(PaymentFailure::Refused("no payment method was kept".into())),
+    let turn = s
+        .payment_turns
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let asked = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        match (&order.payment_intent, method) {
+            (Some(id), _) => payments.intent(id),
+            (None, Some(method)) => payments.charge(
+                order.amount,
+                &order.currency,
+                &method,
+                &[("order", order.code.as_str())],
+                &format!("order-{}", order.code),
+            ),
+            (None, None) => Err(PaymentFailure::Refused("no payment method was kept".into())),
+        }
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -348,18 +368,20 @@ async fn reconcile_one(s: &AppState, order: Order, method: Option<String>) -> Re
                 issue_tickets(s, &code).await?;
             }
             tracing::info!(order = %code, state = order.state.as_str(), "reconciled with the provider");
+            Ok(Some(order))
         }
         Err(PaymentFailure::Refused(why)) => {
             tracing::warn!(order = %code, %why, "the provider refused the payment when asked again");
-            s.db(move |db| {
-                db.mark_failed(&code, "the payment provider refused the payment", now_ms())
-            })
-            .await?;
+            let order = s
+                .db(move |db| {
+                    db.mark_failed(&code, "the payment provider refused the payment", now_ms())
+                })
+                .await?;
+            Ok(Some(order))
         }
         // Asked again at the next pass.
-        Err(PaymentFailure::Unreachable(_)) => {}
+        Err(PaymentFailure::Unreachable(_)) => Ok(None),
     }
-    Ok(())
 }
 
 /// Brings an order in line with its payment as the provider reports it.
@@ -639,6 +661,7 @@ async fn webhook(
         (status = 404, description = "No such order of the organizer's events", body = ErrorBody),
         (status = 409, description = "The order is failed, cancelled or refunded already: nothing to cancel", body = ErrorBody),
         (status = 500, response = super::error::Internal),
+        (status = 503, description = "The order's payment went out unanswered and the provider has not said yet how it went", body = ErrorBody),
     )
 )]
 async fn cancel(
@@ -656,7 +679,53 @@ async fn cancel(
 }
 
 /// Gives up a pending order, or pays a paid one back (its tickets revoked).
+/// A pending order whose charge went out unanswered is asked about first:
+/// the money, if it was taken, goes back rather than stays.
 async fn cancel_order(s: &AppState, order: Order, why: &'static str) -> Result<Order, ApiError> {
+    use crate::domain::order::OrderState;
+    let mut order = order;
+    if order.state == OrderState::Pending && order.payment_intent.is_none() && order.amount > 0 {
+        let code = order.code.clone();
+        let (_, method) = s.db(move |db| db.order_by_code(&code)).await?;
+        if method.is_some() {
+            match ask_provider(s, order.clone(), method).await? {
+                Some(now) => order = now,
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "payment_unknown",
+                        "the payment provider has not said yet how the payment went; try again in a minute",
+                    ));
+                }
+            }
+        }
+    }
+    let code = order.code.clone();
+    let cancelled = cancel_now(s, order, why).await;
+    if let Err(e) = &cancelled
+        && e.status != StatusCode::NOT_FOUND
+    {
+        // Cancelled meanwhile by someone else (the buyer and the organizer
+        // at once, say): said as such, whatever the loser's error was.
+        let (now, _) = s.db(move |db| db.order_by_code(&code)).await?;
+        if matches!(
+            now.state,
+            OrderState::Refunded | OrderState::Cancelled | OrderState::Failed
+        ) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "the order is {}: there is nothing to cancel",
+                    now.state.as_str()
+                ),
+            ));
+        }
+    }
+    cancelled
+}
+
+async fn cancel_now(s: &AppState, order: Order, why: &'static str) -> Result<Order, ApiError> {
     use crate::domain::order::OrderState;
     let payments = s.payments.clone();
     let code = order.code.clone();
@@ -693,6 +762,7 @@ async fn cancel_order(s: &AppState, order: Order, why: &'static str) -> Result<O
         (status = 404, description = "No such order, or not its secret", body = ErrorBody),
         (status = 409, description = "The event does not let buyers cancel (or no longer), or there is nothing to cancel", body = ErrorBody),
         (status = 500, response = super::error::Internal),
+        (status = 503, description = "The order's payment went out unanswered and the provider has not said yet how it went", body = ErrorBody),
     )
 )]
 async fn withdraw(

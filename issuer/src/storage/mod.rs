@@ -387,6 +387,10 @@ pub trait Orders: Send + Sync {
         limit: usize,
     ) -> Result<Vec<(Order, Option<String>)>>;
 
+    /// An order by its code alone, with its payment method: for the
+    /// issuer's own use (never for answering a request unchecked).
+    fn order_by_code(&self, code: &str) -> Result<(Order, Option<String>)>;
+
     /// Notes that an order's payment was asked about (it is asked again
     /// no sooner than the next pass).
     fn touch_order(&self, code: &str, now_ms: u64) -> Result<()>;

@@ -1289,6 +1289,51 @@ fn a_payment_whose_answer_was_lost_is_asked_again_and_the_order_settled() {
     assert_eq!(f["revenue"].as_u64(), Some(2 * 4500), "{f}");
 }
 
+#[test]
+fn a_pending_order_whose_charge_went_unanswered_is_paid_back_when_cancelled() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start_with(
+        &env,
+        &[
+            "--payment-timeout-seconds",
+            "1",
+            "--reconcile-after-seconds",
+            "600",
+        ],
+    );
+    let (e, _, _) = event_on_sale(&api, &token);
+    let hold = hold_seats(&api, e, &["A-3-9"]);
+    let (_, pending) = order(
+        &api,
+        &order_body(&hold, "pm_card_timeoutWebhookLost"),
+        "gone-1",
+    );
+    assert_eq!(pending["state"], "pending", "{pending}");
+    // Cancelled at once: the issuer first learns the card was charged,
+    // then pays it back; no money is kept for an order that is not.
+    let code_ = pending["code"].as_str().unwrap();
+    let (status, cancelled) = api.call(
+        "POST",
+        &format!("/api/v1/orders/{code_}/cancel"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(
+        (status, cancelled["state"].as_str()),
+        (200, Some("refunded")),
+        "{cancelled}"
+    );
+    assert_eq!(seat(&api, e, "A-3-9"), "available");
+    // An address no mail server takes is refused before anything is charged.
+    let hold = hold_seats(&api, e, &["A-3-10"]);
+    for bad in ["a@b@c.de", "ana@example.org;bcc@x.y", "a\"@example.org"] {
+        let body = json!({"hold_token": hold, "email": bad, "name": "Ana", "payment_method": "pm_card_visa"});
+        let (status, answer) = api.call("POST", "/api/v1/orders", None, Some(&body));
+        assert_eq!((status, code(&answer)), (422, "invalid"), "{bad}: {answer}");
+    }
+}
+
 fn api_link(order: &Value) -> &str {
     order["link"].as_str().unwrap()
 }
@@ -1449,6 +1494,35 @@ fn a_server_whose_stderr_is_gone_goes_on_serving() {
         );
         assert_eq!(status, 400);
         assert_eq!(api.call("GET", "/api/v1/events", None, None).0, 200);
+    }
+}
+
+#[test]
+fn a_command_run_beside_the_server_loses_none_of_its_orders() {
+    let env = Env::new();
+    let token = organizer(&env, "Promoter");
+    let api = Server::start(&env);
+    let (e, _, _) = event_on_sale(&api, &token);
+    let hold = hold_seats(&api, e, &["A-1-5"]);
+    let (_, first) = order(&api, &order_body(&hold, "pm_card_visa"), "side-1");
+    // The organizer runs commands on the same data directory meanwhile.
+    env.ok(&["events", "list"]);
+    env.ok(&["keys", "list"]);
+    let wal = env.data().join("issuer.db-wal");
+    assert!(wal.exists(), "the server's write-ahead log is still there");
+    let hold = hold_seats(&api, e, &["A-1-6"]);
+    let (_, second) = order(&api, &order_body(&hold, "pm_card_visa"), "side-2");
+    assert_eq!(second["state"], "paid", "{second}");
+    // The server dies hard and starts again: both orders are there.
+    drop(api);
+    let api = Server::start(&env);
+    for paid in [&first, &second] {
+        let (status, shown) = api.call("GET", paid["link"].as_str().unwrap(), None, None);
+        assert_eq!(
+            (status, shown["state"].as_str()),
+            (200, Some("paid")),
+            "{shown}"
+        );
     }
 }
 

@@ -327,6 +327,9 @@ impl Orders for SqliteStorage {
             let (id, _, order) = by_code(tx, code)?;
             let (event, mail) = match order.state {
                 OrderState::Paid | OrderState::Refunded => (OrderEvent::Refund, MailKind::Refund),
+                // Cancelled before its payment landed: told as the refund
+                // of a cancelled order.
+                OrderState::Cancelled => (OrderEvent::PaidTooLate, MailKind::Refund),
                 _ => (OrderEvent::PaidTooLate, MailKind::LateRefund),
             };
             let order = advance(tx, code, event, Some(why), now_ms)?;
@@ -523,6 +526,15 @@ impl Orders for SqliteStorage {
             .into_iter()
             .map(|(code, method)| Ok((by_code(&conn, &code)?.2, method)))
             .collect()
+    }
+
+    fn order_by_code(&self, code: &str) -> Result<(Order, Option<String>)> {
+        let conn = self.read();
+        let order = by_code(&conn, code)?.2;
+        let method = conn
+            .prepare_cached("SELECT payment_method FROM orders WHERE code = ?1")?
+            .query_row([code], |r| r.get(0))?;
+        Ok((order, method))
     }
 
     fn touch_order(&self, code: &str, now_ms: u64) -> Result<()> {
