@@ -1543,3 +1543,30 @@ fn a_venue_is_shown_to_everyone_once_an_event_there_is_and_before_to_its_organiz
         assert!(not_found(db.venue_shown(v.id + 100, Some(a))), "{name}");
     }
 }
+
+#[test]
+fn changes_older_than_a_day_are_cleared_but_numbering_goes_on() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, _) = on_sale(&*db, 5);
+        db.hold(&seats(e, &["A-1-1"]), &[1; 32], T0, MIN).unwrap();
+        db.hold(&seats(e, &["A-1-2"]), &[2; 32], T0, MIN).unwrap();
+        db.release(&[2; 32], T0 + 1).unwrap();
+        assert_eq!(db.changes(e, 0, 100).unwrap().len(), 3, "{name}");
+        // Two days on: the old ones go, the newest stays.
+        let later = T0 + 2 * 24 * 60 * MIN;
+        db.announce_expired(later).unwrap();
+        let kept = db.changes(e, 0, 100).unwrap();
+        let seqs: Vec<u64> = kept.iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, vec![4], "{name}: the expiry told now, numbered on");
+        db.hold(&seats(e, &["A-1-3"]), &[3; 32], later, MIN)
+            .unwrap();
+        let seqs: Vec<u64> = db
+            .changes(e, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(seqs, vec![4, 5], "{name}");
+        assert_eq!(db.availability(e, later).unwrap().seq, 5, "{name}");
+    }
+}

@@ -113,6 +113,9 @@ pub(super) fn last_seq(conn: &Connection, event_id: u64) -> Result<u64> {
 /// How long changes are kept for watchers catching up.
 const KEEP_CHANGES_MS: u64 = 24 * 3600 * 1000;
 
+/// How often old changes are cleared.
+const PRUNE_EVERY_MS: u64 = 60_000;
+
 const CHANGE_COLUMNS: &str = "id, event_id, seq, at, kind, seats, places";
 
 fn change_of(r: &rusqlite::Row<'_>) -> Result<(u64, PlaceChange)> {
@@ -199,6 +202,7 @@ impl SqliteStorage {
     }
 
     pub(super) fn announce_all(&self, now_ms: u64) -> Result<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
         // Most seconds there is nothing to tell: no write for that.
         let due: bool = self
             .read()
@@ -207,21 +211,37 @@ impl SqliteStorage {
                  WHERE announced = 0 AND released_at IS NULL AND expires_at <= ?1)",
             )?
             .query_row([key(now_ms)], |r| r.get(0))?;
-        if !due {
+        // Old changes are cleared once a minute, whatever else happens.
+        let last = self.pruned_at.load(Relaxed);
+        let prune = now_ms.saturating_sub(last) >= PRUNE_EVERY_MS
+            && self
+                .pruned_at
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_ok();
+        if !due && !prune {
             return Ok(0);
         }
         self.write(|tx| {
-        let n = announce_expired_in(tx, None, now_ms)?;
-        // Changes older than a day go (a watcher that far behind gets a
-        // snapshot), but each event keeps its newest, so its numbers never
-        // start again.
-        tx.prepare_cached(
-            "DELETE FROM place_changes
-             WHERE id IN (SELECT id FROM place_changes WHERE at < ?1 ORDER BY id LIMIT 10000)
-               AND seq < (SELECT max(seq) FROM place_changes p WHERE p.event_id = place_changes.event_id)",
-        )?
-        .execute([key(now_ms.saturating_sub(KEEP_CHANGES_MS))])?;
-        Ok(n)
+            let n = if due {
+                announce_expired_in(tx, None, now_ms)?
+            } else {
+                0
+            };
+            if prune {
+                // Changes older than a day go (a watcher that far behind
+                // gets a snapshot), but each event keeps its newest, so its
+                // numbers never start again.
+                tx.prepare_cached(
+                    "DELETE FROM place_changes WHERE id IN (
+                         SELECT c.id FROM place_changes c
+                         WHERE c.at < ?1
+                           AND c.seq < (SELECT max(seq) FROM place_changes p
+                                        WHERE p.event_id = c.event_id)
+                         ORDER BY c.id LIMIT 10000)",
+                )?
+                .execute([key(now_ms.saturating_sub(KEEP_CHANGES_MS))])?;
+            }
+            Ok(n)
         })
     }
 }

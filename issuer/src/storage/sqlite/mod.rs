@@ -43,6 +43,8 @@ pub struct SqliteStorage {
     committed: std::sync::Condvar,
     /// Writers waiting for the writer connection.
     queued: std::sync::atomic::AtomicUsize,
+    /// When old live-feed changes were last cleared (unix ms).
+    pruned_at: std::sync::atomic::AtomicU64,
 }
 
 /// A batch of changes sharing one commit ([`SqliteStorage::write`]).
@@ -91,6 +93,7 @@ impl SqliteStorage {
             group: Mutex::new(None),
             committed: std::sync::Condvar::new(),
             queued: std::sync::atomic::AtomicUsize::new(0),
+            pruned_at: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
