@@ -77,7 +77,7 @@ async fn search(
 }
 
 /// An id from the path, in the error shape when it is not one.
-fn id(raw: &str, what: &str) -> Result<u64, ApiError> {
+pub(super) fn id(raw: &str, what: &str) -> Result<u64, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::not_found(format!("{what} {raw:?} not found")))
 }

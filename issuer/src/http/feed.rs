@@ -46,9 +46,7 @@ async fn figures(
     Organizer(by): Organizer,
     axum::extract::Path(raw): axum::extract::Path<String>,
 ) -> Result<Json<crate::storage::Figures>, ApiError> {
-    let id: u64 = raw
-        .parse()
-        .map_err(|_| ApiError::not_found(format!("event {raw:?} not found")))?;
+    let id = super::catalogue::id(&raw, "event")?;
     Ok(Json(s.db(move |db| db.figures(by, id, now_ms())).await?))
 }
 

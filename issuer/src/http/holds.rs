@@ -151,8 +151,6 @@ async fn tickets(
     State(s): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<Availability>, ApiError> {
-    let id: u64 = raw
-        .parse()
-        .map_err(|_| ApiError::not_found(format!("event {raw:?} not found")))?;
+    let id = super::catalogue::id(&raw, "event")?;
     Ok(Json(s.db(move |db| db.availability(id, now_ms())).await?))
 }

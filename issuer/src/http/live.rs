@@ -217,9 +217,7 @@ async fn live(
     query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let id: u64 = raw
-        .parse()
-        .map_err(|_| ApiError::not_found(format!("event {raw:?} not found")))?;
+    let id = super::catalogue::id(&raw, "event")?;
     let Query(query) = query.map_err(|_| {
         ApiError::bad_request("since is the number of the last change seen (0 or more)")
     })?;

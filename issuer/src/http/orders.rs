@@ -434,6 +434,22 @@ struct Secret {
     secret: String,
 }
 
+/// The SHA-256 of the link's secret a request shows, if the request can
+/// be one (`plausible`: the code or id it names has the right length);
+/// anything else is not found, saying no more.
+fn secret_hash(
+    params: Result<Query<Secret>, QueryRejection>,
+    plausible: bool,
+    what: &str,
+) -> Result<[u8; 32], ApiError> {
+    let not_found = || ApiError::not_found(format!("{what} not found"));
+    let Query(Secret { secret }) = params.map_err(|_| not_found())?;
+    if !plausible || secret.len() > 100 {
+        return Err(not_found());
+    }
+    Ok(Sha256::digest(secret.as_bytes()).into())
+}
+
 /// An order, by its code and its link's secret (guest checkout).
 #[utoipa::path(
     get,
@@ -451,11 +467,7 @@ async fn order(
     Path(code): Path<String>,
     params: Result<Query<Secret>, QueryRejection>,
 ) -> Result<Json<OrderAnswer>, ApiError> {
-    let Query(Secret { secret }) = params.map_err(|_| ApiError::not_found("order not found"))?;
-    if code.len() > 20 || secret.len() > 100 {
-        return Err(ApiError::not_found("order not found"));
-    }
-    let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    let hash = secret_hash(params, code.len() <= 20, "order")?;
     let order = s.db(move |db| db.order(&code, &hash)).await?;
     Ok(Json(answer(&s, order).await?))
 }
@@ -466,11 +478,7 @@ async fn ticket_code(
     id: String,
     params: Result<Query<Secret>, QueryRejection>,
 ) -> Result<String, ApiError> {
-    let Query(Secret { secret }) = params.map_err(|_| ApiError::not_found("ticket not found"))?;
-    if id.len() != 32 || secret.len() > 100 {
-        return Err(ApiError::not_found("ticket not found"));
-    }
-    let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    let hash = secret_hash(params, id.len() == 32, "ticket")?;
     s.db(move |db| db.ticket_code(&id, &hash)).await
 }
 
@@ -770,11 +778,7 @@ async fn withdraw(
     Path(code): Path<String>,
     params: Result<Query<Secret>, QueryRejection>,
 ) -> Result<Json<Order>, ApiError> {
-    let Query(Secret { secret }) = params.map_err(|_| ApiError::not_found("order not found"))?;
-    if code.len() > 20 || secret.len() > 100 {
-        return Err(ApiError::not_found("order not found"));
-    }
-    let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    let hash = secret_hash(params, code.len() <= 20, "order")?;
     let (order, until) = s
         .db(move |db| {
             let order = db.order(&code, &hash)?;

@@ -103,6 +103,19 @@ fn announce_some(conn: &Connection, event_id: Option<u64>, now_ms: u64) -> Resul
     Ok(holds.len())
 }
 
+/// Whether a hold (of `event_id`, or of any event) has passed its time by
+/// `now_ms` untold: read first, so that a look with nothing to tell writes
+/// nothing.
+pub(super) fn expiry_due(conn: &Connection, event_id: Option<u64>, now_ms: u64) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM holds
+             WHERE announced = 0 AND released_at IS NULL AND expires_at <= ?1
+               AND (?2 IS NULL OR event_id = ?2))",
+        )?
+        .query_row(params![key(now_ms), event_id.map(key)], |r| r.get(0))?)
+}
+
 /// The newest change number of an event.
 pub(super) fn last_seq(conn: &Connection, event_id: u64) -> Result<u64> {
     Ok(conn
@@ -204,13 +217,7 @@ impl SqliteStorage {
     pub(super) fn announce_all(&self, now_ms: u64) -> Result<usize> {
         use std::sync::atomic::Ordering::Relaxed;
         // Most seconds there is nothing to tell: no write for that.
-        let due: bool = self
-            .read()
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM holds
-                 WHERE announced = 0 AND released_at IS NULL AND expires_at <= ?1)",
-            )?
-            .query_row([key(now_ms)], |r| r.get(0))?;
+        let due = expiry_due(&self.read(), None, now_ms)?;
         // Old changes are cleared once a minute, whatever else happens.
         let last = self.pruned_at.load(Relaxed);
         let prune = now_ms.saturating_sub(last) >= PRUNE_EVERY_MS

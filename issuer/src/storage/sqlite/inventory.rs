@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::catalogue::categories_of;
-use super::changes::{announce_expired_in, last_seq, moved, record};
+use super::changes::{announce_expired_in, expiry_due, last_seq, moved, record};
 use super::{SqliteStorage, key, venue_of};
 use crate::domain::catalogue::{Category, EventStatus, Places};
 use crate::domain::hold::{HeldPlace, Hold, HoldItem, HoldRequest, HoldState};
@@ -373,15 +373,7 @@ impl Inventory for SqliteStorage {
     fn availability(&self, event_id: u64, now_ms: u64) -> Result<Availability> {
         // What is shown is what the feed has told: holds past their time
         // are told expired first.
-        let due: bool = self
-            .read()
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM holds
-                 WHERE announced = 0 AND released_at IS NULL AND expires_at <= ?2
-                   AND event_id = ?1)",
-            )?
-            .query_row(params![key(event_id), key(now_ms)], |r| r.get(0))?;
-        if due {
+        if expiry_due(&self.read(), Some(event_id), now_ms)? {
             self.write(|tx| announce_expired_in(tx, Some(event_id), now_ms))?;
         }
         // One read transaction: the counts, the seats and the number of
