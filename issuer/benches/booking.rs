@@ -321,7 +321,8 @@ fn hold_body(event: u64, seated: u64, standing: u64, i: u64) -> Value {
     }
 }
 
-/// Phase 1: hold and let go, for `seconds`.
+/// Phase 1a: hold and let go as fast as the server answers, for
+/// `seconds`: the most it makes, every buyer asking again at once.
 async fn holds(host: &str, buyers: usize, seconds: u64, event: (u64, u64, u64)) {
     let stop = Arc::new(AtomicBool::new(false));
     let conflicts = Arc::new(AtomicU64::new(0));
@@ -362,11 +363,71 @@ async fn holds(host: &str, buyers: usize, seconds: u64, event: (u64, u64, u64)) 
     }
     let took = start.elapsed().as_secs_f64();
     println!(
-        "holds ({buyers} buyers, each holding then letting go): {:.0} holds/s (and as many releases); \
+        "holds at saturation ({buyers} buyers, each holding then letting go at once): {:.0} holds/s (and as many releases); \
          {} refused as taken; hold {}",
         all.0.len() as f64 / took,
         conflicts.load(Ordering::Relaxed),
         all.line()
+    );
+}
+
+/// Phase 1b: holds offered at a fixed `rate` a second by `buyers` buyers
+/// (each holds, then lets go, on its own schedule), for `seconds`; the
+/// latency of each hold counts from when it was due, so a server that
+/// falls behind cannot hide its queue.
+async fn holds_at(host: &str, buyers: usize, rate: u64, seconds: u64, event: (u64, u64, u64)) {
+    let conflicts = Arc::new(AtomicU64::new(0));
+    let every = Duration::from_secs_f64(buyers as f64 / rate as f64);
+    let start = tokio::time::Instant::now() + Duration::from_millis(500);
+    let n = (seconds * rate / buyers as u64).max(1) as u32;
+    let mut tasks = Vec::new();
+    for b in 0..buyers {
+        let (host, conflicts) = (host.to_owned(), conflicts.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(&host).await;
+            let (mut hold, mut release) = (Latencies::default(), Latencies::default());
+            let first = start + every.mul_f64(b as f64 / buyers as f64);
+            for i in 0..n {
+                let due = first + every * i;
+                tokio::time::sleep_until(due).await;
+                let body = hold_body(event.0, event.1, event.2, b as u64 + u64::from(i));
+                let (status, h) = c.json("POST", "/api/v1/holds", None, Some(&body)).await;
+                match status {
+                    201 => {
+                        hold.add(due.elapsed());
+                        let token = h["token"].as_str().unwrap();
+                        let t = Instant::now();
+                        let (status, _) = c
+                            .call("DELETE", &format!("/api/v1/holds/{token}"), &[], None)
+                            .await;
+                        assert_eq!(status, 200);
+                        release.add(t.elapsed());
+                    }
+                    409 => {
+                        conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => panic!("hold: {other} {h}"),
+                }
+            }
+            (hold, release)
+        }));
+    }
+    let (mut hold, mut release) = (Latencies::default(), Latencies::default());
+    for t in tasks {
+        let (h, r) = t.await.unwrap();
+        hold.merge(h);
+        release.merge(r);
+    }
+    let took = (tokio::time::Instant::now() - start).as_secs_f64();
+    println!(
+        "holds offered at {rate}/s ({buyers} buyers, each holding then letting go every {:.0} ms): \
+         {:.0} holds/s made (and as many releases); {} refused as taken; \
+         hold (from when due) {}; release {}",
+        every.as_secs_f64() * 1000.0,
+        hold.0.len() as f64 / took,
+        conflicts.load(Ordering::Relaxed),
+        hold.line(),
+        release.line()
     );
 }
 
@@ -619,13 +680,41 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// A text argument: `--phases holds,orders`, `--host 127.0.0.1:8080`.
+fn text_arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
 fn main() {
     let buyers = arg("--buyers", 2000) as usize;
     let seconds = arg("--seconds", 10);
     let watchers = arg("--watchers", 5000) as usize;
+    let hold_rate = arg("--hold-rate", 5000);
+    let phases =
+        text_arg("--phases").unwrap_or_else(|| "saturation,holds,orders,browse,states,live".into());
+    let run = |p: &str| phases.split(',').any(|q| q == p);
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let server = start_server(&data);
+    // A server already running (`--host`, with its `--data` for the
+    // organizer's token), say under a profiler; else one of our own.
+    let (server, data) = match text_arg("--host") {
+        Some(_) => (
+            None,
+            std::path::PathBuf::from(text_arg("--data").expect("--data with --host")),
+        ),
+        None => {
+            let data = tmp.path().join("data");
+            (Some(start_server(&data)), data)
+        }
+    };
+    let host = server
+        .as_ref()
+        .map(|s| s.host.clone())
+        .or_else(|| text_arg("--host"))
+        .unwrap();
     let token = std::fs::read_to_string(data.join("demo-organizer.token"))
         .unwrap()
         .trim()
@@ -635,18 +724,32 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let host = server.host.clone();
         let mut c = Conn::open(&host).await;
-        let first = event_on_sale(&mut c, &token, 5, 5000).await;
         println!(
-            "issuer serve (release, SQLite, fresh data directory) on {host}; one event of 5,000 seats and \
+            "issuer serve (release, SQLite, fresh data directory) on {host}; events of 5,000 seats and \
              5,000 standing places; {buyers} buyers"
         );
-        holds(&host, buyers, seconds, first).await;
+        if run("saturation") {
+            let first = event_on_sale(&mut c, &token, 5, 5000).await;
+            holds(&host, buyers, seconds, first).await;
+        }
+        if run("holds") {
+            let first = event_on_sale(&mut c, &token, 5, 5000).await;
+            holds_at(&host, buyers, hold_rate, seconds, first).await;
+        }
         let second = event_on_sale(&mut c, &token, 5, 5000).await;
-        orders(&host, buyers, second).await;
-        browse(&host, 1000, seconds, second.0).await;
-        seat_states(&host, &token).await;
-        live(&host, &token, watchers, 20).await;
+        if run("orders") {
+            orders(&host, buyers, second).await;
+        }
+        if run("browse") {
+            browse(&host, 1000, seconds, second.0).await;
+        }
+        if run("states") {
+            seat_states(&host, &token).await;
+        }
+        if run("live") {
+            live(&host, &token, watchers, 20).await;
+        }
     });
+    drop(server);
 }

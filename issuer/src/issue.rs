@@ -360,7 +360,7 @@ fn record(
                     if e.code == ErrorCode::ConstraintViolation && seat.is_some() =>
                 {
                     let batch_id = tx.query_row(
-                        "SELECT batch_id FROM tickets WHERE event_id = ?1 AND seat = ?2 AND void = 0",
+                        "SELECT batch_id FROM tickets WHERE event_id = ?1 AND seat = ?2 AND seat IS NOT NULL AND void = 0",
                         params![f.event_id as i64, seat],
                         |r| r.get(0),
                     )?;

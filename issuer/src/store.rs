@@ -81,6 +81,16 @@ pub(crate) fn open_db(dir: &Path) -> Result<Connection, Error> {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Statements are compiled once per connection and kept: the hot
+        // paths use some forty.
+        conn.set_prepared_statement_cache_capacity(256);
+        // A statement's plan never hangs on the values bound to it (else
+        // SQLite compiles it again for each new value of a LIMIT or of a
+        // column a partial index is on, three times a hold).
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         Ok(conn)
     };
     let mut conn = setup().map_err(|e| match e {

@@ -26,6 +26,11 @@ pub fn best_block(rows: &[RowState<'_>], n: usize) -> Option<Block> {
     }
     let mut best: Option<(Rank, Block)> = None;
     for (r, seats) in rows.iter().enumerate() {
+        // A block leaving no lone seat in a row before this one: none of
+        // the rows behind can beat it.
+        if best.as_ref().is_some_and(|(b, _)| b.lone == 0 && b.row < r) {
+            break;
+        }
         // Free runs of the row: each block of n inside a run is a choice.
         let mut start = 0;
         while start < seats.len() {

@@ -698,6 +698,145 @@ fn best_seats_sit_together_leaving_no_lone_seat_when_they_can() {
     }
 }
 
+/// The seats a hold of the best `n` of category `s` got, or why not.
+fn best_of(
+    db: &dyn Storage,
+    e: u64,
+    s: u64,
+    n: u32,
+    token: u8,
+    now: u64,
+    ttl: u64,
+) -> Result<Vec<String>, StorageError> {
+    let hold = db.hold(
+        &HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Best {
+                category_id: s,
+                quantity: n,
+            }],
+        },
+        &[token; 32],
+        now,
+        ttl,
+    )?;
+    Ok(hold.places.into_iter().filter_map(|p| p.seat).collect())
+}
+
+#[test]
+fn best_seats_are_chosen_from_the_seats_as_they_are_after_every_kind_of_change() {
+    for (name, db, _tmp) in backends() {
+        let (e, s, _) = on_sale(&*db, 5);
+        let middle = ["A-1-5", "A-1-6"];
+        // Row 1's middle pair, empty hall.
+        assert_eq!(
+            best_of(&*db, e, s, 2, 1, T0, MIN).unwrap(),
+            middle,
+            "{name}"
+        );
+        // Let go: the same pair again.
+        db.release(&[1; 32], T0).unwrap();
+        assert_eq!(
+            best_of(&*db, e, s, 2, 2, T0, MIN).unwrap(),
+            middle,
+            "{name}"
+        );
+        // Lapsed: the same pair again, to whoever asks after.
+        let t1 = T0 + 2 * MIN;
+        assert_eq!(
+            best_of(&*db, e, s, 2, 3, t1, 10 * MIN).unwrap(),
+            middle,
+            "{name}"
+        );
+        // Taken: the next best, beside it.
+        let beside = best_of(&*db, e, s, 2, 4, t1, MIN).unwrap();
+        assert!(
+            beside
+                .iter()
+                .all(|k| k.starts_with("A-1-") && !middle.contains(&k.as_str())),
+            "{name}: {beside:?}"
+        );
+        // A request refused whole, after hold 4 lapsed untold: the lapse
+        // it told and the seats it took go back with it.
+        let t2 = t1 + 2 * MIN;
+        let refused = db.hold(
+            &HoldRequest {
+                event_id: e,
+                items: vec![
+                    HoldItem::Best {
+                        category_id: s,
+                        quantity: 2,
+                    },
+                    HoldItem::Seats {
+                        seats: vec!["A-1-5".into()],
+                    },
+                ],
+            },
+            &[5; 32],
+            t2,
+            MIN,
+        );
+        assert!(
+            matches!(refused, Err(StorageError::Conflict(_))),
+            "{name}: {refused:?}"
+        );
+        // Another change takes the number the refused one's lapse had.
+        db.release(&[3; 32], t2).unwrap();
+        assert_eq!(
+            best_of(&*db, e, s, 2, 6, t2, MIN).unwrap(),
+            middle,
+            "{name}"
+        );
+        // Sold: the next best; paid back: the same pair again.
+        created(
+            db.create_order(&new_order(6, "BOARD00001", None), t2)
+                .unwrap(),
+        );
+        assert!(
+            matches!(db.settle_paid("BOARD00001", t2).unwrap(), Settled::Paid(_)),
+            "{name}"
+        );
+        let next = best_of(&*db, e, s, 2, 7, t2, MIN).unwrap();
+        assert!(
+            next.iter().all(|k| !middle.contains(&k.as_str())),
+            "{name}: {next:?}"
+        );
+        db.release(&[7; 32], t2).unwrap();
+        db.mark_refunded("BOARD00001", "re_1", "cancelled", t2)
+            .unwrap();
+        assert_eq!(
+            best_of(&*db, e, s, 2, 8, t2, MIN).unwrap(),
+            middle,
+            "{name}"
+        );
+        // Seats held by key are passed over; a category added later is
+        // chosen from as well.
+        db.release(&[8; 32], t2).unwrap();
+        db.hold(&seats(e, &["A-1-5"]), &[9; 32], t2, MIN).unwrap();
+        let around = best_of(&*db, e, s, 2, 10, t2, MIN).unwrap();
+        assert!(!around.contains(&"A-1-5".to_string()), "{name}: {around:?}");
+        let a = db.organizer_by_token(&[1; 32]).unwrap().unwrap();
+        let b = db
+            .add_category(
+                a,
+                e,
+                &category(
+                    Places::Seats {
+                        sections: vec!["B".into()],
+                    },
+                    3000,
+                ),
+            )
+            .unwrap();
+        assert_eq!(
+            best_of(&*db, e, b.id, 2, 11, t2, MIN).unwrap(),
+            ["B-1-5", "B-1-6"],
+            "{name}"
+        );
+        feed_adds_up(&*db, e, t2, name);
+    }
+}
+
 #[test]
 fn a_hold_for_what_is_not_on_sale_or_too_much_is_refused_and_takes_nothing() {
     for (name, db, _tmp) in backends() {

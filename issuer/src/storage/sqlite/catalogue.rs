@@ -16,13 +16,10 @@ impl Catalogue for SqliteStorage {
         crate::domain::text("the organizer's name", name, 200)?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO organizers (name, created_at) VALUES (?1, ?2)",
-            params![name, key(now)],
-        )?;
+        tx.prepare_cached("INSERT INTO organizers (name, created_at) VALUES (?1, ?2)")?
+            .execute(params![name, key(now)])?;
         let id = tx.last_insert_rowid();
-        tx.execute(
-            "INSERT INTO organizer_tokens (token_hash, organizer_id, created_at) VALUES (?1, ?2, ?3)",
+        tx.prepare_cached("INSERT INTO organizer_tokens (token_hash, organizer_id, created_at) VALUES (?1, ?2, ?3)")?.execute(
             params![&token_hash[..], id, key(now)],
         )?;
         tx.commit()?;
@@ -39,8 +36,7 @@ impl Catalogue for SqliteStorage {
     fn organizer_by_token(&self, token_hash: &[u8; 32]) -> Result<Option<OrganizerId>> {
         Ok(self
             .read()
-            .query_row(
-                "SELECT organizer_id FROM organizer_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
+            .prepare_cached("SELECT organizer_id FROM organizer_tokens WHERE token_hash = ?1 AND revoked_at IS NULL")?.query_row(
                 [&token_hash[..]],
                 |r| r.get::<_, i64>(0),
             )
@@ -51,8 +47,7 @@ impl Catalogue for SqliteStorage {
     fn add_venue(&self, by: OrganizerId, venue: &NewVenue) -> Result<Venue> {
         venue.check()?;
         let conn = self.conn();
-        conn.execute(
-            "INSERT INTO venues (organizer_id, name, city, address, plan) VALUES (?1, ?2, ?3, ?4, ?5)",
+        conn.prepare_cached("INSERT INTO venues (organizer_id, name, city, address, plan) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(
             params![
                 key(by),
                 venue.name,
@@ -92,10 +87,9 @@ impl Catalogue for SqliteStorage {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let venue = own_venue(&tx, by, event.venue_id)?;
-        tx.execute(
-            "INSERT INTO events (name, description, performers, genre, venue_id, starts_at, ends_at,
+        tx.prepare_cached("INSERT INTO events (name, description, performers, genre, venue_id, starts_at, ends_at,
                                  status, city, organizer_id, buyers_cancel_until)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'draft', ?8, ?9, ?10)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'draft', ?8, ?9, ?10)")?.execute(
             params![
                 event.name,
                 event.description,
@@ -132,23 +126,23 @@ impl Catalogue for SqliteStorage {
             ));
         }
         let venue = own_venue(&tx, by, event.venue_id)?;
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE events SET name = ?2, description = ?3, performers = ?4, genre = ?5,
                 venue_id = ?6, starts_at = ?7, ends_at = ?8, city = ?9, buyers_cancel_until = ?10
              WHERE id = ?1",
-            params![
-                key(id),
-                event.name,
-                event.description,
-                serde_json::to_string(&event.performers)?,
-                event.genre.as_str(),
-                key(event.venue_id),
-                key(event.starts_at),
-                key(event.ends_at),
-                venue.info.city,
-                event.buyers_cancel_until.map(key)
-            ],
-        )?;
+        )?
+        .execute(params![
+            key(id),
+            event.name,
+            event.description,
+            serde_json::to_string(&event.performers)?,
+            event.genre.as_str(),
+            key(event.venue_id),
+            key(event.starts_at),
+            key(event.ends_at),
+            venue.info.city,
+            event.buyers_cancel_until.map(key)
+        ])?;
         index_event(&tx, id)?;
         let stored = Self::own_event(&tx, by, id)?;
         tx.commit()?;
@@ -166,10 +160,8 @@ impl Catalogue for SqliteStorage {
                 status.as_str()
             )));
         }
-        tx.execute(
-            "UPDATE events SET status = ?2 WHERE id = ?1",
-            params![key(id), status.as_str()],
-        )?;
+        tx.prepare_cached("UPDATE events SET status = ?2 WHERE id = ?1")?
+            .execute(params![key(id), status.as_str()])?;
         let stored = Self::own_event(&tx, by, id)?;
         tx.commit()?;
         Ok(stored)
@@ -302,29 +294,29 @@ impl Catalogue for SqliteStorage {
             )));
         }
         category.check(&venue.info.plan, &others)?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO categories (event_id, name, price, currency, pricing, places, sale_starts,
                                      sale_ends, per_order)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                key(event_id),
-                category.name,
-                key(category.pricing.price),
-                category.pricing.currency,
-                serde_json::to_string(&category.pricing)?,
-                serde_json::to_string(&category.places)?,
-                key(category.sale_starts),
-                key(category.sale_ends),
-                category.per_order
-            ],
-        )?;
+        )?
+        .execute(params![
+            key(event_id),
+            category.name,
+            key(category.pricing.price),
+            category.pricing.currency,
+            serde_json::to_string(&category.pricing)?,
+            serde_json::to_string(&category.places)?,
+            key(category.sale_starts),
+            key(category.sale_ends),
+            category.per_order
+        ])?;
         let id = tx.last_insert_rowid() as u64;
         // Its number within the event, as tickets carry it.
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE categories SET number = (SELECT count(*) FROM categories WHERE event_id = ?1)
              WHERE id = ?2",
-            params![key(event_id), key(id)],
-        )?;
+        )?
+        .execute(params![key(event_id), key(id)])?;
         // Its places, one row each, in the plan's order.
         {
             let mut place = tx.prepare_cached(
@@ -383,13 +375,14 @@ impl Catalogue for SqliteStorage {
 
 /// Writes event `id`'s words into the search index, as they are now.
 fn index_event(conn: &Connection, id: u64) -> Result<()> {
-    conn.execute("DELETE FROM events_fts WHERE rowid = ?1", [key(id)])?;
-    conn.execute(
+    conn.prepare_cached("DELETE FROM events_fts WHERE rowid = ?1")?
+        .execute([key(id)])?;
+    conn.prepare_cached(
         "INSERT INTO events_fts (rowid, name, performers, venue, city, description)
          SELECT e.id, e.name, e.performers, v.name, e.city, e.description
          FROM events e JOIN venues v ON v.id = e.venue_id WHERE e.id = ?1",
-        [key(id)],
-    )?;
+    )?
+    .execute([key(id)])?;
     Ok(())
 }
 

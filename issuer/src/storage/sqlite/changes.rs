@@ -92,7 +92,7 @@ fn announce_some(conn: &Connection, event_id: Option<u64>, now_ms: u64) -> Resul
         let places = moved(
             conn,
             "UPDATE places SET hold = NULL, held_until = 0
-             WHERE hold = ?1 AND order_id IS NULL AND held_until <= ?2
+             WHERE hold = ?1 AND hold IS NOT NULL AND order_id IS NULL AND held_until <= ?2
              RETURNING category_id, seat_key",
             params![hold, key(now_ms)],
         )?;
@@ -206,9 +206,8 @@ impl SqliteStorage {
     pub(super) fn newest_change(&self) -> Result<u64> {
         let conn = self.read();
         Ok(conn
-            .query_row("SELECT max(id) FROM place_changes", [], |r| {
-                r.get::<_, Option<i64>>(0)
-            })
+            .prepare_cached("SELECT max(id) FROM place_changes")?
+            .query_row([], |r| r.get::<_, Option<i64>>(0))
             .optional()?
             .flatten()
             .unwrap_or(0) as u64)

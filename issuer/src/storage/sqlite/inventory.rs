@@ -151,8 +151,7 @@ impl Inventory for SqliteStorage {
                 HoldItem::Seats { seats } => {
                     for seat in seats {
                         let place: Option<(i64, i64)> = tx
-                            .query_row(
-                                "SELECT category_id, n FROM places WHERE event_id = ?1 AND seat_key = ?2",
+                            .prepare_cached("SELECT category_id, n FROM places WHERE event_id = ?1 AND seat_key = ?2 AND seat_key IS NOT NULL")?.query_row(
                                 params![key(event.id), seat],
                                 |r| Ok((r.get(0)?, r.get(1)?)),
                             )
@@ -212,38 +211,40 @@ impl Inventory for SqliteStorage {
                     // section, as runs of its place numbers.
                     let rows = self.rows_of(tx, c, event.info.venue_id)?;
                     let capacity: usize = rows.iter().sum();
-                    let mut free = vec![false; capacity];
-                    {
-                        let mut stmt = tx.prepare_cached(
-                            "SELECT n FROM places
-                             WHERE category_id = ?1 AND order_id IS NULL AND held_until <= ?2",
-                        )?;
-                        let mut found = stmt.query(params![key(c.id), key(now_ms)])?;
-                        while let Some(r) = found.next()? {
-                            let n: i64 = r.get(0)?;
-                            if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i)) {
-                                *f = true;
-                            }
+                    // The free seats, from the board (the expired holds
+                    // were announced above).
+                    let first = {
+                        let mut boards = self.boards();
+                        let free = boards.free(tx, event.id, c.id, now_ms)?.to_vec();
+                        if free.len() != capacity {
+                            boards.forget(event.id);
+                            return Err(StorageError::Backend(format!(
+                                "{} has {} seats, its rows {capacity}",
+                                c.info.name,
+                                free.len()
+                            )));
                         }
-                    }
-                    let mut views: Vec<&[bool]> = Vec::with_capacity(rows.len());
-                    let mut starts = Vec::with_capacity(rows.len());
-                    let mut at = 0;
-                    for len in rows.iter() {
-                        views.push(&free[at..at + len]);
-                        starts.push(at);
-                        at += len;
-                    }
-                    let Some(block) = best_block(&views, *quantity as usize) else {
-                        return Err(StorageError::Conflict(format!(
-                            "{} has no {quantity} seats side by side left",
-                            c.info.name
-                        )));
+                        let mut views: Vec<&[bool]> = Vec::with_capacity(rows.len());
+                        let mut starts = Vec::with_capacity(rows.len());
+                        let mut at = 0;
+                        for len in rows.iter() {
+                            views.push(&free[at..at + len]);
+                            starts.push(at);
+                            at += len;
+                        }
+                        let Some(block) = best_block(&views, *quantity as usize) else {
+                            return Err(StorageError::Conflict(format!(
+                                "{} has no {quantity} seats side by side left",
+                                c.info.name
+                            )));
+                        };
+                        starts[block.row] + block.first
                     };
-                    let first = starts[block.row] + block.first;
                     for i in first..first + *quantity as usize {
                         let n = i as i64 + 1;
                         let Some(seat) = take(tx, token_hash, until, now_ms, c.id, n)? else {
+                            // The board was wrong: built again next time.
+                            self.boards().forget(event.id);
                             return Err(StorageError::Conflict("a seat was taken meanwhile".into()));
                         };
                         taken.push((c.id, n, seat));
@@ -253,11 +254,10 @@ impl Inventory for SqliteStorage {
         }
         // What the client holds of the event already, paid places aside.
         if let Some((address, most)) = client {
-            let held: i64 = tx.query_row(
-                "SELECT count(*) FROM hold_items i JOIN holds h ON h.token_hash = i.hold
-                 WHERE h.event_id = ?1 AND h.client = ?2 AND h.released_at IS NULL
+            let held: i64 = tx.prepare_cached("SELECT count(*) FROM hold_items i JOIN holds h ON h.token_hash = i.hold
+                 WHERE h.event_id = ?1 AND h.client = ?2 AND h.client IS NOT NULL AND h.released_at IS NULL
                    AND h.expires_at > ?3
-                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.hold = h.token_hash AND o.state = 'paid')",
+                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.hold = h.token_hash AND o.state = 'paid')")?.query_row(
                 params![key(event.id), address, key(now_ms)],
                 |r| r.get(0),
             )?;
@@ -292,8 +292,7 @@ impl Inventory for SqliteStorage {
             let (capacity, sold): (i64, i64) = if c.info.pricing.demand_tiers.is_empty() {
                 (0, 0)
             } else {
-                tx.query_row(
-                    "SELECT count(*), count(order_id) FROM places WHERE category_id = ?1",
+                tx.prepare_cached("SELECT count(*), count(order_id) FROM places WHERE category_id = ?1")?.query_row(
                     [key(*id)],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?
@@ -317,9 +316,8 @@ impl Inventory for SqliteStorage {
             })
             .collect();
         let total = places.iter().map(|p| p.price).sum();
-        tx.execute(
-            "INSERT INTO holds (token_hash, event_id, created_at, expires_at, currency, total, client)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        tx.prepare_cached("INSERT INTO holds (token_hash, event_id, created_at, expires_at, currency, total, client)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
             params![
                 &token_hash[..],
                 key(event.id),
@@ -353,13 +351,12 @@ impl Inventory for SqliteStorage {
         self.write(|tx| {
             let hold = hold_of(tx, token_hash, now_ms)?;
             if hold.state == HoldState::Active {
-                tx.execute(
-                    "UPDATE holds SET released_at = ?2 WHERE token_hash = ?1",
+                tx.prepare_cached("UPDATE holds SET released_at = ?2 WHERE token_hash = ?1")?.execute(
                     params![&token_hash[..], key(now_ms)],
                 )?;
                 let places = moved(
                 tx,
-                "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND order_id IS NULL
+                "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND hold IS NOT NULL AND order_id IS NULL
                  RETURNING category_id, seat_key",
                 [&token_hash[..]],
             )?;
@@ -388,9 +385,8 @@ impl Inventory for SqliteStorage {
         let now_s = now_ms / 1000;
         let mut categories = Vec::new();
         for c in categories_of(&conn, event_id)? {
-            let (capacity, sold, held): (i64, i64, i64) = conn.query_row(
-                "SELECT count(*), count(order_id), count(*) FILTER (WHERE order_id IS NULL AND held_until > ?2)
-                 FROM places WHERE category_id = ?1",
+            let (capacity, sold, held): (i64, i64, i64) = conn.prepare_cached("SELECT count(*), count(order_id), count(*) FILTER (WHERE order_id IS NULL AND held_until > ?2)
+                 FROM places WHERE category_id = ?1")?.query_row(
                 params![key(c.id), key(now_ms)],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
@@ -453,8 +449,7 @@ impl Inventory for SqliteStorage {
 /// A hold as it stands at `now_ms`.
 pub(super) fn hold_of(conn: &Connection, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
     let row: Option<(i64, i64, Option<i64>, String, i64)> = conn
-        .query_row(
-            "SELECT event_id, expires_at, released_at, currency, total FROM holds WHERE token_hash = ?1",
+        .prepare_cached("SELECT event_id, expires_at, released_at, currency, total FROM holds WHERE token_hash = ?1")?.query_row(
             [&token_hash[..]],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )

@@ -1,5 +1,11 @@
 //! The embedded backend: the data directory's `issuer.db` (SQLite, WAL).
+//!
+//! Statements are kept compiled (`prepare_cached`), and their plans do not
+//! hang on the values bound (the query planner stability guarantee): so a
+//! query on the column of a partial index says the index's condition
+//! outright (`hold = ?1 AND hold IS NOT NULL`), or the index is not used.
 
+mod board;
 mod catalogue;
 mod changes;
 mod inventory;
@@ -37,6 +43,9 @@ pub struct SqliteStorage {
     dir: std::path::PathBuf,
     /// Seated categories' rows, by category ([`SqliteStorage::rows_of`]).
     rows: Mutex<std::collections::HashMap<u64, std::sync::Arc<Vec<usize>>>>,
+    /// Which seats are free, for best-seats holds ([`board`]); used by the
+    /// writer alone.
+    boards: Mutex<board::Boards>,
     /// Group commit ([`SqliteStorage::write`]).
     /// The batch open on the writer connection, if any.
     group: Mutex<Option<std::sync::Arc<Batch>>>,
@@ -90,6 +99,7 @@ impl SqliteStorage {
                 .collect::<std::result::Result<_, _>>()?,
             dir: dir.to_owned(),
             rows: Mutex::default(),
+            boards: Mutex::default(),
             group: Mutex::new(None),
             committed: std::sync::Condvar::new(),
             queued: std::sync::atomic::AtomicUsize::new(0),
@@ -103,6 +113,10 @@ impl SqliteStorage {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         self.commit_open(&conn);
         conn
+    }
+
+    fn boards(&self) -> MutexGuard<'_, board::Boards> {
+        self.boards.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn group(&self) -> MutexGuard<'_, Option<std::sync::Arc<Batch>>> {
@@ -121,8 +135,10 @@ impl SqliteStorage {
             None => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
         };
         if outcome.is_err() {
-            // Whatever the batch did is undone: every writer of it is told.
+            // Whatever the batch did is undone: every writer of it is told,
+            // and boards that may have read its changes are dropped.
             let _ = conn.execute_batch("ROLLBACK");
+            self.boards().clear();
         }
         {
             // Set under the lock the waiters check it under: none misses it.
@@ -183,10 +199,14 @@ impl SqliteStorage {
             self.end_batch(&conn, Some(e.to_string()));
             return Err(e.into());
         }
+        self.boards().begin();
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&conn)));
         let closed = match out {
             Ok(Ok(_)) => conn.execute_batch("RELEASE change"),
-            _ => conn.execute_batch("ROLLBACK TO change; RELEASE change"),
+            _ => {
+                self.boards().undo();
+                conn.execute_batch("ROLLBACK TO change; RELEASE change")
+            }
         };
         if let Err(e) = closed {
             // The batch is in an unknown state: it is given up whole.
@@ -236,13 +256,10 @@ impl SqliteStorage {
         conn: &Connection,
         id: u64,
     ) -> Result<Option<(Event, Option<OrganizerId>)>> {
-        conn.query_row(
-            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
-            [key(id)],
-            |r| Ok(event_of(r)),
-        )
-        .optional()?
-        .transpose()
+        conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))?
+            .query_row([key(id)], |r| Ok(event_of(r)))
+            .optional()?
+            .transpose()
     }
 
     /// An event of organizer `by`'s, or not found.
@@ -264,20 +281,19 @@ pub(super) fn own_venue(conn: &Connection, by: OrganizerId, id: u64) -> Result<V
 
 pub(super) fn venue_of(conn: &Connection, id: u64) -> Result<Option<Venue>> {
     let row = conn
-        .query_row(
+        .prepare_cached(
             "SELECT id, organizer_id, name, city, address, plan FROM venues WHERE id = ?1",
-            [key(id)],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
-            },
-        )
+        )?
+        .query_row([key(id)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })
         .optional()?;
     let Some((id, organizer_id, name, city, address, plan)) = row else {
         return Ok(None);
@@ -357,11 +373,9 @@ mod group_commit {
 
     fn rows(s: &SqliteStorage) -> Option<String> {
         s.read()
-            .query_row(
-                "SELECT group_concat(x) FROM (SELECT x FROM t ORDER BY x)",
-                [],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT group_concat(x) FROM (SELECT x FROM t ORDER BY x)")
+            .unwrap()
+            .query_row([], |r| r.get(0))
             .unwrap()
     }
 
@@ -379,14 +393,14 @@ mod group_commit {
         let s2 = s.clone();
         let panicked = std::thread::spawn(move || {
             s2.write(|c| -> Result<()> {
-                c.execute("INSERT INTO t VALUES (1)", [])?;
+                c.prepare_cached("INSERT INTO t VALUES (1)")?.execute([])?;
                 panic!("a bug mid-change")
             })
         })
         .join();
         assert!(panicked.is_err());
         s.write(|c| {
-            c.execute("INSERT INTO t VALUES (2)", [])?;
+            c.prepare_cached("INSERT INTO t VALUES (2)")?.execute([])?;
             Ok(())
         })
         .unwrap();
@@ -396,7 +410,7 @@ mod group_commit {
         let sa = s.clone();
         let first = std::thread::spawn(move || {
             sa.write(|c| {
-                c.execute("INSERT INTO t VALUES (10)", [])?;
+                c.prepare_cached("INSERT INTO t VALUES (10)")?.execute([])?;
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 Ok(())
             })
@@ -406,7 +420,7 @@ mod group_commit {
         let sb = s.clone();
         let second = std::thread::spawn(move || {
             sb.write(|c| -> Result<()> {
-                c.execute("INSERT INTO t VALUES (20)", [])?;
+                c.prepare_cached("INSERT INTO t VALUES (20)")?.execute([])?;
                 panic!("a bug mid-change")
             })
         });

@@ -27,33 +27,32 @@ fn order_where(
     arg: &dyn rusqlite::ToSql,
 ) -> Result<Option<(i64, [u8; 32], Order)>> {
     let row = conn
-        .query_row(
-            &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE {clause}"),
-            [arg],
-            |r| {
-                let hold: Vec<u8> = r.get(2)?;
-                let state: String = r.get(8)?;
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    hold,
-                    state,
-                    Order {
-                        code: r.get(1)?,
-                        event_id: r.get::<_, i64>(3)? as u64,
-                        email: r.get(4)?,
-                        name: r.get(5)?,
-                        amount: r.get::<_, i64>(6)? as u64,
-                        currency: r.get(7)?,
-                        state: OrderState::Pending,
-                        places: Vec::new(),
-                        payment_intent: r.get(9)?,
-                        note: r.get(10)?,
-                        created_at: r.get::<_, i64>(11)? as u64,
-                        updated_at: r.get::<_, i64>(12)? as u64,
-                    },
-                ))
-            },
-        )
+        .prepare_cached(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE {clause}"
+        ))?
+        .query_row([arg], |r| {
+            let hold: Vec<u8> = r.get(2)?;
+            let state: String = r.get(8)?;
+            Ok((
+                r.get::<_, i64>(0)?,
+                hold,
+                state,
+                Order {
+                    code: r.get(1)?,
+                    event_id: r.get::<_, i64>(3)? as u64,
+                    email: r.get(4)?,
+                    name: r.get(5)?,
+                    amount: r.get::<_, i64>(6)? as u64,
+                    currency: r.get(7)?,
+                    state: OrderState::Pending,
+                    places: Vec::new(),
+                    payment_intent: r.get(9)?,
+                    note: r.get(10)?,
+                    created_at: r.get::<_, i64>(11)? as u64,
+                    updated_at: r.get::<_, i64>(12)? as u64,
+                },
+            ))
+        })
         .optional()?;
     let Some((id, hold, state, mut order)) = row else {
         return Ok(None);
@@ -69,11 +68,9 @@ fn order_where(
 
 /// The status of an event that is not on sale, or `None` if it is.
 fn off_sale(conn: &Connection, event_id: u64) -> Result<Option<String>> {
-    let status: String = conn.query_row(
-        "SELECT status FROM events WHERE id = ?1",
-        [key(event_id)],
-        |r| r.get(0),
-    )?;
+    let status: String = conn
+        .prepare_cached("SELECT status FROM events WHERE id = ?1")?
+        .query_row([key(event_id)], |r| r.get(0))?;
     Ok((status != "on_sale").then_some(status))
 }
 
@@ -104,8 +101,7 @@ fn advance(
     let (_, _, order) = by_code(conn, code)?;
     let to = order.state.next(event)?;
     if to != order.state {
-        conn.execute(
-            "UPDATE orders SET state = ?2, note = coalesce(?3, note), updated_at = ?4 WHERE code = ?1",
+        conn.prepare_cached("UPDATE orders SET state = ?2, note = coalesce(?3, note), updated_at = ?4 WHERE code = ?1")?.execute(
             params![code, to.as_str(), note, key(now_ms)],
         )?;
     }
@@ -148,12 +144,14 @@ fn settle_in(tx: &Connection, code: &str, now_ms: u64) -> Result<Settled> {
     // Free for this order: unsold, and held by no one else now.
     let mut free = true;
     for (c, n) in &items {
-        free &= tx.query_row(
-            "SELECT order_id IS NULL AND (hold = ?3 OR held_until <= ?4)
+        free &= tx
+            .prepare_cached(
+                "SELECT order_id IS NULL AND (hold = ?3 OR held_until <= ?4)
                  FROM places WHERE category_id = ?1 AND n = ?2",
-            params![c, n, &hold_hash[..], key(now_ms)],
-            |r| r.get::<_, bool>(0),
-        )?;
+            )?
+            .query_row(params![c, n, &hold_hash[..], key(now_ms)], |r| {
+                r.get::<_, bool>(0)
+            })?;
     }
     // A payment for an event no longer on sale (cancelled meanwhile)
     // goes back.
@@ -164,9 +162,8 @@ fn settle_in(tx: &Connection, code: &str, now_ms: u64) -> Result<Settled> {
             // others (its time passed) are held again, then sold.
             let (mut again, mut sold) = (Vec::new(), Vec::new());
             for (c, n) in &items {
-                let (seat, mine): (Option<String>, bool) = tx.query_row(
-                    "UPDATE places SET order_id = ?3, hold = ?4 WHERE category_id = ?1 AND n = ?2
-                         RETURNING seat_key, held_until > 0",
+                let (seat, mine): (Option<String>, bool) = tx.prepare_cached("UPDATE places SET order_id = ?3, hold = ?4 WHERE category_id = ?1 AND n = ?2
+                         RETURNING seat_key, held_until > 0")?.query_row(
                     params![c, n, id, &hold_hash[..]],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
@@ -192,8 +189,7 @@ impl Orders for SqliteStorage {
         self.write(|tx| {
             if let Some((k, request)) = &new.idempotency {
                 let before: Option<(String, Vec<u8>)> = tx
-                    .query_row(
-                        "SELECT code, request_hash FROM orders WHERE idempotency_key = ?1",
+                    .prepare_cached("SELECT code, request_hash FROM orders WHERE idempotency_key = ?1")?.query_row(
                         [k],
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
@@ -226,8 +222,7 @@ impl Orders for SqliteStorage {
                 )));
             }
             let live: Option<String> = tx
-                .query_row(
-                    "SELECT code FROM orders WHERE hold = ?1 AND state IN ('pending', 'paid')",
+                .prepare_cached("SELECT code FROM orders WHERE hold = ?1 AND state IN ('pending', 'paid')")?.query_row(
                     [&new.hold_hash[..]],
                     |r| r.get(0),
                 )
@@ -237,11 +232,10 @@ impl Orders for SqliteStorage {
                     "the hold is ordered already (order {code})"
                 )));
             }
-            tx.execute(
-            "INSERT INTO orders (code, secret_hash, hold, event_id, email, name, amount, currency,
+            tx.prepare_cached("INSERT INTO orders (code, secret_hash, hold, event_id, email, name, amount, currency,
                                  state, idempotency_key, request_hash, created_at, updated_at,
                                  payment_method)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?11, ?12)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?11, ?12)")?.execute(
             params![
                 new.code,
                 &new.secret_hash[..],
@@ -265,11 +259,8 @@ impl Orders for SqliteStorage {
     fn order(&self, code: &str, secret_hash: &[u8; 32]) -> Result<Order> {
         let conn = self.read();
         let secret: Option<Vec<u8>> = conn
-            .query_row(
-                "SELECT secret_hash FROM orders WHERE code = ?1",
-                [code],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT secret_hash FROM orders WHERE code = ?1")?
+            .query_row([code], |r| r.get(0))
             .optional()?;
         match secret {
             Some(s) if s == secret_hash => Ok(by_code(&conn, code)?.2),
@@ -285,10 +276,10 @@ impl Orders for SqliteStorage {
 
     fn set_intent(&self, code: &str, intent: &str, now_ms: u64) -> Result<Order> {
         self.write(|tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE orders SET payment_intent = ?2, updated_at = ?3 WHERE code = ?1",
-                params![code, intent, key(now_ms)],
-            )?;
+            )?
+            .execute(params![code, intent, key(now_ms)])?;
             Ok(by_code(tx, code)?.2)
         })
     }
@@ -334,22 +325,24 @@ impl Orders for SqliteStorage {
             };
             let order = advance(tx, code, event, Some(why), now_ms)?;
             enqueue(tx, code, mail, now_ms)?;
-            tx.execute(
-                "UPDATE orders SET refund = ?2 WHERE code = ?1",
-                params![code, refund],
-            )?;
+            tx.prepare_cached("UPDATE orders SET refund = ?2 WHERE code = ?1")?
+                .execute(params![code, refund])?;
             // Its tickets, if it had any, are good no more.
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO revocations (event_id, ticket_id, revoked_at, reason)
              SELECT t.event_id, t.ticket_id, ?2, ?3 FROM tickets t
              JOIN orders o ON o.batch_id = t.batch_id WHERE o.id = ?1",
-                params![id, key(now_ms), format!("order {code} paid back: {why}")],
-            )?;
-            tx.execute(
+            )?
+            .execute(params![
+                id,
+                key(now_ms),
+                format!("order {code} paid back: {why}")
+            ])?;
+            tx.prepare_cached(
                 "UPDATE tickets SET void = 1
              WHERE batch_id = (SELECT batch_id FROM orders WHERE id = ?1)",
-                [id],
-            )?;
+            )?
+            .execute([id])?;
             // Places paid back are for sale again.
             let places = moved(
                 tx,
@@ -365,18 +358,15 @@ impl Orders for SqliteStorage {
     fn tickets_to_sign(&self, code: &str) -> Result<Option<Vec<TicketFields>>> {
         let conn = self.read();
         let (id, hold, order) = by_code(&conn, code)?;
-        let batch: Option<i64> =
-            conn.query_row("SELECT batch_id FROM orders WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })?;
+        let batch: Option<i64> = conn
+            .prepare_cached("SELECT batch_id FROM orders WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))?;
         if order.state != OrderState::Paid || batch.is_some() {
             return Ok(None);
         }
-        let (starts, ends): (i64, i64) = conn.query_row(
-            "SELECT starts_at, ends_at FROM events WHERE id = ?1",
-            [key(order.event_id)],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (starts, ends): (i64, i64) = conn
+            .prepare_cached("SELECT starts_at, ends_at FROM events WHERE id = ?1")?
+            .query_row([key(order.event_id)], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let valid_from = u32::try_from(starts)
             .unwrap_or(u32::MAX)
             .saturating_sub(crate::issue::DEFAULT_DOORS_BEFORE_SECS);
@@ -419,7 +409,7 @@ impl Orders for SqliteStorage {
         self.write(|tx| {
             let (id, _, order) = by_code(tx, code)?;
             let batch: Option<i64> =
-                tx.query_row("SELECT batch_id FROM orders WHERE id = ?1", [id], |r| {
+                tx.prepare_cached("SELECT batch_id FROM orders WHERE id = ?1")?.query_row( [id], |r| {
                     r.get(0)
                 })?;
             if batch.is_some() {
@@ -431,9 +421,8 @@ impl Orders for SqliteStorage {
                     order.state.as_str()
                 )));
             }
-            tx.execute(
-            "INSERT INTO batches (event_id, category_id, key_id, count, out_dir, created_at, state)
-             VALUES (?1, 0, ?2, ?3, ?4, ?5, 'recorded')",
+            tx.prepare_cached("INSERT INTO batches (event_id, category_id, key_id, count, out_dir, created_at, state)
+             VALUES (?1, 0, ?2, ?3, ?4, ?5, 'recorded')")?.execute(
             params![
                 key(order.event_id),
                 key_id,
@@ -449,8 +438,7 @@ impl Orders for SqliteStorage {
                     crate::issue::insert_ticket(&mut insert, batch, key_id, f, signed)?;
                 }
             }
-            tx.execute(
-                "UPDATE orders SET batch_id = ?2 WHERE id = ?1",
+            tx.prepare_cached("UPDATE orders SET batch_id = ?2 WHERE id = ?1")?.execute(
                 params![id, batch],
             )?;
             Ok(())
@@ -460,11 +448,8 @@ impl Orders for SqliteStorage {
     fn order_tickets(&self, code: &str, secret_hash: &[u8; 32]) -> Result<Vec<IssuedTicket>> {
         let conn = self.read();
         let batch: Option<Option<i64>> = conn
-            .query_row(
-                "SELECT batch_id FROM orders WHERE code = ?1 AND secret_hash = ?2",
-                params![code, &secret_hash[..]],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT batch_id FROM orders WHERE code = ?1 AND secret_hash = ?2")?
+            .query_row(params![code, &secret_hash[..]], |r| r.get(0))
             .optional()?;
         let Some(batch) = batch else {
             return Err(StorageError::NotFound(format!("order {code}")));
@@ -479,12 +464,11 @@ impl Orders for SqliteStorage {
         let not_found = || StorageError::NotFound(format!("ticket {ticket_id}"));
         let id: [u8; 16] = shared::hex::decode(ticket_id).ok_or_else(not_found)?;
         self.read()
-            .query_row(
+            .prepare_cached(
                 "SELECT t.code FROM tickets t JOIN orders o ON o.batch_id = t.batch_id
                  WHERE t.ticket_id = ?1 AND o.secret_hash = ?2 AND t.void = 0",
-                params![&id[..], &secret_hash[..]],
-                |r| r.get(0),
-            )
+            )?
+            .query_row(params![&id[..], &secret_hash[..]], |r| r.get(0))
             .optional()?
             .ok_or_else(not_found)
     }
@@ -492,11 +476,9 @@ impl Orders for SqliteStorage {
     fn organizer_order(&self, by: OrganizerId, code: &str) -> Result<Order> {
         let conn = self.read();
         let (_, _, order) = by_code(&conn, code)?;
-        let owner: Option<i64> = conn.query_row(
-            "SELECT organizer_id FROM events WHERE id = ?1",
-            [key(order.event_id)],
-            |r| r.get(0),
-        )?;
+        let owner: Option<i64> = conn
+            .prepare_cached("SELECT organizer_id FROM events WHERE id = ?1")?
+            .query_row([key(order.event_id)], |r| r.get(0))?;
         match owner {
             Some(o) if o as u64 == by => Ok(order),
             _ => Err(StorageError::NotFound(format!("order {code}"))),
@@ -539,10 +521,10 @@ impl Orders for SqliteStorage {
 
     fn touch_order(&self, code: &str, now_ms: u64) -> Result<()> {
         self.write(|tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE orders SET updated_at = ?2 WHERE code = ?1 AND state = 'pending'",
-                params![code, key(now_ms)],
-            )?;
+            )?
+            .execute(params![code, key(now_ms)])?;
             Ok(())
         })
     }
@@ -564,10 +546,9 @@ impl Orders for SqliteStorage {
         }
         let conn = self.read();
         let row: Option<(i64, u16, Option<String>, bool, i64, i64)> = conn
-            .query_row(
-                "SELECT t.event_id, t.category_id, t.seat, t.multi_entry, t.valid_from, t.valid_until
+            .prepare_cached("SELECT t.event_id, t.category_id, t.seat, t.multi_entry, t.valid_from, t.valid_until
                  FROM tickets t JOIN orders o ON o.batch_id = t.batch_id
-                 WHERE o.code = ?1 AND t.ticket_id = ?2 AND t.void = 0",
+                 WHERE o.code = ?1 AND t.ticket_id = ?2 AND t.void = 0")?.query_row(
                 params![code, &old[..]],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             )
@@ -610,28 +591,27 @@ impl Orders for SqliteStorage {
                 )));
             }
             let batch: i64 = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT t.batch_id FROM tickets t JOIN orders o ON o.batch_id = t.batch_id
                      WHERE o.code = ?1 AND t.ticket_id = ?2 AND t.void = 0",
-                    params![code, &old_id[..]],
-                    |r| r.get(0),
-                )
+                )?
+                .query_row(params![code, &old_id[..]], |r| r.get(0))
                 .optional()?
                 .ok_or_else(not_found)?;
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE tickets SET void = 1 WHERE event_id = ?1 AND ticket_id = ?2",
-                params![key(order.event_id), &old_id[..]],
-            )?;
-            tx.execute(
+            )?
+            .execute(params![key(order.event_id), &old_id[..]])?;
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO revocations (event_id, ticket_id, revoked_at, reason)
                  VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    key(order.event_id),
-                    &old_id[..],
-                    key(now_ms),
-                    format!("reissued (order {code})")
-                ],
-            )?;
+            )?
+            .execute(params![
+                key(order.event_id),
+                &old_id[..],
+                key(now_ms),
+                format!("reissued (order {code})")
+            ])?;
             let (fields, signed) = new;
             let mut insert = tx.prepare_cached(crate::issue::INSERT_TICKET)?;
             crate::issue::insert_ticket(&mut insert, batch, key_id, fields, signed)?;
@@ -656,13 +636,12 @@ impl Orders for SqliteStorage {
             )?;
             // Its hold goes too: the places are free at once, and the hold can
             // be ordered no more.
-            tx.execute(
-                "UPDATE holds SET released_at = ?2 WHERE token_hash = ?1 AND released_at IS NULL",
+            tx.prepare_cached("UPDATE holds SET released_at = ?2 WHERE token_hash = ?1 AND released_at IS NULL")?.execute(
                 params![&hold[..], key(now_ms)],
             )?;
             let places = moved(
                 tx,
-                "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND order_id IS NULL
+                "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND hold IS NOT NULL AND order_id IS NULL
              RETURNING category_id, seat_key",
                 [&hold[..]],
             )?;
@@ -682,11 +661,8 @@ impl Orders for SqliteStorage {
         let mut out = Vec::new();
         for &event in events {
             let owner: Option<Option<i64>> = conn
-                .query_row(
-                    "SELECT organizer_id FROM events WHERE id = ?1",
-                    [key(event)],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT organizer_id FROM events WHERE id = ?1")?
+                .query_row([key(event)], |r| r.get(0))
                 .optional()?;
             if owner.flatten().map(|o| o as u64) != Some(by) {
                 return Err(StorageError::NotFound(format!("event {event}")));
@@ -729,15 +705,14 @@ impl Orders for SqliteStorage {
             let (state, n) = row?;
             orders.insert(state, n);
         }
-        let (revenue, currency): (i64, Option<String>) = conn.query_row(
-            "SELECT coalesce(sum(amount), 0), max(currency) FROM orders
+        let (revenue, currency): (i64, Option<String>) = conn
+            .prepare_cached(
+                "SELECT coalesce(sum(amount), 0), max(currency) FROM orders
              WHERE event_id = ?1 AND state = 'paid'",
-            [key(event_id)],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let active_holds: i64 = conn.query_row(
-            "SELECT count(*) FROM holds h WHERE event_id = ?1 AND released_at IS NULL AND expires_at > ?2
-             AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.hold = h.token_hash AND o.state = 'paid')",
+            )?
+            .query_row([key(event_id)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let active_holds: i64 = conn.prepare_cached("SELECT count(*) FROM holds h WHERE event_id = ?1 AND released_at IS NULL AND expires_at > ?2
+             AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.hold = h.token_hash AND o.state = 'paid')")?.query_row(
             params![key(event_id), key(now_ms)],
             |r| r.get(0),
         )?;

@@ -53,11 +53,9 @@ impl Outbox for SqliteStorage {
 
     fn mail_sent(&self, id: u64, now_ms: u64) -> Result<()> {
         self.write(|tx| {
-            tx.execute(
-                "UPDATE outbox SET sent_at = ?2, last_error = NULL WHERE id = ?1",
-                params![key(id), key(now_ms)],
-            )
-            .map_err(Into::into)
+            tx.prepare_cached("UPDATE outbox SET sent_at = ?2, last_error = NULL WHERE id = ?1")?
+                .execute(params![key(id), key(now_ms)])
+                .map_err(Into::into)
         })?;
         Ok(())
     }
@@ -65,13 +63,13 @@ impl Outbox for SqliteStorage {
     fn mail_failed(&self, id: u64, error: &str, now_ms: u64, retry_at: Option<u64>) -> Result<()> {
         let error: String = error.chars().take(500).collect();
         self.write(|tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE outbox SET last_error = ?2,
                  next_try_at = coalesce(?3, next_try_at),
                  failed_at = CASE WHEN ?3 IS NULL THEN ?4 END
              WHERE id = ?1",
-                params![key(id), error, retry_at.map(key), key(now_ms)],
-            )
+            )?
+            .execute(params![key(id), error, retry_at.map(key), key(now_ms)])
             .map_err(Into::into)
         })?;
         Ok(())
@@ -80,9 +78,8 @@ impl Outbox for SqliteStorage {
     fn tickets_of_order(&self, code: &str) -> Result<Vec<IssuedTicket>> {
         let conn = self.read();
         let batch: Option<Option<i64>> = conn
-            .query_row("SELECT batch_id FROM orders WHERE code = ?1", [code], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT batch_id FROM orders WHERE code = ?1")?
+            .query_row([code], |r| r.get(0))
             .optional()?;
         match batch {
             None => Err(StorageError::NotFound(format!("order {code}"))),
