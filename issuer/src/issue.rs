@@ -81,20 +81,27 @@ pub fn sign_order(
     code: &str,
     now_ms: u64,
 ) -> Result<(), crate::storage::StorageError> {
-    use crate::storage::StorageError;
     let Some(fields) = db.tickets_to_sign(code)? else {
         return Ok(());
     };
-    let signed = fields
+    let signed = sign_fields(signer, fields)?;
+    db.record_tickets(code, &signer.key_id().to_string(), &signed, now_ms)
+}
+
+/// Tickets' fields with their signed codes.
+pub fn sign_fields(
+    signer: &shared::code::Signer,
+    fields: Vec<TicketFields>,
+) -> Result<Vec<(TicketFields, String)>, crate::storage::StorageError> {
+    fields
         .into_iter()
         .map(|f| {
-            let ticket = signer
-                .encode(&f)
-                .map_err(|e| StorageError::Backend(format!("signing a ticket: {e}")))?;
+            let ticket = signer.encode(&f).map_err(|e| {
+                crate::storage::StorageError::Backend(format!("signing a ticket: {e}"))
+            })?;
             Ok((f, ticket))
         })
-        .collect::<Result<Vec<_>, StorageError>>()?;
-    db.record_tickets(code, &signer.key_id().to_string(), &signed, now_ms)
+        .collect()
 }
 
 pub fn parse_seats(text: &str) -> Result<Vec<String>, Error> {

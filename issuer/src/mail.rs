@@ -167,7 +167,7 @@ impl Mailer {
             .map(|address| Mailbox::new(Some(order.name.clone()), address))
             .map_err(|e| Failure::Permanent(format!("the buyer's address: {e}")))?;
         let event = db.event(order.event_id, None).map_err(transient)?;
-        let venue = db.venue(event.info.venue_id).map_err(transient)?;
+        let (venue, city) = db.venue_name(event.info.venue_id).map_err(transient)?;
         let when = crate::time::format(event.info.starts_at);
         let amount = money(order.amount, &order.currency);
         let builder = Message::builder().from(self.from.clone()).to(to).date_now();
@@ -206,8 +206,6 @@ impl Mailer {
                     n = tickets.len(),
                     s = if tickets.len() == 1 { "" } else { "s" },
                     name = event.info.name,
-                    venue = venue.info.name,
-                    city = venue.info.city,
                 );
                 for t in &tickets {
                     let place = t.seat.as_deref().unwrap_or("standing");

@@ -80,6 +80,9 @@ pub(crate) fn open_db(dir: &Path) -> Result<Connection, Error> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
+        // Pages kept in memory: up to 32 MiB a connection (an event's
+        // places and holds are read again and again).
+        conn.pragma_update(None, "cache_size", -32768)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Statements are compiled once per connection and kept: the hot
         // paths use some forty.

@@ -125,7 +125,7 @@ impl OncePerSecond {
 }
 
 /// Storage calls under way at once.
-const DB_TURNS: usize = 32;
+const DB_TURNS: usize = 64;
 /// Payment provider calls under way at once.
 const PAYMENT_TURNS: usize = 128;
 

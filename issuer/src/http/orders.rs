@@ -384,14 +384,42 @@ async fn ask_provider(
     }
 }
 
+/// Settles a payment that succeeded, with the order's tickets signed
+/// beforehand and recorded in the same change when there is a key to sign
+/// them (else they are signed when asked for).
+fn pay(
+    db: &dyn crate::storage::Storage,
+    signer: Option<&crate::keys::ActiveSigner>,
+    code: &str,
+    intent: &str,
+) -> Result<Settled, StorageError> {
+    let ahead = match signer.map(|s| s.get()) {
+        Some(Ok(signer)) => db
+            .tickets_to_sign_ahead(code)?
+            .map(|fields| crate::issue::sign_fields(&signer, fields).map(|t| (signer, t)))
+            .transpose()?,
+        _ => None,
+    };
+    match ahead {
+        Some((signer, tickets)) => db.pay_with_tickets(
+            code,
+            intent,
+            now_ms(),
+            &signer.key_id().to_string(),
+            &tickets,
+        ),
+        None => db.pay(code, intent, now_ms()),
+    }
+}
+
 /// Brings an order in line with its payment as the provider reports it.
 async fn settle(s: &AppState, code: &str, intent: &Intent) -> Result<Order, ApiError> {
     let (code, intent) = (code.to_owned(), intent.clone());
-    let payments = s.payments.clone();
+    let (payments, signer) = (s.payments.clone(), s.signer.clone());
     let settled = s
         .db(move |db| {
             match intent.status {
-                IntentStatus::Succeeded => match db.pay(&code, &intent.id, now_ms())? {
+                IntentStatus::Succeeded => match pay(db, signer.as_deref(), &code, &intent.id)? {
                     Settled::Paid(o) | Settled::Already(o) => Ok(o),
                     Settled::MustRefund(o) => {
                         // Paid for places no longer to be had: paid back, once.

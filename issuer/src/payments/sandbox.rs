@@ -77,6 +77,8 @@ struct Shared {
     ledger: Arc<Mutex<Ledger>>,
     /// Webhook deliveries under way at once.
     senders: Arc<tokio::sync::Semaphore>,
+    /// What delivers them: its connections kept open between deliveries.
+    agent: ureq::Agent,
     secret_key: String,
     webhook_secret: String,
     config: Config,
@@ -103,7 +105,16 @@ pub async fn start(config: Config) -> std::io::Result<Sandbox> {
     };
     let shared = Shared {
         ledger: Default::default(),
-        senders: Arc::new(tokio::sync::Semaphore::new(16)),
+        senders: Arc::new(tokio::sync::Semaphore::new(SENDERS)),
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .max_idle_connections(SENDERS)
+            .max_idle_connections_per_host(SENDERS)
+            .input_buffer_size(16 * 1024)
+            .output_buffer_size(16 * 1024)
+            .build()
+            .into(),
         secret_key: sandbox.secret_key.clone(),
         webhook_secret: sandbox.webhook_secret.clone(),
         config,
@@ -398,6 +409,9 @@ async fn refund(
     Json(body).into_response()
 }
 
+/// Webhook deliveries under way at once.
+const SENDERS: usize = 16;
+
 /// Sends a webhook event, signed, a few times until it is taken.
 fn notify(shared: &Shared, kind: &str, intent: &Intent) {
     let Some(url) = shared.config.webhook_url.clone() else {
@@ -408,7 +422,7 @@ fn notify(shared: &Shared, kind: &str, intent: &Intent) {
     })
     .to_string();
     let secret = shared.webhook_secret.clone();
-    let senders = shared.senders.clone();
+    let (senders, agent) = (shared.senders.clone(), shared.agent.clone());
     tokio::spawn(async move {
         for attempt in 0..5u32 {
             // A few deliveries at once, each one attempt on a thread: a
@@ -416,13 +430,9 @@ fn notify(shared: &Shared, kind: &str, intent: &Intent) {
             let sent = match senders.clone().acquire_owned().await {
                 Ok(turn) => {
                     let (url, payload, secret) = (url.clone(), payload.clone(), secret.clone());
+                    let agent = agent.clone();
                     tokio::task::spawn_blocking(move || {
                         let _turn = turn;
-                        let agent: ureq::Agent = ureq::Agent::config_builder()
-                            .http_status_as_error(false)
-                            .timeout_global(Some(Duration::from_secs(10)))
-                            .build()
-                            .into();
                         let now = std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
                             .map_or(0, |d| d.as_secs());

@@ -40,6 +40,9 @@ impl Stripe {
         Stripe::with_timeout(base, secret_key, TIMEOUT)
     }
 
+    /// Connections to the provider kept open between calls.
+    const MAX_IDLE: usize = 128;
+
     pub fn with_timeout(base: &str, secret_key: &str, timeout: Duration) -> Stripe {
         Stripe {
             base: base.trim_end_matches('/').to_owned(),
@@ -47,6 +50,13 @@ impl Stripe {
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_global(Some(timeout))
+                // As many connections kept open as calls may be under way
+                // at once (else each opens its own), with buffers sized
+                // for the provider's small answers (not 128 KiB each).
+                .max_idle_connections(Self::MAX_IDLE)
+                .max_idle_connections_per_host(Self::MAX_IDLE)
+                .input_buffer_size(16 * 1024)
+                .output_buffer_size(16 * 1024)
                 .build()
                 .into(),
         }

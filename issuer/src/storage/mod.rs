@@ -89,6 +89,8 @@ pub trait Catalogue: Send + Sync {
     fn add_venue(&self, by: OrganizerId, venue: &NewVenue) -> Result<Venue>;
 
     fn venue(&self, id: u64) -> Result<Venue>;
+    /// A venue's name and city, without its plan (for messages).
+    fn venue_name(&self, id: u64) -> Result<(String, String)>;
 
     /// A venue as `viewer` may see it: its organizer always, everyone once
     /// an event there is no longer a draft (venues are numbered in order:
@@ -356,6 +358,30 @@ pub trait Orders: Send + Sync {
     /// What a paid order's tickets say, if they are still to be signed:
     /// one a place, with a fresh random id each.
     fn tickets_to_sign(&self, code: &str) -> Result<Option<Vec<TicketFields>>>;
+
+    /// What an order's tickets will say once it is paid, whatever its
+    /// state now (`None` once they are signed): so they can be signed
+    /// before its payment is settled ([`Orders::pay_with_tickets`]).
+    fn tickets_to_sign_ahead(&self, code: &str) -> Result<Option<Vec<TicketFields>>>;
+
+    /// [`Orders::pay`], and if that made the order paid, records its
+    /// `tickets` signed ahead by `key_id` ([`Orders::record_tickets`]), in
+    /// one change where the backend can. Tickets that cannot be recorded
+    /// leave the payment settled all the same, with no tickets yet.
+    fn pay_with_tickets(
+        &self,
+        code: &str,
+        intent: &str,
+        now_ms: u64,
+        key_id: &str,
+        tickets: &[(TicketFields, String)],
+    ) -> Result<Settled> {
+        let settled = self.pay(code, intent, now_ms)?;
+        if let Settled::Paid(_) = settled {
+            let _ = self.record_tickets(code, key_id, tickets, now_ms);
+        }
+        Ok(settled)
+    }
 
     /// Records a paid order's signed tickets (`(fields, code)`), signed by
     /// `key_id`; once (a second time changes nothing).

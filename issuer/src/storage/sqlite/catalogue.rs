@@ -67,6 +67,14 @@ impl Catalogue for SqliteStorage {
         venue_of(&self.read(), id)?.ok_or_else(|| StorageError::NotFound(format!("venue {id}")))
     }
 
+    fn venue_name(&self, id: u64) -> Result<(String, String)> {
+        self.read()
+            .prepare_cached("SELECT name, city FROM venues WHERE id = ?1")?
+            .query_row([key(id)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .ok_or_else(|| StorageError::NotFound(format!("venue {id}")))
+    }
+
     fn venue_shown(&self, id: u64, viewer: Option<OrganizerId>) -> Result<Venue> {
         let conn = self.read();
         let not_found = || StorageError::NotFound(format!("venue {id}"));

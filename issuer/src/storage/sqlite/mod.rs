@@ -11,6 +11,7 @@ mod changes;
 mod inventory;
 mod orders;
 mod outbox;
+mod writer;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -33,9 +34,9 @@ static READ_TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 pub const MAX_LIST: usize = 200;
 
 pub struct SqliteStorage {
-    /// The one connection that writes (SQLite lets one writer in at a
-    /// time), and reads that must see what it has not committed yet.
-    conn: Mutex<Connection>,
+    /// The thread that makes every change ([`writer`]), with the writer
+    /// connection.
+    writer: writer::Writer,
     /// Connections for reads alone: in WAL mode they read beside the
     /// writer, each what was committed when its read began.
     readers: Vec<Mutex<Connection>>,
@@ -43,31 +44,9 @@ pub struct SqliteStorage {
     dir: std::path::PathBuf,
     /// Seated categories' rows, by category ([`SqliteStorage::rows_of`]).
     rows: Mutex<std::collections::HashMap<u64, std::sync::Arc<Vec<usize>>>>,
-    /// Which seats are free, for best-seats holds ([`board`]); used by the
-    /// writer alone.
-    boards: Mutex<board::Boards>,
-    /// Group commit ([`SqliteStorage::write`]).
-    /// The batch open on the writer connection, if any.
-    group: Mutex<Option<std::sync::Arc<Batch>>>,
-    committed: std::sync::Condvar,
-    /// Writers waiting for the writer connection.
-    queued: std::sync::atomic::AtomicUsize,
     /// When old live-feed changes were last cleared (unix ms).
     pruned_at: std::sync::atomic::AtomicU64,
 }
-
-/// A batch of changes sharing one commit ([`SqliteStorage::write`]).
-#[derive(Default)]
-struct Batch {
-    /// How its commit went: set once, by whoever commits or gives it up.
-    outcome: std::sync::OnceLock<std::result::Result<(), String>>,
-    /// Changes in it so far.
-    changes: std::sync::atomic::AtomicUsize,
-}
-
-/// Most changes one commit carries: a batch this full is committed even
-/// with writers queued, so none waits long.
-const MAX_BATCH: usize = 256;
 
 impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> StorageError {
@@ -92,149 +71,36 @@ pub(super) const EVENT_COLUMNS: &str = "id, name, description, performers, genre
 impl SqliteStorage {
     /// Opens (creating) the data directory's database.
     pub fn open(dir: &Path) -> std::result::Result<SqliteStorage, crate::Error> {
+        let writer = writer::Writer::new(crate::store::open_db(dir)?)
+            .map_err(|e| crate::Error::io(dir, e))?;
         Ok(SqliteStorage {
-            conn: Mutex::new(crate::store::open_db(dir)?),
+            writer,
             readers: (0..READERS)
                 .map(|_| crate::store::open_db(dir).map(Mutex::new))
                 .collect::<std::result::Result<_, _>>()?,
             dir: dir.to_owned(),
             rows: Mutex::default(),
-            boards: Mutex::default(),
-            group: Mutex::new(None),
-            committed: std::sync::Condvar::new(),
-            queued: std::sync::atomic::AtomicUsize::new(0),
             pruned_at: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
-    /// The writer connection, with no batch open: for the rare writes that
+    /// The writer connection between batches: for the rare writes that
     /// run their own transaction (the catalogue's).
     pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        self.commit_open(&conn);
-        conn
+        self.writer.conn()
     }
 
     fn boards(&self) -> MutexGuard<'_, board::Boards> {
-        self.boards.lock().unwrap_or_else(|p| p.into_inner())
+        self.writer.boards()
     }
 
-    fn group(&self) -> MutexGuard<'_, Option<std::sync::Arc<Batch>>> {
-        self.group.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Ends the open batch, if any: commits it, or (`Some(why)`) rolls it
-    /// back; either way its writers are told. Called with the writer
-    /// connection held, so no change is under way.
-    fn end_batch(&self, conn: &Connection, give_up: Option<String>) {
-        let Some(batch) = self.group().take() else {
-            return;
-        };
-        let outcome = match give_up {
-            Some(why) => Err(why),
-            None => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
-        };
-        if outcome.is_err() {
-            // Whatever the batch did is undone: every writer of it is told,
-            // and boards that may have read its changes are dropped.
-            let _ = conn.execute_batch("ROLLBACK");
-            self.boards().clear();
-        }
-        {
-            // Set under the lock the waiters check it under: none misses it.
-            let _g = self.group();
-            let _ = batch.outcome.set(outcome);
-        }
-        self.committed.notify_all();
-    }
-
-    fn commit_open(&self, conn: &Connection) {
-        self.end_batch(conn, None);
-    }
-
-    /// Waits until `batch` is committed or given up. Should no one come to
-    /// commit it (a writer stopped), it commits it itself.
-    fn wait_for(&self, batch: &Batch) {
-        let mut g = self.group();
-        while batch.outcome.get().is_none() {
-            let (next, timeout) = self
-                .committed
-                .wait_timeout(g, std::time::Duration::from_secs(2))
-                .unwrap_or_else(|p| p.into_inner());
-            g = next;
-            if timeout.timed_out() && batch.outcome.get().is_none() {
-                drop(g);
-                drop(self.conn());
-                g = self.group();
-            }
-        }
-    }
-
-    /// Runs `f` as one all-or-nothing change, and returns once it is on
-    /// disk. Changes made at the same moment share a commit (group commit):
-    /// each runs in its own savepoint of one transaction, and the writer
-    /// that finds no one waiting behind it (or the batch full) commits
-    /// them all, one wait for the disk for the lot. A change that fails, or
-    /// panics, is undone alone; a commit that fails fails every change of
-    /// its batch.
-    pub(super) fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.queued.fetch_add(1, SeqCst);
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        self.queued.fetch_sub(1, SeqCst);
-        // Join the open batch, or open one: only the holder of the writer
-        // connection does either.
-        let open = self.group().clone();
-        let batch = match open {
-            Some(batch) => batch,
-            None => {
-                conn.execute_batch("BEGIN IMMEDIATE")?;
-                let batch = std::sync::Arc::new(Batch::default());
-                *self.group() = Some(batch.clone());
-                batch
-            }
-        };
-        let changes = batch.changes.fetch_add(1, SeqCst) + 1;
-        if let Err(e) = conn.execute_batch("SAVEPOINT change") {
-            self.end_batch(&conn, Some(e.to_string()));
-            return Err(e.into());
-        }
-        self.boards().begin();
-        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&conn)));
-        let closed = match out {
-            Ok(Ok(_)) => conn.execute_batch("RELEASE change"),
-            _ => {
-                self.boards().undo();
-                conn.execute_batch("ROLLBACK TO change; RELEASE change")
-            }
-        };
-        if let Err(e) = closed {
-            // The batch is in an unknown state: it is given up whole.
-            self.end_batch(&conn, Some(e.to_string()));
-            drop(conn);
-            return match out {
-                Err(panic) => std::panic::resume_unwind(panic),
-                Ok(_) => Err(e.into()),
-            };
-        }
-        if self.queued.load(SeqCst) == 0 || changes >= MAX_BATCH {
-            self.commit_open(&conn);
-            drop(conn);
-        } else {
-            // The next writer carries the batch on, and one of them
-            // commits it.
-            drop(conn);
-            self.wait_for(&batch);
-        }
-        let value = match out {
-            Ok(out) => out?,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
-        match batch.outcome.get() {
-            Some(Ok(())) => Ok(value),
-            Some(Err(why)) => Err(StorageError::Backend(format!("commit: {why}"))),
-            None => Err(StorageError::Backend("the change's commit was lost".into())),
-        }
+    /// Makes `f` one all-or-nothing change, and returns once it is on disk
+    /// ([`writer`]: changes made at the same moment share a commit).
+    pub(super) fn write<T: Send>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send,
+    ) -> Result<T> {
+        self.writer.write(f)
     }
 
     /// A connection to read with: a free reader if there is one, else the

@@ -356,47 +356,42 @@ impl Orders for SqliteStorage {
     }
 
     fn tickets_to_sign(&self, code: &str) -> Result<Option<Vec<TicketFields>>> {
-        let conn = self.read();
-        let (id, hold, order) = by_code(&conn, code)?;
-        let batch: Option<i64> = conn
-            .prepare_cached("SELECT batch_id FROM orders WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))?;
-        if order.state != OrderState::Paid || batch.is_some() {
-            return Ok(None);
-        }
-        let (starts, ends): (i64, i64) = conn
-            .prepare_cached("SELECT starts_at, ends_at FROM events WHERE id = ?1")?
-            .query_row([key(order.event_id)], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let valid_from = u32::try_from(starts)
-            .unwrap_or(u32::MAX)
-            .saturating_sub(crate::issue::DEFAULT_DOORS_BEFORE_SECS);
-        let valid_until = u32::try_from(ends).unwrap_or(u32::MAX);
-        let places: Vec<(i64, Option<String>)> = conn
-            .prepare_cached(
-                "SELECT c.number, i.seat_key FROM hold_items i JOIN categories c ON c.id = i.category_id
-                 WHERE i.hold = ?1 ORDER BY i.category_id, i.n",
+        ticket_fields(&self.read(), code, true)
+    }
+
+    fn tickets_to_sign_ahead(&self, code: &str) -> Result<Option<Vec<TicketFields>>> {
+        ticket_fields(&self.read(), code, false)
+    }
+
+    fn pay_with_tickets(
+        &self,
+        code: &str,
+        intent: &str,
+        now_ms: u64,
+        key_id: &str,
+        tickets: &[(TicketFields, String)],
+    ) -> Result<Settled> {
+        // The payment noted, settled and its tickets recorded: one commit.
+        self.write(|tx| {
+            tx.prepare_cached(
+                "UPDATE orders SET payment_intent = ?2, updated_at = ?3 WHERE code = ?1",
             )?
-            .query_map([&hold[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut fields = Vec::with_capacity(places.len());
-        for (number, seat) in places {
-            let mut ticket_id = [0u8; 16];
-            OsRng.fill_bytes(&mut ticket_id);
-            fields.push(TicketFields {
-                event_id: order.event_id,
-                ticket_id: TicketId(ticket_id),
-                category_id: u16::try_from(number).map_err(|_| {
-                    StorageError::Conflict(
-                        "the event has more categories than a ticket can number".into(),
-                    )
-                })?,
-                multi_entry: false,
-                valid_from,
-                valid_until,
-                seat: seat.unwrap_or_default(),
-            });
-        }
-        Ok(Some(fields))
+            .execute(params![code, intent, key(now_ms)])?;
+            let settled = settle_in(tx, code, now_ms)?;
+            if let Settled::Paid(_) = settled {
+                // Tickets that cannot be recorded leave the payment be:
+                // they are signed afresh when asked for.
+                tx.execute_batch("SAVEPOINT tickets")?;
+                match record_tickets_in(tx, code, key_id, tickets, now_ms) {
+                    Ok(()) => tx.execute_batch("RELEASE tickets")?,
+                    Err(e) => {
+                        tracing::warn!(order = code, error = %e, "tickets signed ahead not recorded");
+                        tx.execute_batch("ROLLBACK TO tickets; RELEASE tickets")?;
+                    }
+                }
+            }
+            Ok(settled)
+        })
     }
 
     fn record_tickets(
@@ -406,43 +401,7 @@ impl Orders for SqliteStorage {
         tickets: &[(TicketFields, String)],
         now_ms: u64,
     ) -> Result<()> {
-        self.write(|tx| {
-            let (id, _, order) = by_code(tx, code)?;
-            let batch: Option<i64> =
-                tx.prepare_cached("SELECT batch_id FROM orders WHERE id = ?1")?.query_row( [id], |r| {
-                    r.get(0)
-                })?;
-            if batch.is_some() {
-                return Ok(());
-            }
-            if order.state != OrderState::Paid {
-                return Err(StorageError::Conflict(format!(
-                    "order {code} is {}: it has no tickets",
-                    order.state.as_str()
-                )));
-            }
-            tx.prepare_cached("INSERT INTO batches (event_id, category_id, key_id, count, out_dir, created_at, state)
-             VALUES (?1, 0, ?2, ?3, ?4, ?5, 'recorded')")?.execute(
-            params![
-                key(order.event_id),
-                key_id,
-                tickets.len() as i64,
-                format!("order {code}"),
-                key(now_ms / 1000)
-            ],
-        )?;
-            let batch = tx.last_insert_rowid();
-            {
-                let mut insert = tx.prepare_cached(crate::issue::INSERT_TICKET)?;
-                for (f, signed) in tickets {
-                    crate::issue::insert_ticket(&mut insert, batch, key_id, f, signed)?;
-                }
-            }
-            tx.prepare_cached("UPDATE orders SET batch_id = ?2 WHERE id = ?1")?.execute(
-                params![id, batch],
-            )?;
-            Ok(())
-        })
+        self.write(|tx| record_tickets_in(tx, code, key_id, tickets, now_ms))
     }
 
     fn order_tickets(&self, code: &str, secret_hash: &[u8; 32]) -> Result<Vec<IssuedTicket>> {
@@ -770,4 +729,98 @@ impl Orders for SqliteStorage {
             by_day,
         })
     }
+}
+
+/// What an order's tickets say, if they are still to be signed (and, if
+/// `paid_only`, the order is paid): one a place, each with a fresh random id.
+fn ticket_fields(
+    conn: &Connection,
+    code: &str,
+    paid_only: bool,
+) -> Result<Option<Vec<TicketFields>>> {
+    let (id, hold, order) = by_code(conn, code)?;
+    let batch: Option<i64> = conn
+        .prepare_cached("SELECT batch_id FROM orders WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))?;
+    if (paid_only && order.state != OrderState::Paid) || batch.is_some() {
+        return Ok(None);
+    }
+
+    let (starts, ends): (i64, i64) = conn
+        .prepare_cached("SELECT starts_at, ends_at FROM events WHERE id = ?1")?
+        .query_row([key(order.event_id)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let valid_from = u32::try_from(starts)
+        .unwrap_or(u32::MAX)
+        .saturating_sub(crate::issue::DEFAULT_DOORS_BEFORE_SECS);
+    let valid_until = u32::try_from(ends).unwrap_or(u32::MAX);
+    let places: Vec<(i64, Option<String>)> = conn
+            .prepare_cached(
+                "SELECT c.number, i.seat_key FROM hold_items i JOIN categories c ON c.id = i.category_id
+                 WHERE i.hold = ?1 ORDER BY i.category_id, i.n",
+            )?
+            .query_map([&hold[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+    let mut fields = Vec::with_capacity(places.len());
+    for (number, seat) in places {
+        let mut ticket_id = [0u8; 16];
+        OsRng.fill_bytes(&mut ticket_id);
+        fields.push(TicketFields {
+            event_id: order.event_id,
+            ticket_id: TicketId(ticket_id),
+            category_id: u16::try_from(number).map_err(|_| {
+                StorageError::Conflict(
+                    "the event has more categories than a ticket can number".into(),
+                )
+            })?,
+            multi_entry: false,
+            valid_from,
+            valid_until,
+            seat: seat.unwrap_or_default(),
+        });
+    }
+    Ok(Some(fields))
+}
+
+/// Records a paid order's signed tickets, once.
+fn record_tickets_in(
+    tx: &Connection,
+    code: &str,
+    key_id: &str,
+    tickets: &[(TicketFields, String)],
+    now_ms: u64,
+) -> Result<()> {
+    let (id, _, order) = by_code(tx, code)?;
+    let batch: Option<i64> = tx
+        .prepare_cached("SELECT batch_id FROM orders WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))?;
+    if batch.is_some() {
+        return Ok(());
+    }
+    if order.state != OrderState::Paid {
+        return Err(StorageError::Conflict(format!(
+            "order {code} is {}: it has no tickets",
+            order.state.as_str()
+        )));
+    }
+    tx.prepare_cached(
+        "INSERT INTO batches (event_id, category_id, key_id, count, out_dir, created_at, state)
+             VALUES (?1, 0, ?2, ?3, ?4, ?5, 'recorded')",
+    )?
+    .execute(params![
+        key(order.event_id),
+        key_id,
+        tickets.len() as i64,
+        format!("order {code}"),
+        key(now_ms / 1000)
+    ])?;
+    let batch = tx.last_insert_rowid();
+    {
+        let mut insert = tx.prepare_cached(crate::issue::INSERT_TICKET)?;
+        for (f, signed) in tickets {
+            crate::issue::insert_ticket(&mut insert, batch, key_id, f, signed)?;
+        }
+    }
+    tx.prepare_cached("UPDATE orders SET batch_id = ?2 WHERE id = ?1")?
+        .execute(params![id, batch])?;
+    Ok(())
 }

@@ -1,0 +1,283 @@
+//! The writer: one thread makes every change, back to back, and commits
+//! them in batches (group commit).
+//!
+//! A caller hands its change over and waits for the commit that carries
+//! it. The thread takes every change queued, runs each in its own
+//! savepoint of one transaction, and commits them together: one wait for
+//! the disk for the lot. A change that fails, or panics, is undone alone;
+//! a commit that fails fails every change of its batch. Running the
+//! changes on one thread, rather than handing the connection from thread
+//! to thread, keeps the connection busy while the cores are: no change
+//! waits for a thread to be woken and scheduled to take its turn.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+use super::board::Boards;
+use crate::storage::{Result, StorageError};
+
+/// Most changes one commit carries.
+const MAX_BATCH: usize = 256;
+
+pub(super) struct Writer {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    /// The one connection that writes (SQLite lets one writer in at a
+    /// time): the thread's while it makes a batch, else for the rare writes
+    /// that run their own transaction ([`Writer::conn`]).
+    conn: Mutex<Connection>,
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    /// Which seats are free, for best-seats holds ([`super::board`]).
+    boards: Mutex<Boards>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    stop: bool,
+}
+
+/// Runs a change in a savepoint of the open batch: false if the batch
+/// cannot be committed any more.
+type Work = Box<dyn FnOnce(&Connection) -> bool + Send>;
+
+/// A change handed to the writer, and where its caller waits.
+struct Job {
+    work: Option<Work>,
+    done: Arc<Done>,
+}
+
+/// How the commit of a change went, once known.
+#[derive(Default)]
+struct Done {
+    outcome: Mutex<Option<std::result::Result<(), String>>>,
+    told: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Done {
+    /// Tells the caller, once (later news is ignored).
+    fn tell(&self, outcome: std::result::Result<(), String>) {
+        let mut g = lock(&self.outcome);
+        if g.is_none() {
+            *g = Some(outcome);
+        }
+        self.told.notify_all();
+    }
+
+    fn wait(&self) -> std::result::Result<(), String> {
+        let mut g = lock(&self.outcome);
+        loop {
+            if let Some(outcome) = g.as_ref() {
+                return outcome.clone();
+            }
+            g = self.told.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Job {
+    fn finish(mut self, outcome: std::result::Result<(), String>) {
+        // The work goes first: it borrows from its caller's frame, which
+        // may end as soon as the caller is told.
+        drop(self.work.take());
+        self.done.tell(outcome);
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        drop(self.work.take());
+        self.done
+            .tell(Err("the writer stopped before the change was made".into()));
+    }
+}
+
+impl Writer {
+    pub fn new(conn: Connection) -> std::io::Result<Writer> {
+        let shared = Arc::new(Shared {
+            conn: Mutex::new(conn),
+            queue: Mutex::default(),
+            ready: Condvar::new(),
+            boards: Mutex::default(),
+        });
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("sqlite-writer".into())
+                .spawn(move || run(&shared))?
+        };
+        Ok(Writer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The writer connection between batches: for the rare writes that run
+    /// their own transaction (the catalogue's). Never call [`Writer::write`]
+    /// while holding it.
+    pub fn conn(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.shared.conn)
+    }
+
+    pub fn boards(&self) -> MutexGuard<'_, Boards> {
+        lock(&self.shared.boards)
+    }
+
+    /// Makes `f` one all-or-nothing change, and returns once it is on disk
+    /// (or failed). `f` runs on the writer's thread: it must not call
+    /// `write` itself.
+    pub fn write<T: Send>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send) -> Result<T> {
+        let value: Mutex<Option<std::thread::Result<Result<T>>>> = Mutex::new(None);
+        let shared = &*self.shared;
+        let work = |conn: &Connection| -> bool {
+            if let Err(e) = conn.execute_batch("SAVEPOINT change") {
+                *lock(&value) = Some(Ok(Err(e.into())));
+                return false;
+            }
+            lock(&shared.boards).begin();
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
+            let closed = match &out {
+                Ok(Ok(_)) => conn.execute_batch("RELEASE change"),
+                _ => {
+                    lock(&shared.boards).undo();
+                    conn.execute_batch("ROLLBACK TO change; RELEASE change")
+                }
+            };
+            let kept = closed.is_ok();
+            *lock(&value) = Some(match (closed, out) {
+                (_, Err(panic)) => Err(panic),
+                (Ok(()), Ok(out)) => Ok(out),
+                (Err(e), Ok(_)) => Ok(Err(e.into())),
+            });
+            kept
+        };
+        let work: Box<dyn FnOnce(&Connection) -> bool + Send + '_> = Box::new(work);
+        // SAFETY: the work borrows `value` and what `f` captured from this
+        // frame. This function returns only once `done` is told, and a job
+        // tells it only after its work has run or been dropped (`finish`
+        // and `Drop` drop the work first); so the borrows outlive every use.
+        let work: Work = unsafe { std::mem::transmute::<_, Work>(work) };
+        let done = Arc::new(Done::default());
+        {
+            let mut q = lock(&self.shared.queue);
+            if q.stop {
+                return Err(StorageError::Backend("the database is closing".into()));
+            }
+            q.jobs.push_back(Job {
+                work: Some(work),
+                done: done.clone(),
+            });
+        }
+        self.shared.ready.notify_one();
+        let outcome = done.wait();
+        let value = value.into_inner().unwrap_or_else(|p| p.into_inner());
+        match (value, outcome) {
+            (Some(Err(panic)), _) => std::panic::resume_unwind(panic),
+            // Its own failure first: the change was undone whatever the
+            // batch came to.
+            (Some(Ok(Err(e))), _) => Err(e),
+            (Some(Ok(Ok(v))), Ok(())) => Ok(v),
+            (Some(Ok(Ok(_))), Err(why)) => Err(StorageError::Backend(format!("commit: {why}"))),
+            (None, Err(why)) => Err(StorageError::Backend(why)),
+            (None, Ok(())) => Err(StorageError::Backend("the change was not made".into())),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).stop = true;
+        self.shared.ready.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The writer's thread: a batch at a time until stopped, with every queued
+/// change made first.
+fn run(shared: &Shared) {
+    loop {
+        let jobs = {
+            let mut q = lock(&shared.queue);
+            while q.jobs.is_empty() && !q.stop {
+                q = shared.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            if q.jobs.is_empty() {
+                return;
+            }
+            let n = q.jobs.len().min(MAX_BATCH);
+            q.jobs.drain(..n).collect::<Vec<_>>()
+        };
+        // A bug here fails this batch's changes (their jobs are dropped,
+        // which tells their callers), never the thread.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batch(shared, jobs)));
+    }
+}
+
+/// Makes `jobs`, and those queued meanwhile, in one transaction and
+/// commits it.
+fn batch(shared: &Shared, mut jobs: Vec<Job>) {
+    let conn = lock(&shared.conn);
+    if !conn.is_autocommit() {
+        // Left open by a batch that broke off.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let why = e.to_string();
+        drop(conn);
+        for job in jobs {
+            job.finish(Err(why.clone()));
+        }
+        return;
+    }
+    let mut made: Vec<Job> = Vec::with_capacity(jobs.len());
+    let mut broken = None;
+    loop {
+        for mut job in jobs {
+            if broken.is_none()
+                && let Some(work) = job.work.take()
+                && !work(&conn)
+            {
+                broken = Some("a change could not be closed".to_owned());
+            }
+            made.push(job);
+        }
+        if broken.is_some() || made.len() >= MAX_BATCH {
+            break;
+        }
+        // Changes queued while these were made join them.
+        jobs = {
+            let mut q = lock(&shared.queue);
+            let n = q.jobs.len().min(MAX_BATCH - made.len());
+            q.jobs.drain(..n).collect()
+        };
+        if jobs.is_empty() {
+            break;
+        }
+    }
+    let outcome = match broken {
+        Some(why) => Err(why),
+        None => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+    };
+    if outcome.is_err() {
+        // Whatever the batch did is undone, and boards that may have read
+        // its changes are dropped.
+        let _ = conn.execute_batch("ROLLBACK");
+        lock(&shared.boards).clear();
+    }
+    drop(conn);
+    for job in made {
+        job.finish(outcome.clone());
+    }
+}
