@@ -838,6 +838,65 @@ fn best_seats_are_chosen_from_the_seats_as_they_are_after_every_kind_of_change()
 }
 
 #[test]
+fn best_seats_asked_beside_other_items_of_one_hold_pass_over_the_seats_it_took() {
+    for (name, db, _tmp) in backends() {
+        let (e, s, _) = on_sale(&*db, 5);
+        let best = HoldItem::Best {
+            category_id: s,
+            quantity: 2,
+        };
+        // A first look at the seats (the backend may keep what it saw).
+        assert_eq!(
+            best_of(&*db, e, s, 2, 9, T0, MIN).unwrap(),
+            ["A-1-5", "A-1-6"],
+            "{name}"
+        );
+        db.release(&[9; 32], T0).unwrap();
+        let seats_of = |h: issuer::domain::hold::Hold| -> Vec<String> {
+            h.places.into_iter().filter_map(|p| p.seat).collect()
+        };
+        let one = db
+            .hold(
+                &HoldRequest {
+                    event_id: e,
+                    items: vec![
+                        HoldItem::Seats {
+                            seats: vec!["A-1-5".into()],
+                        },
+                        best.clone(),
+                    ],
+                },
+                &[1; 32],
+                T0,
+                MIN,
+            )
+            .unwrap();
+        let one = seats_of(one);
+        assert_eq!(one.len(), 3, "{name}: {one:?}");
+        assert_eq!(
+            one.iter().filter(|k| *k == "A-1-5").count(),
+            1,
+            "{name}: {one:?}"
+        );
+        let two = db
+            .hold(
+                &HoldRequest {
+                    event_id: e,
+                    items: vec![best.clone(), best],
+                },
+                &[2; 32],
+                T0,
+                MIN,
+            )
+            .unwrap();
+        let two = seats_of(two);
+        let unique: std::collections::HashSet<&String> = two.iter().chain(&one).collect();
+        assert_eq!((two.len(), unique.len()), (4, 7), "{name}: {one:?} {two:?}");
+        feed_adds_up(&*db, e, T0, name);
+    }
+}
+
+#[test]
 fn a_hold_for_what_is_not_on_sale_or_too_much_is_refused_and_takes_nothing() {
     for (name, db, _tmp) in backends() {
         let (e, s, floor) = on_sale(&*db, 5);

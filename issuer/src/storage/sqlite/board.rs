@@ -124,8 +124,16 @@ impl Boards {
             _ => false,
         };
         if !current {
-            if self.events.len() >= MAX_BOARDS {
-                self.clear();
+            if self.events.len() >= MAX_BOARDS && !self.events.contains_key(&event_id) {
+                // One other event's board goes (built again if asked for).
+                if let Some(&other) = self.events.keys().next() {
+                    self.forget(other);
+                    self.undo.retain(|u| match u {
+                        Undo::Seat { event, .. }
+                        | Undo::Seq { event, .. }
+                        | Undo::Built { event } => *event != other,
+                    });
+                }
             }
             // What the change under way replayed is in the board built.
             self.undo.retain(|u| match u {

@@ -99,6 +99,12 @@ impl Inventory for SqliteStorage {
         client: Option<(&str, u32)>,
     ) -> Result<Hold> {
         request.check()?;
+        // A category too nearly sold out for what is asked is refused from
+        // a read, without waiting for the writer: after a sell-out, buyers
+        // asking again and again cost the writer nothing.
+        if let Some(refusal) = sold_out(&self.read(), request, now_ms)? {
+            return Err(refusal);
+        }
         let until = now_ms.saturating_add(ttl_ms);
         self.write(|tx| {
         let event = match SqliteStorage::event_row(tx, request.event_id)? {
@@ -215,7 +221,7 @@ impl Inventory for SqliteStorage {
                     // were announced above).
                     let first = {
                         let mut boards = self.boards();
-                        let free = boards.free(tx, event.id, c.id, now_ms)?.to_vec();
+                        let mut free = boards.free(tx, event.id, c.id, now_ms)?.to_vec();
                         if free.len() != capacity {
                             boards.forget(event.id);
                             return Err(StorageError::Backend(format!(
@@ -223,6 +229,13 @@ impl Inventory for SqliteStorage {
                                 c.info.name,
                                 free.len()
                             )));
+                        }
+                        // Seats this hold took already, by an item before,
+                        // are not on the board yet.
+                        for (_, n, _) in taken.iter().filter(|t| t.0 == c.id) {
+                            if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i)) {
+                                *f = false;
+                            }
                         }
                         let mut views: Vec<&[bool]> = Vec::with_capacity(rows.len());
                         let mut starts = Vec::with_capacity(rows.len());
@@ -444,6 +457,47 @@ impl Inventory for SqliteStorage {
     fn announce_expired(&self, now_ms: u64) -> Result<usize> {
         self.announce_all(now_ms)
     }
+}
+
+/// Why `request` cannot be met, if one of its quantities (or best seats)
+/// asks more places of an on-sale event's category than are free now.
+/// Only that is decided here; everything else is left to the hold itself.
+fn sold_out(conn: &Connection, request: &HoldRequest, now_ms: u64) -> Result<Option<StorageError>> {
+    for item in &request.items {
+        let (HoldItem::Quantity {
+            category_id,
+            quantity,
+        }
+        | HoldItem::Best {
+            category_id,
+            quantity,
+        }) = item
+        else {
+            continue;
+        };
+        let found: Option<(String, i64)> = conn
+            .prepare_cached(
+                "SELECT c.name,
+                        (SELECT count(*) FROM (SELECT 1 FROM places p
+                          WHERE p.category_id = c.id AND p.order_id IS NULL AND p.held_until <= ?3
+                          LIMIT ?4))
+                 FROM categories c JOIN events e ON e.id = c.event_id
+                 WHERE c.id = ?1 AND c.event_id = ?2 AND e.status = 'on_sale' AND c.per_order >= ?4",
+            )?
+            .query_row(
+                params![key(*category_id), key(request.event_id), key(now_ms), quantity],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((name, free)) = found
+            && free < i64::from(*quantity)
+        {
+            return Ok(Some(StorageError::Conflict(format!(
+                "{name} has {free} places left, not {quantity}"
+            ))));
+        }
+    }
+    Ok(None)
 }
 
 /// A hold as it stands at `now_ms`.

@@ -71,8 +71,7 @@ pub(super) const EVENT_COLUMNS: &str = "id, name, description, performers, genre
 impl SqliteStorage {
     /// Opens (creating) the data directory's database.
     pub fn open(dir: &Path) -> std::result::Result<SqliteStorage, crate::Error> {
-        let writer = writer::Writer::new(crate::store::open_db(dir)?)
-            .map_err(|e| crate::Error::io(dir, e))?;
+        let writer = writer::Writer::new(crate::store::open_db(dir)?, crate::store::open_db(dir)?)?;
         Ok(SqliteStorage {
             writer,
             readers: (0..READERS)

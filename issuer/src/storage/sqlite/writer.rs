@@ -24,7 +24,15 @@ const MAX_BATCH: usize = 256;
 pub(super) struct Writer {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
+    checkpoints: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How often the log is copied into the database, beside the writer.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Pages of log past which the writer copies them itself (4 KiB each):
+/// only if the checkpoints beside it fall behind.
+const CHECKPOINT_AT: i64 = 1000;
 
 struct Shared {
     /// The one connection that writes (SQLite lets one writer in at a
@@ -32,7 +40,10 @@ struct Shared {
     /// that run their own transaction ([`Writer::conn`]).
     conn: Mutex<Connection>,
     queue: Mutex<Queue>,
+    /// A change was queued (the writer waits on it).
     ready: Condvar,
+    /// The writer is stopping (the checkpoints wait on it).
+    stopping: Condvar,
     /// Which seats are free, for best-seats holds ([`super::board`]).
     boards: Mutex<Boards>,
 }
@@ -85,6 +96,35 @@ impl Done {
     }
 }
 
+/// Waits for a job to be told, when dropped: however its caller's frame
+/// ends, it does not end while the job may still use it.
+struct WaitOnDrop<'a>(&'a Done);
+
+impl Drop for WaitOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.wait();
+    }
+}
+
+/// The writer connection with a batch open. Should making the batch
+/// panic, the batch is rolled back and the boards dropped as this goes,
+/// before any of its changes' callers is told.
+struct Open<'a> {
+    conn: MutexGuard<'a, Connection>,
+    shared: &'a Shared,
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            lock(&self.shared.boards).clear();
+        }
+    }
+}
+
 impl Job {
     fn finish(mut self, outcome: std::result::Result<(), String>) {
         // The work goes first: it borrows from its caller's frame, which
@@ -103,22 +143,36 @@ impl Drop for Job {
 }
 
 impl Writer {
-    pub fn new(conn: Connection) -> std::io::Result<Writer> {
+    /// The writer of `conn`, with `checkpointer` (another connection to the
+    /// same database) copying the write-ahead log into the database beside
+    /// it, so that commits do not.
+    pub fn new(conn: Connection, checkpointer: Connection) -> rusqlite::Result<Writer> {
+        conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_AT)?;
         let shared = Arc::new(Shared {
             conn: Mutex::new(conn),
             queue: Mutex::default(),
             ready: Condvar::new(),
+            stopping: Condvar::new(),
             boards: Mutex::default(),
         });
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
-                .spawn(move || run(&shared))?
+                .spawn(move || run(&shared))
+                .map_err(io_error)?
+        };
+        let checkpoints = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("sqlite-checkpoint".into())
+                .spawn(move || checkpoint(&shared, &checkpointer))
+                .map_err(io_error)?
         };
         Ok(Writer {
             shared,
             thread: Some(thread),
+            checkpoints: Some(checkpoints),
         })
     }
 
@@ -178,6 +232,8 @@ impl Writer {
                 done: done.clone(),
             });
         }
+        // From here this frame must outlive the job, even if unwinding.
+        let _stay = WaitOnDrop(&done);
         self.shared.ready.notify_one();
         let outcome = done.wait();
         let value = value.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -198,8 +254,37 @@ impl Drop for Writer {
     fn drop(&mut self) {
         lock(&self.shared.queue).stop = true;
         self.shared.ready.notify_all();
-        if let Some(t) = self.thread.take() {
+        self.shared.stopping.notify_all();
+        for t in [self.thread.take(), self.checkpoints.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
+        }
+    }
+}
+
+fn io_error(e: std::io::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+/// Copies the log into the database now and then, without holding up the
+/// writer (a passive checkpoint copies what no reader still needs), until
+/// the writer stops.
+fn checkpoint(shared: &Shared, conn: &Connection) {
+    loop {
+        {
+            let q = lock(&shared.queue);
+            let (q, _) = shared
+                .stopping
+                .wait_timeout_while(q, CHECKPOINT_EVERY, |q| !q.stop)
+                .unwrap_or_else(|p| p.into_inner());
+            if q.stop {
+                return;
+            }
+        }
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "copying the write-ahead log into the database");
         }
     }
 }
@@ -228,26 +313,32 @@ fn run(shared: &Shared) {
 /// Makes `jobs`, and those queued meanwhile, in one transaction and
 /// commits it.
 fn batch(shared: &Shared, mut jobs: Vec<Job>) {
-    let conn = lock(&shared.conn);
+    // Declared before the open batch: on a panic, the batch is undone
+    // (`Open`'s drop) before these are told.
+    let mut made: Vec<Job> = Vec::with_capacity(jobs.len());
+    let open = Open {
+        conn: lock(&shared.conn),
+        shared,
+    };
+    let conn = &open.conn;
     if !conn.is_autocommit() {
         // Left open by a batch that broke off.
         let _ = conn.execute_batch("ROLLBACK");
     }
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let why = e.to_string();
-        drop(conn);
+        drop(open);
         for job in jobs {
             job.finish(Err(why.clone()));
         }
         return;
     }
-    let mut made: Vec<Job> = Vec::with_capacity(jobs.len());
     let mut broken = None;
     loop {
         for mut job in jobs {
             if broken.is_none()
                 && let Some(work) = job.work.take()
-                && !work(&conn)
+                && !work(conn)
             {
                 broken = Some("a change could not be closed".to_owned());
             }
@@ -276,7 +367,7 @@ fn batch(shared: &Shared, mut jobs: Vec<Job>) {
         let _ = conn.execute_batch("ROLLBACK");
         lock(&shared.boards).clear();
     }
-    drop(conn);
+    drop(open);
     for job in made {
         job.finish(outcome.clone());
     }
