@@ -371,6 +371,9 @@ async fn holds(host: &str, buyers: usize, seconds: u64, event: (u64, u64, u64)) 
     );
 }
 
+/// Seconds of holds at the offered rate before they are counted.
+const WARM_UP: u64 = 2;
+
 /// Phase 1b: holds offered at a fixed `rate` a second by `buyers` buyers
 /// (each holds, then lets go, on its own schedule), for `seconds`; the
 /// latency of each hold counts from when it was due, so a server that
@@ -379,13 +382,15 @@ async fn holds_at(host: &str, buyers: usize, rate: u64, seconds: u64, event: (u6
     let conflicts = Arc::new(AtomicU64::new(0));
     let every = Duration::from_secs_f64(buyers as f64 / rate as f64);
     let start = tokio::time::Instant::now() + Duration::from_millis(500);
-    let n = (seconds * rate / buyers as u64).max(1) as u32;
+    let n = ((seconds + WARM_UP) * rate / buyers as u64).max(1) as u32;
+    let counted_from = start + Duration::from_secs(WARM_UP);
     let mut tasks = Vec::new();
     for b in 0..buyers {
         let (host, conflicts) = (host.to_owned(), conflicts.clone());
         tasks.push(tokio::spawn(async move {
             let mut c = Conn::open(&host).await;
             let (mut hold, mut release) = (Latencies::default(), Latencies::default());
+            let mut slowest: Vec<u64> = Vec::new();
             let first = start + every.mul_f64(b as f64 / buyers as f64);
             for i in 0..n {
                 let due = first + every * i;
@@ -394,14 +399,25 @@ async fn holds_at(host: &str, buyers: usize, rate: u64, seconds: u64, event: (u6
                 let (status, h) = c.json("POST", "/api/v1/holds", None, Some(&body)).await;
                 match status {
                     201 => {
-                        hold.add(due.elapsed());
+                        // The first seconds warm up (connections, threads,
+                        // caches) and are not counted.
+                        if due >= counted_from {
+                            hold.add(due.elapsed());
+                        }
+                        let second = (due - start).as_secs_f64() as usize;
+                        if slowest.len() <= second {
+                            slowest.resize(second + 1, 0);
+                        }
+                        slowest[second] = slowest[second].max(due.elapsed().as_millis() as u64);
                         let token = h["token"].as_str().unwrap();
                         let t = Instant::now();
                         let (status, _) = c
                             .call("DELETE", &format!("/api/v1/holds/{token}"), &[], None)
                             .await;
                         assert_eq!(status, 200);
-                        release.add(t.elapsed());
+                        if due >= counted_from {
+                            release.add(t.elapsed());
+                        }
                     }
                     409 => {
                         conflicts.fetch_add(1, Ordering::Relaxed);
@@ -409,18 +425,25 @@ async fn holds_at(host: &str, buyers: usize, rate: u64, seconds: u64, event: (u6
                     other => panic!("hold: {other} {h}"),
                 }
             }
-            (hold, release)
+            (hold, release, slowest)
         }));
     }
     let (mut hold, mut release) = (Latencies::default(), Latencies::default());
+    let mut slowest: Vec<u64> = Vec::new();
     for t in tasks {
-        let (h, r) = t.await.unwrap();
+        let (h, r, s) = t.await.unwrap();
         hold.merge(h);
         release.merge(r);
+        if slowest.len() < s.len() {
+            slowest.resize(s.len(), 0);
+        }
+        for (a, b) in slowest.iter_mut().zip(s) {
+            *a = (*a).max(b);
+        }
     }
-    let took = (tokio::time::Instant::now() - start).as_secs_f64();
+    let took = (tokio::time::Instant::now() - counted_from).as_secs_f64();
     println!(
-        "holds offered at {rate}/s ({buyers} buyers, each holding then letting go every {:.0} ms): \
+        "holds offered at {rate}/s ({buyers} buyers, each holding then letting go every {:.0} ms; {WARM_UP} s of warm-up not counted): \
          {:.0} holds/s made (and as many releases); {} refused as taken; \
          hold (from when due) {}; release {}",
         every.as_secs_f64() * 1000.0,
@@ -429,6 +452,7 @@ async fn holds_at(host: &str, buyers: usize, rate: u64, seconds: u64, event: (u6
         hold.line(),
         release.line()
     );
+    println!("  slowest hold due in each second (ms): {slowest:?}");
 }
 
 /// Phase 2: hold, order and pay until sold out; then the oversell check.

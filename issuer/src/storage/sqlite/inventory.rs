@@ -349,10 +349,24 @@ impl Inventory for SqliteStorage {
                 item.execute(params![&token_hash[..], key(*c), n, seat, key(place.price)])?;
             }
         }
+        // The hold as `hold_of` reads it: places by category and number.
+        let mut order: Vec<(u64, i64, HeldPlace)> = taken
+            .iter()
+            .zip(places)
+            .map(|((c, n, _), place)| (*c, *n, place))
+            .collect();
+        order.sort_by_key(|(c, n, _)| (*c, *n));
         let moved: Vec<(u64, Option<String>)> =
             taken.into_iter().map(|(c, _, seat)| (c, seat)).collect();
         record(tx, event.id, now_ms, ChangeKind::Held, &moved)?;
-        hold_of(tx, token_hash, now_ms)
+        Ok(Hold {
+            event_id: event.id,
+            expires_at: until,
+            state: if until <= now_ms { HoldState::Expired } else { HoldState::Active },
+            places: order.into_iter().map(|(_, _, place)| place).collect(),
+            total,
+            currency,
+        })
         })
     }
 
@@ -374,8 +388,11 @@ impl Inventory for SqliteStorage {
                 [&token_hash[..]],
             )?;
                 record(tx, hold.event_id, now_ms, ChangeKind::Released, &places)?;
+                return Ok(Hold {
+                    state: HoldState::Released,
+                    ..hold
+                });
             }
-            let hold = hold_of(tx, token_hash, now_ms)?;
             Ok(hold)
         })
     }
