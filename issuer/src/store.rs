@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0012_free_places.sql"),
     include_str!("../migrations/0013_payment_method.sql"),
     include_str!("../migrations/0014_buyer_cancellation.sql"),
+    include_str!("../migrations/0015_places_by_hold_items.sql"),
 ];
 
 /// An opened data directory.

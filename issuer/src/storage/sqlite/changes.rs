@@ -92,7 +92,8 @@ fn announce_some(conn: &Connection, event_id: Option<u64>, now_ms: u64) -> Resul
         let places = moved(
             conn,
             "UPDATE places SET hold = NULL, held_until = 0
-             WHERE hold = ?1 AND hold IS NOT NULL AND order_id IS NULL AND held_until <= ?2
+             WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items WHERE hold = ?1)
+               AND hold = ?1 AND order_id IS NULL AND held_until <= ?2
              RETURNING category_id, seat_key",
             params![hold, key(now_ms)],
         )?;

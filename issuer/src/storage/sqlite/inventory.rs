@@ -378,15 +378,16 @@ impl Inventory for SqliteStorage {
         self.write(|tx| {
             let hold = hold_of(tx, token_hash, now_ms)?;
             if hold.state == HoldState::Active {
-                tx.prepare_cached("UPDATE holds SET released_at = ?2 WHERE token_hash = ?1")?.execute(
-                    params![&token_hash[..], key(now_ms)],
-                )?;
+                tx.prepare_cached("UPDATE holds SET released_at = ?2 WHERE token_hash = ?1")?
+                    .execute(params![&token_hash[..], key(now_ms)])?;
                 let places = moved(
-                tx,
-                "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND hold IS NOT NULL AND order_id IS NULL
+                    tx,
+                    "UPDATE places SET hold = NULL, held_until = 0
+                 WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items WHERE hold = ?1)
+                   AND hold = ?1 AND order_id IS NULL
                  RETURNING category_id, seat_key",
-                [&token_hash[..]],
-            )?;
+                    [&token_hash[..]],
+                )?;
                 record(tx, hold.event_id, now_ms, ChangeKind::Released, &places)?;
                 return Ok(Hold {
                     state: HoldState::Released,

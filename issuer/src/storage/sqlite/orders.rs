@@ -346,7 +346,8 @@ impl Orders for SqliteStorage {
             // Places paid back are for sale again.
             let places = moved(
                 tx,
-                "UPDATE places SET order_id = NULL, hold = NULL, held_until = 0 WHERE order_id = ?1
+                "UPDATE places SET order_id = NULL, hold = NULL, held_until = 0
+             WHERE order_id = ?1 AND order_id IS NOT NULL
              RETURNING category_id, seat_key",
                 [id],
             )?;
@@ -595,12 +596,15 @@ impl Orders for SqliteStorage {
             )?;
             // Its hold goes too: the places are free at once, and the hold can
             // be ordered no more.
-            tx.prepare_cached("UPDATE holds SET released_at = ?2 WHERE token_hash = ?1 AND released_at IS NULL")?.execute(
-                params![&hold[..], key(now_ms)],
-            )?;
+            tx.prepare_cached(
+                "UPDATE holds SET released_at = ?2 WHERE token_hash = ?1 AND released_at IS NULL",
+            )?
+            .execute(params![&hold[..], key(now_ms)])?;
             let places = moved(
                 tx,
-                "UPDATE places SET hold = NULL, held_until = 0 WHERE hold = ?1 AND hold IS NOT NULL AND order_id IS NULL
+                "UPDATE places SET hold = NULL, held_until = 0
+             WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items WHERE hold = ?1)
+               AND hold = ?1 AND order_id IS NULL
              RETURNING category_id, seat_key",
                 [&hold[..]],
             )?;
