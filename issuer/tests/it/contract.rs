@@ -897,6 +897,53 @@ fn best_seats_asked_beside_other_items_of_one_hold_pass_over_the_seats_it_took()
 }
 
 #[test]
+fn a_hold_sees_the_event_as_another_program_changed_it() {
+    for (name, db, tmp) in backends() {
+        let (e, _, f) = on_sale(&*db, 5);
+        let two = |token: u8| {
+            db.hold(
+                &HoldRequest {
+                    event_id: e,
+                    items: vec![HoldItem::Quantity {
+                        category_id: f,
+                        quantity: 2,
+                    }],
+                },
+                &[token; 32],
+                T0,
+                MIN,
+            )
+        };
+        two(1).unwrap();
+        // Another program (an operator's SQL, another issuer) stops the
+        // sale and changes the limit behind this one's back.
+        if name == "sqlite" {
+            let other = rusqlite::Connection::open(tmp.path().join("data/issuer.db")).unwrap();
+            other
+                .execute(
+                    "UPDATE events SET status = 'cancelled' WHERE id = ?1",
+                    [e as i64],
+                )
+                .unwrap();
+            assert!(matches!(two(2), Err(StorageError::Conflict(_))), "{name}");
+            other
+                .execute(
+                    "UPDATE events SET status = 'on_sale' WHERE id = ?1",
+                    [e as i64],
+                )
+                .unwrap();
+            other
+                .execute(
+                    "UPDATE categories SET per_order = 1 WHERE id = ?1",
+                    [f as i64],
+                )
+                .unwrap();
+            assert!(matches!(two(3), Err(StorageError::Invalid(_))), "{name}");
+        }
+    }
+}
+
+#[test]
 fn a_hold_for_what_is_not_on_sale_or_too_much_is_refused_and_takes_nothing() {
     for (name, db, _tmp) in backends() {
         let (e, s, floor) = on_sale(&*db, 5);

@@ -107,8 +107,9 @@ impl Inventory for SqliteStorage {
         }
         let until = now_ms.saturating_add(ttl_ms);
         self.write(|tx| {
-        let event = match SqliteStorage::event_row(tx, request.event_id)? {
-            Some((e, _)) if e.status != EventStatus::Draft => e,
+        let shelved = self.shelved(tx, request.event_id)?;
+        let (event, categories) = match shelved.as_deref() {
+            Some((e, categories)) if e.status != EventStatus::Draft => (e, categories),
             _ => {
                 return Err(StorageError::NotFound(format!(
                     "event {}",
@@ -126,10 +127,6 @@ impl Inventory for SqliteStorage {
         // Places of holds whose time passed are told free before they are
         // taken again, so the live feed's moves add up.
         announce_expired_in(tx, Some(event.id), now_ms)?;
-        let categories: BTreeMap<u64, Category> = categories_of(tx, event.id)?
-            .into_iter()
-            .map(|c| (c.id, c))
-            .collect();
         // Quantities beyond an order's limit are refused before anything
         // is looked for (seats asked by key are counted once found).
         for item in &request.items {
@@ -283,7 +280,7 @@ impl Inventory for SqliteStorage {
         // Per category: on sale now, within its limit, at its price now.
         let now_s = now_ms / 1000;
         let mut prices: BTreeMap<u64, u64> = BTreeMap::new();
-        for (id, c) in &categories {
+        for (id, c) in categories {
             let count = taken.iter().filter(|t| t.0 == *id).count();
             if count == 0 {
                 continue;

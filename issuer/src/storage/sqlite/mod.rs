@@ -46,7 +46,23 @@ pub struct SqliteStorage {
     rows: Mutex<std::collections::HashMap<u64, std::sync::Arc<Vec<usize>>>>,
     /// When old live-feed changes were last cleared (unix ms).
     pruned_at: std::sync::atomic::AtomicU64,
+    /// Events and their categories as holds read them
+    /// ([`SqliteStorage::shelved`]).
+    shelf: Mutex<Shelf>,
 }
+
+/// An event with its categories, by id.
+pub(super) type Shelved = std::sync::Arc<(Event, std::collections::BTreeMap<u64, Category>)>;
+
+#[derive(Default)]
+struct Shelf {
+    /// The writer connection's `PRAGMA data_version` they were read at.
+    version: i64,
+    events: std::collections::HashMap<u64, Shelved>,
+}
+
+/// Most events kept on the shelf.
+const SHELF: usize = 256;
 
 impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> StorageError {
@@ -80,13 +96,54 @@ impl SqliteStorage {
             dir: dir.to_owned(),
             rows: Mutex::default(),
             pruned_at: std::sync::atomic::AtomicU64::new(0),
+            shelf: Mutex::default(),
         })
     }
 
     /// The writer connection between batches: for the rare writes that
     /// run their own transaction (the catalogue's).
     pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.writer.conn()
+        let conn = self.writer.conn();
+        // What it writes may be an event or its categories.
+        self.shelf
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .events
+            .clear();
+        conn
+    }
+
+    /// The event `id`, if there is one, with its categories, as the
+    /// writer's transaction `tx` sees them: kept from one hold to the next
+    /// while the catalogue does not change. Every catalogue write clears
+    /// them ([`SqliteStorage::conn`]), and so does a write by any other
+    /// connection (another process's: `PRAGMA data_version` tells). Only
+    /// the writer calls it.
+    pub(super) fn shelved(&self, tx: &Connection, id: u64) -> Result<Option<Shelved>> {
+        let version: i64 = tx
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        let mut shelf = self.shelf.lock().unwrap_or_else(|p| p.into_inner());
+        if shelf.version != version {
+            shelf.events.clear();
+            shelf.version = version;
+        }
+        if let Some(found) = shelf.events.get(&id) {
+            return Ok(Some(found.clone()));
+        }
+        let Some((event, _)) = Self::event_row(tx, id)? else {
+            return Ok(None);
+        };
+        let categories = catalogue::categories_of(tx, id)?
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect();
+        let found: Shelved = std::sync::Arc::new((event, categories));
+        if shelf.events.len() >= SHELF {
+            shelf.events.clear();
+        }
+        shelf.events.insert(id, found.clone());
+        Ok(Some(found))
     }
 
     fn boards(&self) -> MutexGuard<'_, board::Boards> {
