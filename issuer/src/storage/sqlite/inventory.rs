@@ -139,7 +139,7 @@ impl Inventory for SqliteStorage {
                 quantity,
             } = item
             {
-                let c = category(&categories, *category_id)?;
+                let c = category(categories, *category_id)?;
                 if *quantity > c.info.per_order {
                     return Err(StorageError::Invalid(format!(
                         "{} sells at most {} places an order",
@@ -174,7 +174,7 @@ impl Inventory for SqliteStorage {
                     category_id,
                     quantity,
                 } => {
-                    let c = category(&categories, *category_id)?;
+                    let c = category(categories, *category_id)?;
                     let free: Vec<i64> = tx
                         .prepare_cached(
                             "SELECT n FROM places
@@ -203,7 +203,7 @@ impl Inventory for SqliteStorage {
                     category_id,
                     quantity,
                 } => {
-                    let c = category(&categories, *category_id)?;
+                    let c = category(categories, *category_id)?;
                     if !matches!(c.info.places, Places::Seats { .. }) {
                         return Err(StorageError::Invalid(format!(
                             "{} is standing: ask for a quantity, not the best seats",
