@@ -2,24 +2,28 @@
 //! build, a fresh data directory, SQLite) on 127.0.0.1, driven by buyers in
 //! this process over HTTP/1.1 keep-alive connections and WebSockets.
 //!
-//!     cargo bench -p issuer --bench booking [-- --buyers 2000 --seconds 10]
+//!     cargo bench -p issuer --bench booking [-- --buyers 2000 --seconds 10
+//!         --hold-rate 5000 --phases saturation,holds,orders,browse,states,live]
 //!
-//! One event sells 5,000 seats (5 sections of 20 rows of 50) and 5,000
-//! standing places. Phases, one after the other:
-//! 1. holds: every buyer holds (the best 2 seats, or 2 standing places) and
-//!    lets go, again and again; holds a second and their latency;
-//! 2. orders, end to end, until the event is sold out: hold, order, pay by
+//! Each phase has an event of its own: 5,000 seats (5 sections of 20 rows
+//! of 50) and 5,000 standing places. Phases, in this order:
+//! 1. saturation: every buyer holds (the best 2 seats, or 2 standing places)
+//!    and lets go, again and again at once; the most holds a second;
+//! 2. holds: holds offered at a fixed rate, each buyer on its own schedule,
+//!    latency counted from when each was due, after a warm-up;
+//! 3. orders, end to end, until the event is sold out: hold, order, pay by
 //!    the sandbox gateway's test card, signed tickets in the answer; then
 //!    the oversell check (every seat sold once, sold = places in paid
 //!    orders, never beyond capacity);
-//! 3. browse and search at a fixed 1,000 requests a second (latency from
+//! 4. browse and search at a fixed 1,000 requests a second (latency from
 //!    when each request was due, so a slow server cannot hide its queue);
-//! 4. the seat states of a 20,000-seat event, one client;
-//! 5. live availability: 5,000 WebSocket watchers, and how long a seat
+//! 5. the seat states of a 20,000-seat event, one client;
+//! 6. live availability: 5,000 WebSocket watchers, and how long a seat
 //!    change takes to reach each.
 //!
 //! The buyers share the machine's cores with the server: the figures are
-//! the server's with a load generator beside it.
+//! the server's with a load generator beside it. `--host ADDR --data DIR`
+//! drives a server already running (under a profiler, say) instead.
 
 use std::collections::HashSet;
 use std::sync::Arc;
