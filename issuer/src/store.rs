@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0013_payment_method.sql"),
     include_str!("../migrations/0014_buyer_cancellation.sql"),
     include_str!("../migrations/0015_places_by_hold_items.sql"),
+    include_str!("../migrations/0016_orders_by_batch_and_event.sql"),
 ];
 
 /// An opened data directory.
