@@ -237,11 +237,16 @@ impl SqliteStorage {
             if prune {
                 // Changes older than a day go (a watcher that far behind
                 // gets a snapshot), but each event keeps its newest, so its
-                // numbers never start again.
+                // numbers never start again. Only the oldest rows are read
+                // (ids grow with time: those before the first one young
+                // enough to stay), never the whole table.
                 tx.prepare_cached(
                     "DELETE FROM place_changes WHERE id IN (
                          SELECT c.id FROM place_changes c
-                         WHERE c.at < ?1
+                         WHERE c.id < coalesce(
+                                 (SELECT id FROM place_changes WHERE at >= ?1 ORDER BY id LIMIT 1),
+                                 (SELECT max(id) + 1 FROM place_changes))
+                           AND c.at < ?1
                            AND c.seq < (SELECT max(seq) FROM place_changes p
                                         WHERE p.event_id = c.event_id)
                          ORDER BY c.id LIMIT 10000)",
