@@ -660,35 +660,12 @@ fn best_seats_sit_together_leaving_no_lone_seat_when_they_can() {
         let taken: Vec<String> = (4..=10).map(|n| format!("A-1-{n}")).collect();
         let keys: Vec<&str> = taken.iter().map(String::as_str).collect();
         db.hold(&seats(e, &keys), &[1; 32], T0, 10 * MIN).unwrap();
-        let best = |n, token: u8| {
-            db.hold(
-                &HoldRequest {
-                    event_id: e,
-                    items: vec![HoldItem::Best {
-                        category_id: s,
-                        quantity: n,
-                    }],
-                },
-                &[token; 32],
-                T0,
-                10 * MIN,
-            )
-        };
-        let two = best(2, 2).unwrap();
-        let got: Vec<&str> = two
-            .places
-            .iter()
-            .filter_map(|p| p.seat.as_deref())
-            .collect();
+        let best = |n, token: u8| best_of(&*db, e, s, n, token, T0, 10 * MIN);
+        let got = best(2, 2).unwrap();
         assert_eq!(got.len(), 2, "{name}");
         assert!(got.iter().all(|k| k.starts_with("A-2-")), "{name}: {got:?}");
         // Three fit exactly in row 1.
-        let three = best(3, 3).unwrap();
-        let got: Vec<&str> = three
-            .places
-            .iter()
-            .filter_map(|p| p.seat.as_deref())
-            .collect();
+        let got = best(3, 3).unwrap();
         assert_eq!(got, ["A-1-1", "A-1-2", "A-1-3"], "{name}");
         // No row has 11.
         assert!(matches!(

@@ -68,6 +68,11 @@ impl Boards {
     /// Forgets one event's board.
     pub fn forget(&mut self, event_id: u64) {
         self.events.remove(&event_id);
+        self.undo.retain(|u| match u {
+            Undo::Seat { event, .. } | Undo::Seq { event, .. } | Undo::Built { event } => {
+                *event != event_id
+            }
+        });
     }
 
     /// A change begins: what it replays can be undone with it.
@@ -128,19 +133,10 @@ impl Boards {
                 // One other event's board goes (built again if asked for).
                 if let Some(&other) = self.events.keys().next() {
                     self.forget(other);
-                    self.undo.retain(|u| match u {
-                        Undo::Seat { event, .. }
-                        | Undo::Seq { event, .. }
-                        | Undo::Built { event } => *event != other,
-                    });
                 }
             }
             // What the change under way replayed is in the board built.
-            self.undo.retain(|u| match u {
-                Undo::Seat { event, .. } | Undo::Seq { event, .. } | Undo::Built { event } => {
-                    *event != event_id
-                }
-            });
+            self.forget(event_id);
             self.events
                 .insert(event_id, Board::build(conn, event_id, now_ms)?);
             self.undo.push(Undo::Built { event: event_id });

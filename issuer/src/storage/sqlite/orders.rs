@@ -128,6 +128,13 @@ pub(super) fn tickets_of_batch(conn: &Connection, batch: i64) -> Result<Vec<Issu
 }
 
 /// Settles a payment that succeeded ([`crate::domain::order::settle_payment`]).
+/// Notes the payment `intent` of an order and settles it as succeeded.
+fn pay_in(tx: &Connection, code: &str, intent: &str, now_ms: u64) -> Result<Settled> {
+    tx.prepare_cached("UPDATE orders SET payment_intent = ?2, updated_at = ?3 WHERE code = ?1")?
+        .execute(params![code, intent, key(now_ms)])?;
+    settle_in(tx, code, now_ms)
+}
+
 fn settle_in(tx: &Connection, code: &str, now_ms: u64) -> Result<Settled> {
     let (id, hold_hash, order) = by_code(tx, code)?;
     if matches!(order.state, OrderState::Paid | OrderState::Refunded) {
@@ -290,13 +297,7 @@ impl Orders for SqliteStorage {
 
     fn pay(&self, code: &str, intent: &str, now_ms: u64) -> Result<Settled> {
         // The payment noted and settled in one change: one commit.
-        self.write(|tx| {
-            tx.prepare_cached(
-                "UPDATE orders SET payment_intent = ?2, updated_at = ?3 WHERE code = ?1",
-            )?
-            .execute(params![code, intent, key(now_ms)])?;
-            settle_in(tx, code, now_ms)
-        })
+        self.write(|tx| pay_in(tx, code, intent, now_ms))
     }
 
     fn mark_failed(&self, code: &str, why: &str, now_ms: u64) -> Result<Order> {
@@ -374,11 +375,7 @@ impl Orders for SqliteStorage {
     ) -> Result<Settled> {
         // The payment noted, settled and its tickets recorded: one commit.
         self.write(|tx| {
-            tx.prepare_cached(
-                "UPDATE orders SET payment_intent = ?2, updated_at = ?3 WHERE code = ?1",
-            )?
-            .execute(params![code, intent, key(now_ms)])?;
-            let settled = settle_in(tx, code, now_ms)?;
+            let settled = pay_in(tx, code, intent, now_ms)?;
             if let Settled::Paid(_) = settled {
                 // Tickets that cannot be recorded leave the payment be:
                 // they are signed afresh when asked for.
