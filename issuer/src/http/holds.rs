@@ -13,7 +13,7 @@ use super::body::JsonBody;
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::domain::hold::{Hold, HoldRequest};
-use crate::storage::Availability;
+use crate::storage::{Availability, Client};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -79,14 +79,13 @@ async fn add_hold(
     let (token, hash) = super::auth::new_secret("hold_");
     let ttl = s.hold_ttl_ms;
     // One address holds at most so many places of an event at once.
-    let client = address
-        .zip(s.max_held)
-        .map(|(ip, most)| (ip.to_string(), most));
+    let client = address.zip(s.max_held).map(|(ip, most)| Client {
+        address: ip.to_string(),
+        most,
+    });
     let hold = s
-        .db(move |db| {
-            let client = client.as_ref().map(|(a, most)| (a.as_str(), *most));
-            db.hold_for(&request, &hash, now_ms(), ttl, client)
-        })
+        .storage
+        .hold_pending(request, hash, now_ms(), ttl, client)
         .await?;
     s.changed();
     Ok((StatusCode::CREATED, Json(NewHold { token, hold })))
@@ -129,7 +128,7 @@ async fn release(
     Path(token): Path<String>,
 ) -> Result<Json<Hold>, ApiError> {
     let hash = hold_hash(&token)?;
-    let hold = s.db(move |db| db.release(&hash, now_ms())).await?;
+    let hold = s.storage.release_pending(hash, now_ms()).await?;
     s.changed();
     Ok(Json(hold))
 }

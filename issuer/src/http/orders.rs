@@ -24,7 +24,7 @@ use super::holds::now_ms;
 use super::{ApiError, AppState};
 use crate::domain::order::{Buyer, Order, order_code};
 use crate::payments::{Intent, IntentStatus, PaymentFailure, verify_webhook};
-use crate::storage::{Created, IssuedTicket, NewOrder, Settled, StorageError};
+use crate::storage::{Created, IssuedTicket, NewOrder, Settled, Signed, StorageError};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -96,11 +96,17 @@ pub fn link_secret(link_key: &[u8; 32], code: &str) -> String {
 /// none yet (a crash between payment and signing leaves none).
 async fn answer(s: &AppState, order: Order) -> Result<OrderAnswer, ApiError> {
     let secret = link_secret(&s.link_key, &order.code);
-    if order.state == crate::domain::order::OrderState::Paid {
-        issue_tickets(s, &order.code).await?;
-    }
+    let paid = order.state == crate::domain::order::OrderState::Paid;
+    let signer = s.signer.clone();
     let (code, hash) = (order.code.clone(), Sha256::digest(&secret).into());
-    let tickets = s.db(move |db| db.order_tickets(&code, &hash)).await?;
+    let tickets = s
+        .db(move |db| {
+            if paid {
+                sign_order(db, signer.as_deref(), &code)?;
+            }
+            db.order_tickets(&code, &hash)
+        })
+        .await?;
     Ok(OrderAnswer {
         link: format!("/api/v1/orders/{}?secret={secret}", order.code),
         secret,
@@ -112,17 +118,22 @@ async fn answer(s: &AppState, order: Order) -> Result<OrderAnswer, ApiError> {
 /// Signs and records a paid order's tickets, once: one a place, signed by
 /// the data directory's active key, as `issuer tickets issue` signs them.
 async fn issue_tickets(s: &AppState, code: &str) -> Result<(), ApiError> {
-    let Some(signer) = s.signer.clone() else {
-        return Err(ApiError::internal("no signing key to sign tickets with"));
-    };
-    let code = code.to_owned();
-    s.db(move |db| {
-        let signer = signer
-            .get()
-            .map_err(|e| StorageError::Backend(format!("the signing key: {e}")))?;
-        crate::issue::sign_order(db, &signer, &code, now_ms())
-    })
-    .await
+    let (signer, code) = (s.signer.clone(), code.to_owned());
+    s.db(move |db| sign_order(db, signer.as_deref(), &code))
+        .await
+}
+
+/// [`issue_tickets`] on the storage's thread.
+fn sign_order(
+    db: &dyn crate::storage::Storage,
+    signer: Option<&crate::keys::ActiveSigner>,
+    code: &str,
+) -> Result<(), StorageError> {
+    let signer = signer
+        .ok_or_else(|| StorageError::Backend("no signing key to sign tickets with".into()))?
+        .get()
+        .map_err(|e| StorageError::Backend(format!("the signing key: {e}")))?;
+    crate::issue::sign_order(db, &signer, code, now_ms())
 }
 
 /// Orders a hold's places and pays for them.
@@ -217,7 +228,7 @@ async fn add_order(
         }),
         payment_method: Some(req.payment_method.clone()),
     };
-    let order = match s.db(move |db| db.create_order(&new, now_ms())).await? {
+    let order = match s.storage.create_order_pending(new, now_ms()).await? {
         // The same request again: what it came to, never a second charge.
         Created::Again(order) => return Ok((StatusCode::OK, Json(answer(&s, order).await?))),
         Created::New(order) => order,
@@ -384,74 +395,84 @@ async fn ask_provider(
     }
 }
 
-/// Settles a payment that succeeded, with the order's tickets signed
-/// beforehand and recorded in the same change when there is a key to sign
-/// them (else they are signed when asked for).
-fn pay(
+/// The order's tickets, signed before its payment is settled so that
+/// they are recorded in the same change, when there is a key to sign them
+/// (else they are signed when asked for).
+fn sign_ahead(
     db: &dyn crate::storage::Storage,
     signer: Option<&crate::keys::ActiveSigner>,
     code: &str,
-    intent: &str,
-) -> Result<Settled, StorageError> {
-    let ahead = match signer.map(|s| s.get()) {
-        Some(Ok(signer)) => db
-            .tickets_to_sign_ahead(code)?
-            .map(|fields| crate::issue::sign_fields(&signer, fields).map(|t| (signer, t)))
-            .transpose()?,
-        _ => None,
+) -> Result<Option<Signed>, StorageError> {
+    let Some(Ok(signer)) = signer.map(|s| s.get()) else {
+        return Ok(None);
     };
-    match ahead {
-        Some((signer, tickets)) => db.pay_with_tickets(
-            code,
-            intent,
-            now_ms(),
-            &signer.key_id().to_string(),
-            &tickets,
-        ),
-        None => db.pay(code, intent, now_ms()),
-    }
+    let Some(fields) = db.tickets_to_sign_ahead(code)? else {
+        return Ok(None);
+    };
+    Ok(Some(Signed {
+        key_id: signer.key_id().to_string(),
+        tickets: crate::issue::sign_fields(&signer, fields)?,
+    }))
 }
 
 /// Brings an order in line with its payment as the provider reports it.
 async fn settle(s: &AppState, code: &str, intent: &Intent) -> Result<Order, ApiError> {
-    let (code, intent) = (code.to_owned(), intent.clone());
-    let (payments, signer) = (s.payments.clone(), s.signer.clone());
-    let settled = s
-        .db(move |db| {
-            match intent.status {
-                IntentStatus::Succeeded => match pay(db, signer.as_deref(), &code, &intent.id)? {
-                    Settled::Paid(o) | Settled::Already(o) => Ok(o),
-                    Settled::MustRefund(o) => {
-                        // Paid for places no longer to be had: paid back, once.
-                        let refund = refund(&*payments, &intent.id, &o)?;
-                        db.mark_refunded(
-                        &code,
-                        &refund,
-                        "its places could no longer be sold to it (the hold had expired and they \
-                         were taken, or the order or the event was cancelled): paid back",
-                        now_ms(),
-                    )
-                    }
-                },
-                IntentStatus::RequiresPaymentMethod | IntentStatus::Canceled => {
-                    let why = intent
-                        .last_payment_error
-                        .map(|e| match e.decline_code {
-                            Some(d) => format!("{}: {d}", e.code),
-                            None => e.code,
-                        })
-                        .unwrap_or_else(|| "the payment was not made".into());
-                    db.set_intent(&code, &intent.id, now_ms())?;
-                    db.mark_failed(&code, &why, now_ms())
-                }
-                IntentStatus::Processing | IntentStatus::Other => {
-                    db.set_intent(&code, &intent.id, now_ms())
-                }
-            }
-        })
-        .await;
+    let settled = settle_as_told(s, code, intent).await;
     s.changed();
     settled
+}
+
+async fn settle_as_told(s: &AppState, code: &str, intent: &Intent) -> Result<Order, ApiError> {
+    let (code, intent) = (code.to_owned(), intent.clone());
+    match intent.status {
+        IntentStatus::Succeeded => {
+            let signer = s.signer.clone();
+            let ahead = code.clone();
+            let signed = s
+                .db(move |db| sign_ahead(db, signer.as_deref(), &ahead))
+                .await?;
+            let settled = s
+                .storage
+                .pay_pending(code.clone(), intent.id.clone(), now_ms(), signed)
+                .await?;
+            match settled {
+                Settled::Paid(o) | Settled::Already(o) => Ok(o),
+                Settled::MustRefund(o) => {
+                    // Paid for places no longer to be had: paid back, once.
+                    let payments = s.payments.clone();
+                    s.db(move |db| {
+                        let refund = refund(&*payments, &intent.id, &o)?;
+                        db.mark_refunded(
+                            &code,
+                            &refund,
+                            "its places could no longer be sold to it (the hold had expired and \
+                             they were taken, or the order or the event was cancelled): paid back",
+                            now_ms(),
+                        )
+                    })
+                    .await
+                }
+            }
+        }
+        IntentStatus::RequiresPaymentMethod | IntentStatus::Canceled => {
+            let why = intent
+                .last_payment_error
+                .map(|e| match e.decline_code {
+                    Some(d) => format!("{}: {d}", e.code),
+                    None => e.code,
+                })
+                .unwrap_or_else(|| "the payment was not made".into());
+            s.db(move |db| {
+                db.set_intent(&code, &intent.id, now_ms())?;
+                db.mark_failed(&code, &why, now_ms())
+            })
+            .await
+        }
+        IntentStatus::Processing | IntentStatus::Other => {
+            s.db(move |db| db.set_intent(&code, &intent.id, now_ms()))
+                .await
+        }
+    }
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -3,8 +3,11 @@
 //! lives only in the implementations. Every implementation passes the same
 //! contract suite (`tests/it/contract.rs`).
 //!
-//! The traits are blocking and object safe (`Arc<dyn Storage>`): the HTTP
-//! layer calls them from tokio's blocking pool. Whatever decides between
+//! The traits are object safe (`Arc<dyn Storage>`). Most methods block:
+//! the HTTP layer calls them from tokio's blocking pool. The changes of the
+//! buying path (hold, release, order, payment) are [`Pending`]: they take
+//! owned arguments and return a future, so no thread waits on them; their
+//! blocking forms [`wait`] on it. Whatever decides between
 //! buyers (a seat sold once, a quota never exceeded) is decided by the
 //! database, in one transaction, never by one process's memory.
 
@@ -235,12 +238,44 @@ pub struct CategoryCount {
     pub count: u64,
 }
 
+/// A change on its way to the database: resolves once it is made, or
+/// refused. Awaiting it holds no thread.
+pub type Pending<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send>>;
+
+/// Waits for a pending change, blocking this thread: for tests and the
+/// command line, never for an async task.
+pub fn wait<T>(mut pending: Pending<T>) -> Result<T> {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(out) = pending.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+/// A buyer's address, and the most places of one event it may hold at
+/// once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Client {
+    pub address: String,
+    pub most: u32,
+}
+
 /// Places: held, let go, and what is left. Times are unix milliseconds,
 /// passed in: a hold ends when its time passes, with nothing run then.
 pub trait Inventory: Send + Sync {
     /// Takes every place asked for, or none (the first place that cannot
     /// be taken says why), for `ttl_ms`, at prices fixed now. The hold is
     /// known by its token's SHA-256.
+    /// Blocks this thread until the hold is made ([`Inventory::hold_pending`]).
     fn hold(
         &self,
         request: &HoldRequest,
@@ -248,25 +283,31 @@ pub trait Inventory: Send + Sync {
         now_ms: u64,
         ttl_ms: u64,
     ) -> Result<Hold> {
-        self.hold_for(request, token_hash, now_ms, ttl_ms, None)
+        wait(self.hold_pending(request.clone(), *token_hash, now_ms, ttl_ms, None))
     }
 
-    /// [`Inventory::hold`] for a client (its address) that may hold at most
-    /// so many places of one event at once, paid ones aside.
-    fn hold_for(
+    /// [`Inventory::hold`] without a thread waiting, for a client that may
+    /// hold at most so many places of one event at once, paid ones aside.
+    fn hold_pending(
         &self,
-        request: &HoldRequest,
-        token_hash: &[u8; 32],
+        request: HoldRequest,
+        token_hash: [u8; 32],
         now_ms: u64,
         ttl_ms: u64,
-        client: Option<(&str, u32)>,
-    ) -> Result<Hold>;
+        client: Option<Client>,
+    ) -> Pending<Hold>;
 
     /// A hold, as it stands at `now_ms`.
     fn hold_of(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold>;
 
-    /// Lets a hold's places go at once (again: nothing changes).
-    fn release(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold>;
+    /// Lets a hold's places go at once (again: nothing changes). Blocks
+    /// this thread ([`Inventory::release_pending`]).
+    fn release(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
+        wait(self.release_pending(*token_hash, now_ms))
+    }
+
+    /// [`Inventory::release`] without a thread waiting.
+    fn release_pending(&self, token_hash: [u8; 32], now_ms: u64) -> Pending<Hold>;
 
     /// What an event (not a draft) has left at `now_ms`, with the number
     /// of the last change it includes.
@@ -310,6 +351,14 @@ pub enum Created {
     Again(Order),
 }
 
+/// Tickets signed before their order's payment is settled: the signing
+/// key's id, and each ticket's fields with its code.
+#[derive(Clone, Debug)]
+pub struct Signed {
+    pub key_id: String,
+    pub tickets: Vec<(TicketFields, String)>,
+}
+
 /// What a payment that succeeded came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Settled {
@@ -326,8 +375,13 @@ pub enum Settled {
 /// Orders, from the hold to payment and refund.
 pub trait Orders: Send + Sync {
     /// Makes a pending order of an active hold's places; one live order
-    /// per hold.
-    fn create_order(&self, new: &NewOrder, now_ms: u64) -> Result<Created>;
+    /// per hold. Blocks this thread ([`Orders::create_order_pending`]).
+    fn create_order(&self, new: &NewOrder, now_ms: u64) -> Result<Created> {
+        wait(self.create_order_pending(new.clone(), now_ms))
+    }
+
+    /// [`Orders::create_order`] without a thread waiting.
+    fn create_order_pending(&self, new: NewOrder, now_ms: u64) -> Pending<Created>;
 
     /// The order with `code`, if `secret_hash` is its link's.
     fn order(&self, code: &str, secret_hash: &[u8; 32]) -> Result<Order>;
@@ -341,13 +395,19 @@ pub trait Orders: Send + Sync {
     /// Settles a payment that succeeded ([`crate::domain::order::settle_payment`]).
     fn settle_paid(&self, code: &str, now_ms: u64) -> Result<Settled>;
 
-    /// Notes the payment charging an order and settles it as succeeded:
-    /// [`Orders::set_intent`] then [`Orders::settle_paid`], in one change
-    /// where the backend can.
-    fn pay(&self, code: &str, intent: &str, now_ms: u64) -> Result<Settled> {
-        self.set_intent(code, intent, now_ms)?;
-        self.settle_paid(code, now_ms)
-    }
+    /// Notes the payment charging an order and settles it as succeeded
+    /// ([`Orders::set_intent`] then [`Orders::settle_paid`]), in one change.
+    /// If that made the order paid, the change records its tickets
+    /// `signed` ahead too ([`Orders::tickets_to_sign_ahead`]); tickets that
+    /// cannot be recorded leave the payment settled all the same, with no
+    /// tickets yet.
+    fn pay_pending(
+        &self,
+        code: String,
+        intent: String,
+        now_ms: u64,
+        signed: Option<Signed>,
+    ) -> Pending<Settled>;
 
     /// A payment refused: the order failed (its hold stands until its time).
     fn mark_failed(&self, code: &str, why: &str, now_ms: u64) -> Result<Order>;
@@ -361,27 +421,8 @@ pub trait Orders: Send + Sync {
 
     /// What an order's tickets will say once it is paid, whatever its
     /// state now (`None` once they are signed): so they can be signed
-    /// before its payment is settled ([`Orders::pay_with_tickets`]).
+    /// before its payment is settled ([`Orders::pay_pending`]).
     fn tickets_to_sign_ahead(&self, code: &str) -> Result<Option<Vec<TicketFields>>>;
-
-    /// [`Orders::pay`], and if that made the order paid, records its
-    /// `tickets` signed ahead by `key_id` ([`Orders::record_tickets`]), in
-    /// one change where the backend can. Tickets that cannot be recorded
-    /// leave the payment settled all the same, with no tickets yet.
-    fn pay_with_tickets(
-        &self,
-        code: &str,
-        intent: &str,
-        now_ms: u64,
-        key_id: &str,
-        tickets: &[(TicketFields, String)],
-    ) -> Result<Settled> {
-        let settled = self.pay(code, intent, now_ms)?;
-        if let Settled::Paid(_) = settled {
-            let _ = self.record_tickets(code, key_id, tickets, now_ms);
-        }
-        Ok(settled)
-    }
 
     /// Records a paid order's signed tickets (`(fields, code)`), signed by
     /// `key_id`; once (a second time changes nothing).

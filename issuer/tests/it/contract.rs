@@ -8,7 +8,8 @@ use issuer::domain::pricing::Pricing;
 use issuer::domain::pricing::TimeTier;
 use issuer::domain::venue::{Area, Row, Seat, SeatingPlan, Section};
 use issuer::storage::{
-    Created, EventQuery, NewOrder, OrganizerId, PlaceState, Settled, Storage, StorageError,
+    Client, Created, EventQuery, NewOrder, OrganizerId, PlaceState, Settled, Storage, StorageError,
+    wait,
 };
 
 /// Every backend under test, each fresh and empty, with a name for messages.
@@ -1584,25 +1585,30 @@ fn one_address_holds_at_most_so_many_places_of_an_event_paid_ones_aside() {
                 quantity: n,
             }],
         };
-        let bot = Some(("10.0.0.1", 5));
-        db.hold_for(&q(3), &[1; 32], T0, MIN, bot).unwrap();
-        let more = db.hold_for(&q(3), &[2; 32], T0, MIN, bot);
+        let client = |address: &str| Client {
+            address: address.into(),
+            most: 5,
+        };
+        let hold_for = |req: HoldRequest, hash: u8, now: u64, address: &str| {
+            wait(db.hold_pending(req, [hash; 32], now, MIN, Some(client(address))))
+        };
+        hold_for(q(3), 1, T0, "10.0.0.1").unwrap();
+        let more = hold_for(q(3), 2, T0, "10.0.0.1");
         assert!(
             matches!(&more, Err(StorageError::Conflict(m)) if m.contains("holds 3 places")),
             "{name}: {more:?}"
         );
-        db.hold_for(&q(2), &[3; 32], T0, MIN, bot).unwrap();
+        hold_for(q(2), 3, T0, "10.0.0.1").unwrap();
         // Another address is not held back.
-        db.hold_for(&q(5), &[4; 32], T0, MIN, Some(("10.0.0.2", 5)))
-            .unwrap();
+        hold_for(q(5), 4, T0, "10.0.0.2").unwrap();
         // Paid places do not count; expired holds do not either.
         created(
             db.create_order(&new_order(1, "BOTORDER01", None), T0)
                 .unwrap(),
         );
         db.settle_paid("BOTORDER01", T0).unwrap();
-        db.hold_for(&q(3), &[5; 32], T0, MIN, bot).unwrap();
-        db.hold_for(&q(5), &[6; 32], T0 + MIN, MIN, bot).unwrap();
+        hold_for(q(3), 5, T0, "10.0.0.1").unwrap();
+        hold_for(q(5), 6, T0 + MIN, "10.0.0.1").unwrap();
     }
 }
 

@@ -10,13 +10,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::catalogue::categories_of;
 use super::changes::{announce_expired_in, expiry_due, last_seq, moved, record};
-use super::{SqliteStorage, key, venue_of};
+use super::{SqliteStorage, key, refused, venue_of};
 use crate::domain::catalogue::{Category, EventStatus, Places};
 use crate::domain::hold::{HeldPlace, Hold, HoldItem, HoldRequest, HoldState};
 use crate::domain::seats::best_block;
 use crate::storage::{
-    Availability, CategoryAvailability, ChangeKind, Inventory, PlaceChange, PlaceState, Result,
-    StorageError,
+    Availability, CategoryAvailability, ChangeKind, Client, Inventory, Pending, PlaceChange,
+    PlaceState, Result, StorageError,
 };
 
 /// A place taken by a hold being made: (category, n, seat key).
@@ -90,280 +90,27 @@ fn category(categories: &BTreeMap<u64, Category>, id: u64) -> Result<&Category> 
 }
 
 impl Inventory for SqliteStorage {
-    fn hold_for(
+    fn hold_pending(
         &self,
-        request: &HoldRequest,
-        token_hash: &[u8; 32],
+        request: HoldRequest,
+        token_hash: [u8; 32],
         now_ms: u64,
         ttl_ms: u64,
-        client: Option<(&str, u32)>,
-    ) -> Result<Hold> {
-        request.check()?;
+        client: Option<Client>,
+    ) -> Pending<Hold> {
+        if let Err(e) = request.check() {
+            return refused(e.into());
+        }
         // A category too nearly sold out for what is asked is refused from
         // a read, without waiting for the writer: after a sell-out, buyers
         // asking again and again cost the writer nothing.
-        if let Some(refusal) = sold_out(&self.read(), request, now_ms)? {
-            return Err(refusal);
+        match sold_out(&self.quick_read(), &request, now_ms) {
+            Ok(None) => {}
+            Ok(Some(refusal)) | Err(refusal) => return refused(refusal),
         }
         let until = now_ms.saturating_add(ttl_ms);
-        self.write(|tx| {
-        let shelved = self.shelved(tx, request.event_id)?;
-        let (event, categories) = match shelved.as_deref() {
-            Some((e, categories)) if e.status != EventStatus::Draft => (e, categories),
-            _ => {
-                return Err(StorageError::NotFound(format!(
-                    "event {}",
-                    request.event_id
-                )));
-            }
-        };
-        if event.status != EventStatus::OnSale {
-            return Err(StorageError::Conflict(format!(
-                "event {} is {}: nothing of it can be held",
-                event.id,
-                event.status.as_str()
-            )));
-        }
-        // Places of holds whose time passed are told free before they are
-        // taken again, so the live feed's moves add up.
-        announce_expired_in(tx, Some(event.id), now_ms)?;
-        // Quantities beyond an order's limit are refused before anything
-        // is looked for (seats asked by key are counted once found).
-        for item in &request.items {
-            if let HoldItem::Quantity {
-                category_id,
-                quantity,
-            }
-            | HoldItem::Best {
-                category_id,
-                quantity,
-            } = item
-            {
-                let c = category(categories, *category_id)?;
-                if *quantity > c.info.per_order {
-                    return Err(StorageError::Invalid(format!(
-                        "{} sells at most {} places an order",
-                        c.info.name, c.info.per_order
-                    )));
-                }
-            }
-        }
-        let mut taken: Vec<Taken> = Vec::new();
-        for item in &request.items {
-            match item {
-                HoldItem::Seats { seats } => {
-                    for seat in seats {
-                        let place: Option<(i64, i64)> = tx
-                            .prepare_cached("SELECT category_id, n FROM places WHERE event_id = ?1 AND seat_key = ?2 AND seat_key IS NOT NULL")?.query_row(
-                                params![key(event.id), seat],
-                                |r| Ok((r.get(0)?, r.get(1)?)),
-                            )
-                            .optional()?;
-                        let Some((c, n)) = place else {
-                            return Err(StorageError::Invalid(format!(
-                                "the event sells no seat {seat:?}"
-                            )));
-                        };
-                        if take(tx, token_hash, until, now_ms, c as u64, n)?.is_none() {
-                            return Err(StorageError::Conflict(format!("seat {seat} is taken")));
-                        }
-                        taken.push((c as u64, n, Some(seat.clone())));
-                    }
-                }
-                HoldItem::Quantity {
-                    category_id,
-                    quantity,
-                } => {
-                    let c = category(categories, *category_id)?;
-                    let free: Vec<i64> = tx
-                        .prepare_cached(
-                            "SELECT n FROM places
-                             WHERE category_id = ?1 AND order_id IS NULL AND held_until <= ?2
-                             ORDER BY held_until, n LIMIT ?3",
-                        )?
-                        .query_map(params![key(c.id), key(now_ms), quantity], |r| r.get(0))?
-                        .collect::<rusqlite::Result<_>>()?;
-                    if free.len() < *quantity as usize {
-                        return Err(StorageError::Conflict(format!(
-                            "{} has {} places left, not {quantity}",
-                            c.info.name,
-                            free.len()
-                        )));
-                    }
-                    for n in free {
-                        let Some(seat) = take(tx, token_hash, until, now_ms, c.id, n)? else {
-                            return Err(StorageError::Conflict(
-                                "a place was taken meanwhile".into(),
-                            ));
-                        };
-                        taken.push((c.id, n, seat));
-                    }
-                }
-                HoldItem::Best {
-                    category_id,
-                    quantity,
-                } => {
-                    let c = category(categories, *category_id)?;
-                    if !matches!(c.info.places, Places::Seats { .. }) {
-                        return Err(StorageError::Invalid(format!(
-                            "{} is standing: ask for a quantity, not the best seats",
-                            c.info.name
-                        )));
-                    }
-                    // The category's rows, front to back, section by
-                    // section, as runs of its place numbers.
-                    let rows = self.rows_of(tx, c, event.info.venue_id)?;
-                    let capacity: usize = rows.iter().sum();
-                    // The free seats, from the board (the expired holds
-                    // were announced above).
-                    let first = {
-                        let mut boards = self.boards();
-                        let mut free = boards.free(tx, event.id, c.id, now_ms)?.to_vec();
-                        if free.len() != capacity {
-                            boards.forget(event.id);
-                            return Err(StorageError::Backend(format!(
-                                "{} has {} seats, its rows {capacity}",
-                                c.info.name,
-                                free.len()
-                            )));
-                        }
-                        // Seats this hold took already, by an item before,
-                        // are not on the board yet.
-                        for (_, n, _) in taken.iter().filter(|t| t.0 == c.id) {
-                            if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i)) {
-                                *f = false;
-                            }
-                        }
-                        let mut views: Vec<&[bool]> = Vec::with_capacity(rows.len());
-                        let mut starts = Vec::with_capacity(rows.len());
-                        let mut at = 0;
-                        for len in rows.iter() {
-                            views.push(&free[at..at + len]);
-                            starts.push(at);
-                            at += len;
-                        }
-                        let Some(block) = best_block(&views, *quantity as usize) else {
-                            return Err(StorageError::Conflict(format!(
-                                "{} has no {quantity} seats side by side left",
-                                c.info.name
-                            )));
-                        };
-                        starts[block.row] + block.first
-                    };
-                    for i in first..first + *quantity as usize {
-                        let n = i as i64 + 1;
-                        let Some(seat) = take(tx, token_hash, until, now_ms, c.id, n)? else {
-                            // The board was wrong: built again next time.
-                            self.boards().forget(event.id);
-                            return Err(StorageError::Conflict("a seat was taken meanwhile".into()));
-                        };
-                        taken.push((c.id, n, seat));
-                    }
-                }
-            }
-        }
-        // What the client holds of the event already, paid places aside.
-        if let Some((address, most)) = client {
-            let held: i64 = tx.prepare_cached("SELECT count(*) FROM hold_items i JOIN holds h ON h.token_hash = i.hold
-                 WHERE h.event_id = ?1 AND h.client = ?2 AND h.client IS NOT NULL AND h.released_at IS NULL
-                   AND h.expires_at > ?3
-                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.hold = h.token_hash AND o.state = 'paid')")?.query_row(
-                params![key(event.id), address, key(now_ms)],
-                |r| r.get(0),
-            )?;
-            if held as u64 + taken.len() as u64 > u64::from(most) {
-                return Err(StorageError::Conflict(format!(
-                    "this address holds {held} places of the event already; at most {most} at once"
-                )));
-            }
-        }
-        // Per category: on sale now, within its limit, at its price now.
-        let now_s = now_ms / 1000;
-        let mut prices: BTreeMap<u64, u64> = BTreeMap::new();
-        for (id, c) in categories {
-            let count = taken.iter().filter(|t| t.0 == *id).count();
-            if count == 0 {
-                continue;
-            }
-            if now_s < c.info.sale_starts || now_s >= c.info.sale_ends {
-                return Err(StorageError::Conflict(format!(
-                    "{} is not on sale now",
-                    c.info.name
-                )));
-            }
-            if count > c.info.per_order as usize {
-                return Err(StorageError::Invalid(format!(
-                    "{} sells at most {} places an order",
-                    c.info.name, c.info.per_order
-                )));
-            }
-            // Counting what is sold costs a pass over the category: only
-            // demand tiers need it.
-            let (capacity, sold): (i64, i64) = if c.info.pricing.demand_tiers.is_empty() {
-                (0, 0)
-            } else {
-                tx.prepare_cached("SELECT count(*), count(order_id) FROM places WHERE category_id = ?1")?.query_row(
-                    [key(*id)],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?
-            };
-            prices.insert(
-                *id,
-                c.info.pricing.price_at(now_s, sold as u64, capacity as u64),
-            );
-        }
-        let currency = categories
-            .values()
-            .next()
-            .map(|c| c.info.pricing.currency.clone())
-            .unwrap_or_default();
-        let places: Vec<HeldPlace> = taken
-            .iter()
-            .map(|(c, _, seat)| HeldPlace {
-                category_id: *c,
-                seat: seat.clone(),
-                price: prices.get(c).copied().unwrap_or_default(),
-            })
-            .collect();
-        let total = places.iter().map(|p| p.price).sum();
-        tx.prepare_cached("INSERT INTO holds (token_hash, event_id, created_at, expires_at, currency, total, client)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
-            params![
-                &token_hash[..],
-                key(event.id),
-                key(now_ms),
-                key(until),
-                currency,
-                key(total),
-                client.map(|(a, _)| a)
-            ],
-        )?;
-        {
-            let mut item = tx.prepare_cached(
-                "INSERT INTO hold_items (hold, category_id, n, seat_key, price) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for ((c, n, seat), place) in taken.iter().zip(&places) {
-                item.execute(params![&token_hash[..], key(*c), n, seat, key(place.price)])?;
-            }
-        }
-        // The hold as `hold_of` reads it: places by category and number.
-        let mut order: Vec<(u64, i64, HeldPlace)> = taken
-            .iter()
-            .zip(places)
-            .map(|((c, n, _), place)| (*c, *n, place))
-            .collect();
-        order.sort_by_key(|(c, n, _)| (*c, *n));
-        let moved: Vec<(u64, Option<String>)> =
-            taken.into_iter().map(|(c, _, seat)| (c, seat)).collect();
-        record(tx, event.id, now_ms, ChangeKind::Held, &moved)?;
-        Ok(Hold {
-            event_id: event.id,
-            expires_at: until,
-            state: if until <= now_ms { HoldState::Expired } else { HoldState::Active },
-            places: order.into_iter().map(|(_, _, place)| place).collect(),
-            total,
-            currency,
-        })
+        self.submit(move |me, tx| {
+            me.hold_in(tx, &request, &token_hash, now_ms, until, client.as_ref())
         })
     }
 
@@ -371,28 +118,8 @@ impl Inventory for SqliteStorage {
         hold_of(&self.read(), token_hash, now_ms)
     }
 
-    fn release(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
-        self.write(|tx| {
-            let hold = hold_of(tx, token_hash, now_ms)?;
-            if hold.state == HoldState::Active {
-                tx.prepare_cached("UPDATE holds SET released_at = ?2 WHERE token_hash = ?1")?
-                    .execute(params![&token_hash[..], key(now_ms)])?;
-                let places = moved(
-                    tx,
-                    "UPDATE places SET hold = NULL, held_until = 0
-                 WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items WHERE hold = ?1)
-                   AND hold = ?1 AND order_id IS NULL
-                 RETURNING category_id, seat_key",
-                    [&token_hash[..]],
-                )?;
-                record(tx, hold.event_id, now_ms, ChangeKind::Released, &places)?;
-                return Ok(Hold {
-                    state: HoldState::Released,
-                    ..hold
-                });
-            }
-            Ok(hold)
-        })
+    fn release_pending(&self, token_hash: [u8; 32], now_ms: u64) -> Pending<Hold> {
+        self.submit(move |_, tx| release_in(tx, &token_hash, now_ms))
     }
 
     fn availability(&self, event_id: u64, now_ms: u64) -> Result<Availability> {
@@ -551,4 +278,306 @@ pub(super) fn hold_of(conn: &Connection, token_hash: &[u8; 32], now_ms: u64) -> 
         total: total as u64,
         currency,
     })
+}
+
+/// Lets a hold's places go, in the writer's transaction `tx`.
+fn release_in(tx: &Connection, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
+    let hold = hold_of(tx, token_hash, now_ms)?;
+    if hold.state == HoldState::Active {
+        tx.prepare_cached("UPDATE holds SET released_at = ?2 WHERE token_hash = ?1")?
+            .execute(params![&token_hash[..], key(now_ms)])?;
+        let places = moved(
+            tx,
+            "UPDATE places SET hold = NULL, held_until = 0
+             WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items WHERE hold = ?1)
+               AND hold = ?1 AND order_id IS NULL
+             RETURNING category_id, seat_key",
+            [&token_hash[..]],
+        )?;
+        record(tx, hold.event_id, now_ms, ChangeKind::Released, &places)?;
+        return Ok(Hold {
+            state: HoldState::Released,
+            ..hold
+        });
+    }
+    Ok(hold)
+}
+
+impl SqliteStorage {
+    /// Makes the hold `request`, in the writer's transaction `tx`.
+    fn hold_in(
+        &self,
+        tx: &Connection,
+        request: &HoldRequest,
+        token_hash: &[u8; 32],
+        now_ms: u64,
+        until: u64,
+        client: Option<&Client>,
+    ) -> Result<Hold> {
+        let shelved = self.shelved(tx, request.event_id)?;
+        let (event, categories) = match shelved.as_deref() {
+            Some((e, categories)) if e.status != EventStatus::Draft => (e, categories),
+            _ => {
+                return Err(StorageError::NotFound(format!(
+                    "event {}",
+                    request.event_id
+                )));
+            }
+        };
+        if event.status != EventStatus::OnSale {
+            return Err(StorageError::Conflict(format!(
+                "event {} is {}: nothing of it can be held",
+                event.id,
+                event.status.as_str()
+            )));
+        }
+        // Places of holds whose time passed are told free before they are
+        // taken again, so the live feed's moves add up.
+        announce_expired_in(tx, Some(event.id), now_ms)?;
+        // Quantities beyond an order's limit are refused before anything
+        // is looked for (seats asked by key are counted once found).
+        for item in &request.items {
+            if let HoldItem::Quantity {
+                category_id,
+                quantity,
+            }
+            | HoldItem::Best {
+                category_id,
+                quantity,
+            } = item
+            {
+                let c = category(categories, *category_id)?;
+                if *quantity > c.info.per_order {
+                    return Err(StorageError::Invalid(format!(
+                        "{} sells at most {} places an order",
+                        c.info.name, c.info.per_order
+                    )));
+                }
+            }
+        }
+        let mut taken: Vec<Taken> = Vec::new();
+        for item in &request.items {
+            match item {
+                HoldItem::Seats { seats } => {
+                    for seat in seats {
+                        let place: Option<(i64, i64)> = tx
+                            .prepare_cached("SELECT category_id, n FROM places WHERE event_id = ?1 AND seat_key = ?2 AND seat_key IS NOT NULL")?.query_row(
+                                params![key(event.id), seat],
+                                |r| Ok((r.get(0)?, r.get(1)?)),
+                            )
+                            .optional()?;
+                        let Some((c, n)) = place else {
+                            return Err(StorageError::Invalid(format!(
+                                "the event sells no seat {seat:?}"
+                            )));
+                        };
+                        if take(tx, token_hash, until, now_ms, c as u64, n)?.is_none() {
+                            return Err(StorageError::Conflict(format!("seat {seat} is taken")));
+                        }
+                        taken.push((c as u64, n, Some(seat.clone())));
+                    }
+                }
+                HoldItem::Quantity {
+                    category_id,
+                    quantity,
+                } => {
+                    let c = category(categories, *category_id)?;
+                    let free: Vec<i64> = tx
+                        .prepare_cached(
+                            "SELECT n FROM places
+                             WHERE category_id = ?1 AND order_id IS NULL AND held_until <= ?2
+                             ORDER BY held_until, n LIMIT ?3",
+                        )?
+                        .query_map(params![key(c.id), key(now_ms), quantity], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    if free.len() < *quantity as usize {
+                        return Err(StorageError::Conflict(format!(
+                            "{} has {} places left, not {quantity}",
+                            c.info.name,
+                            free.len()
+                        )));
+                    }
+                    for n in free {
+                        let Some(seat) = take(tx, token_hash, until, now_ms, c.id, n)? else {
+                            return Err(StorageError::Conflict(
+                                "a place was taken meanwhile".into(),
+                            ));
+                        };
+                        taken.push((c.id, n, seat));
+                    }
+                }
+                HoldItem::Best {
+                    category_id,
+                    quantity,
+                } => {
+                    let c = category(categories, *category_id)?;
+                    if !matches!(c.info.places, Places::Seats { .. }) {
+                        return Err(StorageError::Invalid(format!(
+                            "{} is standing: ask for a quantity, not the best seats",
+                            c.info.name
+                        )));
+                    }
+                    // The category's rows, front to back, section by
+                    // section, as runs of its place numbers.
+                    let rows = self.rows_of(tx, c, event.info.venue_id)?;
+                    let capacity: usize = rows.iter().sum();
+                    // The free seats, from the board (the expired holds
+                    // were announced above).
+                    let first = {
+                        let mut boards = self.boards();
+                        let mut free = boards.free(tx, event.id, c.id, now_ms)?.to_vec();
+                        if free.len() != capacity {
+                            boards.forget(event.id);
+                            return Err(StorageError::Backend(format!(
+                                "{} has {} seats, its rows {capacity}",
+                                c.info.name,
+                                free.len()
+                            )));
+                        }
+                        // Seats this hold took already, by an item before,
+                        // are not on the board yet.
+                        for (_, n, _) in taken.iter().filter(|t| t.0 == c.id) {
+                            if let Some(f) =
+                                usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i))
+                            {
+                                *f = false;
+                            }
+                        }
+                        let mut views: Vec<&[bool]> = Vec::with_capacity(rows.len());
+                        let mut starts = Vec::with_capacity(rows.len());
+                        let mut at = 0;
+                        for len in rows.iter() {
+                            views.push(&free[at..at + len]);
+                            starts.push(at);
+                            at += len;
+                        }
+                        let Some(block) = best_block(&views, *quantity as usize) else {
+                            return Err(StorageError::Conflict(format!(
+                                "{} has no {quantity} seats side by side left",
+                                c.info.name
+                            )));
+                        };
+                        starts[block.row] + block.first
+                    };
+                    for i in first..first + *quantity as usize {
+                        let n = i as i64 + 1;
+                        let Some(seat) = take(tx, token_hash, until, now_ms, c.id, n)? else {
+                            // The board was wrong: built again next time.
+                            self.boards().forget(event.id);
+                            return Err(StorageError::Conflict(
+                                "a seat was taken meanwhile".into(),
+                            ));
+                        };
+                        taken.push((c.id, n, seat));
+                    }
+                }
+            }
+        }
+        // What the client holds of the event already, paid places aside.
+        if let Some(Client { address, most }) = client {
+            let held: i64 = tx.prepare_cached("SELECT count(*) FROM hold_items i JOIN holds h ON h.token_hash = i.hold
+                 WHERE h.event_id = ?1 AND h.client = ?2 AND h.client IS NOT NULL AND h.released_at IS NULL
+                   AND h.expires_at > ?3
+                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.hold = h.token_hash AND o.state = 'paid')")?.query_row(
+                params![key(event.id), address, key(now_ms)],
+                |r| r.get(0),
+            )?;
+            if held as u64 + taken.len() as u64 > u64::from(*most) {
+                return Err(StorageError::Conflict(format!(
+                    "this address holds {held} places of the event already; at most {most} at once"
+                )));
+            }
+        }
+        // Per category: on sale now, within its limit, at its price now.
+        let now_s = now_ms / 1000;
+        let mut prices: BTreeMap<u64, u64> = BTreeMap::new();
+        for (id, c) in categories {
+            let count = taken.iter().filter(|t| t.0 == *id).count();
+            if count == 0 {
+                continue;
+            }
+            if now_s < c.info.sale_starts || now_s >= c.info.sale_ends {
+                return Err(StorageError::Conflict(format!(
+                    "{} is not on sale now",
+                    c.info.name
+                )));
+            }
+            if count > c.info.per_order as usize {
+                return Err(StorageError::Invalid(format!(
+                    "{} sells at most {} places an order",
+                    c.info.name, c.info.per_order
+                )));
+            }
+            // Counting what is sold costs a pass over the category: only
+            // demand tiers need it.
+            let (capacity, sold): (i64, i64) = if c.info.pricing.demand_tiers.is_empty() {
+                (0, 0)
+            } else {
+                tx.prepare_cached(
+                    "SELECT count(*), count(order_id) FROM places WHERE category_id = ?1",
+                )?
+                .query_row([key(*id)], |r| Ok((r.get(0)?, r.get(1)?)))?
+            };
+            prices.insert(
+                *id,
+                c.info.pricing.price_at(now_s, sold as u64, capacity as u64),
+            );
+        }
+        let currency = categories
+            .values()
+            .next()
+            .map(|c| c.info.pricing.currency.clone())
+            .unwrap_or_default();
+        let places: Vec<HeldPlace> = taken
+            .iter()
+            .map(|(c, _, seat)| HeldPlace {
+                category_id: *c,
+                seat: seat.clone(),
+                price: prices.get(c).copied().unwrap_or_default(),
+            })
+            .collect();
+        let total = places.iter().map(|p| p.price).sum();
+        tx.prepare_cached("INSERT INTO holds (token_hash, event_id, created_at, expires_at, currency, total, client)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
+            params![
+                &token_hash[..],
+                key(event.id),
+                key(now_ms),
+                key(until),
+                currency,
+                key(total),
+                client.map(|c| c.address.as_str())
+            ],
+        )?;
+        {
+            let mut item = tx.prepare_cached(
+                "INSERT INTO hold_items (hold, category_id, n, seat_key, price) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for ((c, n, seat), place) in taken.iter().zip(&places) {
+                item.execute(params![&token_hash[..], key(*c), n, seat, key(place.price)])?;
+            }
+        }
+        // The hold as `hold_of` reads it: places by category and number.
+        let mut order: Vec<(u64, i64, HeldPlace)> = taken
+            .iter()
+            .zip(places)
+            .map(|((c, n, _), place)| (*c, *n, place))
+            .collect();
+        order.sort_by_key(|(c, n, _)| (*c, *n));
+        let moved: Vec<(u64, Option<String>)> =
+            taken.into_iter().map(|(c, _, seat)| (c, seat)).collect();
+        record(tx, event.id, now_ms, ChangeKind::Held, &moved)?;
+        Ok(Hold {
+            event_id: event.id,
+            expires_at: until,
+            state: if until <= now_ms {
+                HoldState::Expired
+            } else {
+                HoldState::Active
+            },
+            places: order.into_iter().map(|(_, _, place)| place).collect(),
+            total,
+            currency,
+        })
+    }
 }

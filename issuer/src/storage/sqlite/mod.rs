@@ -33,13 +33,28 @@ static READ_TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 /// Most events one listing returns.
 pub const MAX_LIST: usize = 200;
 
-pub struct SqliteStorage {
+/// The embedded backend. Cloning it is cheap (one database, shared): a
+/// change handed to the writer takes a clone along.
+#[derive(Clone)]
+pub struct SqliteStorage(std::sync::Arc<Inner>);
+
+impl std::ops::Deref for SqliteStorage {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub struct Inner {
     /// The thread that makes every change ([`writer`]), with the writer
     /// connection.
     writer: writer::Writer,
     /// Connections for reads alone: in WAL mode they read beside the
     /// writer, each what was committed when its read began.
     readers: Vec<Mutex<Connection>>,
+    /// One more, for quick reads alone ([`SqliteStorage::quick_read`]).
+    quick: Mutex<Connection>,
     /// The data directory, whose `keys/` sign tickets.
     dir: std::path::PathBuf,
     /// Seated categories' rows, by category ([`SqliteStorage::rows_of`]).
@@ -76,6 +91,11 @@ impl From<serde_json::Error> for StorageError {
     }
 }
 
+/// A change refused before it reached the writer.
+pub(super) fn refused<T: Send + 'static>(why: StorageError) -> crate::storage::Pending<T> {
+    Box::pin(std::future::ready(Err(why)))
+}
+
 /// SQLite integers are signed: ids and times beyond are never stored.
 pub(super) fn key(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -88,16 +108,17 @@ impl SqliteStorage {
     /// Opens (creating) the data directory's database.
     pub fn open(dir: &Path) -> std::result::Result<SqliteStorage, crate::Error> {
         let writer = writer::Writer::new(crate::store::open_db(dir)?, crate::store::open_db(dir)?)?;
-        Ok(SqliteStorage {
+        Ok(SqliteStorage(std::sync::Arc::new(Inner {
             writer,
             readers: (0..READERS)
                 .map(|_| crate::store::open_db(dir).map(Mutex::new))
                 .collect::<std::result::Result<_, _>>()?,
+            quick: Mutex::new(crate::store::open_db(dir)?),
             dir: dir.to_owned(),
             rows: Mutex::default(),
             pruned_at: std::sync::atomic::AtomicU64::new(0),
             shelf: Mutex::default(),
-        })
+        })))
     }
 
     /// The writer connection between batches: for the rare writes that
@@ -157,6 +178,22 @@ impl SqliteStorage {
         f: impl FnOnce(&Connection) -> Result<T> + Send,
     ) -> Result<T> {
         self.writer.write(f)
+    }
+
+    /// Hands `f` to the writer as one all-or-nothing change, with this
+    /// storage: what it returns resolves once the change is on disk.
+    pub(super) fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SqliteStorage, &Connection) -> Result<T> + Send + 'static,
+    ) -> crate::storage::Pending<T> {
+        let me = self.clone();
+        Box::pin(self.writer.submit(move |tx| f(&me, tx)))
+    }
+
+    /// The connection for reads of a few rows by index, made on an async
+    /// task's thread: never held long, and never by a slow read.
+    pub(super) fn quick_read(&self) -> MutexGuard<'_, Connection> {
+        self.quick.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A connection to read with: a free reader if there is one, else the
@@ -352,6 +389,56 @@ mod group_commit {
     }
 
     #[test]
+    fn an_awaited_change_that_panics_is_a_failure_undone_alone() {
+        let (_d, s) = store();
+        let sa = s.clone();
+        let first = std::thread::spawn(move || {
+            sa.write(|c| {
+                c.prepare_cached("INSERT INTO t VALUES (10)")?.execute([])?;
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                Ok(())
+            })
+            .is_ok()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Queued behind the first, in the same batch.
+        let panics = s.submit(|_, c| -> Result<()> {
+            c.prepare_cached("INSERT INTO t VALUES (20)")?.execute([])?;
+            panic!("a bug mid-change")
+        });
+        let after = s.submit(|_, c| {
+            c.prepare_cached("INSERT INTO t VALUES (30)")?.execute([])?;
+            Ok(7)
+        });
+        assert!(matches!(
+            crate::storage::wait(panics),
+            Err(StorageError::Backend(_))
+        ));
+        assert_eq!(crate::storage::wait(after).unwrap(), 7);
+        assert!(first.join().unwrap());
+        assert_eq!(rows(&s).as_deref(), Some("10,30"));
+    }
+
+    #[test]
+    fn the_last_handle_may_go_with_a_change_on_the_writers_thread() {
+        let (d, s) = store();
+        let s = Arc::into_inner(s).unwrap();
+        let pending = s.submit(|_, c| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            c.prepare_cached("INSERT INTO t VALUES (1)")?.execute([])?;
+            Ok(())
+        });
+        // The change holds the only handle left when it is made.
+        drop(s);
+        crate::storage::wait(pending).unwrap();
+        // The writer let its connection go: the database opens again and
+        // has the change.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let again = SqliteStorage::open(d.path()).unwrap();
+        assert_eq!(rows(&again).as_deref(), Some("1"));
+    }
+
+    #[test]
     fn no_change_is_told_done_unless_its_commit_was() {
         let (_d, s) = store();
         let (ok_bad, ok_good) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -368,7 +455,13 @@ mod group_commit {
                         } else {
                             "INSERT INTO t VALUES (1)"
                         };
-                        if s.write(|c| Ok(c.execute(sql, [])?)).is_ok() {
+                        // Half the callers block, half await.
+                        let made = if i % 2 == 0 {
+                            s.write(|c| Ok(c.execute(sql, [])?))
+                        } else {
+                            crate::storage::wait(s.submit(move |_, c| Ok(c.execute(sql, [])?)))
+                        };
+                        if made.is_ok() {
                             if bad { &ok_bad } else { &ok_good }.fetch_add(1, Ordering::SeqCst);
                         }
                     }

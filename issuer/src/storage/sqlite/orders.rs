@@ -7,12 +7,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::changes::{announce_expired_in, moved, record};
 use super::inventory::hold_of;
 use super::outbox::enqueue;
-use super::{SqliteStorage, key};
+use super::{SqliteStorage, key, refused};
 use crate::domain::hold::HoldState;
 use crate::domain::order::{Order, OrderEvent, OrderState, Settlement, settle_payment};
 use crate::storage::{
     CategoryFigures, ChangeKind, Created, DayFigures, Figures, IssuedTicket, MailKind, NewOrder,
-    Orders, OrganizerId, Result, Revocation, Settled, StorageError,
+    Orders, OrganizerId, Pending, Result, Revocation, Settled, Signed, StorageError,
 };
 use rand_core::{OsRng, RngCore};
 use shared::{TicketFields, TicketId};
@@ -191,76 +191,11 @@ fn settle_in(tx: &Connection, code: &str, now_ms: u64) -> Result<Settled> {
 }
 
 impl Orders for SqliteStorage {
-    fn create_order(&self, new: &NewOrder, now_ms: u64) -> Result<Created> {
-        new.buyer.check()?;
-        self.write(|tx| {
-            if let Some((k, request)) = &new.idempotency {
-                let before: Option<(String, Vec<u8>)> = tx
-                    .prepare_cached("SELECT code, request_hash FROM orders WHERE idempotency_key = ?1")?.query_row(
-                        [k],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
-                if let Some((code, hash)) = before {
-                    if hash != request {
-                        return Err(StorageError::Conflict(
-                            "this Idempotency-Key was used for another request".into(),
-                        ));
-                    }
-                    return Ok(Created::Again(by_code(tx, &code)?.2));
-                }
-            }
-            let hold = hold_of(tx, &new.hold_hash, now_ms)?;
-            match hold.state {
-                HoldState::Active => {}
-                HoldState::Expired => {
-                    return Err(StorageError::Conflict(
-                        "the hold expired: its places may be taken; hold them again".into(),
-                    ));
-                }
-                HoldState::Released => {
-                    return Err(StorageError::Conflict("the hold was let go".into()));
-                }
-            }
-            if let Some(status) = off_sale(tx, hold.event_id)? {
-                return Err(StorageError::Conflict(format!(
-                    "event {} is {status}: nothing of it can be ordered",
-                    hold.event_id
-                )));
-            }
-            let live: Option<String> = tx
-                .prepare_cached("SELECT code FROM orders WHERE hold = ?1 AND state IN ('pending', 'paid')")?.query_row(
-                    [&new.hold_hash[..]],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(code) = live {
-                return Err(StorageError::Conflict(format!(
-                    "the hold is ordered already (order {code})"
-                )));
-            }
-            tx.prepare_cached("INSERT INTO orders (code, secret_hash, hold, event_id, email, name, amount, currency,
-                                 state, idempotency_key, request_hash, created_at, updated_at,
-                                 payment_method)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?11, ?12)")?.execute(
-            params![
-                new.code,
-                &new.secret_hash[..],
-                &new.hold_hash[..],
-                key(hold.event_id),
-                new.buyer.email,
-                new.buyer.name,
-                key(hold.total),
-                hold.currency,
-                new.idempotency.as_ref().map(|(k, _)| k),
-                new.idempotency.as_ref().map(|(_, h)| &h[..]),
-                key(now_ms),
-                new.payment_method
-            ],
-        )?;
-            let order = by_code(tx, &new.code)?.2;
-            Ok(Created::New(order))
-        })
+    fn create_order_pending(&self, new: NewOrder, now_ms: u64) -> Pending<Created> {
+        if let Err(e) = new.buyer.check() {
+            return refused(e.into());
+        }
+        self.submit(move |_, tx| create_order_in(tx, &new, now_ms))
     }
 
     fn order(&self, code: &str, secret_hash: &[u8; 32]) -> Result<Order> {
@@ -293,11 +228,6 @@ impl Orders for SqliteStorage {
 
     fn settle_paid(&self, code: &str, now_ms: u64) -> Result<Settled> {
         self.write(|tx| settle_in(tx, code, now_ms))
-    }
-
-    fn pay(&self, code: &str, intent: &str, now_ms: u64) -> Result<Settled> {
-        // The payment noted and settled in one change: one commit.
-        self.write(|tx| pay_in(tx, code, intent, now_ms))
     }
 
     fn mark_failed(&self, code: &str, why: &str, now_ms: u64) -> Result<Order> {
@@ -365,22 +295,21 @@ impl Orders for SqliteStorage {
         ticket_fields(&self.read(), code, false)
     }
 
-    fn pay_with_tickets(
+    fn pay_pending(
         &self,
-        code: &str,
-        intent: &str,
+        code: String,
+        intent: String,
         now_ms: u64,
-        key_id: &str,
-        tickets: &[(TicketFields, String)],
-    ) -> Result<Settled> {
+        signed: Option<Signed>,
+    ) -> Pending<Settled> {
         // The payment noted, settled and its tickets recorded: one commit.
-        self.write(|tx| {
-            let settled = pay_in(tx, code, intent, now_ms)?;
-            if let Settled::Paid(_) = settled {
+        self.submit(move |_, tx| {
+            let settled = pay_in(tx, &code, &intent, now_ms)?;
+            if let (Settled::Paid(_), Some(signed)) = (&settled, signed) {
                 // Tickets that cannot be recorded leave the payment be:
                 // they are signed afresh when asked for.
                 tx.execute_batch("SAVEPOINT tickets")?;
-                match record_tickets_in(tx, code, key_id, tickets, now_ms) {
+                match record_tickets_in(tx, &code, &signed.key_id, &signed.tickets, now_ms) {
                     Ok(()) => tx.execute_batch("RELEASE tickets")?,
                     Err(e) => {
                         tracing::warn!(order = code, error = %e, "tickets signed ahead not recorded");
@@ -824,4 +753,71 @@ fn record_tickets_in(
     tx.prepare_cached("UPDATE orders SET batch_id = ?2 WHERE id = ?1")?
         .execute(params![id, batch])?;
     Ok(())
+}
+
+/// Makes a pending order, in the writer's transaction `tx`.
+fn create_order_in(tx: &Connection, new: &NewOrder, now_ms: u64) -> Result<Created> {
+    if let Some((k, request)) = &new.idempotency {
+        let before: Option<(String, Vec<u8>)> = tx
+            .prepare_cached("SELECT code, request_hash FROM orders WHERE idempotency_key = ?1")?
+            .query_row([k], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((code, hash)) = before {
+            if hash != request {
+                return Err(StorageError::Conflict(
+                    "this Idempotency-Key was used for another request".into(),
+                ));
+            }
+            return Ok(Created::Again(by_code(tx, &code)?.2));
+        }
+    }
+    let hold = hold_of(tx, &new.hold_hash, now_ms)?;
+    match hold.state {
+        HoldState::Active => {}
+        HoldState::Expired => {
+            return Err(StorageError::Conflict(
+                "the hold expired: its places may be taken; hold them again".into(),
+            ));
+        }
+        HoldState::Released => {
+            return Err(StorageError::Conflict("the hold was let go".into()));
+        }
+    }
+    if let Some(status) = off_sale(tx, hold.event_id)? {
+        return Err(StorageError::Conflict(format!(
+            "event {} is {status}: nothing of it can be ordered",
+            hold.event_id
+        )));
+    }
+    let live: Option<String> = tx
+        .prepare_cached("SELECT code FROM orders WHERE hold = ?1 AND state IN ('pending', 'paid')")?
+        .query_row([&new.hold_hash[..]], |r| r.get(0))
+        .optional()?;
+    if let Some(code) = live {
+        return Err(StorageError::Conflict(format!(
+            "the hold is ordered already (order {code})"
+        )));
+    }
+    tx.prepare_cached(
+        "INSERT INTO orders (code, secret_hash, hold, event_id, email, name, amount, currency,
+                             state, idempotency_key, request_hash, created_at, updated_at,
+                             payment_method)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?11, ?12)",
+    )?
+    .execute(params![
+        new.code,
+        &new.secret_hash[..],
+        &new.hold_hash[..],
+        key(hold.event_id),
+        new.buyer.email,
+        new.buyer.name,
+        key(hold.total),
+        hold.currency,
+        new.idempotency.as_ref().map(|(k, _)| k),
+        new.idempotency.as_ref().map(|(_, h)| &h[..]),
+        key(now_ms),
+        new.payment_method
+    ])?;
+    let order = by_code(tx, &new.code)?.2;
+    Ok(Created::New(order))
 }

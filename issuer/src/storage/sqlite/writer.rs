@@ -54,17 +54,132 @@ struct Queue {
     stop: bool,
 }
 
-/// Runs a change in a savepoint of the open batch: false if the batch
-/// cannot be committed any more.
-type Work = Box<dyn FnOnce(&Connection) -> bool + Send>;
+/// A change handed to the writer: made in a savepoint of the open batch,
+/// then told how the batch's commit went. Dropped unmade (the writer
+/// stopping, or a batch broken off), it tells its caller so.
+trait Task: Send {
+    /// Makes the change: false if the batch cannot be committed any more.
+    fn run(&mut self, conn: &Connection, boards: &Mutex<Boards>) -> bool;
+    /// Tells the caller how the commit went.
+    fn finish(self: Box<Self>, outcome: std::result::Result<(), String>);
+}
 
-/// A change handed to the writer, and where its caller waits.
-struct Job {
-    work: Option<Work>,
+type Job = Box<dyn Task>;
+
+/// What a change came to: its own result, or its panic.
+type Made<T> = std::thread::Result<Result<T>>;
+
+/// Makes `f` in a savepoint of the open batch, undone (with whatever it
+/// told the boards) if it fails or panics. Also says whether the batch
+/// can still be committed.
+fn in_savepoint<T>(
+    conn: &Connection,
+    boards: &Mutex<Boards>,
+    f: impl FnOnce(&Connection) -> Result<T>,
+) -> (bool, Made<T>) {
+    if let Err(e) = conn.execute_batch("SAVEPOINT change") {
+        return (false, Ok(Err(e.into())));
+    }
+    lock(boards).begin();
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
+    let closed = match &out {
+        Ok(Ok(_)) => conn.execute_batch("RELEASE change"),
+        _ => {
+            lock(boards).undo();
+            conn.execute_batch("ROLLBACK TO change; RELEASE change")
+        }
+    };
+    let kept = closed.is_ok();
+    let made = match (closed, out) {
+        (_, Err(panic)) => Err(panic),
+        (Ok(()), Ok(out)) => Ok(out),
+        (Err(e), Ok(_)) => Ok(Err(e.into())),
+    };
+    (kept, made)
+}
+
+/// A change's answer, from what it came to and how its batch's commit
+/// went (`None` if it was never made).
+fn answer<T>(made: Option<Made<T>>, outcome: std::result::Result<(), String>) -> Made<T> {
+    Ok(match (made, outcome) {
+        (Some(Err(panic)), _) => return Err(panic),
+        // Its own failure first: the change was undone whatever the batch
+        // came to.
+        (Some(Ok(Err(e))), _) => Err(e),
+        (Some(Ok(Ok(v))), Ok(())) => Ok(v),
+        (Some(Ok(Ok(_))), Err(why)) => Err(StorageError::Backend(format!("commit: {why}"))),
+        (None, Err(why)) => Err(StorageError::Backend(why)),
+        (None, Ok(())) => Err(StorageError::Backend("the change was not made".into())),
+    })
+}
+
+/// What a caller that cannot wait is told when the writer stopped first.
+const STOPPED: &str = "the writer stopped before the change was made";
+
+/// A blocking caller's change: false if the batch cannot be committed any
+/// more.
+type Work<'a> = Box<dyn FnOnce(&Connection, &Mutex<Boards>) -> bool + Send + 'a>;
+
+/// A change whose caller blocks its thread until told ([`Writer::write`]).
+/// Its work borrows the caller's frame (its lifetime erased): it is
+/// dropped before the caller is told, and the caller does not return
+/// before it is told.
+struct Blocking {
+    work: Option<Work<'static>>,
     done: Arc<Done>,
 }
 
-/// How the commit of a change went, once known.
+impl Task for Blocking {
+    fn run(&mut self, conn: &Connection, boards: &Mutex<Boards>) -> bool {
+        self.work.take().is_none_or(|work| work(conn, boards))
+    }
+
+    fn finish(mut self: Box<Self>, outcome: std::result::Result<(), String>) {
+        // The work goes first: it borrows from its caller's frame, which
+        // may end as soon as the caller is told.
+        drop(self.work.take());
+        self.done.tell(outcome);
+    }
+}
+
+impl Drop for Blocking {
+    fn drop(&mut self) {
+        drop(self.work.take());
+        self.done.tell(Err(STOPPED.into()));
+    }
+}
+
+/// A change whose caller awaits a oneshot ([`Writer::submit`]): it owns
+/// everything it uses, so no thread waits for it. Dropped unmade, its
+/// sender goes and the caller hears that the writer stopped.
+struct Soon<T, F> {
+    work: Option<F>,
+    made: Option<Made<T>>,
+    tell: tokio::sync::oneshot::Sender<Made<T>>,
+}
+
+impl<T, F> Task for Soon<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection, boards: &Mutex<Boards>) -> bool {
+        let Some(work) = self.work.take() else {
+            return true;
+        };
+        let (kept, made) = in_savepoint(conn, boards, work);
+        self.made = Some(made);
+        kept
+    }
+
+    fn finish(self: Box<Self>, outcome: std::result::Result<(), String>) {
+        let Soon { made, tell, .. } = *self;
+        // A caller that has gone no longer wants to know.
+        let _ = tell.send(answer(made, outcome));
+    }
+}
+
+/// How the commit of a blocking caller's change went, once known.
 #[derive(Default)]
 struct Done {
     outcome: Mutex<Option<std::result::Result<(), String>>>,
@@ -125,23 +240,6 @@ impl Drop for Open<'_> {
     }
 }
 
-impl Job {
-    fn finish(mut self, outcome: std::result::Result<(), String>) {
-        // The work goes first: it borrows from its caller's frame, which
-        // may end as soon as the caller is told.
-        drop(self.work.take());
-        self.done.tell(outcome);
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        drop(self.work.take());
-        self.done
-            .tell(Err("the writer stopped before the change was made".into()));
-    }
-}
-
 impl Writer {
     /// The writer of `conn`, with `checkpointer` (another connection to the
     /// same database) copying the write-ahead log into the database beside
@@ -188,65 +286,75 @@ impl Writer {
     }
 
     /// Makes `f` one all-or-nothing change, and returns once it is on disk
-    /// (or failed). `f` runs on the writer's thread: it must not call
-    /// `write` itself.
+    /// (or failed), blocking this thread. `f` runs on the writer's thread:
+    /// it must not call `write` itself.
     pub fn write<T: Send>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send) -> Result<T> {
-        let value: Mutex<Option<std::thread::Result<Result<T>>>> = Mutex::new(None);
-        let shared = &*self.shared;
-        let work = |conn: &Connection| -> bool {
-            if let Err(e) = conn.execute_batch("SAVEPOINT change") {
-                *lock(&value) = Some(Ok(Err(e.into())));
-                return false;
-            }
-            lock(&shared.boards).begin();
-            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
-            let closed = match &out {
-                Ok(Ok(_)) => conn.execute_batch("RELEASE change"),
-                _ => {
-                    lock(&shared.boards).undo();
-                    conn.execute_batch("ROLLBACK TO change; RELEASE change")
-                }
-            };
-            let kept = closed.is_ok();
-            *lock(&value) = Some(match (closed, out) {
-                (_, Err(panic)) => Err(panic),
-                (Ok(()), Ok(out)) => Ok(out),
-                (Err(e), Ok(_)) => Ok(Err(e.into())),
-            });
+        let made: Mutex<Option<Made<T>>> = Mutex::new(None);
+        let work = |conn: &Connection, boards: &Mutex<Boards>| -> bool {
+            let (kept, out) = in_savepoint(conn, boards, f);
+            *lock(&made) = Some(out);
             kept
         };
-        let work: Box<dyn FnOnce(&Connection) -> bool + Send + '_> = Box::new(work);
-        // SAFETY: the work borrows `value` and what `f` captured from this
+        let work: Work<'_> = Box::new(work);
+        // SAFETY: the work borrows `made` and what `f` captured from this
         // frame. This function returns only once `done` is told, and a job
         // tells it only after its work has run or been dropped (`finish`
         // and `Drop` drop the work first); so the borrows outlive every use.
-        let work: Work = unsafe { std::mem::transmute::<_, Work>(work) };
+        let work: Work<'static> = unsafe { std::mem::transmute(work) };
         let done = Arc::new(Done::default());
+        self.enqueue(Box::new(Blocking {
+            work: Some(work),
+            done: done.clone(),
+        }))?;
+        // From here this frame must outlive the job, even if unwinding.
+        let _stay = WaitOnDrop(&done);
+        let outcome = done.wait();
+        let made = made.into_inner().unwrap_or_else(|p| p.into_inner());
+        answer(made, outcome).unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Hands `f` to the writer as one all-or-nothing change, and returns
+    /// what resolves once it is on disk (or failed): no thread waits for
+    /// it. A change that panics is answered as a failure of the backend.
+    pub fn submit<T, F>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<T>> + Send + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (tell, told) = tokio::sync::oneshot::channel();
+        let queued = self.enqueue(Box::new(Soon {
+            work: Some(f),
+            made: None,
+            tell,
+        }));
+        async move {
+            queued?;
+            match told.await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_panic)) => {
+                    tracing::error!("a change panicked on the writer's thread");
+                    Err(StorageError::Backend("the change failed".into()))
+                }
+                Err(_) => Err(StorageError::Backend(STOPPED.into())),
+            }
+        }
+    }
+
+    /// Queues a job and wakes the writer; refused once it is stopping (the
+    /// job is then dropped, which tells its caller).
+    fn enqueue(&self, job: Job) -> Result<()> {
         {
             let mut q = lock(&self.shared.queue);
             if q.stop {
                 return Err(StorageError::Backend("the database is closing".into()));
             }
-            q.jobs.push_back(Job {
-                work: Some(work),
-                done: done.clone(),
-            });
+            q.jobs.push_back(job);
         }
-        // From here this frame must outlive the job, even if unwinding.
-        let _stay = WaitOnDrop(&done);
         self.shared.ready.notify_one();
-        let outcome = done.wait();
-        let value = value.into_inner().unwrap_or_else(|p| p.into_inner());
-        match (value, outcome) {
-            (Some(Err(panic)), _) => std::panic::resume_unwind(panic),
-            // Its own failure first: the change was undone whatever the
-            // batch came to.
-            (Some(Ok(Err(e))), _) => Err(e),
-            (Some(Ok(Ok(v))), Ok(())) => Ok(v),
-            (Some(Ok(Ok(_))), Err(why)) => Err(StorageError::Backend(format!("commit: {why}"))),
-            (None, Err(why)) => Err(StorageError::Backend(why)),
-            (None, Ok(())) => Err(StorageError::Backend("the change was not made".into())),
-        }
+        Ok(())
     }
 }
 
@@ -255,9 +363,13 @@ impl Drop for Writer {
         lock(&self.shared.queue).stop = true;
         self.shared.ready.notify_all();
         self.shared.stopping.notify_all();
+        // The last handle on the storage may go on the writer's own thread
+        // (a change took one along): the thread then ends by itself, once
+        // its queue is empty.
         for t in [self.thread.take(), self.checkpoints.take()]
             .into_iter()
             .flatten()
+            .filter(|t| t.thread().id() != std::thread::current().id())
         {
             let _ = t.join();
         }
@@ -336,10 +448,7 @@ fn batch(shared: &Shared, mut jobs: Vec<Job>) {
     let mut broken = None;
     loop {
         for mut job in jobs {
-            if broken.is_none()
-                && let Some(work) = job.work.take()
-                && !work(conn)
-            {
+            if broken.is_none() && !job.run(conn, &shared.boards) {
                 broken = Some("a change could not be closed".to_owned());
             }
             made.push(job);
