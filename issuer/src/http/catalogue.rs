@@ -410,10 +410,7 @@ async fn events(
                 })
         })
         .transpose()?;
-    let limit = p
-        .limit
-        .unwrap_or(PAGE)
-        .clamp(1, crate::storage::sqlite::MAX_LIST);
+    let limit = p.limit.unwrap_or(PAGE).clamp(1, crate::storage::MAX_LIST);
     let query = EventQuery {
         genre,
         city: p.city,

@@ -11,6 +11,8 @@
 //! buyers (a seat sold once, a quota never exceeded) is decided by the
 //! database, in one transaction, never by one process's memory.
 
+pub mod postgres;
+pub mod rows;
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +27,21 @@ use crate::domain::order::{Buyer, Order};
 use shared::TicketFields;
 
 pub type OrganizerId = u64;
+
+/// Most events one listing returns.
+pub const MAX_LIST: usize = 200;
+
+/// The keyset (JSON) scanners of `events` need at `now` (unix seconds),
+/// from the data directory `dir`: the keys are kept there, whatever the
+/// backend, and only public keys are read.
+pub(crate) fn keyset_in(dir: &std::path::Path, events: &[u64], now: u64) -> Result<String> {
+    let store = crate::Store::open(dir).map_err(|e| StorageError::Backend(e.to_string()))?;
+    let keyset = crate::keys::export_keyset(&store, events, now).map_err(|e| match e {
+        crate::Error::Invalid(m) => StorageError::Invalid(m),
+        e => StorageError::Backend(e.to_string()),
+    })?;
+    Ok(keyset.to_json())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -242,9 +259,11 @@ pub struct CategoryCount {
 /// refused. Awaiting it holds no thread.
 pub type Pending<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send>>;
 
-/// Waits for a pending change, blocking this thread: for tests and the
-/// command line, never for an async task.
-pub fn wait<T>(mut pending: Pending<T>) -> Result<T> {
+/// Waits for a pending change (or any storage future), blocking this
+/// thread: for tests, the command line and the blocking pool, never for an
+/// async task.
+pub fn wait<T>(pending: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let mut pending = std::pin::pin!(pending);
     struct Unpark(std::thread::Thread);
     impl std::task::Wake for Unpark {
         fn wake(self: std::sync::Arc<Self>) {

@@ -8,9 +8,26 @@ use issuer::domain::pricing::Pricing;
 use issuer::domain::pricing::TimeTier;
 use issuer::domain::venue::{Area, Row, Seat, SeatingPlan, Section};
 use issuer::storage::{
-    Client, Created, EventQuery, NewOrder, OrganizerId, PlaceState, Settled, Storage, StorageError,
-    wait,
+    Catalogue, Client, Created, EventQuery, NewOrder, OrganizerId, PlaceState, Settled, Storage,
+    StorageError, wait,
 };
+
+/// Every backend's catalogue, each fresh and empty: the embedded one's,
+/// and PostgreSQL's where a server can be had (`crate::pg`).
+fn catalogues() -> Vec<(&'static str, Box<dyn Catalogue>, tempfile::TempDir)> {
+    let mut all: Vec<(&'static str, Box<dyn Catalogue>, tempfile::TempDir)> = backends()
+        .into_iter()
+        .map(|(name, db, tmp)| (name, db as Box<dyn Catalogue>, tmp))
+        .collect();
+    if let Some(url) = crate::pg::fresh_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pg =
+            issuer::storage::postgres::PgStorage::open_blocking(&url, &tmp.path().join("data"))
+                .unwrap();
+        all.push(("postgres", Box::new(pg), tmp));
+    }
+    all
+}
 
 /// Every backend under test, each fresh and empty, with a name for messages.
 fn backends() -> Vec<(&'static str, Box<dyn Storage>, tempfile::TempDir)> {
@@ -84,7 +101,7 @@ fn category(places: Places, price: u64) -> NewCategory {
     }
 }
 
-fn organizer(db: &dyn Storage, n: u8) -> OrganizerId {
+fn organizer(db: &dyn Catalogue, n: u8) -> OrganizerId {
     db.add_organizer(&format!("Promoter {n}"), &[n; 32], 1)
         .unwrap()
 }
@@ -95,7 +112,7 @@ fn not_found<T: std::fmt::Debug>(r: Result<T, StorageError>) -> bool {
 
 #[test]
 fn an_organizer_is_known_by_its_token_and_no_other() {
-    for (name, db, _tmp) in backends() {
+    for (name, db, _tmp) in catalogues() {
         let a = organizer(&*db, 1);
         let b = organizer(&*db, 2);
         assert_ne!(a, b, "{name}");
@@ -109,7 +126,7 @@ fn an_organizer_is_known_by_its_token_and_no_other() {
 
 #[test]
 fn an_event_is_a_draft_seen_by_its_organizer_until_it_goes_on_sale() {
-    for (name, db, _tmp) in backends() {
+    for (name, db, _tmp) in catalogues() {
         let (a, b) = (organizer(&*db, 1), organizer(&*db, 2));
         let v = db.add_venue(a, &venue("Lyon")).unwrap();
         assert_eq!(db.venue(v.id).unwrap(), v, "{name}");
@@ -148,7 +165,7 @@ fn an_event_is_a_draft_seen_by_its_organizer_until_it_goes_on_sale() {
 
 #[test]
 fn an_organizer_touches_only_its_own_venues_and_events() {
-    for (name, db, _tmp) in backends() {
+    for (name, db, _tmp) in catalogues() {
         let (a, b) = (organizer(&*db, 1), organizer(&*db, 2));
         let va = db.add_venue(a, &venue("Lyon")).unwrap();
         let vb = db.add_venue(b, &venue("Nice")).unwrap();
@@ -196,7 +213,7 @@ fn an_organizer_touches_only_its_own_venues_and_events() {
 
 #[test]
 fn categories_sell_sections_or_quotas_the_venue_has_each_section_once() {
-    for (name, db, _tmp) in backends() {
+    for (name, db, _tmp) in catalogues() {
         let a = organizer(&*db, 1);
         let v = db.add_venue(a, &venue("Lyon")).unwrap();
         let e = db
@@ -249,7 +266,7 @@ fn categories_sell_sections_or_quotas_the_venue_has_each_section_once() {
 
 #[test]
 fn browsing_filters_by_genre_city_dates_and_price_and_pages_by_cursor() {
-    for (name, db, _tmp) in backends() {
+    for (name, db, _tmp) in catalogues() {
         let a = organizer(&*db, 1);
         let lyon = db.add_venue(a, &venue("Lyon")).unwrap();
         let nice = db.add_venue(a, &venue("Nice")).unwrap();
@@ -329,7 +346,7 @@ fn browsing_filters_by_genre_city_dates_and_price_and_pages_by_cursor() {
 
 #[test]
 fn what_a_buyer_or_organizer_cannot_mean_is_refused_and_nothing_is_stored() {
-    for (name, db, _tmp) in backends() {
+    for (name, db, _tmp) in catalogues() {
         let a = organizer(&*db, 1);
         let mut bad = venue("Lyon");
         bad.plan.sections[1].id = "A".into();
@@ -362,7 +379,7 @@ fn what_a_buyer_or_organizer_cannot_mean_is_refused_and_nothing_is_stored() {
 
 #[test]
 fn search_finds_words_by_prefix_best_match_first_and_follows_changes() {
-    for (name, db, _tmp) in backends() {
+    for (name, db, _tmp) in catalogues() {
         let a = organizer(&*db, 1);
         let lyon = db.add_venue(a, &venue("Lyon")).unwrap();
         let nice = db.add_venue(a, &venue("Nice")).unwrap();
@@ -1747,7 +1764,7 @@ fn the_feed_adds_up_when_more_holds_lapse_at_once_than_are_told_in_one_go() {
 
 #[test]
 fn a_venue_is_shown_to_everyone_once_an_event_there_is_and_before_to_its_organizer_only() {
-    for (name, db, _tmp) in backends() {
+    for (name, db, _tmp) in catalogues() {
         let a = organizer(&*db, 1);
         let b = organizer(&*db, 2);
         let v = db.add_venue(a, &venue("Lyon")).unwrap();

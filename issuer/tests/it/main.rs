@@ -6,6 +6,7 @@ mod contract;
 mod issuance;
 mod keys;
 mod payments;
+mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -2,13 +2,12 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{
-    EVENT_COLUMNS, MAX_LIST, SqliteStorage, category_of, event_of, key, own_venue, venue_of,
-};
+use super::{EVENT_COLUMNS, MAX_LIST, SqliteStorage, event_from, key, own_venue, venue_of};
 use crate::domain::catalogue::{
     Category, Event, EventStatus, NewCategory, NewEvent, NewVenue, Places,
 };
 use crate::domain::venue::SeatingPlan;
+use crate::storage::rows::{CATEGORY_COLUMNS, category_from};
 use crate::storage::{Catalogue, EventQuery, OrganizerId, Result, StorageError, Venue};
 
 impl Catalogue for SqliteStorage {
@@ -235,7 +234,7 @@ impl Catalogue for SqliteStorage {
         sql.push_str(&q.limit.clamp(1, MAX_LIST).to_string());
         let conn = self.read();
         let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| Ok(event_of(r)))?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| Ok(event_from(r)))?;
         let mut out = Vec::new();
         for row in rows {
             out.push(row??.0);
@@ -268,7 +267,7 @@ impl Catalogue for SqliteStorage {
                 viewer.map(key),
                 limit.clamp(1, MAX_LIST) as i64
             ],
-            |r| Ok(event_of(r)),
+            |r| Ok(event_from(r)),
         )?;
         let mut out = Vec::new();
         for row in rows {
@@ -369,15 +368,7 @@ impl Catalogue for SqliteStorage {
         for &event in events {
             Self::own_event(&self.read(), by, event)?;
         }
-        // The keys' metadata is in this database, their secrets in `keys/`;
-        // only public keys are read.
-        let store =
-            crate::Store::open(&self.dir).map_err(|e| StorageError::Backend(e.to_string()))?;
-        let keyset = crate::keys::export_keyset(&store, events, now).map_err(|e| match e {
-            crate::Error::Invalid(m) => StorageError::Invalid(m),
-            e => StorageError::Backend(e.to_string()),
-        })?;
-        Ok(keyset.to_json())
+        crate::storage::keyset_in(&self.dir, events, now)
     }
 }
 
@@ -395,11 +386,10 @@ fn index_event(conn: &Connection, id: u64) -> Result<()> {
 }
 
 pub(super) fn categories_of(conn: &Connection, event_id: u64) -> Result<Vec<Category>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, event_id, name, pricing, places, sale_starts, sale_ends, per_order
-         FROM categories WHERE event_id = ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map([key(event_id)], |r| Ok(category_of(r)))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CATEGORY_COLUMNS} FROM categories WHERE event_id = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([key(event_id)], |r| Ok(category_from(r)))?;
     let mut out = Vec::new();
     for row in rows {
         out.push(row??);

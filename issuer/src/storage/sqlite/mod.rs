@@ -18,11 +18,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, Row};
 
+use super::rows::{Cells, VENUE_COLUMNS, venue_from};
+pub(super) use super::rows::{EVENT_COLUMNS, event_from};
 use super::{OrganizerId, Result, StorageError, Venue};
-use crate::domain::catalogue::{
-    Category, Event, EventStatus, Genre, NewCategory, NewEvent, NewVenue, Places,
-};
-use crate::domain::pricing::Pricing;
+use crate::domain::catalogue::{Category, Event};
 
 /// Connections kept for reads beside the writer.
 const READERS: usize = 3;
@@ -30,8 +29,7 @@ const READERS: usize = 3;
 /// Which reader a read waits for when all are busy.
 static READ_TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Most events one listing returns.
-pub const MAX_LIST: usize = 200;
+pub use super::MAX_LIST;
 
 /// The embedded backend. Cloning it is cheap (one database, shared): a
 /// change handed to the writer takes a clone along.
@@ -100,9 +98,6 @@ pub(super) fn refused<T: Send + 'static>(why: StorageError) -> crate::storage::P
 pub(super) fn key(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
-
-pub(super) const EVENT_COLUMNS: &str = "id, name, description, performers, genre, venue_id, starts_at, \
-     ends_at, status, city, organizer_id, buyers_cancel_until";
 
 impl SqliteStorage {
     /// Opens (creating) the data directory's database.
@@ -216,7 +211,7 @@ impl SqliteStorage {
         id: u64,
     ) -> Result<Option<(Event, Option<OrganizerId>)>> {
         conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))?
-            .query_row([key(id)], |r| Ok(event_of(r)))
+            .query_row([key(id)], |r| Ok(event_from(r)))
             .optional()?
             .transpose()
     }
@@ -239,76 +234,24 @@ pub(super) fn own_venue(conn: &Connection, by: OrganizerId, id: u64) -> Result<V
 }
 
 pub(super) fn venue_of(conn: &Connection, id: u64) -> Result<Option<Venue>> {
-    let row = conn
-        .prepare_cached(
-            "SELECT id, organizer_id, name, city, address, plan FROM venues WHERE id = ?1",
-        )?
-        .query_row([key(id)], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
-            ))
-        })
-        .optional()?;
-    let Some((id, organizer_id, name, city, address, plan)) = row else {
-        return Ok(None);
-    };
-    Ok(Some(Venue {
-        id: id as u64,
-        organizer_id: organizer_id as u64,
-        info: NewVenue {
-            name,
-            city,
-            address,
-            plan: serde_json::from_str(&plan)?,
-        },
-    }))
+    conn.prepare_cached(&format!("SELECT {VENUE_COLUMNS} FROM venues WHERE id = ?1"))?
+        .query_row([key(id)], |r| Ok(venue_from(r)))
+        .optional()?
+        .transpose()
 }
 
-/// An event row (in [`EVENT_COLUMNS`]' order) and its organizer.
-pub(super) fn event_of(r: &Row<'_>) -> Result<(Event, Option<OrganizerId>)> {
-    let genre: String = r.get(4)?;
-    let status: String = r.get(8)?;
-    let performers: String = r.get(3)?;
-    let event = Event {
-        id: r.get::<_, i64>(0)? as u64,
-        info: NewEvent {
-            name: r.get(1)?,
-            description: r.get(2)?,
-            performers: serde_json::from_str(&performers)?,
-            genre: Genre::parse(&genre).unwrap_or(Genre::Other),
-            venue_id: r.get::<_, Option<i64>>(5)?.unwrap_or(0) as u64,
-            starts_at: r.get::<_, i64>(6)? as u64,
-            ends_at: r.get::<_, i64>(7)? as u64,
-            buyers_cancel_until: r.get::<_, Option<i64>>(11)?.map(|t| t as u64),
-        },
-        status: EventStatus::parse(&status)
-            .ok_or_else(|| StorageError::Backend(format!("event status {status:?}")))?,
-        city: r.get(9)?,
-    };
-    Ok((event, r.get::<_, Option<i64>>(10)?.map(|o| o as u64)))
-}
+impl Cells for Row<'_> {
+    fn int(&self, i: usize) -> Result<i64> {
+        Ok(self.get(i)?)
+    }
 
-pub(super) fn category_of(r: &Row<'_>) -> Result<Category> {
-    let name: String = r.get(2)?;
-    let pricing: String = r.get(3)?;
-    let places: String = r.get(4)?;
-    Ok(Category {
-        id: r.get::<_, i64>(0)? as u64,
-        event_id: r.get::<_, i64>(1)? as u64,
-        info: NewCategory {
-            name,
-            pricing: serde_json::from_str::<Pricing>(&pricing)?,
-            places: serde_json::from_str::<Places>(&places)?,
-            sale_starts: r.get::<_, i64>(5)? as u64,
-            sale_ends: r.get::<_, i64>(6)? as u64,
-            per_order: r.get(7)?,
-        },
-    })
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        Ok(self.get(i)?)
+    }
+
+    fn text(&self, i: usize) -> Result<String> {
+        Ok(self.get(i)?)
+    }
 }
 
 #[cfg(test)]

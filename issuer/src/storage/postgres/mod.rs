@@ -1,0 +1,223 @@
+//! The backend beyond one machine: PostgreSQL, shared by any number of
+//! issuer processes (`issuer serve --database postgres://...`).
+//!
+//! Every method is written once, async, on a pool of connections
+//! ([`pool`]); the blocking methods of the storage traits [`wait`] on it.
+//! Whatever decides between buyers is decided by the database in one
+//! transaction, never by a process's memory, so processes need not know
+//! of each other.
+//!
+//! [`wait`]: crate::storage::wait
+
+mod catalogue;
+mod pool;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_postgres::Row;
+
+use super::rows::Cells;
+use super::{Result, StorageError};
+pub(crate) use pool::Conn;
+
+/// Schema migrations, applied in order, each once; `schema_migrations`
+/// says which ran.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
+
+/// The advisory lock processes starting at once take turns on to migrate.
+const MIGRATION_LOCK: i64 = 0x6973_7375_6572; // "issuer"
+
+/// Connections each process keeps at most.
+const POOL_SIZE: usize = 16;
+
+/// The PostgreSQL backend. Cloning it is cheap (one pool, shared).
+#[derive(Clone)]
+pub struct PgStorage(Arc<Inner>);
+
+impl std::ops::Deref for PgStorage {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub struct Inner {
+    pool: pool::Pool,
+    /// The data directory, whose `keys/` sign tickets (keys never go into
+    /// the database).
+    dir: PathBuf,
+    /// The runtime driving the connections, when none was running where
+    /// the storage was opened (the command line, tests).
+    _runtime: Option<Runtime>,
+}
+
+/// A runtime of the storage's own, stopped without waiting when dropped
+/// (it may be dropped on an async task's thread).
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(e: tokio_postgres::Error) -> StorageError {
+        // The server's own message says what went wrong; the rest is the
+        // connection's.
+        match e.as_db_error() {
+            Some(db) => StorageError::Backend(format!("{}: {}", db.code().code(), db.message())),
+            None => StorageError::Backend(e.to_string()),
+        }
+    }
+}
+
+impl PgStorage {
+    /// Connects to the database at `url` (a `postgres://` URL or
+    /// `host=... dbname=...`) and brings its schema up to date; `dir` is
+    /// the data directory, whose keys sign tickets. Connections run on the
+    /// runtime this is called on.
+    pub async fn open(url: &str, dir: &Path) -> std::result::Result<PgStorage, crate::Error> {
+        let storage = Self::new(url, dir, tokio::runtime::Handle::current(), None)?;
+        storage.migrate().await.map_err(migration_failed)?;
+        Ok(storage)
+    }
+
+    /// [`PgStorage::open`] for a caller with no runtime (the command line,
+    /// tests): the storage runs one of its own.
+    pub fn open_blocking(url: &str, dir: &Path) -> std::result::Result<PgStorage, crate::Error> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| crate::Error::Invalid(format!("starting the database's runtime: {e}")))?;
+        let handle = rt.handle().clone();
+        let storage = Self::new(url, dir, handle.clone(), Some(Runtime(Some(rt))))?;
+        handle
+            .block_on(storage.migrate())
+            .map_err(migration_failed)?;
+        Ok(storage)
+    }
+
+    fn new(
+        url: &str,
+        dir: &Path,
+        handle: tokio::runtime::Handle,
+        runtime: Option<Runtime>,
+    ) -> std::result::Result<PgStorage, crate::Error> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| crate::Error::Invalid(format!("the database address: {e}")))?;
+        Ok(PgStorage(Arc::new(Inner {
+            pool: pool::Pool::new(config, handle, POOL_SIZE),
+            dir: dir.to_owned(),
+            _runtime: runtime,
+        })))
+    }
+
+    /// Applies the migrations not yet applied, one process at a time.
+    async fn migrate(&self) -> Result<()> {
+        let mut c = self.pool.get().await?;
+        c.batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    INTEGER PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
+        c.begin().await?;
+        let done = async {
+            c.client()
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            let applied: i32 = c
+                .client()
+                .query_one(
+                    "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                    &[],
+                )
+                .await?
+                .get(0);
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied.max(0) as usize) {
+                c.client().batch_execute(sql).await?;
+                c.client()
+                    .execute(
+                        "INSERT INTO schema_migrations (version) VALUES ($1)",
+                        &[&(i as i32 + 1)],
+                    )
+                    .await?;
+            }
+            Ok::<_, StorageError>(())
+        }
+        .await;
+        c.end(done).await
+    }
+
+    /// A connection from the pool.
+    pub(crate) async fn conn(&self) -> Result<Conn> {
+        self.pool.get().await
+    }
+
+    /// Runs `f` as one transaction: committed if it returns `Ok`, rolled
+    /// back if not.
+    pub(crate) async fn transaction<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T>,
+    ) -> Result<T> {
+        let mut c = self.pool.get().await?;
+        c.begin().await?;
+        let out = f(&mut c).await;
+        c.end(out).await
+    }
+
+    /// The data directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn migration_failed(e: StorageError) -> crate::Error {
+    crate::Error::Invalid(format!("bringing the database's schema up to date: {e}"))
+}
+
+/// Runs `sql` (any statements) on the database at `url`, from a caller
+/// with no runtime: for tests and setup scripts.
+#[doc(hidden)]
+pub fn admin(url: &str, sql: &str) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StorageError::Backend(e.to_string()))?;
+    rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let out = client.batch_execute(sql).await;
+        drop(client);
+        let _ = driver.await;
+        Ok(out?)
+    })
+}
+
+/// SQL integers are signed: ids and times beyond are never stored.
+pub(crate) fn key(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Cells for Row {
+    fn int(&self, i: usize) -> Result<i64> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        Ok(self.try_get(i)?)
+    }
+
+    fn text(&self, i: usize) -> Result<String> {
+        Ok(self.try_get(i)?)
+    }
+}

@@ -1,0 +1,211 @@
+//! A pool of PostgreSQL connections, each with its statements kept
+//! prepared.
+//!
+//! A connection is taken for one transaction (or one statement) and
+//! given back. One given back inside a transaction (its caller gave up
+//! half-way) is closed rather than kept, so no lock outlives its caller.
+//! A connection the server closed is left, and a new one made when next
+//! needed: the pool heals itself after a restart of the server.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
+
+use crate::storage::{Result, StorageError};
+
+/// How long making a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a caller waits for a free connection.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) struct Pool {
+    config: tokio_postgres::Config,
+    /// Where each connection's driver runs.
+    runtime: tokio::runtime::Handle,
+    idle: Arc<Mutex<Vec<Open>>>,
+    turns: Arc<Semaphore>,
+}
+
+/// A connection and its prepared statements.
+struct Open {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+/// A connection taken from the pool, given back when dropped.
+pub(crate) struct Conn {
+    open: Option<Open>,
+    in_transaction: bool,
+    idle: Arc<Mutex<Vec<Open>>>,
+    _turn: OwnedSemaphorePermit,
+}
+
+impl Pool {
+    pub fn new(
+        mut config: tokio_postgres::Config,
+        runtime: tokio::runtime::Handle,
+        size: usize,
+    ) -> Pool {
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("issuer");
+        Pool {
+            config,
+            runtime,
+            idle: Arc::default(),
+            turns: Arc::new(Semaphore::new(size)),
+        }
+    }
+
+    /// A connection: an idle one that is still open, else a new one.
+    pub async fn get(&self) -> Result<Conn> {
+        // The timer is the runtime's, whatever thread waits (a blocking
+        // caller has none of its own).
+        let turn = {
+            let _runtime = self.runtime.enter();
+            tokio::time::timeout(WAIT_TIMEOUT, self.turns.clone().acquire_owned())
+        };
+        let turn = turn
+            .await
+            .map_err(|_| unavailable("no connection came free in time"))?
+            .map_err(|e| StorageError::Backend(e.to_string()))?;
+        let kept = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                match idle.pop() {
+                    Some(open) if open.client.is_closed() => continue,
+                    other => break other,
+                }
+            }
+        };
+        let open = match kept {
+            Some(open) => open,
+            None => self.connect().await?,
+        };
+        Ok(Conn {
+            open: Some(open),
+            in_transaction: false,
+            idle: self.idle.clone(),
+            _turn: turn,
+        })
+    }
+
+    /// A new connection, made on the runtime, whose driver runs there.
+    async fn connect(&self) -> Result<Open> {
+        let config = self.config.clone();
+        let connected = self.runtime.spawn(async move {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "a database connection ended");
+                }
+            });
+            Ok::<_, tokio_postgres::Error>(client)
+        });
+        let client = connected
+            .await
+            .map_err(|e| StorageError::Backend(e.to_string()))?
+            .map_err(|e| unavailable(&format!("connecting: {e}")))?;
+        Ok(Open {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+}
+
+/// The database cannot be reached now: worth trying again shortly.
+fn unavailable(why: &str) -> StorageError {
+    StorageError::Backend(format!("the database is unavailable: {why}"))
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(open) = self.open.take()
+            && !self.in_transaction
+            && !open.client.is_closed()
+        {
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(open);
+        }
+    }
+}
+
+impl Conn {
+    fn open(&mut self) -> &mut Open {
+        // Only `Drop` takes it.
+        self.open.as_mut().expect("a connection in use")
+    }
+
+    /// The client, for statements run once (not kept prepared).
+    pub fn client(&mut self) -> &Client {
+        &self.open().client
+    }
+
+    /// `sql`, prepared on this connection once and kept.
+    pub async fn prepare(&mut self, sql: &str) -> Result<Statement> {
+        let open = self.open();
+        if let Some(s) = open.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = open.client.prepare(sql).await?;
+        open.statements.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    pub async fn query(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let s = self.prepare(sql).await?;
+        Ok(self.open().client.query(&s, args).await?)
+    }
+
+    pub async fn query_opt(
+        &mut self,
+        sql: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>> {
+        let s = self.prepare(sql).await?;
+        Ok(self.open().client.query_opt(&s, args).await?)
+    }
+
+    pub async fn query_one(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Row> {
+        let s = self.prepare(sql).await?;
+        Ok(self.open().client.query_one(&s, args).await?)
+    }
+
+    pub async fn execute(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let s = self.prepare(sql).await?;
+        Ok(self.open().client.execute(&s, args).await?)
+    }
+
+    /// Statements with no arguments, as one string.
+    pub async fn batch(&mut self, sql: &str) -> Result<()> {
+        Ok(self.open().client.batch_execute(sql).await?)
+    }
+
+    pub async fn begin(&mut self) -> Result<()> {
+        self.in_transaction = true;
+        self.batch("BEGIN").await
+    }
+
+    /// Ends the transaction begun: commits it if `out` is `Ok`, else
+    /// rolls it back; `out`, or the commit's failure.
+    pub async fn end<T>(&mut self, out: Result<T>) -> Result<T> {
+        let ended = match &out {
+            Ok(_) => self.batch("COMMIT").await,
+            Err(_) => self.batch("ROLLBACK").await,
+        };
+        if ended.is_ok() {
+            self.in_transaction = false;
+        }
+        match (out, ended) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), _) => Err(e),
+        }
+    }
+}

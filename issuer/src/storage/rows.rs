@@ -1,0 +1,85 @@
+//! Stored rows back into the domain's types, for every backend: each
+//! backend says how to read a cell ([`Cells`]); what the columns mean is
+//! said once, here.
+
+use super::{OrganizerId, Result, StorageError, Venue};
+use crate::domain::catalogue::{
+    Category, Event, EventStatus, Genre, NewCategory, NewEvent, NewVenue,
+};
+
+/// The columns an event is read from, in [`event_from`]'s order.
+pub const EVENT_COLUMNS: &str = "id, name, description, performers, genre, venue_id, starts_at, \
+     ends_at, status, city, organizer_id, buyers_cancel_until";
+
+/// The columns a category is read from, in [`category_from`]'s order.
+pub const CATEGORY_COLUMNS: &str =
+    "id, event_id, name, pricing, places, sale_starts, sale_ends, per_order";
+
+/// The columns a venue is read from, in [`venue_from`]'s order.
+pub const VENUE_COLUMNS: &str = "id, organizer_id, name, city, address, plan";
+
+/// One row of a result, as a backend reads its cells.
+pub trait Cells {
+    fn int(&self, i: usize) -> Result<i64>;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>>;
+    fn text(&self, i: usize) -> Result<String>;
+}
+
+/// An id or a time: never negative as stored.
+fn unsigned(n: i64) -> u64 {
+    n.max(0) as u64
+}
+
+/// An event row (in [`EVENT_COLUMNS`]' order) and its organizer.
+pub fn event_from(r: &impl Cells) -> Result<(Event, Option<OrganizerId>)> {
+    let genre = r.text(4)?;
+    let status = r.text(8)?;
+    let event = Event {
+        id: unsigned(r.int(0)?),
+        info: NewEvent {
+            name: r.text(1)?,
+            description: r.text(2)?,
+            performers: serde_json::from_str(&r.text(3)?)?,
+            genre: Genre::parse(&genre).unwrap_or(Genre::Other),
+            venue_id: unsigned(r.opt_int(5)?.unwrap_or(0)),
+            starts_at: unsigned(r.int(6)?),
+            ends_at: unsigned(r.int(7)?),
+            buyers_cancel_until: r.opt_int(11)?.map(unsigned),
+        },
+        status: EventStatus::parse(&status)
+            .ok_or_else(|| StorageError::Backend(format!("event status {status:?}")))?,
+        city: r.text(9)?,
+    };
+    Ok((event, r.opt_int(10)?.map(unsigned)))
+}
+
+/// A category row, in [`CATEGORY_COLUMNS`]' order.
+pub fn category_from(r: &impl Cells) -> Result<Category> {
+    Ok(Category {
+        id: unsigned(r.int(0)?),
+        event_id: unsigned(r.int(1)?),
+        info: NewCategory {
+            name: r.text(2)?,
+            pricing: serde_json::from_str(&r.text(3)?)?,
+            places: serde_json::from_str(&r.text(4)?)?,
+            sale_starts: unsigned(r.int(5)?),
+            sale_ends: unsigned(r.int(6)?),
+            per_order: u32::try_from(r.int(7)?)
+                .map_err(|_| StorageError::Backend("a category's per-order limit".into()))?,
+        },
+    })
+}
+
+/// A venue row, in [`VENUE_COLUMNS`]' order.
+pub fn venue_from(r: &impl Cells) -> Result<Venue> {
+    Ok(Venue {
+        id: unsigned(r.int(0)?),
+        organizer_id: unsigned(r.int(1)?),
+        info: NewVenue {
+            name: r.text(2)?,
+            city: r.text(3)?,
+            address: r.text(4)?,
+            plan: serde_json::from_str(&r.text(5)?)?,
+        },
+    })
+}

@@ -1,0 +1,168 @@
+//! A throw-away PostgreSQL cluster for the tests: Debian's `postgresql`,
+//! started once per test binary in a temporary directory, reached by its
+//! Unix socket only, and stopped (its directory removed) when the binary
+//! exits. Each test gets a database of its own.
+//!
+//! `ISSUER_TEST_POSTGRES` (a connection string to a superuser's database)
+//! uses a server already running instead. Without either, the PostgreSQL
+//! half of the tests says so loudly and is skipped, except under CI, where
+//! it fails.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The cluster: how to reach it as its superuser.
+struct Cluster {
+    /// `host=... user=...`, without a database.
+    base: String,
+    /// Kept open while the binary runs: the cluster stops when it closes.
+    _alive: Option<std::sync::Mutex<std::process::ChildStdin>>,
+}
+
+static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+static DATABASES: AtomicUsize = AtomicUsize::new(0);
+
+/// A connection string to a fresh, empty database, or `None` (said
+/// loudly) where no PostgreSQL can be had.
+pub fn fresh_database() -> Option<String> {
+    let cluster = CLUSTER.get_or_init(start).as_ref()?;
+    let name = format!(
+        "t{}_{}",
+        std::process::id(),
+        DATABASES.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = format!("{} dbname=postgres", cluster.base);
+    issuer::storage::postgres::admin(&admin, &format!("CREATE DATABASE {name}"))
+        .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
+    Some(format!("{} dbname={name}", cluster.base))
+}
+
+/// Where Debian keeps the server's programs (`initdb`, `postgres`).
+fn server_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|d| d.ok().map(|d| d.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists() && bin.join("postgres").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn unavailable(why: &str) -> Option<Cluster> {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "PostgreSQL is needed under CI: {why}"
+    );
+    eprintln!(
+        "SKIPPED: the PostgreSQL half of these tests: {why} (apt-get install postgresql, or set \
+         ISSUER_TEST_POSTGRES)"
+    );
+    None
+}
+
+fn start() -> Option<Cluster> {
+    if let Ok(url) = std::env::var("ISSUER_TEST_POSTGRES") {
+        return Some(Cluster {
+            base: url,
+            _alive: None,
+        });
+    }
+    let Some(bin) = server_bin() else {
+        return unavailable("Debian's postgresql is not installed");
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("issuer-pg-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    // PostgreSQL will not run as root: as root, the cluster is run by the
+    // `postgres` user Debian's package made.
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let as_owner = |program: &str| -> Command {
+        if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+            c
+        } else {
+            Command::new(bin.join(program))
+        }
+    };
+    if root {
+        let ok = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return unavailable("the data directory cannot be given to the postgres user");
+        }
+    }
+    let data = dir.join("data");
+    let init = as_owner("initdb")
+        .args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "-D",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    // The server runs until this binary's end closes its standard input;
+    // then it is stopped and its directory removed.
+    let server = format!(
+        "{} -D {} -k {} -c listen_addresses= -c fsync=off -c synchronous_commit=off \
+         -c full_page_writes=off -c max_connections=200 -c shared_buffers=64MB",
+        bin.join("postgres").display(),
+        data.display(),
+        dir.display()
+    );
+    let script = format!(
+        "{server} >{log} 2>&1 & pid=$!; read _; kill -INT $pid; wait $pid; rm -rf {dir}",
+        log = dir.join("log").display(),
+        dir = dir.display(),
+    );
+    let mut child = if root {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--", "sh", "-c", &script])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap()
+    } else {
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut alive = child.stdin.take().unwrap();
+    let _ = alive.flush();
+    let base = format!("host={} user=postgres", dir.display());
+    let admin = format!("{base} dbname=postgres");
+    for _ in 0..300 {
+        if issuer::storage::postgres::admin(&admin, "SELECT 1").is_ok() {
+            return Some(Cluster {
+                base,
+                _alive: Some(std::sync::Mutex::new(alive)),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    panic!("the test cluster did not start in 30 s:\n{log}");
+}
