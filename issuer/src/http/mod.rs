@@ -1,7 +1,8 @@
 //! The JSON API under `/api/v1`: one [`AppState`], one error shape
 //! ([`error::ApiError`]), authentication as extractors ([`auth`]), a router
 //! per resource. Handlers parse and check what comes in, then call the
-//! storage from tokio's blocking pool.
+//! storage: the buying path's changes are awaited (no thread waits on
+//! them), the rest run on tokio's blocking pool.
 //!
 //! The OpenAPI document (`GET /api/v1/openapi.json`) is generated from the
 //! code: each handler carries its `#[utoipa::path]` (path, parameters,

@@ -416,14 +416,19 @@ fn sign_ahead(
 }
 
 /// Brings an order in line with its payment as the provider reports it.
+///
+/// It runs as a task of its own, to its end, whether or not the request
+/// that asked is still there: money that moved is never left unsettled.
 async fn settle(s: &AppState, code: &str, intent: &Intent) -> Result<Order, ApiError> {
-    let settled = settle_as_told(s, code, intent).await;
+    let (state, code, intent) = (s.clone(), code.to_owned(), intent.clone());
+    let settled = tokio::spawn(async move { settle_as_told(&state, code, intent).await })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     s.changed();
     settled
 }
 
-async fn settle_as_told(s: &AppState, code: &str, intent: &Intent) -> Result<Order, ApiError> {
-    let (code, intent) = (code.to_owned(), intent.clone());
+async fn settle_as_told(s: &AppState, code: String, intent: Intent) -> Result<Order, ApiError> {
     match intent.status {
         IntentStatus::Succeeded => {
             let signer = s.signer.clone();

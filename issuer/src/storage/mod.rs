@@ -11,6 +11,7 @@
 //! buyers (a seat sold once, a quota never exceeded) is decided by the
 //! database, in one transaction, never by one process's memory.
 
+pub mod holding;
 pub mod postgres;
 pub mod rows;
 pub mod sqlite;
@@ -256,7 +257,9 @@ pub struct CategoryCount {
 }
 
 /// A change on its way to the database: resolves once it is made, or
-/// refused. Awaiting it holds no thread.
+/// refused. Awaiting it holds no thread. Dropped before it resolves, a
+/// hold or an order may be left unmade (no one is left to be told of it);
+/// a release or a payment is made all the same.
 pub type Pending<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send>>;
 
 /// Waits for a pending change (or any storage future), blocking this

@@ -1815,3 +1815,44 @@ fn changes_older_than_a_day_are_cleared_but_numbering_goes_on() {
         assert_eq!(db.availability(e, later).unwrap().seq, 5, "{name}");
     }
 }
+
+#[test]
+fn a_hold_given_up_before_its_turn_is_not_made() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, floor) = on_sale(&*db, 500);
+        let q = |n| HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Quantity {
+                category_id: floor,
+                quantity: n,
+            }],
+        };
+        // Buyers ahead keep the database busy a while.
+        let ahead: Vec<_> = (0..200u16)
+            .map(|i| {
+                let mut hash = [0xAA; 32];
+                hash[..2].copy_from_slice(&i.to_be_bytes());
+                db.hold_pending(q(1), hash, T0, MIN, None)
+            })
+            .collect();
+        // A buyer who hangs up at once (its request's future dropped,
+        // never polled): no one can be given its token.
+        drop(db.hold_pending(q(5), [7; 32], T0, MIN, None));
+        for pending in ahead {
+            wait(pending).unwrap();
+        }
+        assert!(
+            not_found(db.hold_of(&[7; 32], T0)),
+            "{name}: a hold nobody awaits was made: {:?}",
+            db.hold_of(&[7; 32], T0)
+        );
+        let floor_left = db
+            .availability(e, T0)
+            .unwrap()
+            .categories
+            .into_iter()
+            .find(|c| c.category_id == floor)
+            .unwrap();
+        assert_eq!(floor_left.held, 200, "{name}");
+    }
+}

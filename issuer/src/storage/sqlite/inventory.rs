@@ -13,14 +13,11 @@ use super::changes::{announce_expired_in, expiry_due, last_seq, moved, record};
 use super::{SqliteStorage, key, refused, venue_of};
 use crate::domain::catalogue::{Category, EventStatus, Places};
 use crate::domain::hold::{HeldPlace, Hold, HoldItem, HoldRequest, HoldState};
-use crate::domain::seats::best_block;
+use crate::storage::holding::{self, Taken};
 use crate::storage::{
     Availability, CategoryAvailability, ChangeKind, Client, Inventory, Pending, PlaceChange,
     PlaceState, Result, StorageError,
 };
-
-/// A place taken by a hold being made: (category, n, seat key).
-type Taken = (u64, i64, Option<String>);
 
 /// Takes place `n` of `category` for the hold, if it is free at `now`:
 /// its seat key (`None` for a standing place), or `None` if it was not free.
@@ -83,12 +80,6 @@ impl SqliteStorage {
     }
 }
 
-fn category(categories: &BTreeMap<u64, Category>, id: u64) -> Result<&Category> {
-    categories
-        .get(&id)
-        .ok_or_else(|| StorageError::Invalid(format!("the event has no category {id}")))
-}
-
 impl Inventory for SqliteStorage {
     fn hold_pending(
         &self,
@@ -103,13 +94,24 @@ impl Inventory for SqliteStorage {
         }
         // A category too nearly sold out for what is asked is refused from
         // a read, without waiting for the writer: after a sell-out, buyers
-        // asking again and again cost the writer nothing.
-        match sold_out(&self.quick_read(), &request, now_ms) {
-            Ok(None) => {}
-            Ok(Some(refusal)) | Err(refusal) => return refused(refusal),
+        // asking again and again cost the writer nothing. Only categories
+        // found short lately are read so.
+        let asked = request.items.iter().filter_map(|i| match i {
+            HoldItem::Quantity { category_id, .. } | HoldItem::Best { category_id, .. } => {
+                Some(*category_id)
+            }
+            HoldItem::Seats { .. } => None,
+        });
+        if self.scarce(asked)
+            && let Some(conn) = self.quick_read()
+        {
+            match sold_out(&conn, &request, now_ms) {
+                Ok(None) => {}
+                Ok(Some(refusal)) | Err(refusal) => return refused(refusal),
+            }
         }
         let until = now_ms.saturating_add(ttl_ms);
-        self.submit(move |me, tx| {
+        self.submit_unless_gone(move |me, tx| {
             me.hold_in(tx, &request, &token_hash, now_ms, until, client.as_ref())
         })
     }
@@ -315,56 +317,26 @@ impl SqliteStorage {
         client: Option<&Client>,
     ) -> Result<Hold> {
         let shelved = self.shelved(tx, request.event_id)?;
-        let (event, categories) = match shelved.as_deref() {
-            Some((e, categories)) if e.status != EventStatus::Draft => (e, categories),
-            _ => {
-                return Err(StorageError::NotFound(format!(
-                    "event {}",
-                    request.event_id
-                )));
-            }
-        };
-        if event.status != EventStatus::OnSale {
-            return Err(StorageError::Conflict(format!(
-                "event {} is {}: nothing of it can be held",
-                event.id,
-                event.status.as_str()
-            )));
-        }
+        let event = holding::check_event(shelved.as_deref().map(|(e, _)| e), request.event_id)?;
+        let categories = shelved
+            .as_deref()
+            .map(|(_, c)| c)
+            .ok_or_else(|| StorageError::NotFound(format!("event {}", request.event_id)))?;
         // Places of holds whose time passed are told free before they are
         // taken again, so the live feed's moves add up.
         announce_expired_in(tx, Some(event.id), now_ms)?;
-        // Quantities beyond an order's limit are refused before anything
-        // is looked for (seats asked by key are counted once found).
-        for item in &request.items {
-            if let HoldItem::Quantity {
-                category_id,
-                quantity,
-            }
-            | HoldItem::Best {
-                category_id,
-                quantity,
-            } = item
-            {
-                let c = category(categories, *category_id)?;
-                if *quantity > c.info.per_order {
-                    return Err(StorageError::Invalid(format!(
-                        "{} sells at most {} places an order",
-                        c.info.name, c.info.per_order
-                    )));
-                }
-            }
-        }
+        holding::check_quantities(request, categories)?;
         let mut taken: Vec<Taken> = Vec::new();
         for item in &request.items {
             match item {
                 HoldItem::Seats { seats } => {
                     for seat in seats {
                         let place: Option<(i64, i64)> = tx
-                            .prepare_cached("SELECT category_id, n FROM places WHERE event_id = ?1 AND seat_key = ?2 AND seat_key IS NOT NULL")?.query_row(
-                                params![key(event.id), seat],
-                                |r| Ok((r.get(0)?, r.get(1)?)),
-                            )
+                            .prepare_cached(
+                                "SELECT category_id, n FROM places
+                                 WHERE event_id = ?1 AND seat_key = ?2 AND seat_key IS NOT NULL",
+                            )?
+                            .query_row(params![key(event.id), seat], |r| Ok((r.get(0)?, r.get(1)?)))
                             .optional()?;
                         let Some((c, n)) = place else {
                             return Err(StorageError::Invalid(format!(
@@ -381,7 +353,7 @@ impl SqliteStorage {
                     category_id,
                     quantity,
                 } => {
-                    let c = category(categories, *category_id)?;
+                    let c = holding::category(categories, *category_id)?;
                     let free: Vec<i64> = tx
                         .prepare_cached(
                             "SELECT n FROM places
@@ -391,6 +363,7 @@ impl SqliteStorage {
                         .query_map(params![key(c.id), key(now_ms), quantity], |r| r.get(0))?
                         .collect::<rusqlite::Result<_>>()?;
                     if free.len() < *quantity as usize {
+                        self.short_of(c.id);
                         return Err(StorageError::Conflict(format!(
                             "{} has {} places left, not {quantity}",
                             c.info.name,
@@ -410,7 +383,7 @@ impl SqliteStorage {
                     category_id,
                     quantity,
                 } => {
-                    let c = category(categories, *category_id)?;
+                    let c = holding::category(categories, *category_id)?;
                     if !matches!(c.info.places, Places::Seats { .. }) {
                         return Err(StorageError::Invalid(format!(
                             "{} is standing: ask for a quantity, not the best seats",
@@ -425,7 +398,7 @@ impl SqliteStorage {
                     // were announced above).
                     let first = {
                         let mut boards = self.boards();
-                        let mut free = boards.free(tx, event.id, c.id, now_ms)?.to_vec();
+                        let free = boards.free(tx, event.id, c.id, now_ms)?.to_vec();
                         if free.len() != capacity {
                             boards.forget(event.id);
                             return Err(StorageError::Backend(format!(
@@ -434,30 +407,8 @@ impl SqliteStorage {
                                 free.len()
                             )));
                         }
-                        // Seats this hold took already, by an item before,
-                        // are not on the board yet.
-                        for (_, n, _) in taken.iter().filter(|t| t.0 == c.id) {
-                            if let Some(f) =
-                                usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i))
-                            {
-                                *f = false;
-                            }
-                        }
-                        let mut views: Vec<&[bool]> = Vec::with_capacity(rows.len());
-                        let mut starts = Vec::with_capacity(rows.len());
-                        let mut at = 0;
-                        for len in rows.iter() {
-                            views.push(&free[at..at + len]);
-                            starts.push(at);
-                            at += len;
-                        }
-                        let Some(block) = best_block(&views, *quantity as usize) else {
-                            return Err(StorageError::Conflict(format!(
-                                "{} has no {quantity} seats side by side left",
-                                c.info.name
-                            )));
-                        };
-                        starts[block.row] + block.first
+                        holding::best_seats(c, &rows, free, &taken, *quantity)
+                            .inspect_err(|_| self.short_of(c.id))?
                     };
                     for i in first..first + *quantity as usize {
                         let n = i as i64 + 1;
@@ -475,80 +426,46 @@ impl SqliteStorage {
         }
         // What the client holds of the event already, paid places aside.
         if let Some(Client { address, most }) = client {
-            let held: i64 = tx.prepare_cached("SELECT count(*) FROM hold_items i JOIN holds h ON h.token_hash = i.hold
-                 WHERE h.event_id = ?1 AND h.client = ?2 AND h.client IS NOT NULL AND h.released_at IS NULL
-                   AND h.expires_at > ?3
-                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.hold = h.token_hash AND o.state = 'paid')")?.query_row(
-                params![key(event.id), address, key(now_ms)],
-                |r| r.get(0),
-            )?;
+            let held: i64 = tx
+                .prepare_cached(
+                    "SELECT count(*) FROM hold_items i JOIN holds h ON h.token_hash = i.hold
+                     WHERE h.event_id = ?1 AND h.client = ?2 AND h.client IS NOT NULL
+                       AND h.released_at IS NULL AND h.expires_at > ?3
+                       AND NOT EXISTS (SELECT 1 FROM orders o
+                                       WHERE o.hold = h.token_hash AND o.state = 'paid')",
+                )?
+                .query_row(params![key(event.id), address, key(now_ms)], |r| r.get(0))?;
             if held as u64 + taken.len() as u64 > u64::from(*most) {
                 return Err(StorageError::Conflict(format!(
                     "this address holds {held} places of the event already; at most {most} at once"
                 )));
             }
         }
-        // Per category: on sale now, within its limit, at its price now.
-        let now_s = now_ms / 1000;
-        let mut prices: BTreeMap<u64, u64> = BTreeMap::new();
-        for (id, c) in categories {
-            let count = taken.iter().filter(|t| t.0 == *id).count();
-            if count == 0 {
-                continue;
-            }
-            if now_s < c.info.sale_starts || now_s >= c.info.sale_ends {
-                return Err(StorageError::Conflict(format!(
-                    "{} is not on sale now",
-                    c.info.name
-                )));
-            }
-            if count > c.info.per_order as usize {
-                return Err(StorageError::Invalid(format!(
-                    "{} sells at most {} places an order",
-                    c.info.name, c.info.per_order
-                )));
-            }
-            // Counting what is sold costs a pass over the category: only
-            // demand tiers need it.
-            let (capacity, sold): (i64, i64) = if c.info.pricing.demand_tiers.is_empty() {
-                (0, 0)
-            } else {
-                tx.prepare_cached(
+        // Counting what is sold costs a pass over a category: only demand
+        // tiers need it.
+        let mut sold = BTreeMap::new();
+        for id in holding::counted(categories, &taken) {
+            let (capacity, n): (i64, i64) = tx
+                .prepare_cached(
                     "SELECT count(*), count(order_id) FROM places WHERE category_id = ?1",
                 )?
-                .query_row([key(*id)], |r| Ok((r.get(0)?, r.get(1)?)))?
-            };
-            prices.insert(
-                *id,
-                c.info.pricing.price_at(now_s, sold as u64, capacity as u64),
-            );
+                .query_row([key(id)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            sold.insert(id, (capacity as u64, n as u64));
         }
-        let currency = categories
-            .values()
-            .next()
-            .map(|c| c.info.pricing.currency.clone())
-            .unwrap_or_default();
-        let places: Vec<HeldPlace> = taken
-            .iter()
-            .map(|(c, _, seat)| HeldPlace {
-                category_id: *c,
-                seat: seat.clone(),
-                price: prices.get(c).copied().unwrap_or_default(),
-            })
-            .collect();
-        let total = places.iter().map(|p| p.price).sum();
-        tx.prepare_cached("INSERT INTO holds (token_hash, event_id, created_at, expires_at, currency, total, client)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
-            params![
-                &token_hash[..],
-                key(event.id),
-                key(now_ms),
-                key(until),
-                currency,
-                key(total),
-                client.map(|c| c.address.as_str())
-            ],
-        )?;
+        let (hold, places) = holding::priced(event.id, categories, &taken, &sold, now_ms, until)?;
+        tx.prepare_cached(
+            "INSERT INTO holds (token_hash, event_id, created_at, expires_at, currency, total, client)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            &token_hash[..],
+            key(event.id),
+            key(now_ms),
+            key(until),
+            hold.currency,
+            key(hold.total),
+            client.map(|c| c.address.as_str())
+        ])?;
         {
             let mut item = tx.prepare_cached(
                 "INSERT INTO hold_items (hold, category_id, n, seat_key, price) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -557,27 +474,9 @@ impl SqliteStorage {
                 item.execute(params![&token_hash[..], key(*c), n, seat, key(place.price)])?;
             }
         }
-        // The hold as `hold_of` reads it: places by category and number.
-        let mut order: Vec<(u64, i64, HeldPlace)> = taken
-            .iter()
-            .zip(places)
-            .map(|((c, n, _), place)| (*c, *n, place))
-            .collect();
-        order.sort_by_key(|(c, n, _)| (*c, *n));
         let moved: Vec<(u64, Option<String>)> =
             taken.into_iter().map(|(c, _, seat)| (c, seat)).collect();
         record(tx, event.id, now_ms, ChangeKind::Held, &moved)?;
-        Ok(Hold {
-            event_id: event.id,
-            expires_at: until,
-            state: if until <= now_ms {
-                HoldState::Expired
-            } else {
-                HoldState::Active
-            },
-            places: order.into_iter().map(|(_, _, place)| place).collect(),
-            total,
-            currency,
-        })
+        Ok(hold)
     }
 }

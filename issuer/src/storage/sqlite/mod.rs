@@ -26,6 +26,13 @@ use crate::domain::catalogue::{Category, Event};
 /// Connections kept for reads beside the writer.
 const READERS: usize = 3;
 
+/// How long a category found short of places has holds checked before
+/// the writer.
+const SCARCE_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connections kept for quick reads from async tasks.
+const QUICK: usize = 2;
+
 /// Which reader a read waits for when all are busy.
 static READ_TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -51,8 +58,8 @@ pub struct Inner {
     /// Connections for reads alone: in WAL mode they read beside the
     /// writer, each what was committed when its read began.
     readers: Vec<Mutex<Connection>>,
-    /// One more, for quick reads alone ([`SqliteStorage::quick_read`]).
-    quick: Mutex<Connection>,
+    /// Two more, for quick reads alone ([`SqliteStorage::quick_read`]).
+    quick: Vec<Mutex<Connection>>,
     /// The data directory, whose `keys/` sign tickets.
     dir: std::path::PathBuf,
     /// Seated categories' rows, by category ([`SqliteStorage::rows_of`]).
@@ -62,6 +69,9 @@ pub struct Inner {
     /// Events and their categories as holds read them
     /// ([`SqliteStorage::shelved`]).
     shelf: Mutex<Shelf>,
+    /// Categories a hold lately found short of places, and when
+    /// ([`SqliteStorage::scarce`]).
+    scarce: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
 }
 
 /// An event with its categories, by id.
@@ -108,11 +118,14 @@ impl SqliteStorage {
             readers: (0..READERS)
                 .map(|_| crate::store::open_db(dir).map(Mutex::new))
                 .collect::<std::result::Result<_, _>>()?,
-            quick: Mutex::new(crate::store::open_db(dir)?),
+            quick: (0..QUICK)
+                .map(|_| crate::store::open_db(dir).map(Mutex::new))
+                .collect::<std::result::Result<_, _>>()?,
             dir: dir.to_owned(),
             rows: Mutex::default(),
             pruned_at: std::sync::atomic::AtomicU64::new(0),
             shelf: Mutex::default(),
+            scarce: Mutex::default(),
         })))
     }
 
@@ -182,13 +195,47 @@ impl SqliteStorage {
         f: impl FnOnce(&SqliteStorage, &Connection) -> Result<T> + Send + 'static,
     ) -> crate::storage::Pending<T> {
         let me = self.clone();
-        Box::pin(self.writer.submit(move |tx| f(&me, tx)))
+        Box::pin(self.writer.submit(move |tx| f(&me, tx), false))
     }
 
-    /// The connection for reads of a few rows by index, made on an async
-    /// task's thread: never held long, and never by a slow read.
-    pub(super) fn quick_read(&self) -> MutexGuard<'_, Connection> {
-        self.quick.lock().unwrap_or_else(|p| p.into_inner())
+    /// [`SqliteStorage::submit`], for a change not worth making once its
+    /// caller has gone (a hold or an order no one can be told of).
+    pub(super) fn submit_unless_gone<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SqliteStorage, &Connection) -> Result<T> + Send + 'static,
+    ) -> crate::storage::Pending<T> {
+        let me = self.clone();
+        Box::pin(self.writer.submit(move |tx| f(&me, tx), true))
+    }
+
+    /// Notes that a hold found category `id` short of places.
+    pub(super) fn short_of(&self, id: u64) {
+        let mut scarce = self.scarce.lock().unwrap_or_else(|p| p.into_inner());
+        if scarce.len() >= SHELF {
+            scarce.clear();
+        }
+        scarce.insert(id, std::time::Instant::now());
+    }
+
+    /// Whether a hold found one of `categories` short of places within the
+    /// last few seconds: only then is a hold checked against what is free
+    /// before it goes to the writer.
+    pub(super) fn scarce(&self, mut categories: impl Iterator<Item = u64>) -> bool {
+        let scarce = self.scarce.lock().unwrap_or_else(|p| p.into_inner());
+        !scarce.is_empty()
+            && categories.any(|c| scarce.get(&c).is_some_and(|at| at.elapsed() < SCARCE_FOR))
+    }
+
+    /// A connection for reads of a few rows by index, made on an async
+    /// task's thread, if one is free now: such a thread never waits for
+    /// one. What is read so is only a shortcut, never needed: without it
+    /// the writer decides.
+    pub(super) fn quick_read(&self) -> Option<MutexGuard<'_, Connection>> {
+        self.quick.iter().find_map(|c| match c.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        })
     }
 
     /// A connection to read with: a free reader if there is one, else the

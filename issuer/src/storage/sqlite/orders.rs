@@ -195,7 +195,7 @@ impl Orders for SqliteStorage {
         if let Err(e) = new.buyer.check() {
             return refused(e.into());
         }
-        self.submit(move |_, tx| create_order_in(tx, &new, now_ms))
+        self.submit_unless_gone(move |_, tx| create_order_in(tx, &new, now_ms))
     }
 
     fn order(&self, code: &str, secret_hash: &[u8; 32]) -> Result<Order> {

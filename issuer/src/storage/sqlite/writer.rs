@@ -156,6 +156,8 @@ struct Soon<T, F> {
     work: Option<F>,
     made: Option<Made<T>>,
     tell: tokio::sync::oneshot::Sender<Made<T>>,
+    /// Not made if its caller has gone when its turn comes.
+    unless_gone: bool,
 }
 
 impl<T, F> Task for Soon<T, F>
@@ -167,6 +169,10 @@ where
         let Some(work) = self.work.take() else {
             return true;
         };
+        if self.unless_gone && self.tell.is_closed() {
+            // No one is left to be told (a buyer who hung up): not made.
+            return true;
+        }
         let (kept, made) = in_savepoint(conn, boards, work);
         self.made = Some(made);
         kept
@@ -316,9 +322,12 @@ impl Writer {
     /// Hands `f` to the writer as one all-or-nothing change, and returns
     /// what resolves once it is on disk (or failed): no thread waits for
     /// it. A change that panics is answered as a failure of the backend.
+    /// With `unless_gone`, a change whose caller has dropped what this
+    /// returns by the time its turn comes is not made.
     pub fn submit<T, F>(
         &self,
         f: F,
+        unless_gone: bool,
     ) -> impl std::future::Future<Output = Result<T>> + Send + use<T, F>
     where
         T: Send + 'static,
@@ -329,6 +338,7 @@ impl Writer {
             work: Some(f),
             made: None,
             tell,
+            unless_gone,
         }));
         async move {
             queued?;
