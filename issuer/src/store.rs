@@ -85,6 +85,10 @@ pub(crate) fn open_db(dir: &Path) -> Result<Connection, Error> {
         // Pages kept in memory: up to 32 MiB a connection (an event's
         // places and holds are read again and again).
         conn.pragma_update(None, "cache_size", -32768)?;
+        // Temporary files in memory: above all the journal each savepoint
+        // keeps of the pages its change touches (the writer opens one a
+        // change), which would otherwise be written to a file page by page.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Statements are compiled once per connection and kept: the hot
         // paths use some forty.

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{Result, StorageError};
-use crate::domain::catalogue::{Category, Event, EventStatus};
+use super::{Result, StorageError, Venue};
+use crate::domain::catalogue::{Category, Event, EventStatus, Places};
 use crate::domain::hold::{HeldPlace, Hold, HoldItem, HoldRequest, HoldState};
 use crate::domain::seats::best_block;
 
@@ -179,4 +179,22 @@ pub fn priced(
         currency,
     };
     Ok((hold, places))
+}
+
+/// The seat rows of a seated category at its `venue`, front to back,
+/// section by section, as their lengths: place n of the category is the
+/// n-th seat in that order. (A category's seats never change, nor a
+/// venue's plan once it has categories: worth keeping once worked out.)
+pub fn seat_rows(c: &Category, venue: &Venue) -> Vec<usize> {
+    let Places::Seats { sections } = &c.info.places else {
+        return Vec::new();
+    };
+    venue
+        .info
+        .plan
+        .sections
+        .iter()
+        .filter(|s| sections.contains(&s.id))
+        .flat_map(|s| s.rows.iter().map(|r| r.seats.len()))
+        .collect()
 }

@@ -167,6 +167,23 @@ pub struct CategoryAvailability {
     pub currency: String,
 }
 
+impl CategoryAvailability {
+    /// What is left of category `c`: `capacity` places, `sold` of them
+    /// sold and `held` held, priced as at `now_s` (unix seconds).
+    pub fn of(c: Category, capacity: u64, sold: u64, held: u64, now_s: u64) -> Self {
+        CategoryAvailability {
+            category_id: c.id,
+            price: c.info.pricing.price_at(now_s, sold, capacity),
+            currency: c.info.pricing.currency,
+            name: c.info.name,
+            capacity,
+            available: capacity.saturating_sub(sold + held),
+            held,
+            sold,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PlaceState {

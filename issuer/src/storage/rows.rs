@@ -2,7 +2,9 @@
 //! backend says how to read a cell ([`Cells`]); what the columns mean is
 //! said once, here.
 
-use super::{OrganizerId, Result, StorageError, Venue};
+use std::collections::BTreeMap;
+
+use super::{CategoryCount, ChangeKind, OrganizerId, PlaceChange, Result, StorageError, Venue};
 use crate::domain::catalogue::{
     Category, Event, EventStatus, Genre, NewCategory, NewEvent, NewVenue,
 };
@@ -82,4 +84,47 @@ pub fn venue_from(r: &impl Cells) -> Result<Venue> {
             plan: serde_json::from_str(&r.text(5)?)?,
         },
     })
+}
+
+/// The columns a change of the live feed is read from, in
+/// [`change_from`]'s order.
+pub const CHANGE_COLUMNS: &str = "id, event_id, seq, at, kind, seats, places";
+
+/// A change row, in [`CHANGE_COLUMNS`]' order, with its row's id.
+pub fn change_from(r: &impl Cells) -> Result<(u64, PlaceChange)> {
+    let kind = r.text(4)?;
+    let places: Vec<(u64, u64)> = serde_json::from_str(&r.text(6)?)?;
+    Ok((
+        unsigned(r.int(0)?),
+        PlaceChange {
+            event_id: unsigned(r.int(1)?),
+            seq: unsigned(r.int(2)?),
+            at: unsigned(r.int(3)?),
+            kind: ChangeKind::parse(&kind)
+                .ok_or_else(|| StorageError::Backend(format!("change kind {kind:?}")))?,
+            seats: serde_json::from_str(&r.text(5)?)?,
+            places: places
+                .into_iter()
+                .map(|(category_id, count)| CategoryCount { category_id, count })
+                .collect(),
+        },
+    ))
+}
+
+/// Places that moved, as (category, seat key).
+pub type Moved = Vec<(u64, Option<String>)>;
+
+/// How a change's places are stored: the seats' keys (JSON), and how many
+/// places of each category moved (JSON, `[[category, count], ...]`).
+pub fn moved_columns(moved: &[(u64, Option<String>)]) -> Result<(String, String)> {
+    let seats: Vec<&str> = moved.iter().filter_map(|(_, s)| s.as_deref()).collect();
+    let mut places: BTreeMap<u64, u64> = BTreeMap::new();
+    for (c, _) in moved {
+        *places.entry(*c).or_default() += 1;
+    }
+    let places: Vec<(u64, u64)> = places.into_iter().collect();
+    Ok((
+        serde_json::to_string(&seats)?,
+        serde_json::to_string(&places)?,
+    ))
 }

@@ -2,15 +2,13 @@
 //! moves the places, so the feed never tells of a change that did not
 //! happen, nor misses one that did.
 
-use std::collections::BTreeMap;
-
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStorage, key};
-use crate::storage::{CategoryCount, ChangeKind, PlaceChange, Result, StorageError};
+use crate::storage::rows::{CHANGE_COLUMNS, change_from, moved_columns};
+use crate::storage::{ChangeKind, PlaceChange, Result};
 
-/// Places that moved: (category, seat key).
-pub(super) type Moved = Vec<(u64, Option<String>)>;
+pub(super) use crate::storage::rows::Moved;
 
 /// Records that `moved` places of `event_id` changed by `kind`, under the
 /// event's next number. Nothing moved, nothing recorded.
@@ -24,12 +22,7 @@ pub(super) fn record(
     if moved.is_empty() {
         return Ok(());
     }
-    let seats: Vec<&str> = moved.iter().filter_map(|(_, s)| s.as_deref()).collect();
-    let mut places: BTreeMap<u64, u64> = BTreeMap::new();
-    for (c, _) in moved {
-        *places.entry(*c).or_default() += 1;
-    }
-    let places: Vec<(u64, u64)> = places.into_iter().collect();
+    let (seats, places) = moved_columns(moved)?;
     conn.prepare_cached(
         "INSERT INTO place_changes (event_id, seq, at, kind, seats, places)
          VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM place_changes WHERE event_id = ?1),
@@ -39,8 +32,8 @@ pub(super) fn record(
         key(event_id),
         key(now_ms),
         kind.as_str(),
-        serde_json::to_string(&seats)?,
-        serde_json::to_string(&places)?,
+        seats,
+        places
     ])?;
     Ok(())
 }
@@ -130,37 +123,13 @@ const KEEP_CHANGES_MS: u64 = 24 * 3600 * 1000;
 /// How often old changes are cleared.
 const PRUNE_EVERY_MS: u64 = 60_000;
 
-const CHANGE_COLUMNS: &str = "id, event_id, seq, at, kind, seats, places";
-
-fn change_of(r: &rusqlite::Row<'_>) -> Result<(u64, PlaceChange)> {
-    let kind: String = r.get(4)?;
-    let seats: String = r.get(5)?;
-    let places: String = r.get(6)?;
-    let places: Vec<(u64, u64)> = serde_json::from_str(&places)?;
-    Ok((
-        r.get::<_, i64>(0)? as u64,
-        PlaceChange {
-            event_id: r.get::<_, i64>(1)? as u64,
-            seq: r.get::<_, i64>(2)? as u64,
-            at: r.get::<_, i64>(3)? as u64,
-            kind: ChangeKind::parse(&kind)
-                .ok_or_else(|| StorageError::Backend(format!("change kind {kind:?}")))?,
-            seats: serde_json::from_str(&seats)?,
-            places: places
-                .into_iter()
-                .map(|(category_id, count)| CategoryCount { category_id, count })
-                .collect(),
-        },
-    ))
-}
-
 fn query_changes(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
 ) -> Result<Vec<(u64, PlaceChange)>> {
     let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(params, |r| Ok(change_of(r)))?;
+    let rows = stmt.query_map(params, |r| Ok(change_from(r)))?;
     let mut out = Vec::new();
     for row in rows {
         out.push(row??);

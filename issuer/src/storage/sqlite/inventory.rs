@@ -43,10 +43,8 @@ fn take(
 }
 
 impl SqliteStorage {
-    /// The seat rows of a seated category, front to back, section by
-    /// section, as their lengths: place n of the category is the n-th seat
-    /// in that order. Kept once worked out (a category's seats never change,
-    /// nor a venue's plan once it has categories).
+    /// The seat rows of a seated category ([`holding::seat_rows`]), kept
+    /// once worked out.
     fn rows_of(&self, conn: &Connection, c: &Category, venue_id: u64) -> Result<Arc<Vec<usize>>> {
         let cached = self
             .rows
@@ -57,21 +55,9 @@ impl SqliteStorage {
         if let Some(rows) = cached {
             return Ok(rows);
         }
-        let Places::Seats { sections } = &c.info.places else {
-            return Ok(Arc::default());
-        };
         let venue = venue_of(conn, venue_id)?
             .ok_or_else(|| StorageError::NotFound("the event's venue".into()))?;
-        let rows: Arc<Vec<usize>> = Arc::new(
-            venue
-                .info
-                .plan
-                .sections
-                .iter()
-                .filter(|s| sections.contains(&s.id))
-                .flat_map(|s| s.rows.iter().map(|r| r.seats.len()))
-                .collect(),
-        );
+        let rows = Arc::new(holding::seat_rows(c, &venue));
         self.rows
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -147,17 +133,13 @@ impl Inventory for SqliteStorage {
                 params![key(c.id), key(now_ms)],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
-            let (capacity, sold, held) = (capacity as u64, sold as u64, held as u64);
-            categories.push(CategoryAvailability {
-                category_id: c.id,
-                price: c.info.pricing.price_at(now_s, sold, capacity),
-                currency: c.info.pricing.currency,
-                name: c.info.name,
-                capacity,
-                available: capacity - sold - held,
-                held,
-                sold,
-            });
+            categories.push(CategoryAvailability::of(
+                c,
+                capacity as u64,
+                sold as u64,
+                held as u64,
+                now_s,
+            ));
         }
         let mut stmt = conn.prepare_cached(
             "SELECT p.seat_key, p.category_id,
