@@ -127,37 +127,35 @@ impl Inventory for SqliteStorage {
         let seq = last_seq(&conn, event_id)?;
         let now_s = now_ms / 1000;
         let mut categories = Vec::new();
-        for c in categories_of(&conn, event_id)? {
-            let (capacity, sold, held): (i64, i64, i64) = conn.prepare_cached("SELECT count(*), count(order_id), count(*) FILTER (WHERE order_id IS NULL AND held_until > ?2)
-                 FROM places WHERE category_id = ?1")?.query_row(
-                params![key(c.id), key(now_ms)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
-            categories.push(CategoryAvailability::of(
-                c,
-                capacity as u64,
-                sold as u64,
-                held as u64,
-                now_s,
-            ));
-        }
+        let mut seats = Vec::new();
+        // One pass over each category's places, in its order: its counts
+        // and its seats' states.
         let mut stmt = conn.prepare_cached(
-            "SELECT p.seat_key, p.category_id,
-                    CASE WHEN p.order_id IS NOT NULL THEN 2 WHEN p.held_until > ?2 THEN 1 ELSE 0 END
-             FROM categories c JOIN places p ON p.category_id = c.id
-             WHERE c.event_id = ?1 AND p.seat_key IS NOT NULL
-             ORDER BY p.category_id, p.n",
+            "SELECT seat_key,
+                    CASE WHEN order_id IS NOT NULL THEN 2 WHEN held_until > ?2 THEN 1 ELSE 0 END
+             FROM places WHERE category_id = ?1 ORDER BY n",
         )?;
-        let seats = stmt
-            .query_map(params![key(event_id), key(now_ms)], |r| {
-                let state = match r.get::<_, i64>(2)? {
+        for c in categories_of(&conn, event_id)? {
+            let (mut capacity, mut sold, mut held) = (0u64, 0u64, 0u64);
+            let mut rows = stmt.query(params![key(c.id), key(now_ms)])?;
+            while let Some(r) = rows.next()? {
+                let state = match r.get::<_, i64>(1)? {
                     2 => PlaceState::Sold,
                     1 => PlaceState::Held,
                     _ => PlaceState::Available,
                 };
-                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, state))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+                capacity += 1;
+                match state {
+                    PlaceState::Sold => sold += 1,
+                    PlaceState::Held => held += 1,
+                    PlaceState::Available => {}
+                }
+                if let Some(seat) = r.get::<_, Option<String>>(0)? {
+                    seats.push((seat, c.id, state));
+                }
+            }
+            categories.push(CategoryAvailability::of(c, capacity, sold, held, now_s));
+        }
         drop(stmt);
         conn.commit()?;
         Ok(Availability {
