@@ -248,9 +248,19 @@ pub struct NewCategory {
 
 impl NewCategory {
     /// Checks the category against its venue's plan and the event's other
-    /// categories (`others`): its sections or area exist, no seat is sold
-    /// under two categories, and a standing area's quotas together fit it.
+    /// categories (`others`): one currency for all (one order pays in one),
+    /// its sections or area exist, no seat is sold under two categories,
+    /// and a standing area's quotas together fit it.
     pub fn check(&self, plan: &SeatingPlan, others: &[NewCategory]) -> Result<(), Invalid> {
+        if let Some(o) = others
+            .iter()
+            .find(|o| o.pricing.currency != self.pricing.currency)
+        {
+            return Err(invalid(format!(
+                "the event's other categories are priced in {}: one order pays in one currency",
+                o.pricing.currency
+            )));
+        }
         let taken: Vec<&String> = others
             .iter()
             .filter_map(|c| match &c.places {

@@ -299,15 +299,6 @@ impl PgStorage {
                 .into_iter()
                 .map(|c| c.info)
                 .collect();
-            if let Some(o) = others
-                .iter()
-                .find(|o| o.pricing.currency != category.pricing.currency)
-            {
-                return Err(StorageError::Invalid(format!(
-                    "the event's other categories are priced in {}: one order pays in one currency",
-                    o.pricing.currency
-                )));
-            }
             category.check(&venue.info.plan, &others)?;
             let id: i64 = c
                 .query_one(

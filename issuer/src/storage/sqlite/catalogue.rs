@@ -291,15 +291,6 @@ impl Catalogue for SqliteStorage {
             .into_iter()
             .map(|c| c.info)
             .collect();
-        if let Some(c) = others
-            .iter()
-            .find(|c| c.pricing.currency != category.pricing.currency)
-        {
-            return Err(StorageError::Invalid(format!(
-                "the event's other categories are priced in {}: one order pays in one currency",
-                c.pricing.currency
-            )));
-        }
         category.check(&venue.info.plan, &others)?;
         tx.prepare_cached(
             "INSERT INTO categories (event_id, name, price, currency, pricing, places, sale_starts,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::catalogue::categories_of;
-use super::changes::{announce_expired_in, expiry_due, last_seq, moved, record};
+use super::changes::{Moved, announce_expired_in, expiry_due, last_seq, moved, record};
 use super::{SqliteStorage, key, refused, venue_of};
 use crate::domain::catalogue::{Category, EventStatus, Places};
 use crate::domain::hold::{HeldPlace, Hold, HoldItem, HoldRequest, HoldState};
@@ -268,14 +268,7 @@ fn release_in(tx: &Connection, token_hash: &[u8; 32], now_ms: u64) -> Result<Hol
     if hold.state == HoldState::Active {
         tx.prepare_cached("UPDATE holds SET released_at = ?2 WHERE token_hash = ?1")?
             .execute(params![&token_hash[..], key(now_ms)])?;
-        let places = moved(
-            tx,
-            "UPDATE places SET hold = NULL, held_until = 0
-             WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items WHERE hold = ?1)
-               AND hold = ?1 AND order_id IS NULL
-             RETURNING category_id, seat_key",
-            [&token_hash[..]],
-        )?;
+        let places = untie(tx, token_hash)?;
         record(tx, hold.event_id, now_ms, ChangeKind::Released, &places)?;
         return Ok(Hold {
             state: HoldState::Released,
@@ -459,4 +452,17 @@ impl SqliteStorage {
         record(tx, event.id, now_ms, ChangeKind::Held, &moved)?;
         Ok(hold)
     }
+}
+
+/// Unties a hold's unsold places from it (they are free at once): the
+/// places that moved.
+pub(super) fn untie(tx: &Connection, token_hash: &[u8; 32]) -> Result<Moved> {
+    moved(
+        tx,
+        "UPDATE places SET hold = NULL, held_until = 0
+         WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items WHERE hold = ?1)
+           AND hold = ?1 AND order_id IS NULL
+         RETURNING category_id, seat_key",
+        [&token_hash[..]],
+    )
 }

@@ -5,7 +5,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::changes::{announce_expired_in, moved, record};
-use super::inventory::hold_of;
+use super::inventory::{hold_of, untie};
 use super::outbox::enqueue;
 use super::{SqliteStorage, key, refused};
 use crate::domain::hold::HoldState;
@@ -526,14 +526,7 @@ impl Orders for SqliteStorage {
                 "UPDATE holds SET released_at = ?2 WHERE token_hash = ?1 AND released_at IS NULL",
             )?
             .execute(params![&hold[..], key(now_ms)])?;
-            let places = moved(
-                tx,
-                "UPDATE places SET hold = NULL, held_until = 0
-             WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items WHERE hold = ?1)
-               AND hold = ?1 AND order_id IS NULL
-             RETURNING category_id, seat_key",
-                [&hold[..]],
-            )?;
+            let places = untie(tx, &hold)?;
             record(tx, before.event_id, now_ms, ChangeKind::Released, &places)?;
             Ok(order)
         })
