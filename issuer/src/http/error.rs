@@ -54,6 +54,9 @@ impl ApiError {
     }
 }
 
+/// How soon a request refused for want of the database may be tried again.
+pub const UNAVAILABLE_RETRY_SECS: u64 = 2;
+
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> ApiError {
         match e {
@@ -63,6 +66,16 @@ impl From<StorageError> for ApiError {
             }
             StorageError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             StorageError::Backend(detail) => ApiError::internal(detail),
+            StorageError::Unavailable(detail) => {
+                tracing::warn!(%detail, "the database is unavailable");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable for a moment: try the request again",
+                );
+                e.retry_after = Some(UNAVAILABLE_RETRY_SECS);
+                e
+            }
         }
     }
 }
@@ -79,7 +92,7 @@ pub struct ErrorDetail {
     /// Stable, for programs: `not_found`, `bad_request`, `unauthorized`,
     /// `invalid`, `conflict`, `unsupported_media_type`, `too_large`,
     /// `rate_limited`, `bad_signature`, `websocket_required`,
-    /// `method_not_allowed`, `internal`.
+    /// `method_not_allowed`, `internal`, `unavailable`.
     #[schema(example = "not_found")]
     pub code: &'static str,
     /// For people: what was wrong, and what to do about it.

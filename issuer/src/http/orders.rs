@@ -305,9 +305,10 @@ pub async fn reconcile(s: AppState, after_ms: u64) {
         let now = now_ms();
         let due = s
             .db(move |db| {
-                db.unsettled(
+                db.claim_unsettled(
                     now.saturating_sub(after_ms),
                     now.saturating_sub(86_400_000),
+                    now,
                     50,
                 )
             })
@@ -323,21 +324,13 @@ pub async fn reconcile(s: AppState, after_ms: u64) {
         };
         for (order, method) in due {
             let code = order.code.clone();
-            if let Err(e) = reconcile_one(&s, order, method).await
+            if let Err(e) = ask_provider(&s, order, method).await
                 && warn.allow()
             {
                 tracing::warn!(order = %code, error = %e.message, "reconciling an order");
             }
         }
     }
-}
-
-async fn reconcile_one(s: &AppState, order: Order, method: Option<String>) -> Result<(), ApiError> {
-    {
-        let code = order.code.clone();
-        s.db(move |db| db.touch_order(&code, now_ms())).await?;
-    }
-    ask_provider(s, order, method).await.map(|_| ())
 }
 
 /// Asks the provider how an order's payment went (the same charge under

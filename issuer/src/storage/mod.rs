@@ -56,6 +56,10 @@ pub enum StorageError {
     Conflict(String),
     #[error("database: {0}")]
     Backend(String),
+    /// The database cannot be reached or is busy now: nothing was
+    /// changed, and the same request may be tried again shortly.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<Invalid> for StorageError {
@@ -485,21 +489,20 @@ pub trait Orders: Send + Sync {
 
     /// Pending orders last changed at or before `before_ms` and made after
     /// `since_ms`, oldest change first, with their payment method: the
-    /// ones whose payment's outcome is to be asked of the provider.
-    fn unsettled(
+    /// ones whose payment's outcome is to be asked of the provider. Each
+    /// is noted as changed at `now_ms`, so that no one else (another
+    /// process) asks about it until `before_ms` passes it again.
+    fn claim_unsettled(
         &self,
         before_ms: u64,
         since_ms: u64,
+        now_ms: u64,
         limit: usize,
     ) -> Result<Vec<(Order, Option<String>)>>;
 
     /// An order by its code alone, with its payment method: for the
     /// issuer's own use (never for answering a request unchecked).
     fn order_by_code(&self, code: &str) -> Result<(Order, Option<String>)>;
-
-    /// Notes that an order's payment was asked about (it is asked again
-    /// no sooner than the next pass).
-    fn touch_order(&self, code: &str, now_ms: u64) -> Result<()>;
 
     /// A paid ticket of an order of organizer `by`'s event, as it would
     /// be issued again: the same place and validity, a fresh random id.

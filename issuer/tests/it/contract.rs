@@ -1,5 +1,6 @@
 //! The storage contract: what every backend must do, run unchanged against
-//! each (SQLite now). A backend is made fresh for each test by `backends()`.
+//! each (SQLite and PostgreSQL). A backend is made fresh for each test by
+//! `backends()`.
 
 use issuer::domain::catalogue::{EventStatus, Genre, NewCategory, NewEvent, NewVenue, Places};
 use issuer::domain::hold::{HoldItem, HoldRequest, HoldState};
@@ -8,17 +9,18 @@ use issuer::domain::pricing::Pricing;
 use issuer::domain::pricing::TimeTier;
 use issuer::domain::venue::{Area, Row, Seat, SeatingPlan, Section};
 use issuer::storage::{
-    Catalogue, Client, Created, EventQuery, NewOrder, OrganizerId, PlaceState, Settled, Storage,
-    StorageError, wait,
+    Client, Created, EventQuery, NewOrder, OrganizerId, PlaceState, Settled, Storage, StorageError,
+    wait,
 };
 
-/// Every backend's catalogue, each fresh and empty: the embedded one's,
-/// and PostgreSQL's where a server can be had (`crate::pg`).
-fn catalogues() -> Vec<(&'static str, Box<dyn Catalogue>, tempfile::TempDir)> {
-    let mut all: Vec<(&'static str, Box<dyn Catalogue>, tempfile::TempDir)> = backends()
-        .into_iter()
-        .map(|(name, db, tmp)| (name, db as Box<dyn Catalogue>, tmp))
-        .collect();
+/// Every backend under test, each fresh and empty, with a name for
+/// messages: the embedded one, and PostgreSQL where a server can be had
+/// (`crate::pg`; under CI it must be).
+fn backends() -> Vec<(&'static str, Box<dyn Storage>, tempfile::TempDir)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let sqlite = issuer::storage::sqlite::SqliteStorage::open(&tmp.path().join("data")).unwrap();
+    let mut all: Vec<(&'static str, Box<dyn Storage>, tempfile::TempDir)> =
+        vec![("sqlite", Box::new(sqlite), tmp)];
     if let Some(url) = crate::pg::fresh_database() {
         let tmp = tempfile::tempdir().unwrap();
         let pg =
@@ -27,13 +29,6 @@ fn catalogues() -> Vec<(&'static str, Box<dyn Catalogue>, tempfile::TempDir)> {
         all.push(("postgres", Box::new(pg), tmp));
     }
     all
-}
-
-/// Every backend under test, each fresh and empty, with a name for messages.
-fn backends() -> Vec<(&'static str, Box<dyn Storage>, tempfile::TempDir)> {
-    let tmp = tempfile::tempdir().unwrap();
-    let sqlite = issuer::storage::sqlite::SqliteStorage::open(&tmp.path().join("data")).unwrap();
-    vec![("sqlite", Box::new(sqlite), tmp)]
 }
 
 fn plan() -> SeatingPlan {
@@ -101,7 +96,7 @@ fn category(places: Places, price: u64) -> NewCategory {
     }
 }
 
-fn organizer(db: &dyn Catalogue, n: u8) -> OrganizerId {
+fn organizer(db: &dyn Storage, n: u8) -> OrganizerId {
     db.add_organizer(&format!("Promoter {n}"), &[n; 32], 1)
         .unwrap()
 }
@@ -112,7 +107,7 @@ fn not_found<T: std::fmt::Debug>(r: Result<T, StorageError>) -> bool {
 
 #[test]
 fn an_organizer_is_known_by_its_token_and_no_other() {
-    for (name, db, _tmp) in catalogues() {
+    for (name, db, _tmp) in backends() {
         let a = organizer(&*db, 1);
         let b = organizer(&*db, 2);
         assert_ne!(a, b, "{name}");
@@ -126,7 +121,7 @@ fn an_organizer_is_known_by_its_token_and_no_other() {
 
 #[test]
 fn an_event_is_a_draft_seen_by_its_organizer_until_it_goes_on_sale() {
-    for (name, db, _tmp) in catalogues() {
+    for (name, db, _tmp) in backends() {
         let (a, b) = (organizer(&*db, 1), organizer(&*db, 2));
         let v = db.add_venue(a, &venue("Lyon")).unwrap();
         assert_eq!(db.venue(v.id).unwrap(), v, "{name}");
@@ -165,7 +160,7 @@ fn an_event_is_a_draft_seen_by_its_organizer_until_it_goes_on_sale() {
 
 #[test]
 fn an_organizer_touches_only_its_own_venues_and_events() {
-    for (name, db, _tmp) in catalogues() {
+    for (name, db, _tmp) in backends() {
         let (a, b) = (organizer(&*db, 1), organizer(&*db, 2));
         let va = db.add_venue(a, &venue("Lyon")).unwrap();
         let vb = db.add_venue(b, &venue("Nice")).unwrap();
@@ -213,7 +208,7 @@ fn an_organizer_touches_only_its_own_venues_and_events() {
 
 #[test]
 fn categories_sell_sections_or_quotas_the_venue_has_each_section_once() {
-    for (name, db, _tmp) in catalogues() {
+    for (name, db, _tmp) in backends() {
         let a = organizer(&*db, 1);
         let v = db.add_venue(a, &venue("Lyon")).unwrap();
         let e = db
@@ -266,7 +261,7 @@ fn categories_sell_sections_or_quotas_the_venue_has_each_section_once() {
 
 #[test]
 fn browsing_filters_by_genre_city_dates_and_price_and_pages_by_cursor() {
-    for (name, db, _tmp) in catalogues() {
+    for (name, db, _tmp) in backends() {
         let a = organizer(&*db, 1);
         let lyon = db.add_venue(a, &venue("Lyon")).unwrap();
         let nice = db.add_venue(a, &venue("Nice")).unwrap();
@@ -346,7 +341,7 @@ fn browsing_filters_by_genre_city_dates_and_price_and_pages_by_cursor() {
 
 #[test]
 fn what_a_buyer_or_organizer_cannot_mean_is_refused_and_nothing_is_stored() {
-    for (name, db, _tmp) in catalogues() {
+    for (name, db, _tmp) in backends() {
         let a = organizer(&*db, 1);
         let mut bad = venue("Lyon");
         bad.plan.sections[1].id = "A".into();
@@ -379,7 +374,7 @@ fn what_a_buyer_or_organizer_cannot_mean_is_refused_and_nothing_is_stored() {
 
 #[test]
 fn search_finds_words_by_prefix_best_match_first_and_follows_changes() {
-    for (name, db, _tmp) in catalogues() {
+    for (name, db, _tmp) in backends() {
         let a = organizer(&*db, 1);
         let lyon = db.add_venue(a, &venue("Lyon")).unwrap();
         let nice = db.add_venue(a, &venue("Nice")).unwrap();
@@ -1764,7 +1759,7 @@ fn the_feed_adds_up_when_more_holds_lapse_at_once_than_are_told_in_one_go() {
 
 #[test]
 fn a_venue_is_shown_to_everyone_once_an_event_there_is_and_before_to_its_organizer_only() {
-    for (name, db, _tmp) in catalogues() {
+    for (name, db, _tmp) in backends() {
         let a = organizer(&*db, 1);
         let b = organizer(&*db, 2);
         let v = db.add_venue(a, &venue("Lyon")).unwrap();
@@ -1855,4 +1850,178 @@ fn a_hold_given_up_before_its_turn_is_not_made() {
             .unwrap();
         assert_eq!(floor_left.held, 200, "{name}");
     }
+}
+
+#[test]
+fn a_pending_order_is_asked_about_once_a_pass_and_only_while_pending() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, _) = on_sale(&*db, 5);
+        for (i, seat) in ["A-1-1", "A-1-2", "A-1-3"].iter().enumerate() {
+            let n = i as u8 + 1;
+            db.hold(&seats(e, &[seat]), &[n; 32], T0, 10 * MIN).unwrap();
+            created(
+                db.create_order(
+                    &new_order(n, &format!("ASK0000{n}XX"), None),
+                    T0 + u64::from(n),
+                )
+                .unwrap(),
+            );
+        }
+        db.settle_paid("ASK00003XX", T0 + 10).unwrap();
+        let codes = |v: Vec<(issuer::domain::order::Order, Option<String>)>| {
+            v.into_iter().map(|(o, _)| o.code).collect::<Vec<_>>()
+        };
+        // Too recent to ask about.
+        assert!(
+            db.claim_unsettled(T0, 0, T0 + MIN, 10).unwrap().is_empty(),
+            "{name}"
+        );
+        // Due, oldest first, with the payment method; the paid one is not.
+        let due = db.claim_unsettled(T0 + MIN, 0, T0 + 2 * MIN, 1).unwrap();
+        assert_eq!(due[0].1.as_deref(), Some("pm_card_visa"), "{name}");
+        assert_eq!(codes(due), ["ASK00001XX"], "{name}: at most the limit");
+        assert_eq!(
+            codes(db.claim_unsettled(T0 + MIN, 0, T0 + 2 * MIN, 10).unwrap()),
+            ["ASK00002XX"],
+            "{name}: each once a pass"
+        );
+        // Asked at T0 + 2 min: due again a pass later; too old, never.
+        assert!(
+            db.claim_unsettled(T0 + MIN, 0, T0 + 3 * MIN, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            codes(
+                db.claim_unsettled(T0 + 2 * MIN, 0, T0 + 3 * MIN, 10)
+                    .unwrap()
+            )
+            .len(),
+            2,
+            "{name}"
+        );
+        assert!(
+            db.claim_unsettled(T0 + 9 * MIN, T0 + 5, T0 + 9 * MIN, 10)
+                .unwrap()
+                .is_empty(),
+            "{name}: made before since_ms"
+        );
+    }
+}
+
+/// Two handles on one PostgreSQL database stand for two issuer processes:
+/// the database decides between them.
+#[test]
+fn two_processes_on_one_database_share_keys_orders_mail_and_the_feed() {
+    let Some(url) = crate::pg::fresh_database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let open = || -> std::sync::Arc<dyn Storage> {
+        std::sync::Arc::new(
+            issuer::storage::postgres::PgStorage::open_blocking(&url, &tmp.path().join("data"))
+                .unwrap(),
+        )
+    };
+    let (one, two) = (open(), open());
+    let (e, s, floor) = on_sale(&*one, 40);
+    let cursor = two.change_cursor().unwrap();
+    // A retry reaching the other process is answered the first order.
+    one.hold(&seats(e, &["A-3-9"]), &[9; 32], T0, 10 * MIN)
+        .unwrap();
+    let first = created(
+        one.create_order(&new_order(9, "TWOPROC001", Some(("key-9", 9))), T0)
+            .unwrap(),
+    );
+    assert_eq!(
+        two.create_order(&new_order(9, "TWOPROC002", Some(("key-9", 9))), T0 + 1)
+            .unwrap(),
+        Created::Again(first)
+    );
+    // Buyers on both at once: no place twice, the quota never beyond.
+    let bought: Vec<(Vec<Option<String>>, usize)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8u8)
+            .map(|buyer| {
+                let db = if buyer % 2 == 0 {
+                    one.clone()
+                } else {
+                    two.clone()
+                };
+                scope.spawn(move || {
+                    let (mut bought, mut orders) = (Vec::new(), 0);
+                    for t in 0..12u8 {
+                        let item = match (buyer + t) % 3 {
+                            0 => HoldItem::Best {
+                                category_id: s,
+                                quantity: 2,
+                            },
+                            1 => HoldItem::Seats {
+                                seats: vec![format!("A-{}-{}", 1 + t % 3, 1 + buyer)],
+                            },
+                            _ => HoldItem::Quantity {
+                                category_id: floor,
+                                quantity: 3,
+                            },
+                        };
+                        let token = [buyer, t, 0x33, 0x44].repeat(8).try_into().unwrap();
+                        let req = HoldRequest {
+                            event_id: e,
+                            items: vec![item],
+                        };
+                        if db.hold(&req, &token, T0 + 2, 10 * MIN).is_err() {
+                            continue;
+                        }
+                        let code = format!("P{buyer:02}T{t:02}XXXXX");
+                        let mut order = new_order(0, &code, None);
+                        order.hold_hash = token;
+                        created(db.create_order(&order, T0 + 3).unwrap());
+                        match db.settle_paid(&code, T0 + 4).unwrap() {
+                            Settled::Paid(o) => {
+                                orders += 1;
+                                bought.extend(o.places.into_iter().map(|p| p.seat));
+                            }
+                            other => panic!("{code}: {other:?}"),
+                        }
+                    }
+                    (bought, orders)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let paid_orders: usize = bought.iter().map(|b| b.1).sum();
+    let bought: Vec<Vec<Option<String>>> = bought.into_iter().map(|b| b.0).collect();
+    let seats_sold: Vec<&String> = bought.iter().flatten().flatten().collect();
+    let unique: std::collections::HashSet<&&String> = seats_sold.iter().collect();
+    assert_eq!(unique.len(), seats_sold.len(), "a seat sold twice");
+    let standing = bought.iter().flatten().filter(|p| p.is_none()).count();
+    assert!(standing <= 40, "{standing} of 40 standing places sold");
+    // Both see what the database says, and the feed adds up.
+    let a = one.availability(e, T0 + 5).unwrap();
+    let b = two.availability(e, T0 + 5).unwrap();
+    assert_eq!(a, b);
+    let sold: u64 = a.categories.iter().map(|c| c.sold).sum();
+    assert_eq!(sold as usize, bought.iter().flatten().count());
+    feed_adds_up(&*two, e, T0 + 5, "postgres");
+    // A watcher's cursor on one process gets every change made by either.
+    let (_, told) = two.changes_after(cursor, 100_000).unwrap();
+    assert_eq!(told.len() as u64, a.seq, "every change, once");
+    // Each message and each pending order is taken by one of them.
+    let mails = std::thread::scope(|scope| {
+        let a = scope.spawn(|| one.claim_mail(T0 + 10, MIN, 1000).unwrap());
+        let b = scope.spawn(|| two.claim_mail(T0 + 10, MIN, 1000).unwrap());
+        let mut ids: Vec<u64> = a.join().unwrap().iter().map(|m| m.id).collect();
+        ids.extend(b.join().unwrap().iter().map(|m| m.id));
+        ids
+    });
+    let distinct: std::collections::HashSet<&u64> = mails.iter().collect();
+    assert_eq!(distinct.len(), mails.len(), "a message taken twice");
+    assert!(paid_orders > 10, "{paid_orders} orders paid");
+    assert_eq!(mails.len(), paid_orders, "one message a paid order");
+    let asked = std::thread::scope(|scope| {
+        let a = scope.spawn(|| one.claim_unsettled(T0 + MIN, 0, T0 + 2 * MIN, 10).unwrap());
+        let b = scope.spawn(|| two.claim_unsettled(T0 + MIN, 0, T0 + 2 * MIN, 10).unwrap());
+        a.join().unwrap().len() + b.join().unwrap().len()
+    });
+    assert_eq!(asked, 1, "the one pending order, asked about once");
 }

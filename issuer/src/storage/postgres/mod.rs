@@ -10,6 +10,10 @@
 //! [`wait`]: crate::storage::wait
 
 mod catalogue;
+mod changes;
+mod inventory;
+mod orders;
+mod outbox;
 mod pool;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +32,9 @@ const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
 /// The advisory lock processes starting at once take turns on to migrate.
 const MIGRATION_LOCK: i64 = 0x6973_7375_6572; // "issuer"
 
+/// How often a transaction in another's way is run again.
+const TRIES: usize = 3;
+
 /// Connections each process keeps at most.
 const POOL_SIZE: usize = 16;
 
@@ -45,6 +52,12 @@ impl std::ops::Deref for PgStorage {
 
 pub struct Inner {
     pool: pool::Pool,
+    /// Where work that must outlive its caller runs (a release, a payment).
+    runtime: tokio::runtime::Handle,
+    /// Seated categories' rows, by category.
+    rows: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<usize>>>>,
+    /// When old live-feed changes were last cleared (unix ms).
+    pruned_at: std::sync::atomic::AtomicU64,
     /// The data directory, whose `keys/` sign tickets (keys never go into
     /// the database).
     dir: PathBuf,
@@ -68,12 +81,33 @@ impl Drop for Runtime {
 impl From<tokio_postgres::Error> for StorageError {
     fn from(e: tokio_postgres::Error) -> StorageError {
         // The server's own message says what went wrong; the rest is the
-        // connection's.
+        // connection's, lost or closed: the server is away.
         match e.as_db_error() {
+            Some(db) if passing(db.code()) => {
+                StorageError::Unavailable(format!("{}: {}", db.code().code(), db.message()))
+            }
             Some(db) => StorageError::Backend(format!("{}: {}", db.code().code(), db.message())),
-            None => StorageError::Backend(e.to_string()),
+            None => StorageError::Unavailable(e.to_string()),
         }
     }
+}
+
+/// Whether a server's error is of the moment, not of the request: the
+/// server shutting down or short of connections, or transactions in each
+/// other's way (`40001`, `40P01`, tried again first by [`PgStorage::transaction`]).
+fn passing(code: &tokio_postgres::error::SqlState) -> bool {
+    let code = code.code();
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || code == "40001"
+        || code == "40P01"
+}
+
+/// Whether a transaction failed only for being in another's way, and
+/// is worth running again at once.
+fn in_the_way(e: &StorageError) -> bool {
+    matches!(e, StorageError::Unavailable(m) if m.starts_with("40001:") || m.starts_with("40P01:"))
 }
 
 impl PgStorage {
@@ -114,7 +148,10 @@ impl PgStorage {
             .parse()
             .map_err(|e| crate::Error::Invalid(format!("the database address: {e}")))?;
         Ok(PgStorage(Arc::new(Inner {
-            pool: pool::Pool::new(config, handle, POOL_SIZE),
+            pool: pool::Pool::new(config, handle.clone(), POOL_SIZE),
+            runtime: handle,
+            rows: std::sync::Mutex::default(),
+            pruned_at: std::sync::atomic::AtomicU64::new(0),
             dir: dir.to_owned(),
             _runtime: runtime,
         })))
@@ -165,14 +202,22 @@ impl PgStorage {
 
     /// Runs `f` as one transaction: committed if it returns `Ok`, rolled
     /// back if not.
+    /// A transaction that a deadlock or a serialization failure broke is
+    /// run again, a few times.
     pub(crate) async fn transaction<T>(
         &self,
-        f: impl AsyncFnOnce(&mut Conn) -> Result<T>,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T> + Clone,
     ) -> Result<T> {
-        let mut c = self.pool.get().await?;
-        c.begin().await?;
-        let out = f(&mut c).await;
-        c.end(out).await
+        let mut tries = 0;
+        loop {
+            let mut c = self.pool.get().await?;
+            c.begin().await?;
+            let out = f.clone()(&mut c).await;
+            match c.end(out).await {
+                Err(e) if in_the_way(&e) && tries < TRIES => tries += 1,
+                out => return out,
+            }
+        }
     }
 
     /// The data directory.

@@ -119,7 +119,7 @@ impl Pool {
 
 /// The database cannot be reached now: worth trying again shortly.
 fn unavailable(why: &str) -> StorageError {
-    StorageError::Backend(format!("the database is unavailable: {why}"))
+    StorageError::Unavailable(why.to_owned())
 }
 
 impl Drop for Conn {
@@ -190,6 +190,13 @@ impl Conn {
     pub async fn begin(&mut self) -> Result<()> {
         self.in_transaction = true;
         self.batch("BEGIN").await
+    }
+
+    /// Begins a transaction that reads one snapshot and writes nothing.
+    pub async fn begin_read(&mut self) -> Result<()> {
+        self.in_transaction = true;
+        self.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
     }
 
     /// Ends the transaction begun: commits it if `out` is `Ok`, else

@@ -371,29 +371,37 @@ impl Orders for SqliteStorage {
         }
     }
 
-    fn unsettled(
+    fn claim_unsettled(
         &self,
         before_ms: u64,
         since_ms: u64,
+        now_ms: u64,
         limit: usize,
     ) -> Result<Vec<(Order, Option<String>)>> {
-        let codes: Vec<(String, Option<String>)> = self
-            .read()
-            .prepare_cached(
-                "SELECT code, payment_method FROM orders
-                 WHERE state = 'pending' AND updated_at <= ?1 AND created_at > ?2
-                 ORDER BY updated_at LIMIT ?3",
-            )?
-            .query_map(
-                params![key(before_ms), key(since_ms), limit.min(1000) as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?
-            .collect::<rusqlite::Result<_>>()?;
-        let conn = self.read();
-        codes
-            .into_iter()
-            .map(|(code, method)| Ok((by_code(&conn, &code)?.2, method)))
-            .collect()
+        self.write(|tx| {
+            let codes: Vec<(String, Option<String>)> = tx
+                .prepare_cached(
+                    "UPDATE orders SET updated_at = ?4 WHERE id IN (
+                         SELECT id FROM orders
+                         WHERE state = 'pending' AND updated_at <= ?1 AND created_at > ?2
+                         ORDER BY updated_at LIMIT ?3)
+                     RETURNING code, payment_method",
+                )?
+                .query_map(
+                    params![
+                        key(before_ms),
+                        key(since_ms),
+                        limit.min(1000) as i64,
+                        key(now_ms)
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            codes
+                .into_iter()
+                .map(|(code, method)| Ok((by_code(tx, &code)?.2, method)))
+                .collect()
+        })
     }
 
     fn order_by_code(&self, code: &str) -> Result<(Order, Option<String>)> {
@@ -403,16 +411,6 @@ impl Orders for SqliteStorage {
             .prepare_cached("SELECT payment_method FROM orders WHERE code = ?1")?
             .query_row([code], |r| r.get(0))?;
         Ok((order, method))
-    }
-
-    fn touch_order(&self, code: &str, now_ms: u64) -> Result<()> {
-        self.write(|tx| {
-            tx.prepare_cached(
-                "UPDATE orders SET updated_at = ?2 WHERE code = ?1 AND state = 'pending'",
-            )?
-            .execute(params![code, key(now_ms)])?;
-            Ok(())
-        })
     }
 
     fn ticket_to_reissue(

@@ -1,0 +1,591 @@
+//! Holds and what is left, on PostgreSQL.
+//!
+//! Places are taken by conditional updates of rows locked `SKIP LOCKED`: a
+//! buyer never waits for another's places, so a hot quota is no queue, and
+//! a place being taken by one transaction is simply not free to the
+//! others. What the database decides stands whatever process asked.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::catalogue::{categories_of, event_row, venue_of};
+use super::changes::{self, Feed};
+use super::{Conn, PgStorage, key};
+use crate::domain::catalogue::{Category, EventStatus, Places};
+use crate::domain::hold::{HeldPlace, Hold, HoldItem, HoldRequest, HoldState};
+use crate::storage::holding::{self, Categories, Taken};
+use crate::storage::rows::Moved;
+use crate::storage::{
+    Availability, CategoryAvailability, ChangeKind, Client, Inventory, Pending, PlaceChange,
+    PlaceState, Result, StorageError, wait,
+};
+
+/// How often best seats are chosen again when seats chosen were being
+/// taken by another buyer at that moment.
+const BEST_TRIES: usize = 3;
+
+/// A hold as it stands at `now_ms`; `lock` locks its row until the end
+/// of the transaction (for a change to it).
+pub(super) async fn hold_of(
+    c: &mut Conn,
+    token_hash: &[u8; 32],
+    now_ms: u64,
+    lock: bool,
+) -> Result<Hold> {
+    let sql = if lock {
+        "SELECT event_id, expires_at, released_at, currency, total FROM holds
+         WHERE token_hash = $1 FOR UPDATE"
+    } else {
+        "SELECT event_id, expires_at, released_at, currency, total FROM holds
+         WHERE token_hash = $1"
+    };
+    let Some(row) = c.query_opt(sql, &[&&token_hash[..]]).await? else {
+        return Err(StorageError::NotFound("hold".into()));
+    };
+    let (event_id, expires_at, released_at): (i64, i64, Option<i64>) =
+        (row.get(0), row.get(1), row.get(2));
+    let places = c
+        .query(
+            "SELECT category_id, seat_key, price FROM hold_items WHERE hold = $1
+             ORDER BY category_id, n",
+            &[&&token_hash[..]],
+        )
+        .await?
+        .iter()
+        .map(|r| HeldPlace {
+            category_id: r.get::<_, i64>(0) as u64,
+            seat: r.get(1),
+            price: r.get::<_, i64>(2) as u64,
+        })
+        .collect();
+    let state = match released_at {
+        Some(_) => HoldState::Released,
+        None if (expires_at as u64) <= now_ms => HoldState::Expired,
+        None => HoldState::Active,
+    };
+    Ok(Hold {
+        event_id: event_id as u64,
+        expires_at: expires_at as u64,
+        state,
+        places,
+        total: row.get::<_, i64>(4) as u64,
+        currency: row.get(3),
+    })
+}
+
+/// The places a statement with `RETURNING category_id, seat_key` moved.
+async fn moved(
+    c: &mut Conn,
+    sql: &str,
+    args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Moved> {
+    Ok(c.query(sql, args)
+        .await?
+        .iter()
+        .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
+        .collect())
+}
+
+/// Unties the unsold places still tied to a hold (released or cancelled).
+pub(super) async fn untie(c: &mut Conn, token_hash: &[u8; 32]) -> Result<Moved> {
+    moved(
+        c,
+        "UPDATE places SET hold = NULL, held_until = 0
+         WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items WHERE hold = $1)
+           AND hold = $1 AND order_id IS NULL
+         RETURNING category_id, seat_key",
+        &[&&token_hash[..]],
+    )
+    .await
+}
+
+/// Lets a hold's places go, in transaction `c`.
+async fn release_in(c: &mut Conn, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
+    let hold = hold_of(c, token_hash, now_ms, true).await?;
+    if hold.state != HoldState::Active {
+        return Ok(hold);
+    }
+    c.execute(
+        "UPDATE holds SET released_at = $2 WHERE token_hash = $1",
+        &[&&token_hash[..], &key(now_ms)],
+    )
+    .await?;
+    let places = untie(c, token_hash).await?;
+    let mut feed = Feed::default();
+    feed.push(hold.event_id, ChangeKind::Released, places);
+    feed.write(c, now_ms).await?;
+    Ok(Hold {
+        state: HoldState::Released,
+        ..hold
+    })
+}
+
+/// Takes what a statement of [`take`]'s shape chose: `(category, n,
+/// seat)` of each place taken.
+async fn take(
+    c: &mut Conn,
+    choose: &str,
+    args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<Taken>> {
+    Ok(c.query(choose, args)
+        .await?
+        .iter()
+        .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1), r.get(2)))
+        .collect())
+}
+
+/// Takes places for hold `$1` until `$2`, of those the inner select
+/// chooses: free, and not being taken by anyone else.
+///
+/// Free is unsold and tied to no hold: the expiry of holds whose time
+/// passed is told (and their places untied) first by the same
+/// transaction. A place whose hold lapsed but was committed too late to be
+/// told of is not taken, so the feed never shows a place held twice.
+macro_rules! taking {
+    ($choose:literal) => {
+        concat!(
+            "UPDATE places p SET hold = $1, held_until = $2
+             FROM (SELECT category_id, n FROM places
+                   WHERE order_id IS NULL AND held_until = 0 AND ",
+            $choose,
+            " FOR UPDATE SKIP LOCKED) f
+             WHERE p.category_id = f.category_id AND p.n = f.n
+             RETURNING p.category_id, p.n, p.seat_key"
+        )
+    };
+}
+
+impl PgStorage {
+    /// The seat rows of a seated category ([`holding::seat_rows`]), kept
+    /// once worked out.
+    async fn rows_of(
+        &self,
+        c: &mut Conn,
+        cat: &Category,
+        venue_id: u64,
+    ) -> Result<Arc<Vec<usize>>> {
+        let cached = self
+            .rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cat.id)
+            .cloned();
+        if let Some(rows) = cached {
+            return Ok(rows);
+        }
+        let venue = venue_of(c, venue_id)
+            .await?
+            .ok_or_else(|| StorageError::NotFound("the event's venue".into()))?;
+        let rows = Arc::new(holding::seat_rows(cat, &venue));
+        self.rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cat.id, rows.clone());
+        Ok(rows)
+    }
+
+    /// Makes the hold `request`, in transaction `c`.
+    async fn hold_in(
+        &self,
+        c: &mut Conn,
+        request: &HoldRequest,
+        token_hash: &[u8; 32],
+        now_ms: u64,
+        until: u64,
+        client: Option<&Client>,
+    ) -> Result<Hold> {
+        let event = event_row(c, request.event_id).await?.map(|(e, _)| e);
+        let event = holding::check_event(event.as_ref(), request.event_id)?.clone();
+        let categories: Categories = categories_of(c, event.id)
+            .await?
+            .into_iter()
+            .map(|cat| (cat.id, cat))
+            .collect();
+        // Places of holds whose time passed are told free before they are
+        // taken again, so the live feed's moves add up.
+        let mut feed = Feed::default();
+        changes::announce(c, Some(event.id), now_ms, &mut feed).await?;
+        holding::check_quantities(request, &categories)?;
+        let (hash, until_k, now_k) = (&token_hash[..], key(until), key(now_ms));
+        let mut taken: Vec<Taken> = Vec::new();
+        for item in &request.items {
+            match item {
+                HoldItem::Seats { seats } => {
+                    let got = take(
+                        c,
+                        taking!("event_id = $3 AND seat_key = ANY($4) AND seat_key IS NOT NULL"),
+                        &[&hash, &until_k, &key(event.id), seats],
+                    )
+                    .await?;
+                    let by_seat: HashMap<&str, &Taken> = got
+                        .iter()
+                        .filter_map(|t| t.2.as_deref().map(|s| (s, t)))
+                        .collect();
+                    for seat in seats {
+                        match by_seat.get(seat.as_str()) {
+                            Some(t) => taken.push((*t).clone()),
+                            None => return Err(not_taken(c, event.id, seat).await),
+                        }
+                    }
+                }
+                HoldItem::Quantity {
+                    category_id,
+                    quantity,
+                } => {
+                    let cat = holding::category(&categories, *category_id)?;
+                    let mut got = take(
+                        c,
+                        taking!("category_id = $3 ORDER BY n LIMIT $4"),
+                        &[&hash, &until_k, &key(cat.id), &i64::from(*quantity)],
+                    )
+                    .await?;
+                    if got.len() < *quantity as usize {
+                        return Err(StorageError::Conflict(format!(
+                            "{} has {} places left, not {quantity}",
+                            cat.info.name,
+                            got.len()
+                        )));
+                    }
+                    got.sort_by_key(|t| t.1);
+                    taken.extend(got);
+                }
+                HoldItem::Best {
+                    category_id,
+                    quantity,
+                } => {
+                    let cat = holding::category(&categories, *category_id)?;
+                    if !matches!(cat.info.places, Places::Seats { .. }) {
+                        return Err(StorageError::Invalid(format!(
+                            "{} is standing: ask for a quantity, not the best seats",
+                            cat.info.name
+                        )));
+                    }
+                    let rows = self.rows_of(c, cat, event.info.venue_id).await?;
+                    let got = self
+                        .best_in(c, cat, &rows, &taken, *quantity, (hash, until_k))
+                        .await?;
+                    taken.extend(got);
+                }
+            }
+        }
+        // What the client holds of the event already, paid places aside.
+        if let Some(Client { address, most }) = client {
+            let held: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM hold_items i JOIN holds h ON h.token_hash = i.hold
+                     WHERE h.event_id = $1 AND h.client = $2 AND h.client IS NOT NULL
+                       AND h.released_at IS NULL AND h.expires_at > $3
+                       AND NOT EXISTS (SELECT 1 FROM orders o
+                                       WHERE o.hold = h.token_hash AND o.state = 'paid')",
+                    &[&key(event.id), address, &now_k],
+                )
+                .await?
+                .get(0);
+            if held as u64 + taken.len() as u64 > u64::from(*most) {
+                return Err(StorageError::Conflict(format!(
+                    "this address holds {held} places of the event already; at most {most} at once"
+                )));
+            }
+        }
+        let mut sold = BTreeMap::new();
+        for id in holding::counted(&categories, &taken) {
+            let r = c
+                .query_one(
+                    "SELECT count(*), count(order_id) FROM places WHERE category_id = $1",
+                    &[&key(id)],
+                )
+                .await?;
+            sold.insert(id, (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64));
+        }
+        let (hold, places) = holding::priced(event.id, &categories, &taken, &sold, now_ms, until)?;
+        c.execute(
+            "INSERT INTO holds (token_hash, event_id, created_at, expires_at, currency, total, client)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &hash,
+                &key(event.id),
+                &now_k,
+                &until_k,
+                &hold.currency,
+                &key(hold.total),
+                &client.map(|c| c.address.as_str()),
+            ],
+        )
+        .await?;
+        let categories_taken: Vec<i64> = taken.iter().map(|t| key(t.0)).collect();
+        let ns: Vec<i64> = taken.iter().map(|t| t.1).collect();
+        let seats: Vec<Option<String>> = taken.iter().map(|t| t.2.clone()).collect();
+        let prices: Vec<i64> = places.iter().map(|p| key(p.price)).collect();
+        c.execute(
+            "INSERT INTO hold_items (hold, category_id, n, seat_key, price)
+             SELECT $1, u.c, u.n, u.s, u.p
+             FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bigint[]) AS u(c, n, s, p)",
+            &[&hash, &categories_taken, &ns, &seats, &prices],
+        )
+        .await?;
+        feed.push(
+            event.id,
+            ChangeKind::Held,
+            taken.into_iter().map(|(c, _, seat)| (c, seat)).collect(),
+        );
+        feed.write(c, now_ms).await?;
+        Ok(hold)
+    }
+
+    /// Takes the best `quantity` seats side by side of `cat` for the hold
+    /// (`hash`, until, now), beside those it `taken` already. Seats chosen
+    /// that another buyer is taking at that moment are passed over, and the
+    /// choice made again.
+    async fn best_in(
+        &self,
+        c: &mut Conn,
+        cat: &Category,
+        rows: &[usize],
+        taken: &[Taken],
+        quantity: u32,
+        (hash, until_k): (&[u8], i64),
+    ) -> Result<Vec<Taken>> {
+        let capacity: usize = rows.iter().sum();
+        let mut passed: Vec<i64> = Vec::new();
+        for _ in 0..BEST_TRIES {
+            let mut free = vec![false; capacity];
+            for r in c
+                .query(
+                    "SELECT n FROM places
+                     WHERE category_id = $1 AND order_id IS NULL AND held_until = 0",
+                    &[&key(cat.id)],
+                )
+                .await?
+            {
+                if let Some(f) = usize::try_from(r.get::<_, i64>(0) - 1)
+                    .ok()
+                    .and_then(|i| free.get_mut(i))
+                {
+                    *f = true;
+                }
+            }
+            for n in &passed {
+                if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i)) {
+                    *f = false;
+                }
+            }
+            let first = holding::best_seats(cat, rows, free, taken, quantity)? as i64 + 1;
+            let last = first + i64::from(quantity) - 1;
+            c.batch("SAVEPOINT best").await?;
+            let mut got = take(
+                c,
+                taking!("category_id = $3 AND n BETWEEN $4 AND $5"),
+                &[&hash, &until_k, &key(cat.id), &first, &last],
+            )
+            .await?;
+            if got.len() == quantity as usize {
+                c.batch("RELEASE SAVEPOINT best").await?;
+                got.sort_by_key(|t| t.1);
+                return Ok(got);
+            }
+            c.batch("ROLLBACK TO SAVEPOINT best").await?;
+            passed.extend((first..=last).filter(|n| !got.iter().any(|t| t.1 == *n)));
+        }
+        Err(StorageError::Conflict("a seat was taken meanwhile".into()))
+    }
+
+    async fn availability_(&self, event_id: u64, now_ms: u64) -> Result<Availability> {
+        // What is shown is what the feed has told: holds past their time
+        // are told expired first.
+        let due = {
+            let mut c = self.conn().await?;
+            changes::expiry_due(&mut c, Some(event_id), now_ms).await?
+        };
+        if due {
+            self.transaction(async |c| {
+                let mut feed = Feed::default();
+                changes::announce(c, Some(event_id), now_ms, &mut feed).await?;
+                feed.write(c, now_ms).await
+            })
+            .await?;
+        }
+        // One snapshot: the counts, the seats and the number of the last
+        // change all of one moment.
+        let mut c = self.conn().await?;
+        c.begin_read().await?;
+        let read = async {
+            match event_row(&mut c, event_id).await? {
+                Some((e, _)) if e.status != EventStatus::Draft => {}
+                _ => return Err(StorageError::NotFound(format!("event {event_id}"))),
+            }
+            let seq: i64 = c
+                .query_opt(
+                    "SELECT seq FROM feed_seq WHERE event_id = $1",
+                    &[&key(event_id)],
+                )
+                .await?
+                .map_or(0, |r| r.get(0));
+            let counts: HashMap<i64, (i64, i64, i64)> = c
+                .query(
+                    "SELECT category_id, count(*), count(order_id),
+                            count(*) FILTER (WHERE order_id IS NULL AND held_until > $2)
+                     FROM places WHERE event_id = $1 GROUP BY category_id",
+                    &[&key(event_id), &key(now_ms)],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+                .collect();
+            let now_s = now_ms / 1000;
+            let categories = categories_of(&mut c, event_id)
+                .await?
+                .into_iter()
+                .map(|cat| {
+                    let (capacity, sold, held) =
+                        counts.get(&key(cat.id)).copied().unwrap_or_default();
+                    CategoryAvailability::of(cat, capacity as u64, sold as u64, held as u64, now_s)
+                })
+                .collect();
+            let seats = c
+                .query(
+                    "SELECT seat_key, category_id,
+                            CASE WHEN order_id IS NOT NULL THEN 2
+                                 WHEN held_until > $2 THEN 1 ELSE 0 END
+                     FROM places WHERE event_id = $1 AND seat_key IS NOT NULL
+                     ORDER BY category_id, n",
+                    &[&key(event_id), &key(now_ms)],
+                )
+                .await?
+                .iter()
+                .map(|r| {
+                    let state = match r.get::<_, i32>(2) {
+                        2 => PlaceState::Sold,
+                        1 => PlaceState::Held,
+                        _ => PlaceState::Available,
+                    };
+                    (r.get(0), r.get::<_, i64>(1) as u64, state)
+                })
+                .collect();
+            Ok(Availability {
+                event_id,
+                seq: seq as u64,
+                categories,
+                seats,
+            })
+        }
+        .await;
+        c.end(read).await
+    }
+
+    async fn announce_all(&self, now_ms: u64) -> Result<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let due = {
+            let mut c = self.conn().await?;
+            changes::expiry_due(&mut c, None, now_ms).await?
+        };
+        // Old changes are cleared once a minute.
+        let last = self.pruned_at.load(Relaxed);
+        if now_ms.saturating_sub(last) >= changes::PRUNE_EVERY_MS
+            && self
+                .pruned_at
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let mut c = self.conn().await?;
+            changes::prune(&mut c, now_ms).await?;
+        }
+        if !due {
+            return Ok(0);
+        }
+        self.transaction(async |c| {
+            let mut feed = Feed::default();
+            let n = changes::announce(c, None, now_ms, &mut feed).await?;
+            feed.write(c, now_ms).await?;
+            Ok(n)
+        })
+        .await
+    }
+}
+
+/// Why `seat` of `event_id` was not taken: no such seat, or taken.
+async fn not_taken(c: &mut Conn, event_id: u64, seat: &str) -> StorageError {
+    let exists = c
+        .query_opt(
+            "SELECT 1 FROM places WHERE event_id = $1 AND seat_key = $2 AND seat_key IS NOT NULL",
+            &[&key(event_id), &seat],
+        )
+        .await;
+    match exists {
+        Ok(Some(_)) => StorageError::Conflict(format!("seat {seat} is taken")),
+        Ok(None) => StorageError::Invalid(format!("the event sells no seat {seat:?}")),
+        Err(e) => e,
+    }
+}
+
+impl Inventory for PgStorage {
+    fn hold_pending(
+        &self,
+        request: HoldRequest,
+        token_hash: [u8; 32],
+        now_ms: u64,
+        ttl_ms: u64,
+        client: Option<Client>,
+    ) -> Pending<Hold> {
+        let me = self.clone();
+        Box::pin(async move {
+            request.check()?;
+            let until = now_ms.saturating_add(ttl_ms);
+            me.transaction(async |c| {
+                me.hold_in(c, &request, &token_hash, now_ms, until, client.as_ref())
+                    .await
+            })
+            .await
+        })
+    }
+
+    fn hold_of(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
+        wait(async {
+            let mut c = self.conn().await?;
+            hold_of(&mut c, token_hash, now_ms, false).await
+        })
+    }
+
+    fn release_pending(&self, token_hash: [u8; 32], now_ms: u64) -> Pending<Hold> {
+        // Made to its end even if its caller goes: a task of its own.
+        let me = self.clone();
+        let runtime = self.runtime.clone();
+        let release = runtime.spawn(async move {
+            me.transaction(async |c| release_in(c, &token_hash, now_ms).await)
+                .await
+        });
+        Box::pin(async move {
+            release
+                .await
+                .map_err(|e| StorageError::Backend(e.to_string()))?
+        })
+    }
+
+    fn availability(&self, event_id: u64, now_ms: u64) -> Result<Availability> {
+        wait(self.availability_(event_id, now_ms))
+    }
+
+    fn changes(&self, event_id: u64, after: u64, limit: usize) -> Result<Vec<PlaceChange>> {
+        wait(async {
+            let mut c = self.conn().await?;
+            changes::changes_of(&mut c, event_id, after, limit).await
+        })
+    }
+
+    fn changes_after(&self, cursor: u64, limit: usize) -> Result<(u64, Vec<PlaceChange>)> {
+        wait(async {
+            let mut c = self.conn().await?;
+            changes::changes_after(&mut c, cursor, limit).await
+        })
+    }
+
+    fn change_cursor(&self) -> Result<u64> {
+        wait(async {
+            let mut c = self.conn().await?;
+            changes::newest(&mut c).await
+        })
+    }
+
+    fn announce_expired(&self, now_ms: u64) -> Result<usize> {
+        wait(self.announce_all(now_ms))
+    }
+}
