@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_core::OsRng;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use shared::code::Signer;
 use shared::{KeyId, Keyset};
 
@@ -160,37 +160,66 @@ pub fn signer(store: &Store, key_id: Option<&str>) -> Result<Signer, Error> {
 /// key, and every retired key that signed tickets for one of these events that
 /// may still be valid (event not over, ticket not expired beyond the skew).
 pub fn export_keyset(store: &Store, event_ids: &[u64], now: u64) -> Result<Keyset, Error> {
-    if event_ids.is_empty() {
+    let events = event_ids
+        .iter()
+        .map(|&id| event_keys(store, id))
+        .collect::<Result<Vec<_>, _>>()?;
+    keyset_of(&list(store)?, &events, now)
+}
+
+/// What the keyset of event `event_id` of the data directory's database
+/// needs to know of it.
+pub fn event_keys(store: &Store, event_id: u64) -> Result<EventKeys, Error> {
+    let event = events::get(store, event_id)?;
+    let signed = store
+        .conn
+        .prepare_cached(
+            "SELECT key_id, max(valid_until) FROM tickets WHERE event_id = ?1 GROUP BY key_id",
+        )?
+        .query_map([event_id as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(EventKeys {
+        event_id,
+        ends_at: i64::from(event.ends_at),
+        signed,
+    })
+}
+
+/// What the keyset of an event needs to know of it, from whichever
+/// database holds the shop.
+#[derive(Clone, Debug, Default)]
+pub struct EventKeys {
+    pub event_id: u64,
+    /// When it ends (unix seconds).
+    pub ends_at: i64,
+    /// The latest `valid_until` of its tickets, by the key that signed them.
+    pub signed: std::collections::HashMap<String, i64>,
+}
+
+/// The keyset scanners of `events` need at unix time `now` ([`export_keyset`]),
+/// from the data directory's `keys` and what the shop knows of `events`.
+pub fn keyset_of(keys: &[KeyInfo], events: &[EventKeys], now: u64) -> Result<Keyset, Error> {
+    if events.is_empty() {
         return Err(Error::Invalid(
             "name at least one event (--event ID)".into(),
         ));
     }
-    let keys = list(store)?;
     let mut keyset = Keyset::new();
-    let mut last_valid = store
-        .conn
-        .prepare("SELECT max(valid_until) FROM tickets WHERE key_id = ?1 AND event_id = ?2")?;
-    for &event_id in event_ids {
-        let event = events::get(store, event_id)?;
-        for key in &keys {
+    for event in events {
+        for key in keys {
             let covers = match key.retired_at {
                 None => true,
-                Some(_) => {
-                    let until: Option<i64> = last_valid
-                        .query_row(params![key.key_id.to_string(), event_id as i64], |r| {
-                            r.get(0)
-                        })
-                        .optional()?
-                        .flatten();
-                    until.is_some_and(|until| {
-                        let last = until.max(i64::from(event.ends_at))
-                            + i64::from(shared::DEFAULT_SKEW_SECS);
+                Some(_) => event
+                    .signed
+                    .get(&key.key_id.to_string())
+                    .is_some_and(|until| {
+                        let last =
+                            (*until).max(event.ends_at) + i64::from(shared::DEFAULT_SKEW_SECS);
                         now as i64 <= last
-                    })
-                }
+                    }),
             };
             if covers {
-                keyset.insert(key.public_key, [event_id]);
+                keyset.insert(key.public_key, [event.event_id]);
             }
         }
     }

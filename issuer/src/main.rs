@@ -18,6 +18,18 @@ struct Cli {
     /// The data directory: issuer.db and the signing keys.
     #[arg(long, global = true, default_value = "./data")]
     data: PathBuf,
+    /// The shop's database, for `serve` and `organizers`: a PostgreSQL
+    /// address (`postgres://user@host/shop`, `host=/run/postgresql
+    /// dbname=shop`) that any number of issuer processes share. Without it,
+    /// the data directory's embedded SQLite. Keys stay in the data
+    /// directory either way. No password in it: see
+    /// --database-password-file.
+    #[arg(long, global = true, env = "ISSUER_DATABASE_URL")]
+    database: Option<String>,
+    /// A file holding the database user's password, readable by its owner
+    /// only.
+    #[arg(long, global = true, env = "ISSUER_DATABASE_PASSWORD_FILE")]
+    database_password_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -240,6 +252,28 @@ fn error_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// The PostgreSQL settings `--database` names, with the password from
+/// its file, or `None` for the embedded database.
+fn database(cli: &Cli) -> Result<Option<tokio_postgres::Config>> {
+    let Some(url) = &cli.database else {
+        if cli.database_password_file.is_some() {
+            anyhow::bail!("--database-password-file is for --database");
+        }
+        return Ok(None);
+    };
+    let mut config = issuer::storage::postgres::config(url)?;
+    if config.get_password().is_some() {
+        anyhow::bail!(
+            "--database holds a password, which the process list and logs would show: \
+             put it in a file readable by its owner only and give --database-password-file"
+        );
+    }
+    if let Some(path) = &cli.database_password_file {
+        config.password(secret_of(Some(path), "--database-password-file")?);
+    }
+    Ok(Some(config))
+}
+
 fn run(cli: Cli) -> Result<()> {
     // Commands that only read refuse a data directory that does not exist.
     let reads_only = matches!(
@@ -248,8 +282,32 @@ fn run(cli: Cli) -> Result<()> {
             | Command::Keys(KeysCmd::List | KeysCmd::ExportKeyset { .. } | KeysCmd::Retire { .. })
             | Command::Tickets(TicketsCmd::Export { .. })
     );
+    let database = match cli.command {
+        Command::Organizers(_)
+        | Command::Serve { .. }
+        | Command::Keys(KeysCmd::ExportKeyset { .. }) => database(&cli)?,
+        _ => None,
+    };
     match cli.command {
-        Command::Organizers(cmd) => return organizers_cmd(&cli.data, cmd),
+        // A shop on PostgreSQL: its events and tickets are there, its keys
+        // in the data directory, as are the events of `events add` and
+        // their batches.
+        Command::Keys(KeysCmd::ExportKeyset { events, out }) if database.is_some() => {
+            let config = database.context("a database")?;
+            let store = Store::open_existing(&cli.data)?;
+            let shop = issuer::storage::postgres::PgStorage::open_blocking_with(config, &cli.data)
+                .context("opening the database")?;
+            let mut facts = Vec::with_capacity(events.len());
+            for id in events {
+                facts.push(match shop.event_keys_any(id)? {
+                    Some(f) => f,
+                    None => keys::event_keys(&store, id)?,
+                });
+            }
+            let keyset = keys::keyset_of(&keys::list(&store)?, &facts, time::now())?;
+            return write_keyset(&keyset.to_json(), out);
+        }
+        Command::Organizers(cmd) => return organizers_cmd(&cli.data, database, cmd),
         Command::Serve {
             listen,
             hold_seconds,
@@ -312,7 +370,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let buyers = (buyer_rate, max_held);
             return serve(
-                &cli.data,
+                (&cli.data, database),
                 &listen,
                 hold_seconds,
                 buyers,
@@ -338,11 +396,22 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn organizers_cmd(data: &std::path::Path, cmd: OrganizersCmd) -> Result<()> {
-    use issuer::storage::Catalogue;
+fn organizers_cmd(
+    data: &std::path::Path,
+    database: Option<tokio_postgres::Config>,
+    cmd: OrganizersCmd,
+) -> Result<()> {
     let OrganizersCmd::Add { name, token_file } = cmd;
-    let storage = issuer::storage::sqlite::SqliteStorage::open(data)
-        .with_context(|| format!("opening data directory {}", data.display()))?;
+    let storage: Box<dyn issuer::storage::Storage> = match database {
+        Some(config) => Box::new(
+            issuer::storage::postgres::PgStorage::open_blocking_with(config, data)
+                .context("opening the database")?,
+        ),
+        None => Box::new(
+            issuer::storage::sqlite::SqliteStorage::open(data)
+                .with_context(|| format!("opening data directory {}", data.display()))?,
+        ),
+    };
     let (token, hash) = issuer::http::auth::new_token();
     let id = storage.add_organizer(&name, &hash, time::now())?;
     match token_file {
@@ -397,7 +466,7 @@ fn secret_of(path: Option<&std::path::Path>, flag: &str) -> Result<String> {
 }
 
 fn serve(
-    data: &std::path::Path,
+    (data, database): (&std::path::Path, Option<tokio_postgres::Config>),
     listen: &str,
     hold_seconds: u64,
     (buyer_rate, max_held): (f64, u32),
@@ -424,13 +493,39 @@ fn serve(
         )
         .with_writer(std::io::stderr)
         .init();
-    let storage = issuer::storage::sqlite::SqliteStorage::open(data)
-        .with_context(|| format!("opening data directory {}", data.display()))?;
+    // The data directory (keys, order links' key, mail) is made first,
+    // whichever database holds the shop.
+    let store =
+        Store::open(data).with_context(|| format!("opening data directory {}", data.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (storage, postgres): (std::sync::Arc<dyn issuer::storage::Storage>, _) = match database {
+        Some(config) => {
+            let pg = runtime
+                .block_on(issuer::storage::postgres::PgStorage::open_with(
+                    config, data,
+                ))
+                .context("opening the database")?;
+            (std::sync::Arc::new(pg.clone()), Some(pg))
+        }
+        None => (
+            std::sync::Arc::new(
+                issuer::storage::sqlite::SqliteStorage::open(data)
+                    .with_context(|| format!("opening data directory {}", data.display()))?,
+            ),
+            None,
+        ),
+    };
     // A new shop (no organizer sells here yet) opens with the fixture
-    // venues and events, on sale.
-    if !issuer::storage::Catalogue::has_organizers(&storage)? {
+    // venues and events, on sale: set up by one process of those starting
+    // at once on one database.
+    let set_up = || -> Result<()> {
+        if storage.has_organizers()? {
+            return Ok(());
+        }
         let (token, hash) = issuer::http::auth::new_token();
-        let (_, n) = issuer::shop::open_demo_shop(&storage, &hash, time::now())?;
+        let (_, n) = issuer::shop::open_demo_shop(&*storage, &hash, time::now())?;
         let file = data.join("demo-organizer.token");
         issuer::store::write_private(&file, format!("{token}\n").as_bytes())
             .with_context(|| format!("writing {}", file.display()))?;
@@ -438,12 +533,16 @@ fn serve(
             "a new shop: {n} demo events on sale; the demo organizer's API token is in {}",
             file.display()
         );
+        Ok(())
+    };
+    match &postgres {
+        Some(pg) => pg.exclusively("set up a new shop", set_up)??,
+        None => set_up()?,
     }
     let link_key = issuer::store::secret_key_file(&data.join("order-links.key"))
         .with_context(|| format!("the order links' key in {}", data.display()))?;
     // Paid orders' tickets are signed with the active key; a new shop
     // makes its first.
-    let store = Store::open(data)?;
     let signer = match keys::signer(&store, None) {
         Err(issuer::Error::NoActiveKey) => {
             let key = keys::generate(&store, time::now())?;
@@ -453,9 +552,6 @@ fn serve(
         other => other?,
     };
     drop(store);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -492,7 +588,7 @@ fn serve(
                 }
             };
         let mut state = issuer::http::AppState::new(
-            std::sync::Arc::new(storage),
+            storage,
             payments,
             Some(webhook),
             link_key,
@@ -617,13 +713,20 @@ fn keys_cmd(store: &Store, cmd: KeysCmd) -> Result<()> {
             );
         }
         KeysCmd::ExportKeyset { events, out } => {
-            let json = keys::export_keyset(store, &events, time::now())?.to_json();
-            match out {
-                Some(path) => std::fs::write(&path, json + "\n")
-                    .with_context(|| format!("writing {}", path.display()))?,
-                None => println!("{json}"),
-            }
+            write_keyset(
+                &keys::export_keyset(store, &events, time::now())?.to_json(),
+                out,
+            )?;
         }
+    }
+    Ok(())
+}
+
+fn write_keyset(json: &str, out: Option<PathBuf>) -> Result<()> {
+    match out {
+        Some(path) => std::fs::write(&path, format!("{json}\n"))
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => println!("{json}"),
     }
     Ok(())
 }

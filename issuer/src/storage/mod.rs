@@ -37,11 +37,27 @@ pub const MAX_LIST: usize = 200;
 /// backend, and only public keys are read.
 pub(crate) fn keyset_in(dir: &std::path::Path, events: &[u64], now: u64) -> Result<String> {
     let store = crate::Store::open(dir).map_err(|e| StorageError::Backend(e.to_string()))?;
-    let keyset = crate::keys::export_keyset(&store, events, now).map_err(|e| match e {
+    let keyset = crate::keys::export_keyset(&store, events, now).map_err(keyset_error)?;
+    Ok(keyset.to_json())
+}
+
+/// [`keyset_in`] with what the shop's database knows of the events.
+pub(crate) fn keyset_of(
+    dir: &std::path::Path,
+    events: &[crate::keys::EventKeys],
+    now: u64,
+) -> Result<String> {
+    let store = crate::Store::open(dir).map_err(|e| StorageError::Backend(e.to_string()))?;
+    let keys = crate::keys::list(&store).map_err(keyset_error)?;
+    let keyset = crate::keys::keyset_of(&keys, events, now).map_err(keyset_error)?;
+    Ok(keyset.to_json())
+}
+
+fn keyset_error(e: crate::Error) -> StorageError {
+    match e {
         crate::Error::Invalid(m) => StorageError::Invalid(m),
         e => StorageError::Backend(e.to_string()),
-    })?;
-    Ok(keyset.to_json())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

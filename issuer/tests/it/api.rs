@@ -31,11 +31,12 @@ impl Server {
     }
 
     fn start_with(env: &Env, args: &[&str]) -> Server {
-        Server::start_in(&env.data(), args)
+        Server::start_in(&env.data(), env.database.as_deref(), args)
     }
 
-    fn start_in(data: &std::path::Path, args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_issuer"))
+    fn start_in(data: &std::path::Path, database: Option<&str>, args: &[&str]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_issuer"));
+        let mut child = crate::with_database(&mut command, database)
             .arg("--data")
             .arg(data)
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -1458,7 +1459,8 @@ fn a_server_whose_stderr_is_gone_goes_on_serving() {
     // Under a supervisor whose log reader died, every log line fails to be
     // written (a broken pipe): the server must not fall over on the first.
     let env = Env::new();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_issuer"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_issuer"));
+    let mut child = crate::with_database(&mut command, env.database.as_deref())
         .arg("--data")
         .arg(env.data())
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -1508,8 +1510,11 @@ fn a_command_run_beside_the_server_loses_none_of_its_orders() {
     // The organizer runs commands on the same data directory meanwhile.
     env.ok(&["events", "list"]);
     env.ok(&["keys", "list"]);
-    let wal = env.data().join("issuer.db-wal");
-    assert!(wal.exists(), "the server's write-ahead log is still there");
+    if env.database.is_none() {
+        // The embedded database's log is the server's to end.
+        let wal = env.data().join("issuer.db-wal");
+        assert!(wal.exists(), "the server's write-ahead log is still there");
+    }
     let hold = hold_seats(&api, e, &["A-1-6"]);
     let (_, second) = order(&api, &order_body(&hold, "pm_card_visa"), "side-2");
     assert_eq!(second["state"], "paid", "{second}");
@@ -1563,7 +1568,8 @@ fn a_pending_order_cancelled_then_paid_is_paid_back() {
 fn a_new_shop_opens_with_events_on_sale_that_a_buyer_can_buy() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("shop");
-    let api = Server::start_in(&data, &[]);
+    let database = crate::shop_database();
+    let api = Server::start_in(&data, database.as_deref(), &[]);
     let token = std::fs::read_to_string(data.join("demo-organizer.token")).unwrap();
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(data.join("demo-organizer.token"))
@@ -1635,7 +1641,7 @@ fn a_new_shop_opens_with_events_on_sale_that_a_buyer_can_buy() {
     );
     assert_eq!(status, 200);
     drop(api);
-    let again = Server::start_in(&data, &[]);
+    let again = Server::start_in(&data, database.as_deref(), &[]);
     let (_, list) = again.call("GET", "/api/v1/events?limit=100", None, None);
     assert_eq!(list["events"].as_array().unwrap().len(), 12);
 }

@@ -11,9 +11,32 @@ mod pg;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A fresh data directory with the fixture events loaded.
+/// A fresh data directory with the fixture events loaded, and the shop's
+/// database: the embedded one, or with `ISSUER_TEST_BACKEND=postgres` a
+/// fresh PostgreSQL database (`pg`), which every command run is given.
 pub struct Env {
     pub tmp: tempfile::TempDir,
+    pub database: Option<String>,
+}
+
+/// A fresh database for the shop if the tests are to run on PostgreSQL.
+pub fn shop_database() -> Option<String> {
+    match std::env::var("ISSUER_TEST_BACKEND").as_deref() {
+        Ok("postgres") => Some(
+            pg::fresh_database()
+                .expect("ISSUER_TEST_BACKEND=postgres, but no PostgreSQL server can be had"),
+        ),
+        Ok("sqlite") | Err(_) => None,
+        Ok(other) => panic!("ISSUER_TEST_BACKEND={other:?}: sqlite or postgres"),
+    }
+}
+
+/// `command` given the shop's database, or told to use the embedded one.
+pub fn with_database<'a>(command: &'a mut Command, database: Option<&str>) -> &'a mut Command {
+    match database {
+        Some(url) => command.env("ISSUER_DATABASE_URL", url),
+        None => command.env_remove("ISSUER_DATABASE_URL"),
+    }
 }
 
 #[allow(clippy::new_without_default)]
@@ -21,6 +44,7 @@ impl Env {
     pub fn new() -> Env {
         let env = Env {
             tmp: tempfile::tempdir().unwrap(),
+            database: shop_database(),
         };
         let events = env.tmp.path().join("events.json");
         std::fs::write(&events, fixtures::EVENTS_JSON).unwrap();
@@ -37,7 +61,8 @@ impl Env {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_issuer"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_issuer"));
+        with_database(&mut command, self.database.as_deref())
             .arg("--data")
             .arg(self.data())
             .args(args)

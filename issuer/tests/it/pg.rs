@@ -40,6 +40,50 @@ pub fn fresh_database() -> Option<String> {
     Some(format!("{} dbname={name}", cluster.base))
 }
 
+/// How to reach the cluster as its superuser (`host=... user=...`,
+/// without a database), or `None` (said loudly).
+pub fn server() -> Option<String> {
+    Some(CLUSTER.get_or_init(start).as_ref()?.base.clone())
+}
+
+/// The HTTP tests (`api::`), run by `issuer serve` on SQLite in this
+/// binary, run again on PostgreSQL: this binary once more, with
+/// `ISSUER_TEST_BACKEND=postgres`, on this binary's cluster.
+#[test]
+fn the_http_tests_pass_on_postgresql_too() {
+    if std::env::var_os("ISSUER_TEST_BACKEND").is_some() {
+        return; // This is that run.
+    }
+    let Some(server) = server() else {
+        return;
+    };
+    let out = Command::new(std::env::current_exe().unwrap())
+        .arg("api::")
+        .env("ISSUER_TEST_BACKEND", "postgres")
+        .env("ISSUER_TEST_POSTGRES", server)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the HTTP tests on PostgreSQL:\n{said}"
+    );
+    let passed: usize = said
+        .split("test result: ok. ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        passed >= 25,
+        "only {passed} HTTP tests ran on PostgreSQL:\n{said}"
+    );
+}
+
 /// Where Debian keeps the server's programs (`initdb`, `postgres`).
 fn server_bin() -> Option<PathBuf> {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")

@@ -514,13 +514,61 @@ impl Catalogue for PgStorage {
     }
 
     fn keyset(&self, by: OrganizerId, events: &[u64], now: u64) -> Result<String> {
-        wait(async {
+        let facts = wait(async {
             let mut c = self.conn().await?;
             for &event in events {
                 own_event(&mut c, by, event).await?;
             }
-            Ok(())
+            self.event_keys(&mut c, events).await
         })?;
-        crate::storage::keyset_in(self.dir(), events, now)
+        crate::storage::keyset_of(self.dir(), &facts, now)
+    }
+}
+
+impl PgStorage {
+    /// What the keyset of `events` needs to know of them
+    /// ([`crate::keys::EventKeys`]).
+    pub(super) async fn event_keys(
+        &self,
+        c: &mut Conn,
+        events: &[u64],
+    ) -> Result<Vec<crate::keys::EventKeys>> {
+        let mut out = Vec::with_capacity(events.len());
+        for &event in events {
+            let ends_at: i64 = c
+                .query_opt("SELECT ends_at FROM events WHERE id = $1", &[&key(event)])
+                .await?
+                .ok_or_else(|| StorageError::NotFound(format!("event {event}")))?
+                .get(0);
+            let signed = c
+                .query(
+                    "SELECT key_id, max(valid_until) FROM tickets WHERE event_id = $1
+                     GROUP BY key_id",
+                    &[&key(event)],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            out.push(crate::keys::EventKeys {
+                event_id: event,
+                ends_at,
+                signed,
+            });
+        }
+        Ok(out)
+    }
+
+    /// What the keyset of event `id` needs to know of it, whoever sells
+    /// it (for the command line); `None` if the shop has no such event.
+    pub fn event_keys_any(&self, id: u64) -> Result<Option<crate::keys::EventKeys>> {
+        wait(async {
+            let mut c = self.conn().await?;
+            match self.event_keys(&mut c, &[id]).await {
+                Ok(mut facts) => Ok(facts.pop()),
+                Err(StorageError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
     }
 }

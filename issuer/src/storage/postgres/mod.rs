@@ -22,7 +22,7 @@ use std::sync::Arc;
 use tokio_postgres::Row;
 
 use super::rows::Cells;
-use super::{Result, StorageError};
+use super::{Result, StorageError, wait};
 pub(crate) use pool::Conn;
 
 /// Schema migrations, applied in order, each once; `schema_migrations`
@@ -110,13 +110,28 @@ fn in_the_way(e: &StorageError) -> bool {
     matches!(e, StorageError::Unavailable(m) if m.starts_with("40001:") || m.starts_with("40P01:"))
 }
 
+/// The connection settings of `url` (a `postgres://` URL or
+/// `host=... dbname=...`).
+pub fn config(url: &str) -> std::result::Result<tokio_postgres::Config, crate::Error> {
+    url.parse()
+        .map_err(|e| crate::Error::Invalid(format!("the database address: {e}")))
+}
+
 impl PgStorage {
-    /// Connects to the database at `url` (a `postgres://` URL or
-    /// `host=... dbname=...`) and brings its schema up to date; `dir` is
-    /// the data directory, whose keys sign tickets. Connections run on the
-    /// runtime this is called on.
+    /// Connects to the database at `url` and brings its schema up to date;
+    /// `dir` is the data directory, whose keys sign tickets. Connections
+    /// run on the runtime this is called on.
     pub async fn open(url: &str, dir: &Path) -> std::result::Result<PgStorage, crate::Error> {
-        let storage = Self::new(url, dir, tokio::runtime::Handle::current(), None)?;
+        Self::open_with(config(url)?, dir).await
+    }
+
+    /// [`PgStorage::open`] with settings made already (a password read
+    /// from a file, say).
+    pub async fn open_with(
+        config: tokio_postgres::Config,
+        dir: &Path,
+    ) -> std::result::Result<PgStorage, crate::Error> {
+        let storage = Self::new(config, dir, tokio::runtime::Handle::current(), None);
         storage.migrate().await.map_err(migration_failed)?;
         Ok(storage)
     }
@@ -124,6 +139,14 @@ impl PgStorage {
     /// [`PgStorage::open`] for a caller with no runtime (the command line,
     /// tests): the storage runs one of its own.
     pub fn open_blocking(url: &str, dir: &Path) -> std::result::Result<PgStorage, crate::Error> {
+        Self::open_blocking_with(config(url)?, dir)
+    }
+
+    /// [`PgStorage::open_blocking`] with settings made already.
+    pub fn open_blocking_with(
+        config: tokio_postgres::Config,
+        dir: &Path,
+    ) -> std::result::Result<PgStorage, crate::Error> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("postgres")
@@ -131,7 +154,7 @@ impl PgStorage {
             .build()
             .map_err(|e| crate::Error::Invalid(format!("starting the database's runtime: {e}")))?;
         let handle = rt.handle().clone();
-        let storage = Self::new(url, dir, handle.clone(), Some(Runtime(Some(rt))))?;
+        let storage = Self::new(config, dir, handle.clone(), Some(Runtime(Some(rt))));
         handle
             .block_on(storage.migrate())
             .map_err(migration_failed)?;
@@ -139,22 +162,37 @@ impl PgStorage {
     }
 
     fn new(
-        url: &str,
+        config: tokio_postgres::Config,
         dir: &Path,
         handle: tokio::runtime::Handle,
         runtime: Option<Runtime>,
-    ) -> std::result::Result<PgStorage, crate::Error> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| crate::Error::Invalid(format!("the database address: {e}")))?;
-        Ok(PgStorage(Arc::new(Inner {
+    ) -> PgStorage {
+        PgStorage(Arc::new(Inner {
             pool: pool::Pool::new(config, handle.clone(), POOL_SIZE),
             runtime: handle,
             rows: std::sync::Mutex::default(),
             pruned_at: std::sync::atomic::AtomicU64::new(0),
             dir: dir.to_owned(),
             _runtime: runtime,
-        })))
+        }))
+    }
+
+    /// Runs `f` while holding the database-wide lock `name`: one process
+    /// at a time (setting up a new shop, say). Blocks; not for async code.
+    pub fn exclusively<T>(&self, name: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let lock = i64::from_be_bytes(*b"issuer\0\0")
+            ^ name.len() as i64
+            ^ name
+                .bytes()
+                .fold(0i64, |h, b| h.wrapping_mul(31).wrapping_add(i64::from(b)));
+        // Held by a transaction: a caller that fails half-way leaves no
+        // lock behind (a connection dropped mid-transaction is closed).
+        let mut c = wait(self.pool.get())?;
+        wait(c.begin())?;
+        wait(c.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]))?;
+        let out = f();
+        wait(c.end(Ok(())))?;
+        Ok(out)
     }
 
     /// Applies the migrations not yet applied, one process at a time.
