@@ -75,10 +75,26 @@ pub(crate) fn open_db(dir: &Path) -> Result<Connection, Error> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| Error::io(dir, e))?;
+    // Processes opening one directory at once (several `serve` on one
+    // PostgreSQL database, a command beside a server) set it up in turn:
+    // SQLite may refuse at once, not wait, a connection that finds another
+    // making the file WAL.
+    let lock_path = dir.join("issuer.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    lock.lock().map_err(|e| Error::io(&lock_path, e))?;
     let path = dir.join("issuer.db");
     private_file(&path).map_err(|e| Error::io(&path, e))?;
     let setup = || -> rusqlite::Result<Connection> {
         let conn = Connection::open(&path)?;
+        // First: another process opening the directory at once may hold
+        // the file a moment (making it WAL, migrating).
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
@@ -89,7 +105,6 @@ pub(crate) fn open_db(dir: &Path) -> Result<Connection, Error> {
         // keeps of the pages its change touches (the writer opens one a
         // change), which would otherwise be written to a file page by page.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Statements are compiled once per connection and kept: the hot
         // paths use some forty.
         conn.set_prepared_statement_cache_capacity(256);
@@ -113,25 +128,32 @@ pub(crate) fn open_db(dir: &Path) -> Result<Connection, Error> {
         e => Error::Db(e),
     })?;
     migrate(&mut conn, &path)?;
+    drop(lock);
     Ok(conn)
 }
 
+/// Applies the migrations not yet applied, each in a transaction that
+/// reads the schema's version once it has the database to itself: processes
+/// opening one data directory at once take turns, and each migration runs
+/// once.
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
-    let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if applied > MIGRATIONS.len() {
-        return Err(Error::Invalid(format!(
-            "{} was written by a newer issuer (schema {applied}, this one knows {}); upgrade the issuer",
-            path.display(),
-            MIGRATIONS.len()
-        )));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-        let tx = conn.transaction()?;
+    loop {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let applied: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if applied > MIGRATIONS.len() {
+            return Err(Error::Invalid(format!(
+                "{} was written by a newer issuer (schema {applied}, this one knows {}); upgrade the issuer",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
+        let Some(sql) = MIGRATIONS.get(applied) else {
+            return Ok(());
+        };
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.pragma_update(None, "user_version", applied + 1)?;
         tx.commit()?;
     }
-    Ok(())
 }
 
 /// A 32-byte secret kept in `path` (its owner's only), made at random the

@@ -67,7 +67,8 @@ fn text(told: &Told<'_>) -> Utf8Bytes {
 /// The changes fanned out to this process's watchers.
 pub struct Live {
     events: Mutex<HashMap<u64, broadcast::Sender<Arc<Sent>>>>,
-    poke: Notify,
+    /// Woken by changes made here, and by other processes' word of theirs.
+    poke: Arc<Notify>,
     /// How often a watcher is pinged (within the connection's idle limit).
     ping_every: Duration,
 }
@@ -83,7 +84,7 @@ impl Live {
     pub fn pinging_every(ping_every: Duration) -> Live {
         Live {
             events: Mutex::default(),
-            poke: Notify::new(),
+            poke: Arc::new(Notify::new()),
             ping_every: ping_every.max(Duration::from_millis(100)),
         }
     }
@@ -120,6 +121,7 @@ impl Live {
     /// (a panic), it starts again a second later, and watchers catch up by
     /// their numbers.
     pub async fn run(self: Arc<Self>, storage: Arc<dyn Storage>) {
+        storage.wake_on_others(self.poke.clone());
         loop {
             let fan_out = tokio::spawn(self.clone().fan_out(storage.clone()));
             if let Err(e) = fan_out.await {

@@ -157,9 +157,11 @@ impl AppState {
         }
     }
 
-    /// Says that places changed: live watchers hear of it at once.
+    /// Says that places changed: live watchers hear of it at once, those
+    /// of other processes on the same database too.
     pub fn changed(&self) {
         self.live.changed();
+        self.storage.tell_others();
     }
 
     /// Runs `f` on the storage, on a thread of the blocking pool.

@@ -387,6 +387,17 @@ pub trait Inventory: Send + Sync {
     /// (nothing waits on this: an expired hold stops counting anyway).
     /// Returns how many holds it told of.
     fn announce_expired(&self, now_ms: u64) -> Result<usize>;
+
+    /// Says to the other processes on this database, if any, that places
+    /// changed here (they look at the feed at once rather than at their
+    /// next pass). Never waits.
+    fn tell_others(&self) {}
+
+    /// Wakes `wake` whenever another process says places changed
+    /// ([`Inventory::tell_others`]), for as long as the process runs.
+    fn wake_on_others(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        let _ = wake;
+    }
 }
 
 /// What makes a new order.

@@ -588,4 +588,12 @@ impl Inventory for PgStorage {
     fn announce_expired(&self, now_ms: u64) -> Result<usize> {
         wait(self.announce_all(now_ms))
     }
+
+    fn tell_others(&self) {
+        self.tell();
+    }
+
+    fn wake_on_others(&self, wake: Arc<tokio::sync::Notify>) {
+        self.listen(wake);
+    }
 }

@@ -12,6 +12,7 @@
 mod catalogue;
 mod changes;
 mod inventory;
+mod notify;
 mod orders;
 mod outbox;
 mod pool;
@@ -58,6 +59,8 @@ pub struct Inner {
     rows: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<usize>>>>,
     /// When old live-feed changes were last cleared (unix ms).
     pruned_at: std::sync::atomic::AtomicU64,
+    /// Wakes the task telling other processes of changes (`notify`).
+    told: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
     /// The data directory, whose `keys/` sign tickets (keys never go into
     /// the database).
     dir: PathBuf,
@@ -172,6 +175,7 @@ impl PgStorage {
             runtime: handle,
             rows: std::sync::Mutex::default(),
             pruned_at: std::sync::atomic::AtomicU64::new(0),
+            told: std::sync::OnceLock::new(),
             dir: dir.to_owned(),
             _runtime: runtime,
         }))
@@ -198,17 +202,20 @@ impl PgStorage {
     /// Applies the migrations not yet applied, one process at a time.
     async fn migrate(&self) -> Result<()> {
         let mut c = self.pool.get().await?;
-        c.batch(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version    INTEGER PRIMARY KEY,
-                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-             )",
-        )
-        .await?;
         c.begin().await?;
         let done = async {
+            // Even the table of versions is made under the lock: two
+            // `CREATE TABLE IF NOT EXISTS` at once may both try.
             c.client()
                 .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            c.client()
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (
+                         version    INTEGER PRIMARY KEY,
+                         applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                     )",
+                )
                 .await?;
             let applied: i32 = c
                 .client()

@@ -61,6 +61,11 @@ impl Pool {
         }
     }
 
+    /// The settings connections are made with.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
     /// A connection: an idle one that is still open, else a new one.
     pub async fn get(&self) -> Result<Conn> {
         // The timer is the runtime's, whatever thread waits (a blocking

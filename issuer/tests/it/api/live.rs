@@ -358,3 +358,133 @@ fn a_watcher_that_never_answers_is_let_go_and_a_refusal_names_the_protocol() {
         Some("websocket")
     );
 }
+
+/// Two `issuer serve` processes on one PostgreSQL database, buyers spread
+/// over both with no stickiness: each place is sold once, and a watcher on
+/// one process hears what was sold through the other.
+#[test]
+fn two_processes_on_one_database_sell_each_place_once_and_watchers_hear_both() {
+    let Some(url) = crate::pg::fresh_database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shop");
+    // Started at once on a new database: one of them sets the shop up.
+    let args = ["--buyer-rate", "0", "--max-held", "0"];
+    let (one, two) = std::thread::scope(|s| {
+        let a = s.spawn(|| Server::start_in(&data, Some(&url), &args));
+        let b = s.spawn(|| Server::start_in(&data, Some(&url), &args));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let shown = |api: &Server| {
+        let (_, list) = api.call("GET", "/api/v1/events?limit=100", None, None);
+        list["events"].as_array().unwrap().len()
+    };
+    let demo: Vec<Value> = serde_json::from_str(fixtures::SHOP_EVENTS).unwrap();
+    assert_eq!(
+        (shown(&one), shown(&two)),
+        (demo.len(), demo.len()),
+        "set up once"
+    );
+    let token = std::fs::read_to_string(data.join("demo-organizer.token")).unwrap();
+    let (e, seated, standing) = event_on_sale(&one, token.trim());
+    let mut ws = watch(&one, e, None);
+    let mut picture = Picture::of_snapshot(&next(&mut ws));
+
+    // A seat held and sold through the other process.
+    let hold = hold_seats(&two, e, &["A-1-1"]);
+    let held = next(&mut ws);
+    assert_eq!(
+        (held["kind"].as_str(), &held["seats"]),
+        (Some("held"), &json!(["A-1-1"]))
+    );
+    picture.apply(&held);
+    let (status, paid) = order(&two, &order_body(&hold, "pm_card_visa"), "two-1");
+    assert_eq!(
+        (status, paid["state"].as_str()),
+        (201, Some("paid")),
+        "{paid}"
+    );
+    let sold = next(&mut ws);
+    assert_eq!(
+        (sold["kind"].as_str(), &sold["seats"]),
+        (Some("sold"), &json!(["A-1-1"]))
+    );
+    picture.apply(&sold);
+
+    // Buyers at once, each request to either process: seats by key, the
+    // best pair, standing places, all paid at once.
+    let bought: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8u64)
+            .map(|buyer| {
+                let (one, two) = (&one, &two);
+                s.spawn(move || {
+                    let mut paid = Vec::new();
+                    for t in 0..15u64 {
+                        let api = if (buyer + t) % 2 == 0 { one } else { two };
+                        let item = match (buyer + t) % 3 {
+                            0 => json!({"kind": "seats", "seats": [format!("A-{}-{}", 1 + t % 5, 1 + buyer)]}),
+                            1 => json!({"kind": "best", "category_id": seated, "quantity": 2}),
+                            _ => json!({"kind": "quantity", "category_id": standing, "quantity": 8}),
+                        };
+                        let (status, h) = api.call(
+                            "POST",
+                            "/api/v1/holds",
+                            None,
+                            Some(&json!({"event_id": e, "items": [item]})),
+                        );
+                        if status != 201 {
+                            assert_eq!(status, 409, "{h}");
+                            continue;
+                        }
+                        // The order through the other process.
+                        let other = if std::ptr::eq(api, one) { two } else { one };
+                        let hold = h["token"].as_str().unwrap();
+                        let (status, o) = order(
+                            other,
+                            &order_body(hold, "pm_card_visa"),
+                            &format!("b{buyer}-t{t}"),
+                        );
+                        assert_eq!((status, o["state"].as_str()), (201, Some("paid")), "{o}");
+                        paid.push(o);
+                    }
+                    paid
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let places: Vec<&Value> = bought
+        .iter()
+        .flat_map(|o| o["places"].as_array().unwrap())
+        .collect();
+    let seats: Vec<&str> = places.iter().filter_map(|p| p["seat"].as_str()).collect();
+    let unique: std::collections::HashSet<&&str> = seats.iter().collect();
+    assert_eq!(unique.len(), seats.len(), "a seat sold twice");
+    assert!(!seats.contains(&"A-1-1"), "sold before");
+    let standing_sold = places.len() - seats.len();
+    assert!(
+        standing_sold <= 300,
+        "{standing_sold} of 300 standing places sold"
+    );
+    assert!(
+        standing_sold >= 200,
+        "the quota was contended: {standing_sold} sold"
+    );
+    // Both processes say the same, and the watcher on one, change by
+    // change, comes to it.
+    let tickets = |api: &Server| {
+        let (_, t) = api.call("GET", &format!("/api/v1/events/{e}/tickets"), None, None);
+        (seats_of(&t), counts_of(&t), t["seq"].as_u64().unwrap())
+    };
+    let (a, b) = (tickets(&one), tickets(&two));
+    assert_eq!(a, b);
+    assert_eq!(a.1[&standing].2 as usize, standing_sold);
+    while picture.seq < a.2 {
+        picture.apply(&next(&mut ws));
+    }
+    picture.matches(&two, e);
+}
