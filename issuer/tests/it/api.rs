@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::Env;
 
+mod faults;
 mod live;
 mod mail;
 mod openapi;

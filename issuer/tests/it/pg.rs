@@ -210,3 +210,129 @@ fn start() -> Option<Cluster> {
     let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
     panic!("the test cluster did not start in 30 s:\n{log}");
 }
+
+/// A cluster of a test's own, which the test may stop and start again
+/// (a fault test): run by `pg_ctl`, stopped and removed when dropped.
+pub struct Restartable {
+    dir: PathBuf,
+    bin: PathBuf,
+    root: bool,
+}
+
+impl Restartable {
+    /// A new cluster, running, or `None` (said loudly) where PostgreSQL
+    /// cannot be had.
+    pub fn start() -> Option<Restartable> {
+        let Some(bin) = server_bin() else {
+            unavailable("Debian's postgresql is not installed");
+            return None;
+        };
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let dir = tempfile::Builder::new()
+            .prefix("issuer-pg-own-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let cluster = Restartable { dir, bin, root };
+        if root {
+            let ok = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&cluster.dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "giving the cluster's directory to postgres");
+        }
+        let init = cluster
+            .as_owner("initdb")
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(cluster.dir.join("data"))
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        cluster.up();
+        issuer::storage::postgres::admin(&cluster.url("postgres"), "CREATE DATABASE shop").unwrap();
+        Some(cluster)
+    }
+
+    fn as_owner(&self, program: &str) -> Command {
+        if self.root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(program));
+            c
+        } else {
+            Command::new(self.bin.join(program))
+        }
+    }
+
+    /// How to reach database `db` of it.
+    pub fn url(&self, db: &str) -> String {
+        format!("host={} user=postgres dbname={db}", self.dir.display())
+    }
+
+    /// Starts the server and waits until it answers.
+    pub fn up(&self) {
+        let options = format!(
+            "-k {} -c listen_addresses= -c fsync=off -c max_connections=100",
+            self.dir.display()
+        );
+        let started = self
+            .as_owner("pg_ctl")
+            .args(["-w", "-t", "30", "-D"])
+            .arg(self.dir.join("data"))
+            .args(["-l"])
+            .arg(self.dir.join("log"))
+            .args(["-o", &options, "start"])
+            .output()
+            .unwrap();
+        assert!(
+            started.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+    }
+
+    /// Stops the server at once: connections are cut, transactions rolled
+    /// back (`pg_ctl stop -m fast`).
+    pub fn down(&self) {
+        let stopped = self
+            .as_owner("pg_ctl")
+            .args(["-w", "-t", "30", "-m", "fast", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("stop")
+            .output()
+            .unwrap();
+        assert!(
+            stopped.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&stopped.stderr)
+        );
+    }
+}
+
+impl Drop for Restartable {
+    fn drop(&mut self) {
+        let _ = self
+            .as_owner("pg_ctl")
+            .args(["-w", "-m", "immediate", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("stop")
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
