@@ -51,6 +51,20 @@ enum Command {
     /// Organizers who sell through the API.
     #[command(subcommand)]
     Organizers(OrganizersCmd),
+    /// Moves an embedded shop up to PostgreSQL: its organizers, venues,
+    /// events, places, holds, orders, tickets, revocations and messages,
+    /// ids kept, checked table by table (nothing is kept unless every
+    /// count matches). Stop the shop's server first. Signing keys stay in
+    /// the data directory: serve with `--data` naming it (or a copy).
+    Migrate {
+        /// The embedded shop's data directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database to move into, empty (no password in
+        /// it: see --database-password-file).
+        #[arg(long)]
+        to: String,
+    },
     /// Serves the booking API (JSON under /api/v1) until interrupted.
     Serve {
         /// Address to listen on.
@@ -288,6 +302,9 @@ fn run(cli: Cli) -> Result<()> {
         | Command::Keys(KeysCmd::ExportKeyset { .. }) => database(&cli)?,
         _ => None,
     };
+    if let Command::Migrate { from, to } = &cli.command {
+        return migrate(from, to, cli.database_password_file.as_deref());
+    }
     match cli.command {
         // A shop on PostgreSQL: its events and tickets are there, its keys
         // in the data directory, as are the events of `events add` and
@@ -392,8 +409,45 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keys(cmd) => keys_cmd(&store, cmd),
         Command::Tickets(cmd) => tickets_cmd(&mut store, cmd),
         Command::Demo => demo(&mut store),
-        Command::Organizers(_) | Command::Serve { .. } => unreachable!("handled above"),
+        Command::Organizers(_) | Command::Serve { .. } | Command::Migrate { .. } => {
+            unreachable!("handled above")
+        }
     }
+}
+
+fn migrate(
+    from: &std::path::Path,
+    to: &str,
+    password_file: Option<&std::path::Path>,
+) -> Result<()> {
+    let mut config = issuer::storage::postgres::config(to)?;
+    if config.get_password().is_some() {
+        anyhow::bail!(
+            "--to holds a password, which the process list would show: put it in a file \
+             readable by its owner only and give --database-password-file"
+        );
+    }
+    if let Some(path) = password_file {
+        config.password(secret_of(Some(path), "--database-password-file")?);
+    }
+    let shop = issuer::storage::postgres::PgStorage::open_blocking_with(config, from)
+        .context("opening the database")?;
+    let report = shop
+        .move_up(from)
+        .with_context(|| format!("moving the shop of {} up", from.display()))?;
+    for (table, n) in &report.tables {
+        println!("{n:>10}  {table}");
+    }
+    println!(
+        "moved and checked: {} paid orders ({} in minor units), {} places sold",
+        report.paid_orders, report.paid_amount, report.sold_places
+    );
+    println!(
+        "the signing keys stay in {}: serve with --data {} --database ...",
+        from.display(),
+        from.display()
+    );
+    Ok(())
 }
 
 fn organizers_cmd(

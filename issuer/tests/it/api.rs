@@ -11,6 +11,7 @@ use crate::Env;
 mod faults;
 mod live;
 mod mail;
+mod moving;
 mod openapi;
 
 /// `issuer serve` on a free port of this machine; killed when dropped.

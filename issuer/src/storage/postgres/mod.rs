@@ -12,6 +12,7 @@
 mod catalogue;
 mod changes;
 mod inventory;
+pub mod moving;
 mod notify;
 mod orders;
 mod outbox;
