@@ -35,6 +35,17 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The servers buyers are spread over (several processes on one
+/// PostgreSQL database), round robin, with no stickiness.
+#[derive(Clone)]
+struct Hosts(Arc<Vec<String>>);
+
+impl Hosts {
+    fn of(&self, i: usize) -> &str {
+        &self.0[i % self.0.len()]
+    }
+}
+
 /// One keep-alive HTTP/1.1 connection, requests one at a time.
 struct Conn {
     stream: TcpStream,
@@ -193,9 +204,16 @@ impl Drop for Server {
     }
 }
 
-fn start_server(data: &std::path::Path) -> Server {
+/// `issuer serve` on data directory `data`, on `database` (PostgreSQL)
+/// if given, else on the directory's SQLite.
+fn start_server(data: &std::path::Path, database: Option<&str>) -> Server {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_issuer"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_issuer"));
+    match database {
+        Some(url) => command.env("ISSUER_DATABASE_URL", url),
+        None => command.env_remove("ISSUER_DATABASE_URL"),
+    };
+    let mut child = command
         .arg("--data")
         .arg(data)
         .args([
@@ -327,14 +345,14 @@ fn hold_body(event: u64, seated: u64, standing: u64, i: u64) -> Value {
 
 /// Phase 1a: hold and let go as fast as the server answers, for
 /// `seconds`: the most it makes, every buyer asking again at once.
-async fn holds(host: &str, buyers: usize, seconds: u64, event: (u64, u64, u64)) {
+async fn holds(hosts: &Hosts, buyers: usize, seconds: u64, event: (u64, u64, u64)) {
     let stop = Arc::new(AtomicBool::new(false));
     let conflicts = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for b in 0..buyers {
-        let (host, stop, conflicts) = (host.to_owned(), stop.clone(), conflicts.clone());
+        let (hosts, stop, conflicts) = (hosts.clone(), stop.clone(), conflicts.clone());
         tasks.push(tokio::spawn(async move {
-            let mut c = Conn::open(&host).await;
+            let mut c = Conn::open(hosts.of(b)).await;
             let mut lat = Latencies::default();
             let mut i = b as u64;
             while !stop.load(Ordering::Relaxed) {
@@ -382,7 +400,7 @@ const WARM_UP: u64 = 2;
 /// (each holds, then lets go, on its own schedule), for `seconds`; the
 /// latency of each hold counts from when it was due, so a server that
 /// falls behind cannot hide its queue.
-async fn holds_at(host: &str, buyers: usize, rate: u64, seconds: u64, event: (u64, u64, u64)) {
+async fn holds_at(hosts: &Hosts, buyers: usize, rate: u64, seconds: u64, event: (u64, u64, u64)) {
     let conflicts = Arc::new(AtomicU64::new(0));
     let every = Duration::from_secs_f64(buyers as f64 / rate as f64);
     let start = tokio::time::Instant::now() + Duration::from_millis(500);
@@ -390,9 +408,9 @@ async fn holds_at(host: &str, buyers: usize, rate: u64, seconds: u64, event: (u6
     let counted_from = start + Duration::from_secs(WARM_UP);
     let mut tasks = Vec::new();
     for b in 0..buyers {
-        let (host, conflicts) = (host.to_owned(), conflicts.clone());
+        let (hosts, conflicts) = (hosts.clone(), conflicts.clone());
         tasks.push(tokio::spawn(async move {
-            let mut c = Conn::open(&host).await;
+            let mut c = Conn::open(hosts.of(b)).await;
             let (mut hold, mut release) = (Latencies::default(), Latencies::default());
             let mut slowest: Vec<u64> = Vec::new();
             let first = start + every.mul_f64(b as f64 / buyers as f64);
@@ -460,12 +478,12 @@ async fn holds_at(host: &str, buyers: usize, rate: u64, seconds: u64, event: (u6
 }
 
 /// Phase 2: hold, order and pay until sold out; then the oversell check.
-async fn orders(host: &str, buyers: usize, event: (u64, u64, u64)) {
+async fn orders(hosts: &Hosts, buyers: usize, event: (u64, u64, u64)) {
     let mut tasks = Vec::new();
     for b in 0..buyers {
-        let host = host.to_owned();
+        let hosts = hosts.clone();
         tasks.push(tokio::spawn(async move {
-            let mut c = Conn::open(&host).await;
+            let mut c = Conn::open(hosts.of(b)).await;
             let mut lat = Latencies::default();
             let mut mine: Vec<(u64, Option<String>)> = Vec::new();
             let mut charged = 0u64;
@@ -527,7 +545,7 @@ async fn orders(host: &str, buyers: usize, event: (u64, u64, u64)) {
     let took = start.elapsed().as_secs_f64();
     let selling = (last_sale - start).as_secs_f64();
     // The oversell check, against what the server says now.
-    let mut c = Conn::open(host).await;
+    let mut c = Conn::open(hosts.of(0)).await;
     let (_, t) = c
         .json(
             "GET",
@@ -573,7 +591,7 @@ async fn orders(host: &str, buyers: usize, event: (u64, u64, u64)) {
 }
 
 /// Phase 3: browse and search at `rate` requests a second for `seconds`.
-async fn browse(host: &str, rate: u64, seconds: u64, event: u64) {
+async fn browse(hosts: &Hosts, rate: u64, seconds: u64, event: u64) {
     let paths = [
         "/api/v1/events?genre=concert".to_owned(),
         "/api/v1/events?city=lyon&limit=20".to_owned(),
@@ -587,9 +605,9 @@ async fn browse(host: &str, rate: u64, seconds: u64, event: u64) {
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     let mut tasks = Vec::new();
     for k in 0..clients {
-        let (host, paths) = (host.to_owned(), paths.clone());
+        let (hosts, paths) = (hosts.clone(), paths.clone());
         tasks.push(tokio::spawn(async move {
-            let mut c = Conn::open(&host).await;
+            let mut c = Conn::open(hosts.of(k as usize)).await;
             let mut lat = Latencies::default();
             let first = start + every.mul_f64(k as f64 / clients as f64);
             let n = (seconds * rate / clients) as u32;
@@ -618,8 +636,8 @@ async fn browse(host: &str, rate: u64, seconds: u64, event: u64) {
 }
 
 /// Phase 4: the seat states of a big event, one client.
-async fn seat_states(host: &str, token: &str) {
-    let mut c = Conn::open(host).await;
+async fn seat_states(hosts: &Hosts, token: &str) {
+    let mut c = Conn::open(hosts.of(0)).await;
     let (event, _, _) = event_on_sale(&mut c, token, 20, 1000).await;
     let path = format!("/api/v1/events/{event}/tickets");
     let mut lat = Latencies::default();
@@ -642,16 +660,17 @@ async fn seat_states(host: &str, token: &str) {
 
 /// Phase 5: `watchers` WebSocket watchers; `changes` seat changes, each
 /// timed from the moment its hold was sent to its arrival at each watcher.
-async fn live(host: &str, token: &str, watchers: usize, changes: usize) {
-    let mut c = Conn::open(host).await;
+async fn live(hosts: &Hosts, token: &str, watchers: usize, changes: usize) {
+    // Changes made through the first process; watchers on every one.
+    let mut c = Conn::open(hosts.of(0)).await;
     let (event, _, _) = event_on_sale(&mut c, token, 5, 100).await;
-    let url = format!("ws://{host}/api/v1/events/{event}/live");
     let sent: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
         Arc::new(std::sync::Mutex::new(vec![None; changes + 1]));
     let ready = Arc::new(tokio::sync::Barrier::new(watchers + 1));
     let mut tasks = Vec::new();
-    for _ in 0..watchers {
-        let (url, sent, ready) = (url.clone(), sent.clone(), ready.clone());
+    for w in 0..watchers {
+        let url = format!("ws://{}/api/v1/events/{event}/live", hosts.of(w));
+        let (sent, ready) = (sent.clone(), ready.clone());
         tasks.push(tokio::spawn(async move {
             let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("ws");
             let first = ws.next().await.unwrap().unwrap();
@@ -733,23 +752,41 @@ fn main() {
         text_arg("--phases").unwrap_or_else(|| "saturation,holds,orders,browse,states,live".into());
     let run = |p: &str| phases.split(',').any(|q| q == p);
     let tmp = tempfile::tempdir().unwrap();
+    // On PostgreSQL (`--postgres "host=... user=..."`, a server whose user
+    // may make databases): a fresh database, and `--processes` servers on
+    // it, buyers spread over them.
+    let processes = arg("--processes", 1).max(1) as usize;
+    let database = text_arg("--postgres").map(|base| {
+        let name = format!("bench_{}", std::process::id());
+        issuer::storage::postgres::admin(
+            &format!("{base} dbname=postgres"),
+            &format!("CREATE DATABASE {name}"),
+        )
+        .expect("making the benchmark's database");
+        format!("{base} dbname={name}")
+    });
     // A server already running (`--host`, with its `--data` for the
-    // organizer's token), say under a profiler; else one of our own.
-    let (server, data) = match text_arg("--host") {
+    // organizer's token), say under a profiler; else our own.
+    let (servers, data) = match text_arg("--host") {
         Some(_) => (
-            None,
+            Vec::new(),
             std::path::PathBuf::from(text_arg("--data").expect("--data with --host")),
         ),
         None => {
             let data = tmp.path().join("data");
-            (Some(start_server(&data)), data)
+            // The first sets the shop up; the others find it.
+            let mut servers = vec![start_server(&data, database.as_deref())];
+            for _ in 1..processes {
+                servers.push(start_server(&data, database.as_deref()));
+            }
+            (servers, data)
         }
     };
-    let host = server
-        .as_ref()
-        .map(|s| s.host.clone())
-        .or_else(|| text_arg("--host"))
-        .unwrap();
+    let hosts = Hosts(Arc::new(match text_arg("--host") {
+        Some(host) => host.split(',').map(str::to_owned).collect(),
+        None => servers.iter().map(|s| s.host.clone()).collect(),
+    }));
+    let host = hosts.of(0).to_owned();
     let token = std::fs::read_to_string(data.join("demo-organizer.token"))
         .unwrap()
         .trim()
@@ -761,30 +798,44 @@ fn main() {
     runtime.block_on(async {
         let mut c = Conn::open(&host).await;
         println!(
-            "issuer serve (release, SQLite, fresh data directory) on {host}; events of 5,000 seats and \
-             5,000 standing places; {buyers} buyers"
+            "issuer serve (release, {}, fresh) x {} on {}; events of 5,000 seats and \
+             5,000 standing places; {buyers} buyers",
+            if database.is_some() {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            },
+            hosts.0.len(),
+            hosts.0.join(", ")
         );
         if run("saturation") {
             let first = event_on_sale(&mut c, &token, 5, 5000).await;
-            holds(&host, buyers, seconds, first).await;
+            holds(&hosts, buyers, seconds, first).await;
         }
         if run("holds") {
             let first = event_on_sale(&mut c, &token, 5, 5000).await;
-            holds_at(&host, buyers, hold_rate, seconds, first).await;
+            holds_at(&hosts, buyers, hold_rate, seconds, first).await;
         }
         let second = event_on_sale(&mut c, &token, 5, 5000).await;
         if run("orders") {
-            orders(&host, buyers, second).await;
+            orders(&hosts, buyers, second).await;
         }
         if run("browse") {
-            browse(&host, 1000, seconds, second.0).await;
+            browse(&hosts, 1000, seconds, second.0).await;
         }
         if run("states") {
-            seat_states(&host, &token).await;
+            seat_states(&hosts, &token).await;
         }
         if run("live") {
-            live(&host, &token, watchers, 20).await;
+            live(&hosts, &token, watchers, 20).await;
         }
     });
-    drop(server);
+    drop(servers);
+    if let (Some(base), Some(url)) = (text_arg("--postgres"), database) {
+        let name = url.rsplit("dbname=").next().unwrap_or_default();
+        let _ = issuer::storage::postgres::admin(
+            &format!("{base} dbname=postgres"),
+            &format!("DROP DATABASE IF EXISTS {name}"),
+        );
+    }
 }

@@ -231,6 +231,7 @@ impl PgStorage {
         let refs: Vec<&(dyn ToSql + Sync)> =
             args.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect();
         c.client()
+            .await?
             .query(&sql, &refs)
             .await?
             .iter()

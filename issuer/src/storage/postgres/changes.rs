@@ -1,22 +1,29 @@
 //! The live feed's changes on PostgreSQL.
 //!
-//! Each event's changes are numbered 1, 2, ... in the order they commit:
-//! a transaction takes its numbers from the event's row of `feed_seq` as
-//! its last statement, so the row's lock, held until the commit, orders the
-//! event's changes and is held as briefly as can be. A transaction's
-//! changes are gathered as it goes ([`Feed`]) and written then.
+//! Each event's changes are numbered 1, 2, ... with no gap, and a watcher
+//! told the event's state with number `n` must then be told exactly the
+//! changes after `n`. Numbering in the transaction that moves places
+//! would have every buyer of an event wait for the previous one's commit
+//! (its flush to disk included). So changes are written unnumbered, as a
+//! transaction's last statement, under a *shared* lock on the event held
+//! until its commit ([`Feed::write`]); a sequencer ([`sequence`]) takes
+//! that lock *exclusively*, which waits only for the commits in flight, and
+//! numbers what it finds in the order of the changes' ids. A transaction
+//! that takes the shared lock afterwards gets larger ids, so the numbering
+//! of what was committed before is final, and is the same if done again
+//! (after a crash). A reader of an event's state takes the same exclusive
+//! lock, so that the state it reads is exactly that of the changes
+//! committed, numbered or soon to be.
 //!
-//! Across events (the fan-out to watchers), changes are read by the
-//! transaction that wrote them: `xid` is its id, and rows of transactions
-//! older than every one still running (`pg_snapshot_xmin`) can no longer be
-//! joined by others, so a cursor of transaction ids misses none, whatever
-//! the order in which concurrent transactions commit.
+//! Across events (the fan-out to watchers), numbered changes carry a
+//! position `pos` given by one sequencer at a time (`feed_pos`), in the
+//! order of its commits: a cursor of positions misses none.
 
 use std::collections::BTreeMap;
 
 use super::{Conn, key};
 use crate::storage::rows::{CHANGE_COLUMNS, Moved, change_from, moved_columns};
-use crate::storage::{ChangeKind, PlaceChange, Result, StorageError};
+use crate::storage::{ChangeKind, PlaceChange, Result};
 
 /// Changes a transaction makes, written together at its end.
 #[derive(Default)]
@@ -33,10 +40,11 @@ impl Feed {
         }
     }
 
-    /// Writes the changes noted, each event's under its next numbers: the
-    /// last statement of the transaction, so that the event's numbering is
-    /// held only until the commit that follows. Events in order of their
-    /// ids, so two transactions never wait for each other's events.
+    /// Writes the changes noted, unnumbered, each event's under the
+    /// event's shared lock (held until the commit, so that the sequencer
+    /// waits for it): the last statement of the transaction, so that a
+    /// sequencer waiting behind it waits for little more than its commit.
+    /// Events in order of their ids.
     pub async fn write(self, c: &mut Conn, now_ms: u64) -> Result<()> {
         let mut by_event: BTreeMap<u64, Vec<(ChangeKind, Moved)>> = BTreeMap::new();
         for (event, kind, moved) in self.changes {
@@ -52,28 +60,110 @@ impl Feed {
                 seats.push(s);
                 places.push(p);
             }
+            // The lock first (a CTE the insert reads is run before it).
             c.execute(
-                "WITH s AS (
-                     INSERT INTO feed_seq (event_id, seq) VALUES ($1, $2)
-                     ON CONFLICT (event_id) DO UPDATE SET seq = feed_seq.seq + $2
-                     RETURNING seq)
-                 INSERT INTO place_changes (event_id, seq, at, kind, seats, places)
-                 SELECT $1, s.seq - $2 + u.i, $3, u.kind, u.seats, u.places
-                 FROM s, unnest($4::text[], $5::text[], $6::text[])
-                      WITH ORDINALITY AS u(kind, seats, places, i)",
+                "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($6, $7))
+                 INSERT INTO place_changes (event_id, at, kind, seats, places)
+                 SELECT $1, $2, u.kind, u.seats, u.places
+                 FROM l, unnest($3::text[], $4::text[], $5::text[])
+                      WITH ORDINALITY AS u(kind, seats, places, i)
+                 ORDER BY u.i",
                 &[
                     &key(event),
-                    &(changes.len() as i64),
                     &key(now_ms),
                     &kinds,
                     &seats,
                     &places,
+                    &FEED_LOCK,
+                    &lock_of(event),
                 ],
             )
             .await?;
         }
         Ok(())
     }
+}
+
+/// The class of the events' feed locks (`pg_advisory_xact_lock(class, id)`).
+const FEED_LOCK: i32 = 0x6665_6564; // "feed"
+
+/// The lock of the sequencer: one at a time, across processes.
+const SEQUENCER_LOCK: i64 = 0x7365_7175_656e_6365; // "sequence"
+
+/// An event's feed lock (ids beyond 2^31 share locks: more waiting, never
+/// less safety).
+fn lock_of(event: u64) -> i32 {
+    (event & 0x7fff_ffff) as i32
+}
+
+/// Takes event `event_id`'s feed lock exclusively, until the end of the
+/// transaction: the transactions writing its changes have committed, and
+/// the next wait.
+pub(super) async fn lock_event(c: &mut Conn, event_id: u64) -> Result<()> {
+    c.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&FEED_LOCK, &lock_of(event_id)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The number of event `event_id`'s last change committed, numbered or
+/// not: with its lock held exclusively, what the state then read includes.
+pub(super) async fn last_seq(c: &mut Conn, event_id: u64) -> Result<u64> {
+    let n: i64 = c
+        .query_one(
+            "SELECT coalesce((SELECT seq FROM feed_seq WHERE event_id = $1), 0)
+                  + (SELECT count(*) FROM place_changes WHERE event_id = $1 AND seq IS NULL)",
+            &[&key(event_id)],
+        )
+        .await?
+        .get(0);
+    Ok(n as u64)
+}
+
+/// Numbers the changes written unnumbered (of `event_id`, or of every
+/// event), in a transaction of its own `c`: unless another sequencer is at
+/// work, in which case its numbers will do. Its commit need not wait for
+/// the disk: numbered again after a crash, the same changes get the same
+/// numbers.
+pub(super) async fn sequence(c: &mut Conn, event_id: Option<u64>) -> Result<()> {
+    c.batch("SET LOCAL synchronous_commit = off").await?;
+    let mine: bool = c
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&SEQUENCER_LOCK])
+        .await?
+        .get(0);
+    if !mine {
+        return Ok(());
+    }
+    let events: Vec<i64> = c
+        .query(
+            "SELECT DISTINCT event_id FROM place_changes
+             WHERE seq IS NULL AND ($1::bigint IS NULL OR event_id = $1)
+             ORDER BY event_id",
+            &[&event_id.map(key)],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for event in events {
+        lock_event(c, event as u64).await?;
+        c.execute(
+            "WITH n AS (SELECT id, row_number() OVER (ORDER BY id) AS r
+                        FROM place_changes WHERE event_id = $1 AND seq IS NULL),
+                  k AS (SELECT count(*) AS k FROM n),
+                  s AS (INSERT INTO feed_seq (event_id, seq) SELECT $1, k FROM k WHERE k > 0
+                        ON CONFLICT (event_id) DO UPDATE SET seq = feed_seq.seq + EXCLUDED.seq
+                        RETURNING seq),
+                  p AS (UPDATE feed_pos SET pos = pos + (SELECT k FROM k) RETURNING pos)
+             UPDATE place_changes c SET seq = s.seq - k.k + n.r, pos = p.pos - k.k + n.r
+             FROM n, k, s, p WHERE c.id = n.id",
+            &[&event],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Most expired holds told of in one statement.
@@ -120,7 +210,7 @@ pub(super) async fn announce(
                  FROM hold_items h
                  WHERE h.hold = ANY($1) AND p.category_id = h.category_id AND p.n = h.n
                    AND p.hold = h.hold AND p.order_id IS NULL AND p.held_until <= $2
-                 RETURNING h.hold, p.category_id, p.seat_key",
+                 RETURNING h.hold, p.category_id, p.seat_key, p.n",
                 &[&hashes, &key(now_ms)],
             )
             .await?;
@@ -130,6 +220,7 @@ pub(super) async fn announce(
                 .entry(r.get(0))
                 .or_default()
                 .push((r.get::<_, i64>(1) as u64, r.get(2)));
+            c.freed.push((r.get::<_, i64>(1) as u64, r.get(3)));
         }
         // One change a hold, in the order they expired.
         for r in &holds {
@@ -179,102 +270,51 @@ pub(super) async fn changes_of(
     .collect()
 }
 
-/// A transaction id as PostgreSQL prints it.
-fn xid(text: &str) -> Result<u64> {
-    text.parse()
-        .map_err(|_| StorageError::Backend(format!("transaction id {text:?}")))
-}
-
-/// Every event's changes written by transactions from `cursor` (a
-/// transaction id) on that no transaction still running can precede, at
-/// most about `limit` (a transaction's changes are never split), and the
-/// cursor after them.
+/// Every event's numbered changes after position `cursor`, at most
+/// `limit`, in order, and the cursor after them.
 pub(super) async fn changes_after(
     c: &mut Conn,
     cursor: u64,
     limit: usize,
 ) -> Result<(u64, Vec<PlaceChange>)> {
-    let limit = limit.clamp(1, 10_000) as i64;
-    let columns: Vec<String> = CHANGE_COLUMNS
-        .split(", ")
-        .map(|col| format!("c.{col}"))
-        .collect();
     let rows = c
         .query(
             &format!(
-                "SELECT h.horizon::text, c.xid::text, {}
-                 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) h
-                 LEFT JOIN LATERAL (
-                     SELECT * FROM place_changes c
-                     WHERE c.xid >= $1::text::xid8 AND c.xid < h.horizon
-                     ORDER BY c.xid, c.id LIMIT $2) c ON true",
-                columns.join(", ")
+                "SELECT pos, {CHANGE_COLUMNS} FROM place_changes
+                 WHERE pos > $1 ORDER BY pos LIMIT $2"
             ),
-            &[&cursor.to_string(), &(limit + 1)],
+            &[&key(cursor), &(limit.clamp(1, 10_000) as i64)],
         )
         .await?;
-    let Some(first) = rows.first() else {
-        return Ok((cursor, Vec::new()));
-    };
-    let horizon = xid(first.get(0))?;
-    let mut found: Vec<(u64, PlaceChange)> = Vec::with_capacity(rows.len());
+    let mut next = cursor;
+    let mut found = Vec::with_capacity(rows.len());
     for r in &rows {
-        let Some(x) = r.get::<_, Option<&str>>(1) else {
-            continue;
-        };
-        found.push((xid(x)?, change_from(&Shifted(r))?.1));
+        next = r.get::<_, i64>(0) as u64;
+        found.push(change_from(&Shifted(r))?.1);
     }
-    if (found.len() as i64) <= limit {
-        return Ok((
-            horizon.max(cursor),
-            found.into_iter().map(|(_, c)| c).collect(),
-        ));
-    }
-    // More than asked: up to the last transaction told whole.
-    let last = found[limit as usize].0;
-    found.retain(|(x, _)| *x < last);
-    if !found.is_empty() {
-        return Ok((last, found.into_iter().map(|(_, c)| c).collect()));
-    }
-    // One transaction wrote more than `limit`: all of it.
-    let whole = c
-        .query(
-            &format!(
-                "SELECT {CHANGE_COLUMNS} FROM place_changes
-                 WHERE xid = $1::text::xid8 ORDER BY id"
-            ),
-            &[&last.to_string()],
-        )
-        .await?
-        .iter()
-        .map(|r| Ok(change_from(r)?.1))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((last + 1, whole))
+    Ok((next, found))
 }
 
-/// The cursor of the changes to come: the oldest transaction still running.
+/// The cursor of the changes to come: the last position given.
 pub(super) async fn newest(c: &mut Conn) -> Result<u64> {
-    let row = c
-        .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
-        .await?;
-    xid(row.get(0))
+    let pos: i64 = c.query_one("SELECT pos FROM feed_pos", &[]).await?.get(0);
+    Ok(pos as u64)
 }
 
-/// A row read two columns on: the change's columns after the horizon and
-/// the transaction id.
+/// A row read one column on: the change's columns after its position.
 struct Shifted<'a>(&'a tokio_postgres::Row);
 
 impl crate::storage::rows::Cells for Shifted<'_> {
     fn int(&self, i: usize) -> Result<i64> {
-        Ok(self.0.try_get(i + 2)?)
+        Ok(self.0.try_get(i + 1)?)
     }
 
     fn opt_int(&self, i: usize) -> Result<Option<i64>> {
-        Ok(self.0.try_get(i + 2)?)
+        Ok(self.0.try_get(i + 1)?)
     }
 
     fn text(&self, i: usize) -> Result<String> {
-        Ok(self.0.try_get(i + 2)?)
+        Ok(self.0.try_get(i + 1)?)
     }
 }
 

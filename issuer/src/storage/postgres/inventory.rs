@@ -6,6 +6,8 @@
 //! others. What the database decides stands whatever process asked.
 
 use std::collections::{BTreeMap, HashMap};
+
+use rand_core::RngCore;
 use std::sync::Arc;
 
 use super::catalogue::{categories_of, event_row, venue_of};
@@ -22,7 +24,28 @@ use crate::storage::{
 
 /// How often best seats are chosen again when seats chosen were being
 /// taken by another buyer at that moment.
-const BEST_TRIES: usize = 3;
+const BEST_TRIES: usize = 8;
+
+/// How long a process's picture of a category's free seats is used
+/// (seats let go meanwhile are not seen; seats taken elsewhere cost a try).
+const FREE_SEATS_FOR: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How soon the picture is read again after seats chosen from it were
+/// found taken.
+const FREE_SEATS_AGAIN: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How often the fan-out numbers changes at most.
+const SEQUENCE_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How often a process's holds of one event tell of lapsed holds first.
+const ANNOUNCE_EVERY_MS: u64 = 250;
+
+/// A process's picture of a seated category's free seats.
+pub(super) struct FreeSeats {
+    /// By place number less one.
+    free: Vec<bool>,
+    read_at: std::time::Instant,
+}
 
 /// A hold as it stands at `now_ms`; `lock` locks its row until the end
 /// of the transaction (for a change to it).
@@ -73,17 +96,21 @@ pub(super) async fn hold_of(
     })
 }
 
-/// The places a statement with `RETURNING category_id, seat_key` moved.
-async fn moved(
+/// The places a statement with `RETURNING category_id, seat_key, n`
+/// let go (noted for the process's picture of free seats).
+pub(super) async fn moved(
     c: &mut Conn,
     sql: &str,
     args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Moved> {
-    Ok(c.query(sql, args)
-        .await?
-        .iter()
-        .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
-        .collect())
+    let rows = c.query(sql, args).await?;
+    let mut moved = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let category = r.get::<_, i64>(0) as u64;
+        c.freed.push((category, r.get(2)));
+        moved.push((category, r.get(1)));
+    }
+    Ok(moved)
 }
 
 /// Unties the unsold places still tied to a hold (released or cancelled).
@@ -93,7 +120,7 @@ pub(super) async fn untie(c: &mut Conn, token_hash: &[u8; 32]) -> Result<Moved> 
         "UPDATE places SET hold = NULL, held_until = 0
          WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items WHERE hold = $1)
            AND hold = $1 AND order_id IS NULL
-         RETURNING category_id, seat_key",
+         RETURNING category_id, seat_key, n",
         &[&&token_hash[..]],
     )
     .await
@@ -105,12 +132,16 @@ async fn release_in(c: &mut Conn, token_hash: &[u8; 32], now_ms: u64) -> Result<
     if hold.state != HoldState::Active {
         return Ok(hold);
     }
-    c.execute(
-        "UPDATE holds SET released_at = $2 WHERE token_hash = $1",
+    let places = moved(
+        c,
+        "WITH h AS (UPDATE holds SET released_at = $2 WHERE token_hash = $1)
+         UPDATE places SET hold = NULL, held_until = 0
+         WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items WHERE hold = $1)
+           AND hold = $1 AND order_id IS NULL
+         RETURNING category_id, seat_key, n",
         &[&&token_hash[..], &key(now_ms)],
     )
     .await?;
-    let places = untie(c, token_hash).await?;
     let mut feed = Feed::default();
     feed.push(hold.event_id, ChangeKind::Released, places);
     feed.write(c, now_ms).await?;
@@ -203,8 +234,13 @@ impl PgStorage {
             .collect();
         // Places of holds whose time passed are told free before they are
         // taken again, so the live feed's moves add up.
+        // At most once every few moments a process: a lapsed hold's places
+        // not yet untied are not free to take (never taken twice), and are
+        // untied by the next look.
         let mut feed = Feed::default();
-        changes::announce(c, Some(event.id), now_ms, &mut feed).await?;
+        if self.announce_due(event.id, now_ms) {
+            changes::announce(c, Some(event.id), now_ms, &mut feed).await?;
+        }
         holding::check_quantities(request, &categories)?;
         let (hash, until_k, now_k) = (&token_hash[..], key(until), key(now_ms));
         let mut taken: Vec<Taken> = Vec::new();
@@ -233,12 +269,39 @@ impl PgStorage {
                     quantity,
                 } => {
                     let cat = holding::category(&categories, *category_id)?;
+                    // From a place chosen at random on, then from the
+                    // first: buyers at once look at different places, and
+                    // none walks past every place held before it.
+                    let capacity = match &cat.info.places {
+                        Places::Quota { places, .. } => i64::from(*places),
+                        Places::Seats { .. } => self
+                            .rows_of(c, cat, event.info.venue_id)
+                            .await?
+                            .iter()
+                            .sum::<usize>() as i64,
+                    };
+                    let start = 1 + (rand_core::OsRng.next_u64() % capacity.max(1) as u64) as i64;
                     let mut got = take(
                         c,
-                        taking!("category_id = $3 ORDER BY n LIMIT $4"),
-                        &[&hash, &until_k, &key(cat.id), &i64::from(*quantity)],
+                        taking!("category_id = $3 AND n >= $5 ORDER BY n LIMIT $4"),
+                        &[&hash, &until_k, &key(cat.id), &i64::from(*quantity), &start],
                     )
                     .await?;
+                    if got.len() < *quantity as usize {
+                        let more = take(
+                            c,
+                            taking!("category_id = $3 AND n < $5 ORDER BY n LIMIT $4"),
+                            &[
+                                &hash,
+                                &until_k,
+                                &key(cat.id),
+                                &(i64::from(*quantity) - got.len() as i64),
+                                &start,
+                            ],
+                        )
+                        .await?;
+                        got.extend(more);
+                    }
                     if got.len() < *quantity as usize {
                         return Err(StorageError::Conflict(format!(
                             "{} has {} places left, not {quantity}",
@@ -298,11 +361,24 @@ impl PgStorage {
             sold.insert(id, (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64));
         }
         let (hold, places) = holding::priced(event.id, &categories, &taken, &sold, now_ms, until)?;
+        let categories_taken: Vec<i64> = taken.iter().map(|t| key(t.0)).collect();
+        let ns: Vec<i64> = taken.iter().map(|t| t.1).collect();
+        let seats: Vec<Option<String>> = taken.iter().map(|t| t.2.clone()).collect();
+        let prices: Vec<i64> = places.iter().map(|p| key(p.price)).collect();
         c.execute(
-            "INSERT INTO holds (token_hash, event_id, created_at, expires_at, currency, total, client)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "WITH h AS (
+                 INSERT INTO holds (token_hash, event_id, created_at, expires_at, currency,
+                                    total, client)
+                 VALUES ($1, $6, $7, $8, $9, $10, $11) RETURNING token_hash)
+             INSERT INTO hold_items (hold, category_id, n, seat_key, price)
+             SELECT h.token_hash, u.c, u.n, u.s, u.p
+             FROM h, unnest($2::bigint[], $3::bigint[], $4::text[], $5::bigint[]) AS u(c, n, s, p)",
             &[
                 &hash,
+                &categories_taken,
+                &ns,
+                &seats,
+                &prices,
                 &key(event.id),
                 &now_k,
                 &until_k,
@@ -310,17 +386,6 @@ impl PgStorage {
                 &key(hold.total),
                 &client.map(|c| c.address.as_str()),
             ],
-        )
-        .await?;
-        let categories_taken: Vec<i64> = taken.iter().map(|t| key(t.0)).collect();
-        let ns: Vec<i64> = taken.iter().map(|t| t.1).collect();
-        let seats: Vec<Option<String>> = taken.iter().map(|t| t.2.clone()).collect();
-        let prices: Vec<i64> = places.iter().map(|p| key(p.price)).collect();
-        c.execute(
-            "INSERT INTO hold_items (hold, category_id, n, seat_key, price)
-             SELECT $1, u.c, u.n, u.s, u.p
-             FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bigint[]) AS u(c, n, s, p)",
-            &[&hash, &categories_taken, &ns, &seats, &prices],
         )
         .await?;
         feed.push(
@@ -346,32 +411,15 @@ impl PgStorage {
         (hash, until_k): (&[u8], i64),
     ) -> Result<Vec<Taken>> {
         let capacity: usize = rows.iter().sum();
-        let mut passed: Vec<i64> = Vec::new();
-        for _ in 0..BEST_TRIES {
-            let mut free = vec![false; capacity];
-            for r in c
-                .query(
-                    "SELECT n FROM places
-                     WHERE category_id = $1 AND order_id IS NULL AND held_until = 0",
-                    &[&key(cat.id)],
-                )
-                .await?
-            {
-                if let Some(f) = usize::try_from(r.get::<_, i64>(0) - 1)
-                    .ok()
-                    .and_then(|i| free.get_mut(i))
-                {
-                    *f = true;
-                }
-            }
-            for n in &passed {
-                if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i)) {
-                    *f = false;
-                }
-            }
+        for tries in 0..BEST_TRIES {
+            // Chosen from this process's picture of the free seats, and
+            // marked taken in it at once, so that buyers here at the same
+            // moment choose apart; taken by a conditional update all the
+            // same, so a stale picture costs a try, never a seat.
+            let free = self.free_seats(c, cat.id, capacity, tries > 0).await?;
             let first = holding::best_seats(cat, rows, free, taken, quantity)? as i64 + 1;
             let last = first + i64::from(quantity) - 1;
-            c.batch("SAVEPOINT best").await?;
+            self.mark_taken(cat.id, first..=last);
             let mut got = take(
                 c,
                 taking!("category_id = $3 AND n BETWEEN $4 AND $5"),
@@ -379,14 +427,121 @@ impl PgStorage {
             )
             .await?;
             if got.len() == quantity as usize {
-                c.batch("RELEASE SAVEPOINT best").await?;
                 got.sort_by_key(|t| t.1);
                 return Ok(got);
             }
-            c.batch("ROLLBACK TO SAVEPOINT best").await?;
-            passed.extend((first..=last).filter(|n| !got.iter().any(|t| t.1 == *n)));
+            // Some were being taken by another: those got are put back
+            // (their rows stay locked to this transaction, a moment).
+            if !got.is_empty() {
+                let ns: Vec<i64> = got.iter().map(|t| t.1).collect();
+                c.execute(
+                    "UPDATE places SET hold = NULL, held_until = 0
+                     WHERE category_id = $1 AND n = ANY($2) AND hold = $3",
+                    &[&key(cat.id), &ns, &hash],
+                )
+                .await?;
+            }
         }
         Err(StorageError::Conflict("a seat was taken meanwhile".into()))
+    }
+
+    /// The free seats of category `id` (of `capacity`) as this process
+    /// last read them, read again if older than [`FREE_SEATS_FOR`] or if
+    /// `again` and not read since [`FREE_SEATS_AGAIN`].
+    async fn free_seats(
+        &self,
+        c: &mut Conn,
+        id: u64,
+        capacity: usize,
+        again: bool,
+    ) -> Result<Vec<bool>> {
+        let fresh = |f: &FreeSeats| {
+            let age = f.read_at.elapsed();
+            age < FREE_SEATS_FOR && !(again && age >= FREE_SEATS_AGAIN)
+        };
+        let kept = self
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .filter(|f| fresh(f))
+            .map(|f| f.free.clone());
+        if let Some(mut free) = kept {
+            // What this transaction let go (lapsed holds) is free to it.
+            for (_, n) in c.freed.iter().filter(|(cat, _)| *cat == id) {
+                if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i)) {
+                    *f = true;
+                }
+            }
+            return Ok(free);
+        }
+        // One array: thousands of rows would cost more to send and read.
+        let read_at = std::time::Instant::now();
+        let numbers: Vec<i64> = c
+            .query_one(
+                "SELECT coalesce(array_agg(n), '{}') FROM places
+                 WHERE category_id = $1 AND order_id IS NULL AND held_until = 0",
+                &[&key(id)],
+            )
+            .await?
+            .get(0);
+        let mut free = vec![false; capacity];
+        for n in numbers {
+            if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i)) {
+                *f = true;
+            }
+        }
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            FreeSeats {
+                free: free.clone(),
+                read_at,
+            },
+        );
+        Ok(free)
+    }
+
+    /// Whether a hold on `event_id` at `now_ms` should tell of lapsed
+    /// holds first: not if one of this process did in the last
+    /// [`ANNOUNCE_EVERY_MS`].
+    fn announce_due(&self, event_id: u64, now_ms: u64) -> bool {
+        let mut last = self.announced.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get(&event_id) {
+            Some(at) if now_ms >= *at && now_ms - at < ANNOUNCE_EVERY_MS => false,
+            _ => {
+                last.insert(event_id, now_ms);
+                true
+            }
+        }
+    }
+
+    /// Marks places let go by a commit free in this process's picture.
+    pub(super) fn mark_free(&self, places: &[(u64, i64)]) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, n) in places {
+            if let Some(seat) = free
+                .get_mut(id)
+                .and_then(|f| usize::try_from(n - 1).ok().and_then(|i| f.free.get_mut(i)))
+            {
+                *seat = true;
+            }
+        }
+    }
+
+    /// Marks seats `ns` of category `id` taken in this process's picture.
+    fn mark_taken(&self, id: u64, ns: std::ops::RangeInclusive<i64>) {
+        if let Some(f) = self
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
+            for n in ns {
+                if let Some(seat) = usize::try_from(n - 1).ok().and_then(|i| f.free.get_mut(i)) {
+                    *seat = false;
+                }
+            }
+        }
     }
 
     async fn availability_(&self, event_id: u64, now_ms: u64) -> Result<Availability> {
@@ -404,36 +559,39 @@ impl PgStorage {
             })
             .await?;
         }
-        // One snapshot: the counts, the seats and the number of the last
-        // change all of one moment.
+        // The counts, the seats and the number of the last change all of
+        // one moment: with the event's feed lock held, no change to its
+        // places commits meanwhile (see `changes`).
         let mut c = self.conn().await?;
-        c.begin_read().await?;
+        c.begin().await?;
         let read = async {
             match event_row(&mut c, event_id).await? {
                 Some((e, _)) if e.status != EventStatus::Draft => {}
                 _ => return Err(StorageError::NotFound(format!("event {event_id}"))),
             }
-            let seq: i64 = c
-                .query_opt(
-                    "SELECT seq FROM feed_seq WHERE event_id = $1",
-                    &[&key(event_id)],
-                )
-                .await?
-                .map_or(0, |r| r.get(0));
+            let all = categories_of(&mut c, event_id).await?;
+            let ids: Vec<i64> = all.iter().map(|cat| key(cat.id)).collect();
+            let seated: Vec<i64> = all
+                .iter()
+                .filter(|cat| matches!(cat.info.places, Places::Seats { .. }))
+                .map(|cat| key(cat.id))
+                .collect();
+            changes::lock_event(&mut c, event_id).await?;
+            let seq = changes::last_seq(&mut c, event_id).await?;
+            // By category, along each one's key.
             let counts: HashMap<i64, (i64, i64, i64)> = c
                 .query(
                     "SELECT category_id, count(*), count(order_id),
                             count(*) FILTER (WHERE order_id IS NULL AND held_until > $2)
-                     FROM places WHERE event_id = $1 GROUP BY category_id",
-                    &[&key(event_id), &key(now_ms)],
+                     FROM places WHERE category_id = ANY($1) GROUP BY category_id",
+                    &[&ids, &key(now_ms)],
                 )
                 .await?
                 .iter()
                 .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
                 .collect();
             let now_s = now_ms / 1000;
-            let categories = categories_of(&mut c, event_id)
-                .await?
+            let categories = all
                 .into_iter()
                 .map(|cat| {
                     let (capacity, sold, held) =
@@ -446,9 +604,9 @@ impl PgStorage {
                     "SELECT seat_key, category_id,
                             CASE WHEN order_id IS NOT NULL THEN 2
                                  WHEN held_until > $2 THEN 1 ELSE 0 END
-                     FROM places WHERE event_id = $1 AND seat_key IS NOT NULL
+                     FROM places WHERE category_id = ANY($1) AND seat_key IS NOT NULL
                      ORDER BY category_id, n",
-                    &[&key(event_id), &key(now_ms)],
+                    &[&seated, &key(now_ms)],
                 )
                 .await?
                 .iter()
@@ -463,13 +621,19 @@ impl PgStorage {
                 .collect();
             Ok(Availability {
                 event_id,
-                seq: seq as u64,
+                seq,
                 categories,
                 seats,
             })
         }
         .await;
         c.end(read).await
+    }
+
+    /// Numbers the changes written unnumbered ([`changes::sequence`]).
+    async fn sequence(&self, event_id: Option<u64>) -> Result<()> {
+        self.transaction(async |c| changes::sequence(c, event_id).await)
+            .await
     }
 
     async fn announce_all(&self, now_ms: u64) -> Result<usize> {
@@ -566,6 +730,7 @@ impl Inventory for PgStorage {
 
     fn changes(&self, event_id: u64, after: u64, limit: usize) -> Result<Vec<PlaceChange>> {
         wait(async {
+            self.sequence(Some(event_id)).await?;
             let mut c = self.conn().await?;
             changes::changes_of(&mut c, event_id, after, limit).await
         })
@@ -573,6 +738,19 @@ impl Inventory for PgStorage {
 
     fn changes_after(&self, cursor: u64, limit: usize) -> Result<(u64, Vec<PlaceChange>)> {
         wait(async {
+            // Numbering waits for the commits in flight and holds the next
+            // back a moment: not more often than every few milliseconds.
+            let due = {
+                let mut at = self.sequenced_at.lock().unwrap_or_else(|p| p.into_inner());
+                let due = at.is_none_or(|t| t.elapsed() >= SEQUENCE_EVERY);
+                if due {
+                    *at = Some(std::time::Instant::now());
+                }
+                due
+            };
+            if due {
+                self.sequence(None).await?;
+            }
             let mut c = self.conn().await?;
             changes::changes_after(&mut c, cursor, limit).await
         })
@@ -580,6 +758,7 @@ impl Inventory for PgStorage {
 
     fn change_cursor(&self) -> Result<u64> {
         wait(async {
+            self.sequence(None).await?;
             let mut c = self.conn().await?;
             changes::newest(&mut c).await
         })

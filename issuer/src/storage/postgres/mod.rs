@@ -29,7 +29,11 @@ pub(crate) use pool::Conn;
 
 /// Schema migrations, applied in order, each once; `schema_migrations`
 /// says which ran.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_schema.sql"),
+    include_str!("migrations/0002_feed_sequenced.sql"),
+    include_str!("migrations/0003_places_in_place.sql"),
+];
 
 /// The advisory lock processes starting at once take turns on to migrate.
 const MIGRATION_LOCK: i64 = 0x6973_7375_6572; // "issuer"
@@ -38,7 +42,18 @@ const MIGRATION_LOCK: i64 = 0x6973_7375_6572; // "issuer"
 const TRIES: usize = 3;
 
 /// Connections each process keeps at most.
+/// (`ISSUER_DATABASE_CONNECTIONS` sets it, 1 to 256: a database server
+/// of many cores may take more from each process.)
 const POOL_SIZE: usize = 16;
+
+/// The connections each process keeps at most.
+fn pool_size() -> usize {
+    std::env::var("ISSUER_DATABASE_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=256).contains(n))
+        .unwrap_or(POOL_SIZE)
+}
 
 /// The PostgreSQL backend. Cloning it is cheap (one pool, shared).
 #[derive(Clone)]
@@ -58,6 +73,13 @@ pub struct Inner {
     runtime: tokio::runtime::Handle,
     /// Seated categories' rows, by category.
     rows: std::sync::Mutex<std::collections::HashMap<u64, Arc<Vec<usize>>>>,
+    /// When the fan-out last numbered changes.
+    sequenced_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When this process's holds last told of lapsed holds, by event
+    /// (unix ms).
+    announced: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+    /// Seated categories' free seats, as this process last saw them.
+    free: std::sync::Mutex<std::collections::HashMap<u64, inventory::FreeSeats>>,
     /// When old live-feed changes were last cleared (unix ms).
     pruned_at: std::sync::atomic::AtomicU64,
     /// Wakes the task telling other processes of changes (`notify`).
@@ -172,9 +194,12 @@ impl PgStorage {
         runtime: Option<Runtime>,
     ) -> PgStorage {
         PgStorage(Arc::new(Inner {
-            pool: pool::Pool::new(config, handle.clone(), POOL_SIZE),
+            pool: pool::Pool::new(config, handle.clone(), pool_size()),
             runtime: handle,
             rows: std::sync::Mutex::default(),
+            free: std::sync::Mutex::default(),
+            announced: std::sync::Mutex::default(),
+            sequenced_at: std::sync::Mutex::default(),
             pruned_at: std::sync::atomic::AtomicU64::new(0),
             told: std::sync::OnceLock::new(),
             dir: dir.to_owned(),
@@ -208,9 +233,11 @@ impl PgStorage {
             // Even the table of versions is made under the lock: two
             // `CREATE TABLE IF NOT EXISTS` at once may both try.
             c.client()
+                .await?
                 .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
                 .await?;
             c.client()
+                .await?
                 .batch_execute(
                     "CREATE TABLE IF NOT EXISTS schema_migrations (
                          version    INTEGER PRIMARY KEY,
@@ -220,6 +247,7 @@ impl PgStorage {
                 .await?;
             let applied: i32 = c
                 .client()
+                .await?
                 .query_one(
                     "SELECT coalesce(max(version), 0) FROM schema_migrations",
                     &[],
@@ -227,8 +255,9 @@ impl PgStorage {
                 .await?
                 .get(0);
             for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied.max(0) as usize) {
-                c.client().batch_execute(sql).await?;
+                c.client().await?.batch_execute(sql).await?;
                 c.client()
+                    .await?
                     .execute(
                         "INSERT INTO schema_migrations (version) VALUES ($1)",
                         &[&(i as i32 + 1)],
@@ -259,7 +288,12 @@ impl PgStorage {
             let mut c = self.pool.get().await?;
             c.begin().await?;
             let out = f.clone()(&mut c).await;
+            let freed = std::mem::take(&mut c.freed);
             match c.end(out).await {
+                Ok(v) => {
+                    self.mark_free(&freed);
+                    return Ok(v);
+                }
                 Err(e) if in_the_way(&e) && tries < TRIES => tries += 1,
                 out => return out,
             }

@@ -332,7 +332,7 @@ async fn write(c: &mut Conn, t: &Table, rows: &[Vec<Cell>]) -> Result<()> {
             .flatten()
             .map(|cell| &**cell as &(dyn ToSql + Sync))
             .collect();
-        c.client().execute(&sql, &args).await?;
+        c.client().await?.execute(&sql, &args).await?;
     }
     Ok(())
 }
@@ -361,12 +361,14 @@ impl PgStorage {
                 write(c, t, rows).await?;
                 let n: i64 = c
                     .client()
+                    .await?
                     .query_one(&format!("SELECT count(*) FROM {}", t.name), &[])
                     .await?
                     .get(0);
                 got.tables.push((t.name, n as u64));
                 if let Some(id) = t.identity {
                     c.client()
+                        .await?
                         .execute(
                             &format!(
                                 "SELECT setval(pg_get_serial_sequence('{0}', '{id}'),
@@ -380,10 +382,11 @@ impl PgStorage {
             }
             // Each event's changes go on from its last number; its words
             // are indexed for search.
-            c.execute(
+            c.batch(
                 "INSERT INTO feed_seq (event_id, seq)
-                 SELECT event_id, max(seq) FROM place_changes GROUP BY event_id",
-                &[],
+                     SELECT event_id, max(seq) FROM place_changes GROUP BY event_id;
+                 UPDATE place_changes SET pos = id;
+                 UPDATE feed_pos SET pos = (SELECT coalesce(max(pos), 0) FROM place_changes);",
             )
             .await?;
             c.execute(
@@ -396,7 +399,7 @@ impl PgStorage {
                 &[],
             )
             .await?;
-            let figures = c.client().query_one(FIGURES, &[]).await?;
+            let figures = c.client().await?.query_one(FIGURES, &[]).await?;
             got.paid_orders = figures.get::<_, i64>(0) as u64;
             got.paid_amount = figures.get(1);
             got.sold_places = figures.get::<_, i64>(2) as u64;

@@ -528,16 +528,13 @@ impl PgStorage {
             )
             .await?;
             // Places paid back are for sale again.
-            let places = c
-                .query(
-                    "UPDATE places SET order_id = NULL, hold = NULL, held_until = 0
-                     WHERE order_id = $1 RETURNING category_id, seat_key",
-                    &[&id],
-                )
-                .await?
-                .iter()
-                .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
-                .collect();
+            let places = super::inventory::moved(
+                c,
+                "UPDATE places SET order_id = NULL, hold = NULL, held_until = 0
+                 WHERE order_id = $1 RETURNING category_id, seat_key, n",
+                &[&id],
+            )
+            .await?;
             let mut feed = Feed::default();
             feed.push(event_id, ChangeKind::Refunded, places);
             feed.write(c, now_ms).await?;

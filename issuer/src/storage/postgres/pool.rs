@@ -41,6 +41,11 @@ struct Open {
 pub(crate) struct Conn {
     open: Option<Open>,
     in_transaction: bool,
+    /// Places the transaction let go, (category, number): the process's
+    /// picture of free seats is told once it commits (`inventory::FreeSeats`).
+    pub freed: Vec<(u64, i64)>,
+    /// A BEGIN not yet sent (it goes with the first statement).
+    begin_pending: bool,
     idle: Arc<Mutex<Vec<Open>>>,
     _turn: OwnedSemaphorePermit,
 }
@@ -94,6 +99,8 @@ impl Pool {
         Ok(Conn {
             open: Some(open),
             in_transaction: false,
+            freed: Vec::new(),
+            begin_pending: false,
             idle: self.idle.clone(),
             _turn: turn,
         })
@@ -147,9 +154,13 @@ impl Conn {
         self.open.as_mut().expect("a connection in use")
     }
 
-    /// The client, for statements run once (not kept prepared).
-    pub fn client(&mut self) -> &Client {
-        &self.open().client
+    /// The client, for statements run once (not kept prepared), inside
+    /// the transaction begun if any.
+    pub async fn client(&mut self) -> Result<&Client> {
+        if std::mem::take(&mut self.begin_pending) {
+            self.open().client.batch_execute("BEGIN").await?;
+        }
+        Ok(&self.open().client)
     }
 
     /// `sql`, prepared on this connection once and kept.
@@ -165,7 +176,16 @@ impl Conn {
 
     pub async fn query(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         let s = self.prepare(sql).await?;
-        Ok(self.open().client.query(&s, args).await?)
+        let begin = std::mem::take(&mut self.begin_pending);
+        let client = &self.open().client;
+        if begin {
+            // The transaction's BEGIN goes with its first statement: one
+            // round trip, not two.
+            let (began, rows) = tokio::join!(client.batch_execute("BEGIN"), client.query(&s, args));
+            began?;
+            return Ok(rows?);
+        }
+        Ok(client.query(&s, args).await?)
     }
 
     pub async fn query_opt(
@@ -173,28 +193,55 @@ impl Conn {
         sql: &str,
         args: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>> {
-        let s = self.prepare(sql).await?;
-        Ok(self.open().client.query_opt(&s, args).await?)
+        let mut rows = self.query(sql, args).await?;
+        match rows.len() {
+            0 => Ok(None),
+            1 => Ok(rows.pop()),
+            n => Err(StorageError::Backend(format!(
+                "{n} rows where one at most was expected"
+            ))),
+        }
     }
 
     pub async fn query_one(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Row> {
-        let s = self.prepare(sql).await?;
-        Ok(self.open().client.query_one(&s, args).await?)
+        let mut rows = self.query(sql, args).await?;
+        match rows.len() {
+            1 => Ok(rows.remove(0)),
+            n => Err(StorageError::Backend(format!(
+                "{n} rows where one was expected"
+            ))),
+        }
     }
 
     pub async fn execute(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         let s = self.prepare(sql).await?;
-        Ok(self.open().client.execute(&s, args).await?)
+        let begin = std::mem::take(&mut self.begin_pending);
+        let client = &self.open().client;
+        if begin {
+            let (began, n) = tokio::join!(client.batch_execute("BEGIN"), client.execute(&s, args));
+            began?;
+            return Ok(n?);
+        }
+        Ok(client.execute(&s, args).await?)
     }
 
     /// Statements with no arguments, as one string.
     pub async fn batch(&mut self, sql: &str) -> Result<()> {
+        if std::mem::take(&mut self.begin_pending) {
+            return Ok(self
+                .open()
+                .client
+                .batch_execute(&format!("BEGIN; {sql}"))
+                .await?);
+        }
         Ok(self.open().client.batch_execute(sql).await?)
     }
 
+    /// Begins a transaction: its BEGIN is sent with its first statement.
     pub async fn begin(&mut self) -> Result<()> {
         self.in_transaction = true;
-        self.batch("BEGIN").await
+        self.begin_pending = true;
+        Ok(())
     }
 
     /// Begins a transaction that reads one snapshot and writes nothing.
@@ -207,6 +254,11 @@ impl Conn {
     /// Ends the transaction begun: commits it if `out` is `Ok`, else
     /// rolls it back; `out`, or the commit's failure.
     pub async fn end<T>(&mut self, out: Result<T>) -> Result<T> {
+        if std::mem::take(&mut self.begin_pending) {
+            // Nothing was sent: nothing to end.
+            self.in_transaction = false;
+            return out;
+        }
         let ended = match &out {
             Ok(_) => self.batch("COMMIT").await,
             Err(_) => self.batch("ROLLBACK").await,
