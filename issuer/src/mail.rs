@@ -16,8 +16,10 @@ use lettre::{Message, Transport as _};
 
 use crate::storage::{Mail, MailKind, Storage, StorageError};
 
-/// How long a worker keeps a message it took before another may take it.
-const LEASE_MS: u64 = 120_000;
+/// How long a worker keeps a message it took before another (another
+/// process) may take it: long enough to send every message of a claim, one
+/// after another, each as slowly as the SMTP server may answer.
+const LEASE_MS: u64 = CLAIM as u64 * SMTP_TIMEOUT.as_secs() * 1000 + 60_000;
 
 /// Messages taken from the outbox at a time.
 const CLAIM: usize = 20;

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use issuer::{Store, events, issue, keys, time};
+use sha2::{Digest, Sha256};
 
 #[derive(Parser)]
 #[command(
@@ -589,11 +590,49 @@ fn serve(
         );
         Ok(())
     };
+    let links = data.join("order-links.key");
     match &postgres {
-        Some(pg) => pg.exclusively("set up a new shop", set_up)??,
+        // Processes sharing a database must share keys: the first one's
+        // are recorded (by fingerprint), and a process whose data
+        // directory lacks them refuses to start, rather than sign tickets
+        // and links the others cannot read.
+        Some(pg) => pg.exclusively("set up a new shop", || -> Result<()> {
+            set_up()?;
+            let (their_links, their_keys) = pg.shop_keys()?;
+            let active = match keys::signer(&store, None) {
+                Ok(signer) => Some(signer.key_id().to_string()),
+                Err(issuer::Error::NoActiveKey) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let copy = "copy keys/, issuer.db and order-links.key from the data directory of \
+                        the shop's first process";
+            if their_links.is_some() && !links.exists() {
+                anyhow::bail!(
+                    "{} lacks the shop's order-links.key: {copy}",
+                    data.display()
+                );
+            }
+            if !their_keys.is_empty() && active.is_none() {
+                anyhow::bail!("{} lacks the shop's signing keys: {copy}", data.display());
+            }
+            let link_key = issuer::store::secret_key_file(&links)?;
+            let fingerprint = shared::hex::encode(&Sha256::digest(link_key)[..8]);
+            if their_links.as_ref().is_some_and(|f| *f != fingerprint) {
+                anyhow::bail!(
+                    "{} holds another order-links.key than the shop's: {copy}",
+                    data.display()
+                );
+            }
+            let active = match active {
+                Some(id) => id,
+                None => keys::generate(&store, time::now())?.key_id.to_string(),
+            };
+            pg.record_keys(&fingerprint, &active)?;
+            Ok(())
+        })??,
         None => set_up()?,
     }
-    let link_key = issuer::store::secret_key_file(&data.join("order-links.key"))
+    let link_key = issuer::store::secret_key_file(&links)
         .with_context(|| format!("the order links' key in {}", data.display()))?;
     // Paid orders' tickets are signed with the active key; a new shop
     // makes its first.

@@ -2041,3 +2041,212 @@ fn two_processes_on_one_database_share_keys_orders_mail_and_the_feed() {
     });
     assert_eq!(asked, 1, "the one pending order, asked about once");
 }
+
+// ---- Review tests (adversarial): each should pass on every backend. ----
+
+/// One address, many requests at the same instant (several processes, or
+/// one process's pool): the cap on what one address holds must hold.
+#[test]
+fn one_address_holding_at_once_from_many_requests_holds_no_more_than_allowed() {
+    for (name, db, _tmp) in backends() {
+        let db: std::sync::Arc<dyn Storage> = db.into();
+        let (e, _, floor) = on_sale(&*db, 400);
+        let mut worst = 0;
+        for round in 0..5u8 {
+            let n = 16u8;
+            let barrier = std::sync::Barrier::new(n as usize);
+            let ok: usize = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..n)
+                    .map(|i| {
+                        let db = db.clone();
+                        let barrier = &barrier;
+                        scope.spawn(move || {
+                            let req = HoldRequest {
+                                event_id: e,
+                                items: vec![HoldItem::Quantity {
+                                    category_id: floor,
+                                    quantity: 1,
+                                }],
+                            };
+                            barrier.wait();
+                            let got = wait(db.hold_pending(
+                                req,
+                                [round * 16 + i + 1; 32],
+                                T0,
+                                10 * MIN,
+                                Some(Client {
+                                    address: format!("10.0.0.{round}"),
+                                    most: 2,
+                                }),
+                            ));
+                            match got {
+                                Ok(_) => 1,
+                                Err(StorageError::Conflict(_)) => 0,
+                                Err(other) => panic!("{other:?}"),
+                            }
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).sum()
+            });
+            worst = worst.max(ok);
+        }
+        assert!(
+            worst <= 2,
+            "{name}: one address came to hold {worst} places at once; at most 2 allowed"
+        );
+    }
+}
+
+/// Words with a modifier letter apostrophe (Hawaiian okina, Ukrainian
+/// apostrophe) are letters to `search_terms`, and become a quote once
+/// unaccented: a search must still be answered.
+#[test]
+fn a_search_with_a_modifier_letter_apostrophe_is_answered() {
+    for (name, db, _tmp) in backends() {
+        let a = organizer(&*db, 1);
+        let v = db.add_venue(a, &venue("Honolulu")).unwrap();
+        let e = db
+            .add_event(a, &event(v.id, "Aloha Hawaiʻi", Genre::Concert, 1000))
+            .unwrap();
+        db.set_status(a, e.id, EventStatus::OnSale).unwrap();
+        for q in ["Hawaiʻi", "ʼ", "subʼject", "xʼ⑴"] {
+            let got = db.search(q, 10, None);
+            assert!(got.is_ok(), "{name}: searching {q:?}: {got:?}");
+        }
+    }
+}
+
+/// A NUL in what a buyer sends is refused as such (400/409/404), never a
+/// server failure (500).
+#[test]
+fn a_nul_in_a_buyers_input_is_refused_not_a_server_failure() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, _) = on_sale(&*db, 10);
+        let seat = db.hold(&seats(e, &["A-1-1\u{0}"]), &[9; 32], T0, MIN);
+        let city = db.events(&EventQuery {
+            city: Some("Ly\u{0}on".into()),
+            limit: 10,
+            ..Default::default()
+        });
+        let order = db.order("NOT\u{0}ANORDER", &[0; 32]);
+        let failed: Vec<String> = [
+            ("seat", seat.err()),
+            ("city", city.err()),
+            ("order", order.err()),
+        ]
+        .into_iter()
+        .filter_map(|(what, e)| match e {
+            Some(StorageError::Backend(m)) => Some(format!("{what}: {m}")),
+            _ => None,
+        })
+        .collect();
+        assert!(failed.is_empty(), "{name}: {failed:?}");
+    }
+}
+
+/// Another process stalls (frozen, or cut off by the network) in the middle
+/// of a transaction that numbered an event's change: every other process
+/// must not wait on it for ever.
+#[test]
+fn a_process_stalled_mid_transaction_does_not_stall_an_events_sales() {
+    let Some(url) = crate::pg::fresh_database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let db: std::sync::Arc<dyn Storage> = std::sync::Arc::new(
+        issuer::storage::postgres::PgStorage::open_blocking(&url, &tmp.path().join("data"))
+            .unwrap(),
+    );
+    let (e, _, floor) = on_sale(&*db, 50);
+    let q = HoldRequest {
+        event_id: e,
+        items: vec![HoldItem::Quantity {
+            category_id: floor,
+            quantity: 1,
+        }],
+    };
+    db.hold(&q, &[1; 32], T0, 10 * MIN).unwrap();
+    // The stalled process: it wrote a change of the event (taking the
+    // event's feed lock, shared, as every such transaction does), then
+    // froze before its commit. The changes are then numbered (which waits
+    // for the commits in flight), and a buyer holds.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (client, conn) = rt
+        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
+        .unwrap();
+    rt.spawn(conn);
+    rt.block_on(client.batch_execute(&format!(
+        "BEGIN; SELECT pg_advisory_xact_lock_shared({}, {e})",
+        0x6665_6564
+    )))
+    .unwrap();
+    let numbering = db.clone();
+    std::thread::spawn(move || numbering.changes_after(0, 10));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let db2 = db.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(db2.hold(&q, &[2; 32], T0, 10 * MIN));
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(20));
+    drop(client);
+    assert!(
+        matches!(got, Ok(Ok(_))),
+        "a hold waited more than 20 s behind another process's stalled transaction: {got:?}"
+    );
+}
+
+/// A payment settling while the organizer cancels the event: the
+/// cancellation waits for the settlement in flight (which found the event
+/// on sale and keeps the payment), so no payment is kept for an event
+/// cancelled before it was settled. (The settlement is held between its
+/// look at the event and its commit by another session's uncommitted
+/// outbox row, standing for any delay there.)
+#[test]
+fn a_cancellation_waits_for_the_payments_being_settled() {
+    let Some(url) = crate::pg::fresh_database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let db: std::sync::Arc<dyn Storage> = std::sync::Arc::new(
+        issuer::storage::postgres::PgStorage::open_blocking(&url, &tmp.path().join("data"))
+            .unwrap(),
+    );
+    let (e, _, _) = on_sale(&*db, 5);
+    db.hold(&seats(e, &["A-1-1"]), &[1; 32], T0, 10 * MIN)
+        .unwrap();
+    created(
+        db.create_order(&new_order(1, "RACE000001", None), T0)
+            .unwrap(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (client, conn) = rt
+        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
+        .unwrap();
+    rt.spawn(conn);
+    rt.block_on(client.batch_execute(
+        "BEGIN; INSERT INTO outbox (order_code, kind, created_at, next_try_at)
+         VALUES ('RACE000001', 'tickets', 0, 0)",
+    ))
+    .unwrap();
+    let db2 = db.clone();
+    let settling = std::thread::spawn(move || db2.settle_paid("RACE000001", T0 + 1));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let db3 = db.clone();
+    let cancelling = std::thread::spawn(move || db3.set_status(1, e, EventStatus::Cancelled));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        !cancelling.is_finished(),
+        "the event was cancelled while a payment of it was being settled"
+    );
+    rt.block_on(client.batch_execute("ROLLBACK")).unwrap();
+    let settled = settling.join().unwrap().unwrap();
+    assert!(matches!(settled, Settled::Paid(_)), "{settled:?}");
+    cancelling.join().unwrap().unwrap();
+    assert_eq!(db.event(e, None).unwrap().status, EventStatus::Cancelled);
+    // Cancelled: nothing of it is held any more.
+    db.hold(&seats(e, &["A-1-2"]), &[2; 32], T0, 10 * MIN)
+        .map(|_| ())
+        .unwrap_err();
+}

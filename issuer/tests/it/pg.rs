@@ -62,6 +62,7 @@ fn the_http_tests_pass_on_postgresql_too() {
         // Those on PostgreSQL whatever the backend: run once is enough.
         .args(["--skip", "api::faults::", "--skip", "api::moving::"])
         .args(["--skip", "two_processes_on_one_database"])
+        .args(["--skip", "a_process_without_the_shops_keys"])
         .env("ISSUER_TEST_BACKEND", "postgres")
         .env("ISSUER_TEST_POSTGRES", server)
         .output()

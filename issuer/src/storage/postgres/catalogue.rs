@@ -249,9 +249,9 @@ impl PgStorage {
         if terms.is_empty() {
             return Ok(Vec::new());
         }
-        // Each word a quoted prefix (words are letters and digits only):
+        // Each word unaccented, then kept to its letters and digits (an
+        // unaccented letter may be a quote: Hawaiʻi), then a quoted prefix:
         // nothing typed is read as the query syntax.
-        let expr: Vec<String> = terms.iter().map(|t| format!("'{t}':*")).collect();
         let mut c = self.conn().await?;
         let columns: Vec<String> = EVENT_COLUMNS
             .split(", ")
@@ -259,17 +259,18 @@ impl PgStorage {
             .collect();
         c.query(
             &format!(
-                "SELECT {} FROM events e, to_tsquery('simple', unaccent($1)) q
-                 WHERE e.search @@ q AND (e.status <> 'draft' OR e.organizer_id = $2)
-                 ORDER BY ts_rank(e.search, q) DESC, e.starts_at, e.id
+                "WITH w AS (SELECT regexp_replace(unaccent(t), '[^[:alnum:]]', '', 'g') AS w
+                            FROM unnest($1::text[]) AS t),
+                      q AS (SELECT to_tsquery('simple', string_agg('''' || w || ''':*', ' & ')) AS q
+                            FROM w WHERE w <> '')
+                 SELECT {} FROM events e, q
+                 WHERE q.q IS NOT NULL AND e.search @@ q.q
+                   AND (e.status <> 'draft' OR e.organizer_id = $2)
+                 ORDER BY ts_rank(e.search, q.q) DESC, e.starts_at, e.id
                  LIMIT $3",
                 columns.join(", ")
             ),
-            &[
-                &expr.join(" & "),
-                &viewer.map(key),
-                &(limit.clamp(1, MAX_LIST) as i64),
-            ],
+            &[&terms, &viewer.map(key), &(limit.clamp(1, MAX_LIST) as i64)],
         )
         .await?
         .iter()

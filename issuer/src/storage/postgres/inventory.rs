@@ -333,6 +333,13 @@ impl PgStorage {
         }
         // What the client holds of the event already, paid places aside.
         if let Some(Client { address, most }) = client {
+            // One hold of an address at a time counts what it holds (else
+            // holds at once would each count without the others).
+            c.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))",
+                &[&event.id.to_string(), address],
+            )
+            .await?;
             let held: i64 = c
                 .query_one(
                     "SELECT count(*) FROM hold_items i JOIN holds h ON h.token_hash = i.hold

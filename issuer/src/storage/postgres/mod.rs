@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_schema.sql"),
     include_str!("migrations/0002_feed_sequenced.sql"),
     include_str!("migrations/0003_places_in_place.sql"),
+    include_str!("migrations/0004_shop_keys.sql"),
 ];
 
 /// The advisory lock processes starting at once take turns on to migrate.
@@ -112,8 +113,17 @@ impl From<tokio_postgres::Error> for StorageError {
             Some(db) if passing(db.code()) => {
                 StorageError::Unavailable(format!("{}: {}", db.code().code(), db.message()))
             }
+            // Text the database cannot store (a NUL): the request's fault.
+            Some(db) if matches!(db.code().code(), "22021" | "22P05") => StorageError::Invalid(
+                "the text holds a character that cannot be stored (NUL)".into(),
+            ),
             Some(db) => StorageError::Backend(format!("{}: {}", db.code().code(), db.message())),
-            None => StorageError::Unavailable(e.to_string()),
+            None if e.is_closed()
+                || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) =>
+            {
+                StorageError::Unavailable(e.to_string())
+            }
+            None => StorageError::Backend(e.to_string()),
         }
     }
 }
@@ -123,11 +133,12 @@ impl From<tokio_postgres::Error> for StorageError {
 /// other's way (`40001`, `40P01`, tried again first by [`PgStorage::transaction`]).
 fn passing(code: &tokio_postgres::error::SqlState) -> bool {
     let code = code.code();
+    // 55P03: a lock not had in time; 57014: a statement cancelled by
+    // its time limit; 25006: a server become read-only (a failover).
     code.starts_with("08")
         || code.starts_with("53")
         || code.starts_with("57P")
-        || code == "40001"
-        || code == "40P01"
+        || matches!(code, "40001" | "40P01" | "55P03" | "57014" | "25006")
 }
 
 /// Whether a transaction failed only for being in another's way, and
@@ -230,6 +241,9 @@ impl PgStorage {
         let mut c = self.pool.get().await?;
         c.begin().await?;
         let done = async {
+            // Migrations may take their time (a big shop's tables).
+            c.batch("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+                .await?;
             // Even the table of versions is made under the lock: two
             // `CREATE TABLE IF NOT EXISTS` at once may both try.
             c.client()
@@ -298,6 +312,42 @@ impl PgStorage {
                 out => return out,
             }
         }
+    }
+
+    /// What the shop's processes hold in their data directories, as
+    /// recorded: the order links' key's fingerprint, and the signing keys'
+    /// ids. Blocks.
+    pub fn shop_keys(&self) -> Result<(Option<String>, Vec<String>)> {
+        wait(async {
+            let mut c = self.conn().await?;
+            let rows = c
+                .query(
+                    "SELECT kind, fingerprint FROM shop_keys ORDER BY fingerprint",
+                    &[],
+                )
+                .await?;
+            let of = |kind: &str| {
+                rows.iter()
+                    .filter(|r| r.get::<_, &str>(0) == kind)
+                    .map(|r| r.get::<_, String>(1))
+                    .collect::<Vec<_>>()
+            };
+            Ok((of("order-links").into_iter().next(), of("signing")))
+        })
+    }
+
+    /// Records the keys of this process's data directory (see
+    /// [`PgStorage::shop_keys`]). Blocks.
+    pub fn record_keys(&self, links: &str, signing: &str) -> Result<()> {
+        wait(self.transaction(async |c| {
+            c.execute(
+                "INSERT INTO shop_keys (kind, fingerprint)
+                 VALUES ('order-links', $1), ('signing', $2) ON CONFLICT DO NOTHING",
+                &[&links, &signing],
+            )
+            .await?;
+            Ok(())
+        }))
     }
 
     /// The data directory.

@@ -344,6 +344,7 @@ impl PgStorage {
     pub fn move_up(&self, from: &Path) -> Result<Report> {
         let (tables, expected) = read(from)?;
         wait(self.transaction(async |c| {
+            c.batch("SET LOCAL statement_timeout = 0").await?;
             let before: i64 = c
                 .query_one(
                     "SELECT (SELECT count(*) FROM organizers) + (SELECT count(*) FROM events)",

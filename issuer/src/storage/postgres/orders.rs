@@ -176,8 +176,16 @@ async fn settle_in(c: &mut Conn, code: &str, intent: Option<&str>, now_ms: u64) 
         .await?;
     let free = places.iter().all(|r| r.get::<_, bool>(3));
     // A payment for an event no longer on sale (cancelled meanwhile)
-    // goes back.
-    let on_sale = off_sale(c, order.event_id).await?.is_none();
+    // goes back; a cancellation waits for the payments being settled, and
+    // they for it.
+    let status: String = c
+        .query_one(
+            "SELECT status FROM events WHERE id = $1 FOR SHARE",
+            &[&key(order.event_id)],
+        )
+        .await?
+        .get(0);
+    let on_sale = status == "on_sale";
     let settled = match settle_payment(order.state, hold.state == HoldState::Active, free) {
         Settlement::Keep | Settlement::HoldAgain if free && on_sale => {
             // Places still tied to the hold go from held to sold; the

@@ -58,6 +58,20 @@ impl Pool {
     ) -> Pool {
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("issuer");
+        // A server gone quiet is found out in half a minute, not hours.
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
+        // No wait is for ever: a lock not had in 5 s, a statement not done
+        // in 30 s, a transaction left idle for 15 s (a process frozen or
+        // cut off half-way, holding what others need) end with an error.
+        let ours = "-c lock_timeout=5000 -c statement_timeout=30000 \
+                    -c idle_in_transaction_session_timeout=15000";
+        let options = match config.get_options() {
+            Some(theirs) if !theirs.is_empty() => format!("{theirs} {ours}"),
+            _ => ours.to_owned(),
+        };
+        config.options(&options);
         Pool {
             config,
             runtime,

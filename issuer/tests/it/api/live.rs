@@ -488,3 +488,28 @@ fn two_processes_on_one_database_sell_each_place_once_and_watchers_hear_both() {
     }
     picture.matches(&two, e);
 }
+
+/// A process on the shop's database with a data directory that lacks the
+/// shop's keys refuses to start: it would sign tickets the gates' keysets
+/// lack, and links the other processes cannot read.
+#[test]
+fn a_process_without_the_shops_keys_refuses_to_serve_its_database() {
+    let Some(url) = crate::pg::fresh_database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let first = Server::start_in(&tmp.path().join("first"), Some(&url), &[]);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_issuer"));
+    let out = crate::with_database(&mut command, Some(&url))
+        .arg("--data")
+        .arg(tmp.path().join("other"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("lacks the shop's"), "{said}");
+    // The first goes on serving.
+    let (status, _) = first.call("GET", "/api/v1/events", None, None);
+    assert_eq!(status, 200);
+}
