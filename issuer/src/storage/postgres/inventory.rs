@@ -67,20 +67,7 @@ pub(super) async fn hold_of(
     };
     let (event_id, expires_at, released_at): (i64, i64, Option<i64>) =
         (row.get(0), row.get(1), row.get(2));
-    let places = c
-        .query(
-            "SELECT category_id, seat_key, price FROM hold_items WHERE hold = $1
-             ORDER BY category_id, n",
-            &[&&token_hash[..]],
-        )
-        .await?
-        .iter()
-        .map(|r| HeldPlace {
-            category_id: r.get::<_, i64>(0) as u64,
-            seat: r.get(1),
-            price: r.get::<_, i64>(2) as u64,
-        })
-        .collect();
+    let places = held_places(c, token_hash).await?;
     let state = match released_at {
         Some(_) => HoldState::Released,
         None if (expires_at as u64) <= now_ms => HoldState::Expired,
@@ -94,6 +81,23 @@ pub(super) async fn hold_of(
         total: row.get::<_, i64>(4) as u64,
         currency: row.get(3),
     })
+}
+
+/// A hold's places, in order.
+pub(super) async fn held_places(c: &mut Conn, token_hash: &[u8; 32]) -> Result<Vec<HeldPlace>> {
+    Ok(c.query(
+        "SELECT category_id, seat_key, price FROM hold_items WHERE hold = $1
+             ORDER BY category_id, n",
+        &[&&token_hash[..]],
+    )
+    .await?
+    .iter()
+    .map(|r| HeldPlace {
+        category_id: r.get::<_, i64>(0) as u64,
+        seat: r.get(1),
+        price: r.get::<_, i64>(2) as u64,
+    })
+    .collect())
 }
 
 /// The places a statement with `RETURNING category_id, seat_key, n`

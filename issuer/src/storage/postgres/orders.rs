@@ -11,7 +11,7 @@ use rand_core::{OsRng, RngCore};
 use shared::{TicketFields, TicketId};
 
 use super::catalogue::own_event;
-use super::changes::{self, Feed};
+use super::changes::Feed;
 use super::inventory::{hold_of, untie};
 use super::outbox::enqueue;
 use super::{Conn, PgStorage, key};
@@ -59,7 +59,7 @@ async fn order_where(
         updated_at: r.get::<_, i64>(12) as u64,
     };
     // The hold's places, as at any time (only prices and keys are read).
-    order.places = hold_of(c, &hold, 0, false).await?.places;
+    order.places = super::inventory::held_places(c, &hold).await?;
     Ok(Some((r.get(0), hold, order)))
 }
 
@@ -155,10 +155,10 @@ async fn settle_in(c: &mut Conn, code: &str, intent: Option<&str>, now_ms: u64) 
     if matches!(order.state, OrderState::Paid | OrderState::Refunded) {
         return Ok(Settled::Already(order));
     }
-    // Places of holds whose time passed are told free before they are
-    // sold, so the live feed's moves add up.
+    // (Lapsed holds are not told of first: places still tied to this
+    // order's lapsed hold go from held to sold, those of other lapsed holds
+    // are not free to it, and the feed adds up either way.)
     let mut feed = Feed::default();
-    changes::announce(c, Some(order.event_id), now_ms, &mut feed).await?;
     let hold = hold_of(c, &hold_hash, now_ms, false).await?;
     // The hold's places, locked in order: free for this order if unsold
     // and tied to no other hold (those of holds whose time passed were
