@@ -24,6 +24,9 @@
 //! The buyers share the machine's cores with the server: the figures are
 //! the server's with a load generator beside it. `--host ADDR --data DIR`
 //! drives a server already running (under a profiler, say) instead.
+//! `--postgres "host=... user=..."` runs the server on a fresh PostgreSQL
+//! database of that server instead of SQLite, and `--processes N` runs N
+//! servers on it, buyers spread over them (issue 10).
 
 use std::collections::HashSet;
 use std::sync::Arc;
