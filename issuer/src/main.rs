@@ -612,7 +612,13 @@ fn serve(
                     data.display()
                 );
             }
-            if !their_keys.is_empty() && active.is_none() {
+            // Every key the shop signed with must be here: keysets are
+            // made from the data directory.
+            let mine: Vec<String> = keys::list(&store)?
+                .iter()
+                .map(|k| k.key_id.to_string())
+                .collect();
+            if their_keys.iter().any(|k| !mine.contains(k)) {
                 anyhow::bail!("{} lacks the shop's signing keys: {copy}", data.display());
             }
             let link_key = issuer::store::secret_key_file(&links)?;

@@ -11,7 +11,8 @@
 //! numbers what it finds in the order of the changes' ids. A transaction
 //! that takes the shared lock afterwards gets larger ids, so the numbering
 //! of what was committed before is final, and is the same if done again
-//! (after a crash). A reader of an event's state takes the same exclusive
+//! (after a crash: its commit is durable like any other, so the positions
+//! given across events are too). A reader of an event's state takes the same exclusive
 //! lock, so that the state it reads is exactly that of the changes
 //! committed, numbered or soon to be.
 //!
@@ -122,48 +123,57 @@ pub(super) async fn last_seq(c: &mut Conn, event_id: u64) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// Numbers the changes written unnumbered (of `event_id`, or of every
-/// event), in a transaction of its own `c`: unless another sequencer is at
-/// work, in which case its numbers will do. Its commit need not wait for
-/// the disk: numbered again after a crash, the same changes get the same
-/// numbers.
-pub(super) async fn sequence(c: &mut Conn, event_id: Option<u64>) -> Result<()> {
-    c.batch("SET LOCAL synchronous_commit = off").await?;
+/// The events with changes written unnumbered (`event_id` alone, or
+/// every one).
+pub(super) async fn unnumbered(c: &mut Conn, event_id: Option<u64>) -> Result<Vec<u64>> {
+    Ok(c.query(
+        "SELECT DISTINCT event_id FROM place_changes
+             WHERE seq IS NULL AND ($1::bigint IS NULL OR event_id = $1)
+             ORDER BY event_id",
+        &[&event_id.map(key)],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get::<_, i64>(0) as u64)
+    .collect())
+}
+
+/// Numbers event `event_id`'s changes written unnumbered, in a
+/// transaction of its own `c`, unless another sequencer is at work (its
+/// numbers will do), or a commit of the event stays in flight beyond a
+/// moment (a process stalled half-way): then the next pass numbers them.
+/// One event at a time, so a stalled writer of one event holds no other.
+/// Returns whether it numbered.
+pub(super) async fn sequence(c: &mut Conn, event_id: u64) -> Result<bool> {
     let mine: bool = c
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&SEQUENCER_LOCK])
         .await?
         .get(0);
     if !mine {
-        return Ok(());
+        return Ok(false);
     }
-    let events: Vec<i64> = c
-        .query(
-            "SELECT DISTINCT event_id FROM place_changes
-             WHERE seq IS NULL AND ($1::bigint IS NULL OR event_id = $1)
-             ORDER BY event_id",
-            &[&event_id.map(key)],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for event in events {
-        lock_event(c, event as u64).await?;
-        c.execute(
-            "WITH n AS (SELECT id, row_number() OVER (ORDER BY id) AS r
-                        FROM place_changes WHERE event_id = $1 AND seq IS NULL),
-                  k AS (SELECT count(*) AS k FROM n),
-                  s AS (INSERT INTO feed_seq (event_id, seq) SELECT $1, k FROM k WHERE k > 0
-                        ON CONFLICT (event_id) DO UPDATE SET seq = feed_seq.seq + EXCLUDED.seq
-                        RETURNING seq),
-                  p AS (UPDATE feed_pos SET pos = pos + (SELECT k FROM k) RETURNING pos)
-             UPDATE place_changes c SET seq = s.seq - k.k + n.r, pos = p.pos - k.k + n.r
-             FROM n, k, s, p WHERE c.id = n.id",
-            &[&event],
-        )
-        .await?;
+    c.batch("SET LOCAL lock_timeout = 1000").await?;
+    if let Err(e) = lock_event(c, event_id).await {
+        return match e {
+            // 55P03: not had in time; the transaction is over, rolled back.
+            crate::storage::StorageError::Unavailable(m) if m.starts_with("55P03") => Ok(false),
+            e => Err(e),
+        };
     }
-    Ok(())
+    c.execute(
+        "WITH n AS (SELECT id, row_number() OVER (ORDER BY id) AS r
+                    FROM place_changes WHERE event_id = $1 AND seq IS NULL),
+              k AS (SELECT count(*) AS k FROM n),
+              s AS (INSERT INTO feed_seq (event_id, seq) SELECT $1, k FROM k WHERE k > 0
+                    ON CONFLICT (event_id) DO UPDATE SET seq = feed_seq.seq + EXCLUDED.seq
+                    RETURNING seq),
+              p AS (UPDATE feed_pos SET pos = pos + (SELECT k FROM k) RETURNING pos)
+         UPDATE place_changes c SET seq = s.seq - k.k + n.r, pos = p.pos - k.k + n.r
+         FROM n, k, s, p WHERE c.id = n.id",
+        &[&key(event_id)],
+    )
+    .await?;
+    Ok(true)
 }
 
 /// Most expired holds told of in one statement.
@@ -329,7 +339,8 @@ pub(super) const KEEP_CHANGES_MS: u64 = 24 * 3600 * 1000;
 pub(super) async fn prune(c: &mut Conn, now_ms: u64) -> Result<()> {
     c.execute(
         "DELETE FROM place_changes WHERE id IN (
-             SELECT id FROM place_changes WHERE at < $1 ORDER BY id LIMIT 10000)",
+             SELECT id FROM place_changes WHERE at < $1 AND seq IS NOT NULL
+             ORDER BY id LIMIT 10000)",
         &[&key(now_ms.saturating_sub(KEEP_CHANGES_MS))],
     )
     .await?;

@@ -427,8 +427,20 @@ impl PgStorage {
             // marked taken in it at once, so that buyers here at the same
             // moment choose apart; taken by a conditional update all the
             // same, so a stale picture costs a try, never a seat.
-            let free = self.free_seats(c, cat.id, capacity, tries > 0).await?;
-            let first = holding::best_seats(cat, rows, free, taken, quantity)? as i64 + 1;
+            let (free, kept) = self
+                .free_seats(c, cat.id, capacity, tries > 0, false)
+                .await?;
+            let first = match holding::best_seats(cat, rows, free, taken, quantity) {
+                Ok(i) => i,
+                // None to be had in a picture kept a while: the database
+                // has the last word.
+                Err(_) if kept => {
+                    let (free, _) = self.free_seats(c, cat.id, capacity, true, true).await?;
+                    holding::best_seats(cat, rows, free, taken, quantity)?
+                }
+                Err(e) => return Err(e),
+            } as i64
+                + 1;
             let last = first + i64::from(quantity) - 1;
             self.mark_taken(cat.id, first..=last);
             let mut got = take(
@@ -457,15 +469,17 @@ impl PgStorage {
     }
 
     /// The free seats of category `id` (of `capacity`) as this process
-    /// last read them, read again if older than [`FREE_SEATS_FOR`] or if
-    /// `again` and not read since [`FREE_SEATS_AGAIN`].
+    /// last read them, read again if older than [`FREE_SEATS_FOR`], if
+    /// `again` and not read since [`FREE_SEATS_AGAIN`], or if `anew`; and
+    /// whether the picture was one kept (not read now).
     async fn free_seats(
         &self,
         c: &mut Conn,
         id: u64,
         capacity: usize,
         again: bool,
-    ) -> Result<Vec<bool>> {
+        anew: bool,
+    ) -> Result<(Vec<bool>, bool)> {
         let fresh = |f: &FreeSeats| {
             let age = f.read_at.elapsed();
             age < FREE_SEATS_FOR && !(again && age >= FREE_SEATS_AGAIN)
@@ -475,7 +489,7 @@ impl PgStorage {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
-            .filter(|f| fresh(f))
+            .filter(|f| !anew && fresh(f))
             .map(|f| f.free.clone());
         if let Some(mut free) = kept {
             // What this transaction let go (lapsed holds) is free to it.
@@ -484,7 +498,7 @@ impl PgStorage {
                     *f = true;
                 }
             }
-            return Ok(free);
+            return Ok((free, true));
         }
         // One array: thousands of rows would cost more to send and read.
         let read_at = std::time::Instant::now();
@@ -509,7 +523,7 @@ impl PgStorage {
                 read_at,
             },
         );
-        Ok(free)
+        Ok((free, false))
     }
 
     /// Whether a hold on `event_id` at `now_ms` should tell of lapsed
@@ -643,8 +657,15 @@ impl PgStorage {
 
     /// Numbers the changes written unnumbered ([`changes::sequence`]).
     async fn sequence(&self, event_id: Option<u64>) -> Result<()> {
-        self.transaction(async |c| changes::sequence(c, event_id).await)
-            .await
+        let events = {
+            let mut c = self.conn().await?;
+            changes::unnumbered(&mut c, event_id).await?
+        };
+        for event in events {
+            self.transaction(async |c| changes::sequence(c, event).await)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn announce_all(&self, now_ms: u64) -> Result<usize> {

@@ -43,7 +43,7 @@ const MIGRATION_LOCK: i64 = 0x6973_7375_6572; // "issuer"
 const TRIES: usize = 3;
 
 /// Connections each process keeps at most.
-/// (`ISSUER_DATABASE_CONNECTIONS` sets it, 1 to 256: a database server
+/// (`ISSUER_DATABASE_CONNECTIONS` sets it, 2 to 256: a database server
 /// of many cores may take more from each process.)
 const POOL_SIZE: usize = 16;
 
@@ -52,7 +52,9 @@ fn pool_size() -> usize {
     std::env::var("ISSUER_DATABASE_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| (1..=256).contains(n))
+        // Two at least: one may be held by `exclusively` while its caller
+        // works through another.
+        .filter(|n| (2..=256).contains(n))
         .unwrap_or(POOL_SIZE)
 }
 
@@ -230,6 +232,10 @@ impl PgStorage {
         // lock behind (a connection dropped mid-transaction is closed).
         let mut c = wait(self.pool.get())?;
         wait(c.begin())?;
+        // Its caller may take its time (a new shop's places), idle here.
+        wait(c.batch(
+            "SET LOCAL lock_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0",
+        ))?;
         wait(c.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]))?;
         let out = f();
         wait(c.end(Ok(())))?;
