@@ -198,3 +198,15 @@ pub fn seat_rows(c: &Category, venue: &Venue) -> Vec<usize> {
         .flat_map(|s| s.rows.iter().map(|r| r.seats.len()))
         .collect()
 }
+
+/// A hold's state at `now_ms`, from its row: let go (`released`), past its
+/// time, or active.
+pub fn hold_state(released: bool, expires_at: i64, now_ms: u64) -> HoldState {
+    if released {
+        HoldState::Released
+    } else if u64::try_from(expires_at).unwrap_or(0) <= now_ms {
+        HoldState::Expired
+    } else {
+        HoldState::Active
+    }
+}

@@ -128,3 +128,66 @@ pub fn moved_columns(moved: &[(u64, Option<String>)]) -> Result<(String, String)
         serde_json::to_string(&places)?,
     ))
 }
+
+/// An order's state as stored.
+pub fn order_state(s: &str) -> Result<crate::domain::order::OrderState> {
+    use crate::domain::order::OrderState;
+    Ok(match s {
+        "pending" => OrderState::Pending,
+        "paid" => OrderState::Paid,
+        "failed" => OrderState::Failed,
+        "cancelled" => OrderState::Cancelled,
+        "refunded" => OrderState::Refunded,
+        other => return Err(StorageError::Backend(format!("order state {other:?}"))),
+    })
+}
+
+/// How an order in state `state` is paid back: the move it makes, and the
+/// message the buyer is sent (a payment that landed after the order ended,
+/// unless it was cancelled, is told as a late one).
+pub fn refund_of(
+    state: crate::domain::order::OrderState,
+) -> (crate::domain::order::OrderEvent, super::MailKind) {
+    use crate::domain::order::{OrderEvent, OrderState};
+    match state {
+        OrderState::Paid | OrderState::Refunded => (OrderEvent::Refund, super::MailKind::Refund),
+        OrderState::Cancelled => (OrderEvent::PaidTooLate, super::MailKind::Refund),
+        _ => (OrderEvent::PaidTooLate, super::MailKind::LateRefund),
+    }
+}
+
+/// A paid order's tickets, to be signed: one a place (`(category number,
+/// seat)`, in order) of event `event_id` (from `starts_at` to `ends_at`,
+/// unix seconds), valid from the doors' opening to the end, each with a
+/// fresh random id.
+pub fn tickets_of(
+    event_id: u64,
+    (starts_at, ends_at): (i64, i64),
+    places: impl IntoIterator<Item = (i64, Option<String>)>,
+) -> Result<Vec<shared::TicketFields>> {
+    use rand_core::{OsRng, RngCore};
+    let valid_from = u32::try_from(starts_at)
+        .unwrap_or(u32::MAX)
+        .saturating_sub(crate::issue::DEFAULT_DOORS_BEFORE_SECS);
+    let valid_until = u32::try_from(ends_at).unwrap_or(u32::MAX);
+    places
+        .into_iter()
+        .map(|(number, seat)| {
+            let mut ticket_id = [0u8; 16];
+            OsRng.fill_bytes(&mut ticket_id);
+            Ok(shared::TicketFields {
+                event_id,
+                ticket_id: shared::TicketId(ticket_id),
+                category_id: u16::try_from(number).map_err(|_| {
+                    StorageError::Conflict(
+                        "the event has more categories than a ticket can number".into(),
+                    )
+                })?,
+                multi_entry: false,
+                valid_from,
+                valid_until,
+                seat: seat.unwrap_or_default(),
+            })
+        })
+        .collect()
+}

@@ -69,18 +69,19 @@ pub(super) async fn categories_of(c: &mut Conn, event_id: u64) -> Result<Vec<Cat
 /// Writes event `id`'s words into its search vector, as they are now:
 /// name first, then performers, venue and city, then description.
 async fn index_event(c: &mut Conn, id: u64) -> Result<()> {
-    c.execute(
-        "UPDATE events e SET search =
-             setweight(to_tsvector('simple', unaccent(e.name)), 'A')
-          || setweight(to_tsvector('simple', unaccent(e.performers)), 'B')
-          || setweight(to_tsvector('simple', unaccent(v.name || ' ' || e.city)), 'C')
-          || setweight(to_tsvector('simple', unaccent(e.description)), 'D')
-         FROM venues v WHERE v.id = e.venue_id AND e.id = $1",
-        &[&key(id)],
-    )
-    .await?;
+    c.execute(&format!("{INDEX_EVENTS} AND e.id = $1"), &[&key(id)])
+        .await?;
     Ok(())
 }
+
+/// Sets events' words for search, weighted: name, performers, venue and
+/// city, description (all events, or those a further condition names).
+pub(super) const INDEX_EVENTS: &str = "UPDATE events e SET search =
+         setweight(to_tsvector('simple', unaccent(e.name)), 'A')
+      || setweight(to_tsvector('simple', unaccent(e.performers)), 'B')
+      || setweight(to_tsvector('simple', unaccent(v.name || ' ' || e.city)), 'C')
+      || setweight(to_tsvector('simple', unaccent(e.description)), 'D')
+     FROM venues v WHERE v.id = e.venue_id";
 
 impl PgStorage {
     async fn add_event_(&self, by: OrganizerId, event: &NewEvent) -> Result<Event> {

@@ -68,11 +68,7 @@ pub(super) async fn hold_of(
     let (event_id, expires_at, released_at): (i64, i64, Option<i64>) =
         (row.get(0), row.get(1), row.get(2));
     let places = held_places(c, token_hash).await?;
-    let state = match released_at {
-        Some(_) => HoldState::Released,
-        None if (expires_at as u64) <= now_ms => HoldState::Expired,
-        None => HoldState::Active,
-    };
+    let state = holding::hold_state(released_at.is_some(), expires_at, now_ms);
     Ok(Hold {
         event_id: event_id as u64,
         expires_at: expires_at as u64,

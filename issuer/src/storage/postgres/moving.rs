@@ -390,16 +390,7 @@ impl PgStorage {
                  UPDATE feed_pos SET pos = (SELECT coalesce(max(pos), 0) FROM place_changes);",
             )
             .await?;
-            c.execute(
-                "UPDATE events e SET search =
-                     setweight(to_tsvector('simple', unaccent(e.name)), 'A')
-                  || setweight(to_tsvector('simple', unaccent(e.performers)), 'B')
-                  || setweight(to_tsvector('simple', unaccent(v.name || ' ' || e.city)), 'C')
-                  || setweight(to_tsvector('simple', unaccent(e.description)), 'D')
-                 FROM venues v WHERE v.id = e.venue_id",
-                &[],
-            )
-            .await?;
+            c.execute(super::catalogue::INDEX_EVENTS, &[]).await?;
             let figures = c.client().await?.query_one(FIGURES, &[]).await?;
             got.paid_orders = figures.get::<_, i64>(0) as u64;
             got.paid_amount = figures.get(1);

@@ -51,7 +51,7 @@ async fn order_where(
         name: r.get(5),
         amount: r.get::<_, i64>(6) as u64,
         currency: r.get(7),
-        state: state_of(r.get(8))?,
+        state: crate::storage::rows::order_state(r.get(8))?,
         places: Vec::new(),
         payment_intent: r.get(9),
         note: r.get(10),
@@ -61,17 +61,6 @@ async fn order_where(
     // The hold's places, as at any time (only prices and keys are read).
     order.places = super::inventory::held_places(c, &hold).await?;
     Ok(Some((r.get(0), hold, order)))
-}
-
-fn state_of(s: &str) -> Result<OrderState> {
-    Ok(match s {
-        "pending" => OrderState::Pending,
-        "paid" => OrderState::Paid,
-        "failed" => OrderState::Failed,
-        "cancelled" => OrderState::Cancelled,
-        "refunded" => OrderState::Refunded,
-        other => return Err(StorageError::Backend(format!("order state {other:?}"))),
-    })
 }
 
 /// The order of `code`; `lock` locks it for a change.
@@ -238,10 +227,6 @@ async fn ticket_fields(
             &[&key(order.event_id)],
         )
         .await?;
-    let valid_from = u32::try_from(event.get::<_, i64>(0))
-        .unwrap_or(u32::MAX)
-        .saturating_sub(crate::issue::DEFAULT_DOORS_BEFORE_SECS);
-    let valid_until = u32::try_from(event.get::<_, i64>(1)).unwrap_or(u32::MAX);
     let places = c
         .query(
             "SELECT c.number, i.seat_key FROM hold_items i JOIN categories c ON c.id = i.category_id
@@ -249,25 +234,11 @@ async fn ticket_fields(
             &[&&hold[..]],
         )
         .await?;
-    let mut fields = Vec::with_capacity(places.len());
-    for r in places {
-        let mut ticket_id = [0u8; 16];
-        OsRng.fill_bytes(&mut ticket_id);
-        fields.push(TicketFields {
-            event_id: order.event_id,
-            ticket_id: TicketId(ticket_id),
-            category_id: u16::try_from(r.get::<_, i64>(0)).map_err(|_| {
-                StorageError::Conflict(
-                    "the event has more categories than a ticket can number".into(),
-                )
-            })?,
-            multi_entry: false,
-            valid_from,
-            valid_until,
-            seat: r.get::<_, Option<String>>(1).unwrap_or_default(),
-        });
-    }
-    Ok(Some(fields))
+    Ok(Some(crate::storage::rows::tickets_of(
+        order.event_id,
+        (event.get(0), event.get(1)),
+        places.iter().map(|r| (r.get(0), r.get(1))),
+    )?))
 }
 
 /// Records `tickets` signed by `key_id` in batch `batch`.
@@ -504,13 +475,7 @@ impl PgStorage {
     ) -> Result<Order> {
         self.transaction(async |c| {
             let (id, _, order) = by_code(c, code, true).await?;
-            let (event, mail) = match order.state {
-                OrderState::Paid | OrderState::Refunded => (OrderEvent::Refund, MailKind::Refund),
-                // Cancelled before its payment landed: told as the refund
-                // of a cancelled order.
-                OrderState::Cancelled => (OrderEvent::PaidTooLate, MailKind::Refund),
-                _ => (OrderEvent::PaidTooLate, MailKind::LateRefund),
-            };
+            let (event, mail) = crate::storage::rows::refund_of(order.state);
             let event_id = order.event_id;
             let order = advance(c, order, event, Some(why), now_ms).await?;
             enqueue(c, code, mail, now_ms).await?;

@@ -247,11 +247,7 @@ pub(super) fn hold_of(conn: &Connection, token_hash: &[u8; 32], now_ms: u64) -> 
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let state = match released_at {
-        Some(_) => HoldState::Released,
-        None if (expires_at as u64) <= now_ms => HoldState::Expired,
-        None => HoldState::Active,
-    };
+    let state = crate::storage::holding::hold_state(released_at.is_some(), expires_at, now_ms);
     Ok(Hold {
         event_id: event_id as u64,
         expires_at: expires_at as u64,

@@ -60,7 +60,7 @@ fn order_where(
     let hold: [u8; 32] = hold
         .try_into()
         .map_err(|_| StorageError::Backend("an order's hold is not 32 bytes".into()))?;
-    order.state = state_of(&state)?;
+    order.state = crate::storage::rows::order_state(&state)?;
     // The hold's places, as at any time (only prices and keys are read).
     order.places = hold_of(conn, &hold, 0)?.places;
     Ok(Some((id, hold, order)))
@@ -72,17 +72,6 @@ fn off_sale(conn: &Connection, event_id: u64) -> Result<Option<String>> {
         .prepare_cached("SELECT status FROM events WHERE id = ?1")?
         .query_row([key(event_id)], |r| r.get(0))?;
     Ok((status != "on_sale").then_some(status))
-}
-
-fn state_of(s: &str) -> Result<OrderState> {
-    Ok(match s {
-        "pending" => OrderState::Pending,
-        "paid" => OrderState::Paid,
-        "failed" => OrderState::Failed,
-        "cancelled" => OrderState::Cancelled,
-        "refunded" => OrderState::Refunded,
-        other => return Err(StorageError::Backend(format!("order state {other:?}"))),
-    })
 }
 
 pub(super) fn by_code(conn: &Connection, code: &str) -> Result<(i64, [u8; 32], Order)> {
@@ -247,13 +236,7 @@ impl Orders for SqliteStorage {
     fn mark_refunded(&self, code: &str, refund: &str, why: &str, now_ms: u64) -> Result<Order> {
         self.write(|tx| {
             let (id, _, order) = by_code(tx, code)?;
-            let (event, mail) = match order.state {
-                OrderState::Paid | OrderState::Refunded => (OrderEvent::Refund, MailKind::Refund),
-                // Cancelled before its payment landed: told as the refund
-                // of a cancelled order.
-                OrderState::Cancelled => (OrderEvent::PaidTooLate, MailKind::Refund),
-                _ => (OrderEvent::PaidTooLate, MailKind::LateRefund),
-            };
+            let (event, mail) = crate::storage::rows::refund_of(order.state);
             let order = advance(tx, code, event, Some(why), now_ms)?;
             enqueue(tx, code, mail, now_ms)?;
             tx.prepare_cached("UPDATE orders SET refund = ?2 WHERE code = ?1")?
@@ -670,36 +653,18 @@ fn ticket_fields(
     let (starts, ends): (i64, i64) = conn
         .prepare_cached("SELECT starts_at, ends_at FROM events WHERE id = ?1")?
         .query_row([key(order.event_id)], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let valid_from = u32::try_from(starts)
-        .unwrap_or(u32::MAX)
-        .saturating_sub(crate::issue::DEFAULT_DOORS_BEFORE_SECS);
-    let valid_until = u32::try_from(ends).unwrap_or(u32::MAX);
     let places: Vec<(i64, Option<String>)> = conn
-            .prepare_cached(
-                "SELECT c.number, i.seat_key FROM hold_items i JOIN categories c ON c.id = i.category_id
-                 WHERE i.hold = ?1 ORDER BY i.category_id, i.n",
-            )?
-            .query_map([&hold[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-    let mut fields = Vec::with_capacity(places.len());
-    for (number, seat) in places {
-        let mut ticket_id = [0u8; 16];
-        OsRng.fill_bytes(&mut ticket_id);
-        fields.push(TicketFields {
-            event_id: order.event_id,
-            ticket_id: TicketId(ticket_id),
-            category_id: u16::try_from(number).map_err(|_| {
-                StorageError::Conflict(
-                    "the event has more categories than a ticket can number".into(),
-                )
-            })?,
-            multi_entry: false,
-            valid_from,
-            valid_until,
-            seat: seat.unwrap_or_default(),
-        });
-    }
-    Ok(Some(fields))
+        .prepare_cached(
+            "SELECT c.number, i.seat_key FROM hold_items i JOIN categories c ON c.id = i.category_id
+             WHERE i.hold = ?1 ORDER BY i.category_id, i.n",
+        )?
+        .query_map([&hold[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(crate::storage::rows::tickets_of(
+        order.event_id,
+        (starts, ends),
+        places,
+    )?))
 }
 
 /// Records a paid order's signed tickets, once.
