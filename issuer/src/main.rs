@@ -276,17 +276,28 @@ fn database(cli: &Cli) -> Result<Option<tokio_postgres::Config>> {
         }
         return Ok(None);
     };
+    postgres_config(url, "--database", cli.database_password_file.as_deref()).map(Some)
+}
+
+/// The PostgreSQL settings of address `url` (given as `flag`), with the
+/// password from `password_file`: never one in the address, which the
+/// process list and logs would show.
+fn postgres_config(
+    url: &str,
+    flag: &str,
+    password_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres::Config> {
     let mut config = issuer::storage::postgres::config(url)?;
     if config.get_password().is_some() {
         anyhow::bail!(
-            "--database holds a password, which the process list and logs would show: \
+            "{flag} holds a password, which the process list and logs would show: \
              put it in a file readable by its owner only and give --database-password-file"
         );
     }
-    if let Some(path) = &cli.database_password_file {
+    if let Some(path) = password_file {
         config.password(secret_of(Some(path), "--database-password-file")?);
     }
-    Ok(Some(config))
+    Ok(config)
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -421,16 +432,7 @@ fn migrate(
     to: &str,
     password_file: Option<&std::path::Path>,
 ) -> Result<()> {
-    let mut config = issuer::storage::postgres::config(to)?;
-    if config.get_password().is_some() {
-        anyhow::bail!(
-            "--to holds a password, which the process list would show: put it in a file \
-             readable by its owner only and give --database-password-file"
-        );
-    }
-    if let Some(path) = password_file {
-        config.password(secret_of(Some(path), "--database-password-file")?);
-    }
+    let config = postgres_config(to, "--to", password_file)?;
     let shop = issuer::storage::postgres::PgStorage::open_blocking_with(config, from)
         .context("opening the database")?;
     let report = shop

@@ -23,12 +23,20 @@ fn backends() -> Vec<(&'static str, Box<dyn Storage>, tempfile::TempDir)> {
         vec![("sqlite", Box::new(sqlite), tmp)];
     if let Some(url) = crate::pg::fresh_database() {
         let tmp = tempfile::tempdir().unwrap();
-        let pg =
-            issuer::storage::postgres::PgStorage::open_blocking(&url, &tmp.path().join("data"))
-                .unwrap();
+        let pg = open_postgres(&url, &tmp);
         all.push(("postgres", Box::new(pg), tmp));
     }
     all
+}
+
+fn open_postgres(url: &str, tmp: &tempfile::TempDir) -> issuer::storage::postgres::PgStorage {
+    issuer::storage::postgres::PgStorage::open_blocking(url, &tmp.path().join("data")).unwrap()
+}
+
+/// A handle on PostgreSQL database `url`, with its data directory in
+/// `tmp`: two of them stand for two processes.
+fn postgres(url: &str, tmp: &tempfile::TempDir) -> std::sync::Arc<dyn Storage> {
+    std::sync::Arc::new(open_postgres(url, tmp))
 }
 
 fn plan() -> SeatingPlan {
@@ -1917,13 +1925,7 @@ fn two_processes_on_one_database_share_keys_orders_mail_and_the_feed() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let open = || -> std::sync::Arc<dyn Storage> {
-        std::sync::Arc::new(
-            issuer::storage::postgres::PgStorage::open_blocking(&url, &tmp.path().join("data"))
-                .unwrap(),
-        )
-    };
-    let (one, two) = (open(), open());
+    let (one, two) = (postgres(&url, &tmp), postgres(&url, &tmp));
     let (e, s, floor) = on_sale(&*one, 40);
     let cursor = two.change_cursor().unwrap();
     // A retry reaching the other process is answered the first order.
@@ -2154,10 +2156,7 @@ fn a_process_stalled_mid_transaction_does_not_stall_an_events_sales() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let db: std::sync::Arc<dyn Storage> = std::sync::Arc::new(
-        issuer::storage::postgres::PgStorage::open_blocking(&url, &tmp.path().join("data"))
-            .unwrap(),
-    );
+    let db = postgres(&url, &tmp);
     let (e, _, floor) = on_sale(&*db, 50);
     let q = HoldRequest {
         event_id: e,
@@ -2209,10 +2208,7 @@ fn a_cancellation_waits_for_the_payments_being_settled() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let db: std::sync::Arc<dyn Storage> = std::sync::Arc::new(
-        issuer::storage::postgres::PgStorage::open_blocking(&url, &tmp.path().join("data"))
-            .unwrap(),
-    );
+    let db = postgres(&url, &tmp);
     let (e, _, _) = on_sale(&*db, 5);
     db.hold(&seats(e, &["A-1-1"]), &[1; 32], T0, 10 * MIN)
         .unwrap();

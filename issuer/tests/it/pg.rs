@@ -88,6 +88,76 @@ fn the_http_tests_pass_on_postgresql_too() {
     );
 }
 
+/// Debian's server programs, and who runs them: PostgreSQL will not run
+/// as root, so as root they are run as the `postgres` user Debian's
+/// package made.
+struct Owner {
+    bin: PathBuf,
+    root: bool,
+}
+
+impl Owner {
+    fn find() -> Result<Owner, &'static str> {
+        let bin = server_bin().ok_or("Debian's postgresql is not installed")?;
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        Ok(Owner { bin, root })
+    }
+
+    /// `program` of the server's, run as the cluster's owner.
+    fn command(&self, program: &str) -> Command {
+        if self.root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(program));
+            c
+        } else {
+            Command::new(self.bin.join(program))
+        }
+    }
+
+    /// A new cluster in a temporary directory (its `data/`), the owner's.
+    fn init(&self, prefix: &str) -> Result<PathBuf, &'static str> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .unwrap()
+            .keep();
+        if self.root {
+            let ok = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err("the data directory cannot be given to the postgres user");
+            }
+        }
+        let init = self
+            .command("initdb")
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(dir.join("data"))
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        Ok(dir)
+    }
+}
+
 /// Where Debian keeps the server's programs (`initdb`, `postgres`).
 fn server_bin() -> Option<PathBuf> {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -118,59 +188,16 @@ fn start() -> Option<Cluster> {
             _alive: None,
         });
     }
-    let Some(bin) = server_bin() else {
-        return unavailable("Debian's postgresql is not installed");
+    let owner = match Owner::find() {
+        Ok(owner) => owner,
+        Err(why) => return unavailable(why),
     };
-    let dir = tempfile::Builder::new()
-        .prefix("issuer-pg-")
-        .tempdir()
-        .unwrap()
-        .keep();
-    // PostgreSQL will not run as root: as root, the cluster is run by the
-    // `postgres` user Debian's package made.
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    let as_owner = |program: &str| -> Command {
-        if root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(bin.join(program));
-            c
-        } else {
-            Command::new(bin.join(program))
-        }
+    let dir = match owner.init("issuer-pg-") {
+        Ok(dir) => dir,
+        Err(why) => return unavailable(why),
     };
-    if root {
-        let ok = Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            return unavailable("the data directory cannot be given to the postgres user");
-        }
-    }
+    let (bin, root) = (&owner.bin, owner.root);
     let data = dir.join("data");
-    let init = as_owner("initdb")
-        .args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-            "-D",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "initdb: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
     // The server runs until this binary's end closes its standard input;
     // then it is stopped and its directory removed.
     let server = format!(
@@ -219,69 +246,29 @@ fn start() -> Option<Cluster> {
 /// (a fault test): run by `pg_ctl`, stopped and removed when dropped.
 pub struct Restartable {
     dir: PathBuf,
-    bin: PathBuf,
-    root: bool,
+    owner: Owner,
 }
 
 impl Restartable {
     /// A new cluster, running, or `None` (said loudly) where PostgreSQL
     /// cannot be had.
     pub fn start() -> Option<Restartable> {
-        let Some(bin) = server_bin() else {
-            unavailable("Debian's postgresql is not installed");
-            return None;
+        let made = Owner::find().and_then(|owner| Ok((owner.init("issuer-pg-own-")?, owner)));
+        let (dir, owner) = match made {
+            Ok(made) => made,
+            Err(why) => {
+                unavailable(why);
+                return None;
+            }
         };
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        let dir = tempfile::Builder::new()
-            .prefix("issuer-pg-own-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        let cluster = Restartable { dir, bin, root };
-        if root {
-            let ok = Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(&cluster.dir)
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "giving the cluster's directory to postgres");
-        }
-        let init = cluster
-            .as_owner("initdb")
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "-D",
-            ])
-            .arg(cluster.dir.join("data"))
-            .output()
-            .unwrap();
-        assert!(
-            init.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+        let cluster = Restartable { dir, owner };
         cluster.up();
         issuer::storage::postgres::admin(&cluster.url("postgres"), "CREATE DATABASE shop").unwrap();
         Some(cluster)
     }
 
     fn as_owner(&self, program: &str) -> Command {
-        if self.root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(self.bin.join(program));
-            c
-        } else {
-            Command::new(self.bin.join(program))
-        }
+        self.owner.command(program)
     }
 
     /// How to reach database `db` of it.

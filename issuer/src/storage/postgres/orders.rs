@@ -22,22 +22,21 @@ use crate::storage::{
     Orders, OrganizerId, Pending, Result, Revocation, Settled, Signed, StorageError, wait,
 };
 
-const ORDER_COLUMNS: &str = "id, code, hold, event_id, email, name, amount, currency, state, \
-     payment_intent, note, created_at, updated_at";
+/// The statement reading an order row where `$where` (whose `$1` is text).
+macro_rules! order_select {
+    ($where:literal) => {
+        concat!(
+            "SELECT id, code, hold, event_id, email, name, amount, currency, state, \
+             payment_intent, note, created_at, updated_at FROM orders WHERE ",
+            $where
+        )
+    };
+}
 
-/// An order row with its hold's places: (row id, hold, order). `lock`
-/// locks the row until the end of the transaction.
-async fn order_where(
-    c: &mut Conn,
-    clause: &str,
-    arg: &str,
-    lock: bool,
-) -> Result<Option<(i64, [u8; 32], Order)>> {
-    let sql = format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE {clause}{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    let Some(r) = c.query_opt(&sql, &[&arg]).await? else {
+/// An order row with its hold's places, read by `sql` (an
+/// [`order_select`]): (row id, hold, order).
+async fn order_where(c: &mut Conn, sql: &str, arg: &str) -> Result<Option<(i64, [u8; 32], Order)>> {
+    let Some(r) = c.query_opt(sql, &[&arg]).await? else {
         return Ok(None);
     };
     let hold: Vec<u8> = r.get(2);
@@ -69,7 +68,12 @@ pub(super) async fn by_code(
     code: &str,
     lock: bool,
 ) -> Result<(i64, [u8; 32], Order)> {
-    order_where(c, "code = $1", code, lock)
+    let sql = if lock {
+        order_select!("code = $1 FOR UPDATE")
+    } else {
+        order_select!("code = $1")
+    };
+    order_where(c, sql, code)
         .await?
         .ok_or_else(|| StorageError::NotFound(format!("order {code}")))
 }
@@ -778,10 +782,12 @@ impl Orders for PgStorage {
     fn order_by_intent(&self, intent: &str) -> Result<Order> {
         wait(async {
             let mut c = self.conn().await?;
-            Ok(order_where(&mut c, "payment_intent = $1", intent, false)
-                .await?
-                .ok_or_else(|| StorageError::NotFound(format!("the order paid by {intent}")))?
-                .2)
+            Ok(
+                order_where(&mut c, order_select!("payment_intent = $1"), intent)
+                    .await?
+                    .ok_or_else(|| StorageError::NotFound(format!("the order paid by {intent}")))?
+                    .2,
+            )
         })
     }
 
