@@ -3,7 +3,7 @@
 
 use tokio_postgres::types::ToSql;
 
-use super::{Conn, PgStorage, key};
+use super::{Conn, PgStorage, Shifted, key};
 use crate::domain::catalogue::{
     Category, Event, EventStatus, NewCategory, NewEvent, NewVenue, Places,
 };
@@ -27,6 +27,33 @@ pub(super) async fn event_row(
     .await?
     .map(|r| event_from(&r))
     .transpose()
+}
+
+/// The event with its categories in order, read at once (whoever may
+/// see it).
+pub(super) async fn event_and_categories(
+    c: &mut Conn,
+    id: u64,
+) -> Result<Option<(Event, Vec<Category>)>> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT e.*, c.* FROM (SELECT {EVENT_COLUMNS} FROM events WHERE id = $1) e
+             LEFT JOIN (SELECT {CATEGORY_COLUMNS} FROM categories WHERE event_id = $1) c
+             ON true ORDER BY c.id"
+        )
+    });
+    let rows = c.query(&SQL, &[&key(id)]).await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let event = event_from(first)?.0;
+    let width = EVENT_COLUMNS.split(", ").count();
+    let categories = rows
+        .iter()
+        .filter(|r| r.try_get::<_, Option<i64>>(width).ok().flatten().is_some())
+        .map(|r| category_from(&Shifted(r, width)))
+        .collect::<Result<_>>()?;
+    Ok(Some((event, categories)))
 }
 
 /// An event of organizer `by`'s, or not found.
@@ -506,7 +533,12 @@ impl Catalogue for PgStorage {
         event_id: u64,
         category: &NewCategory,
     ) -> Result<Category> {
-        wait(self.add_category_(by, event_id, category))
+        let category = wait(self.add_category_(by, event_id, category))?;
+        // The planner learns the new places: with what it knew of an
+        // emptier table it would sort a whole category to take two places.
+        // Worth a moment of the organizer's, once.
+        wait(async { self.conn().await?.batch("ANALYZE places").await })?;
+        Ok(category)
     }
 
     fn categories(&self, event_id: u64) -> Result<Vec<Category>> {

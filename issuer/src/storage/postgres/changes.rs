@@ -5,16 +5,12 @@
 //! changes after `n`. Numbering in the transaction that moves places
 //! would have every buyer of an event wait for the previous one's commit
 //! (its flush to disk included). So changes are written unnumbered, as a
-//! transaction's last statement, under a *shared* lock on the event held
-//! until its commit ([`Feed::write`]); a sequencer ([`sequence`]) takes
-//! that lock *exclusively*, which waits only for the commits in flight, and
-//! numbers what it finds in the order of the changes' ids. A transaction
-//! that takes the shared lock afterwards gets larger ids, so the numbering
-//! of what was committed before is final, and is the same if done again
-//! (after a crash: its commit is durable like any other, so the positions
-//! given across events are too). A reader of an event's state takes the same exclusive
-//! lock, so that the state it reads is exactly that of the changes
-//! committed, numbered or soon to be.
+//! transaction's last statement, and a sequencer ([`sequence`]) numbers
+//! those committed afterwards, in the order of their ids, waiting for no
+//! writer. Writers take a *shared* lock on the event until their commit
+//! ([`Feed::write`]); a reader of an event's state takes it *exclusively*,
+//! which waits only for the commits in flight, so that the state it reads
+//! is exactly that of the changes committed, numbered or soon to be.
 //!
 //! Across events (the fan-out to watchers), numbered changes carry a
 //! position `pos` given by one sequencer at a time (`feed_pos`), in the
@@ -22,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Conn, key};
+use super::{Conn, Shifted, key};
 use crate::storage::rows::{CHANGE_COLUMNS, Moved, change_from, moved_columns};
 use crate::storage::{ChangeKind, PlaceChange, Result};
 
@@ -42,11 +38,11 @@ impl Feed {
     }
 
     /// Writes the changes noted, unnumbered, each event's under the
-    /// event's shared lock (held until the commit, so that the sequencer
-    /// waits for it): the last statement of the transaction, so that a
-    /// sequencer waiting behind it waits for little more than its commit.
-    /// Events in order of their ids.
-    pub async fn write(self, c: &mut Conn, now_ms: u64) -> Result<()> {
+    /// event's shared lock (held until the commit, so that a reader of the
+    /// event's state waits for it): the last statement of the
+    /// transaction, sent with its COMMIT, so that a reader waiting behind
+    /// it waits for little more than that. Events in order of their ids.
+    pub fn write(self, c: &mut Conn, now_ms: u64) -> Result<()> {
         let mut by_event: BTreeMap<u64, Vec<(ChangeKind, Moved)>> = BTreeMap::new();
         for (event, kind, moved) in self.changes {
             by_event.entry(event).or_default().push((kind, moved));
@@ -62,24 +58,23 @@ impl Feed {
                 places.push(p);
             }
             // The lock first (a CTE the insert reads is run before it).
-            c.execute(
+            c.defer(
                 "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($6, $7))
                  INSERT INTO place_changes (event_id, at, kind, seats, places)
                  SELECT $1, $2, u.kind, u.seats, u.places
                  FROM l, unnest($3::text[], $4::text[], $5::text[])
                       WITH ORDINALITY AS u(kind, seats, places, i)
                  ORDER BY u.i",
-                &[
-                    &key(event),
-                    &key(now_ms),
-                    &kinds,
-                    &seats,
-                    &places,
-                    &FEED_LOCK,
-                    &lock_of(event),
+                vec![
+                    Box::new(key(event)),
+                    Box::new(key(now_ms)),
+                    Box::new(kinds),
+                    Box::new(seats),
+                    Box::new(places),
+                    Box::new(FEED_LOCK),
+                    Box::new(lock_of(event)),
                 ],
-            )
-            .await?;
+            );
         }
         Ok(())
     }
@@ -123,57 +118,52 @@ pub(super) async fn last_seq(c: &mut Conn, event_id: u64) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// The events with changes written unnumbered (`event_id` alone, or
-/// every one).
-pub(super) async fn unnumbered(c: &mut Conn, event_id: Option<u64>) -> Result<Vec<u64>> {
-    Ok(c.query(
-        "SELECT DISTINCT event_id FROM place_changes
-             WHERE seq IS NULL AND ($1::bigint IS NULL OR event_id = $1)
-             ORDER BY event_id",
-        &[&event_id.map(key)],
-    )
-    .await?
-    .iter()
-    .map(|r| r.get::<_, i64>(0) as u64)
-    .collect())
-}
+/// Most changes numbered in one statement.
+pub(super) const SEQUENCE_BATCH: i64 = 10_000;
 
-/// Numbers event `event_id`'s changes written unnumbered, in a
-/// transaction of its own `c`, unless another sequencer is at work (its
-/// numbers will do), or a commit of the event stays in flight beyond a
-/// moment (a process stalled half-way): then the next pass numbers them.
-/// One event at a time, so a stalled writer of one event holds no other.
-/// Returns whether it numbered.
-pub(super) async fn sequence(c: &mut Conn, event_id: u64) -> Result<bool> {
+/// Numbers the changes written unnumbered and committed, in the order of
+/// their ids, at most [`SEQUENCE_BATCH`], in a transaction of its own
+/// `c`, unless another sequencer is at work (its numbers will do).
+/// Returns how many it numbered.
+///
+/// It waits for no writer: changes still in flight are numbered by a
+/// later pass. That keeps the order of each place's moves, since a move
+/// of a place commits only after the move before it did, and its change
+/// has the larger id. And it keeps the state read by availability true:
+/// that reader holds the event's lock exclusively, so that every change
+/// it counts as unnumbered has committed, and every change committed later
+/// has a larger id, and is numbered after them.
+pub(super) async fn sequence(c: &mut Conn) -> Result<usize> {
     let mine: bool = c
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&SEQUENCER_LOCK])
         .await?
         .get(0);
     if !mine {
-        return Ok(false);
+        return Ok(0);
     }
-    c.batch("SET LOCAL lock_timeout = 1000").await?;
-    if let Err(e) = lock_event(c, event_id).await {
-        return match e {
-            // 55P03: not had in time; the transaction is over, rolled back.
-            crate::storage::StorageError::Unavailable(m) if m.starts_with("55P03") => Ok(false),
-            e => Err(e),
-        };
-    }
-    c.execute(
-        "WITH n AS (SELECT id, row_number() OVER (ORDER BY id) AS r
-                    FROM place_changes WHERE event_id = $1 AND seq IS NULL),
-              k AS (SELECT count(*) AS k FROM n),
-              s AS (INSERT INTO feed_seq (event_id, seq) SELECT $1, k FROM k WHERE k > 0
-                    ON CONFLICT (event_id) DO UPDATE SET seq = feed_seq.seq + EXCLUDED.seq
-                    RETURNING seq),
-              p AS (UPDATE feed_pos SET pos = pos + (SELECT k FROM k) RETURNING pos)
-         UPDATE place_changes c SET seq = s.seq - k.k + n.r, pos = p.pos - k.k + n.r
-         FROM n, k, s, p WHERE c.id = n.id",
-        &[&key(event_id)],
-    )
-    .await?;
-    Ok(true)
+    // `r`: the place among its event's changes, `g` among all (numbered
+    // before the limit: the rows kept are the first of each event).
+    let n = c
+        .execute(
+            "WITH n AS (SELECT * FROM (
+                            SELECT id, event_id,
+                                   row_number() OVER (PARTITION BY event_id ORDER BY id) AS r,
+                                   row_number() OVER (ORDER BY id) AS g
+                            FROM place_changes WHERE seq IS NULL) a
+                        WHERE g <= $1),
+                  k AS (SELECT event_id, max(r) AS k FROM n GROUP BY event_id),
+                  s AS (INSERT INTO feed_seq (event_id, seq) SELECT event_id, k FROM k
+                        ON CONFLICT (event_id) DO UPDATE SET seq = feed_seq.seq + EXCLUDED.seq
+                        RETURNING event_id, seq),
+                  t AS (SELECT count(*) AS t FROM n),
+                  p AS (UPDATE feed_pos SET pos = pos + (SELECT t FROM t) RETURNING pos)
+             UPDATE place_changes c SET seq = s.seq - k.k + n.r, pos = p.pos - t.t + n.g
+             FROM n JOIN k USING (event_id) JOIN s USING (event_id), t, p
+             WHERE c.id = n.id",
+            &[&SEQUENCE_BATCH],
+        )
+        .await?;
+    Ok(n as usize)
 }
 
 /// Most expired holds told of in one statement.
@@ -300,7 +290,7 @@ pub(super) async fn changes_after(
     let mut found = Vec::with_capacity(rows.len());
     for r in &rows {
         next = r.get::<_, i64>(0) as u64;
-        found.push(change_from(&Shifted(r))?.1);
+        found.push(change_from(&Shifted(r, 1))?.1);
     }
     Ok((next, found))
 }
@@ -309,23 +299,6 @@ pub(super) async fn changes_after(
 pub(super) async fn newest(c: &mut Conn) -> Result<u64> {
     let pos: i64 = c.query_one("SELECT pos FROM feed_pos", &[]).await?.get(0);
     Ok(pos as u64)
-}
-
-/// A row read one column on: the change's columns after its position.
-struct Shifted<'a>(&'a tokio_postgres::Row);
-
-impl crate::storage::rows::Cells for Shifted<'_> {
-    fn int(&self, i: usize) -> Result<i64> {
-        Ok(self.0.try_get(i + 1)?)
-    }
-
-    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
-        Ok(self.0.try_get(i + 1)?)
-    }
-
-    fn text(&self, i: usize) -> Result<String> {
-        Ok(self.0.try_get(i + 1)?)
-    }
 }
 
 /// How often old changes are cleared.
@@ -339,8 +312,8 @@ pub(super) const KEEP_CHANGES_MS: u64 = 24 * 3600 * 1000;
 pub(super) async fn prune(c: &mut Conn, now_ms: u64) -> Result<()> {
     c.execute(
         "DELETE FROM place_changes WHERE id IN (
-             SELECT id FROM place_changes WHERE at < $1 AND seq IS NOT NULL
-             ORDER BY id LIMIT 10000)",
+             SELECT id FROM place_changes ORDER BY id LIMIT 10000)
+           AND at < $1 AND seq IS NOT NULL",
         &[&key(now_ms.saturating_sub(KEEP_CHANGES_MS))],
     )
     .await?;

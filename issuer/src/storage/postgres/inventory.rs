@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use rand_core::RngCore;
 use std::sync::Arc;
 
-use super::catalogue::{categories_of, event_row, venue_of};
+use super::catalogue::{categories_of, event_and_categories, event_row, venue_of};
 use super::changes::{self, Feed};
 use super::{Conn, PgStorage, key};
 use crate::domain::catalogue::{Category, EventStatus, Places};
@@ -34,6 +34,11 @@ const FREE_SEATS_FOR: std::time::Duration = std::time::Duration::from_millis(200
 /// found taken.
 const FREE_SEATS_AGAIN: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// How long seats this process chose stay out of its picture, however
+/// often it is read again: a transaction taking them has not committed
+/// yet, and a picture read meanwhile shows them free.
+const CHOSEN_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How often the fan-out numbers changes at most.
 const SEQUENCE_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -45,29 +50,45 @@ pub(super) struct FreeSeats {
     /// By place number less one.
     free: Vec<bool>,
     read_at: std::time::Instant,
+    /// Seats chosen by this process's buyers lately, by number, and when:
+    /// not free to the others for [`CHOSEN_FOR`] or until let go.
+    chosen: HashMap<i64, std::time::Instant>,
 }
 
-/// A hold as it stands at `now_ms`; `lock` locks its row until the end
-/// of the transaction (for a change to it).
+/// A hold as it stands at `now_ms`, with its places, read at once; `lock`
+/// locks its row until the end of the transaction (for a change to it).
 pub(super) async fn hold_of(
     c: &mut Conn,
     token_hash: &[u8; 32],
     now_ms: u64,
     lock: bool,
 ) -> Result<Hold> {
-    let sql = if lock {
-        "SELECT event_id, expires_at, released_at, currency, total FROM holds
-         WHERE token_hash = $1 FOR UPDATE"
-    } else {
-        "SELECT event_id, expires_at, released_at, currency, total FROM holds
-         WHERE token_hash = $1"
-    };
-    let Some(row) = c.query_opt(sql, &[&&token_hash[..]]).await? else {
+    const READ: &str = "SELECT h.event_id, h.expires_at, h.released_at, h.currency, h.total,
+                               i.category_id, i.seat_key, i.price
+                        FROM holds h LEFT JOIN hold_items i ON i.hold = h.token_hash
+                        WHERE h.token_hash = $1 ORDER BY i.category_id, i.n";
+    const LOCK: &str = "SELECT h.event_id, h.expires_at, h.released_at, h.currency, h.total,
+                               i.category_id, i.seat_key, i.price
+                        FROM holds h LEFT JOIN hold_items i ON i.hold = h.token_hash
+                        WHERE h.token_hash = $1 ORDER BY i.category_id, i.n FOR UPDATE OF h";
+    let rows = c
+        .query(if lock { LOCK } else { READ }, &[&&token_hash[..]])
+        .await?;
+    let Some(row) = rows.first() else {
         return Err(StorageError::NotFound("hold".into()));
     };
     let (event_id, expires_at, released_at): (i64, i64, Option<i64>) =
         (row.get(0), row.get(1), row.get(2));
-    let places = held_places(c, token_hash).await?;
+    let places = rows
+        .iter()
+        .filter_map(|r| {
+            Some(HeldPlace {
+                category_id: r.get::<_, Option<i64>>(5)? as u64,
+                seat: r.get(6),
+                price: r.get::<_, Option<i64>>(7)? as u64,
+            })
+        })
+        .collect();
     let state = holding::hold_state(released_at.is_some(), expires_at, now_ms);
     Ok(Hold {
         event_id: event_id as u64,
@@ -144,7 +165,7 @@ async fn release_in(c: &mut Conn, token_hash: &[u8; 32], now_ms: u64) -> Result<
     .await?;
     let mut feed = Feed::default();
     feed.push(hold.event_id, ChangeKind::Released, places);
-    feed.write(c, now_ms).await?;
+    feed.write(c, now_ms)?;
     Ok(Hold {
         state: HoldState::Released,
         ..hold
@@ -225,13 +246,12 @@ impl PgStorage {
         until: u64,
         client: Option<&Client>,
     ) -> Result<Hold> {
-        let event = event_row(c, request.event_id).await?.map(|(e, _)| e);
+        let (event, categories) = match event_and_categories(c, request.event_id).await? {
+            Some((e, categories)) => (Some(e), categories),
+            None => (None, Vec::new()),
+        };
         let event = holding::check_event(event.as_ref(), request.event_id)?.clone();
-        let categories: Categories = categories_of(c, event.id)
-            .await?
-            .into_iter()
-            .map(|cat| (cat.id, cat))
-            .collect();
+        let categories: Categories = categories.into_iter().map(|cat| (cat.id, cat)).collect();
         // Places of holds whose time passed are told free before they are
         // taken again, so the live feed's moves add up.
         // At most once every few moments a process: a lapsed hold's places
@@ -372,7 +392,8 @@ impl PgStorage {
         let ns: Vec<i64> = taken.iter().map(|t| t.1).collect();
         let seats: Vec<Option<String>> = taken.iter().map(|t| t.2.clone()).collect();
         let prices: Vec<i64> = places.iter().map(|p| key(p.price)).collect();
-        c.execute(
+        // Nothing is read back: sent with the COMMIT.
+        c.defer(
             "WITH h AS (
                  INSERT INTO holds (token_hash, event_id, created_at, expires_at, currency,
                                     total, client)
@@ -380,27 +401,26 @@ impl PgStorage {
              INSERT INTO hold_items (hold, category_id, n, seat_key, price)
              SELECT h.token_hash, u.c, u.n, u.s, u.p
              FROM h, unnest($2::bigint[], $3::bigint[], $4::text[], $5::bigint[]) AS u(c, n, s, p)",
-            &[
-                &hash,
-                &categories_taken,
-                &ns,
-                &seats,
-                &prices,
-                &key(event.id),
-                &now_k,
-                &until_k,
-                &hold.currency,
-                &key(hold.total),
-                &client.map(|c| c.address.as_str()),
+            vec![
+                Box::new(hash.to_vec()),
+                Box::new(categories_taken),
+                Box::new(ns),
+                Box::new(seats),
+                Box::new(prices),
+                Box::new(key(event.id)),
+                Box::new(now_k),
+                Box::new(until_k),
+                Box::new(hold.currency.clone()),
+                Box::new(key(hold.total)),
+                Box::new(client.map(|c| c.address.clone())),
             ],
-        )
-        .await?;
+        );
         feed.push(
             event.id,
             ChangeKind::Held,
             taken.into_iter().map(|(c, _, seat)| (c, seat)).collect(),
         );
-        feed.write(c, now_ms).await?;
+        feed.write(c, now_ms)?;
         Ok(hold)
     }
 
@@ -512,14 +532,28 @@ impl PgStorage {
                 *f = true;
             }
         }
-        self.free.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        // Seats chosen here and being taken are shown free by the read,
+        // their transactions not yet committed: without them, buyers here
+        // would choose them again and collide (unless the database is to
+        // have the last word).
+        let mut pictures = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut chosen = pictures.remove(&id).map(|f| f.chosen).unwrap_or_default();
+        chosen.retain(|_, at| at.elapsed() < CHOSEN_FOR);
+        let mut shown = free.clone();
+        for n in chosen.keys() {
+            if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| shown.get_mut(i)) {
+                *f = false;
+            }
+        }
+        pictures.insert(
             id,
             FreeSeats {
-                free: free.clone(),
+                free: shown.clone(),
                 read_at,
+                chosen,
             },
         );
-        Ok((free, false))
+        Ok((if anew { free } else { shown }, false))
     }
 
     /// Whether a hold on `event_id` at `now_ms` should tell of lapsed
@@ -546,6 +580,9 @@ impl PgStorage {
             {
                 *seat = true;
             }
+            if let Some(f) = free.get_mut(id) {
+                f.chosen.remove(n);
+            }
         }
     }
 
@@ -557,10 +594,12 @@ impl PgStorage {
             .unwrap_or_else(|p| p.into_inner())
             .get_mut(&id)
         {
+            let now = std::time::Instant::now();
             for n in ns {
                 if let Some(seat) = usize::try_from(n - 1).ok().and_then(|i| f.free.get_mut(i)) {
                     *seat = false;
                 }
+                f.chosen.insert(n, now);
             }
         }
     }
@@ -576,7 +615,7 @@ impl PgStorage {
             self.transaction(async |c| {
                 let mut feed = Feed::default();
                 changes::announce(c, Some(event_id), now_ms, &mut feed).await?;
-                feed.write(c, now_ms).await
+                feed.write(c, now_ms)
             })
             .await?;
         }
@@ -652,16 +691,15 @@ impl PgStorage {
     }
 
     /// Numbers the changes written unnumbered ([`changes::sequence`]).
-    async fn sequence(&self, event_id: Option<u64>) -> Result<()> {
-        let events = {
-            let mut c = self.conn().await?;
-            changes::unnumbered(&mut c, event_id).await?
-        };
-        for event in events {
-            self.transaction(async |c| changes::sequence(c, event).await)
+    async fn sequence(&self) -> Result<()> {
+        loop {
+            let n = self
+                .transaction(async |c| changes::sequence(c).await)
                 .await?;
+            if (n as i64) < changes::SEQUENCE_BATCH {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     async fn announce_all(&self, now_ms: u64) -> Result<usize> {
@@ -687,7 +725,7 @@ impl PgStorage {
         self.transaction(async |c| {
             let mut feed = Feed::default();
             let n = changes::announce(c, None, now_ms, &mut feed).await?;
-            feed.write(c, now_ms).await?;
+            feed.write(c, now_ms)?;
             Ok(n)
         })
         .await
@@ -758,7 +796,7 @@ impl Inventory for PgStorage {
 
     fn changes(&self, event_id: u64, after: u64, limit: usize) -> Result<Vec<PlaceChange>> {
         wait(async {
-            self.sequence(Some(event_id)).await?;
+            self.sequence().await?;
             let mut c = self.conn().await?;
             changes::changes_of(&mut c, event_id, after, limit).await
         })
@@ -777,7 +815,7 @@ impl Inventory for PgStorage {
                 due
             };
             if due {
-                self.sequence(None).await?;
+                self.sequence().await?;
             }
             let mut c = self.conn().await?;
             changes::changes_after(&mut c, cursor, limit).await
@@ -786,7 +824,7 @@ impl Inventory for PgStorage {
 
     fn change_cursor(&self) -> Result<u64> {
         wait(async {
-            self.sequence(None).await?;
+            self.sequence().await?;
             let mut c = self.conn().await?;
             changes::newest(&mut c).await
         })

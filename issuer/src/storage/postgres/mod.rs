@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_feed_sequenced.sql"),
     include_str!("migrations/0003_places_in_place.sql"),
     include_str!("migrations/0004_shop_keys.sql"),
+    include_str!("migrations/0005_lighter_sales.sql"),
 ];
 
 /// The advisory lock processes starting at once take turns on to migrate.
@@ -400,5 +401,22 @@ impl Cells for Row {
 
     fn text(&self, i: usize) -> Result<String> {
         Ok(self.try_get(i)?)
+    }
+}
+
+/// A row read `.1` columns on: the columns of one table after another's.
+pub(super) struct Shifted<'a>(pub &'a Row, pub usize);
+
+impl Cells for Shifted<'_> {
+    fn int(&self, i: usize) -> Result<i64> {
+        Ok(self.0.try_get(i + self.1)?)
+    }
+
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        Ok(self.0.try_get(i + self.1)?)
+    }
+
+    fn text(&self, i: usize) -> Result<String> {
+        Ok(self.0.try_get(i + self.1)?)
     }
 }

@@ -206,7 +206,7 @@ async fn settle_in(c: &mut Conn, code: &str, intent: Option<&str>, now_ms: u64) 
         }
         _ => Settled::MustRefund(order),
     };
-    feed.write(c, now_ms).await?;
+    feed.write(c, now_ms)?;
     Ok(settled)
 }
 
@@ -514,7 +514,7 @@ impl PgStorage {
             .await?;
             let mut feed = Feed::default();
             feed.push(event_id, ChangeKind::Refunded, places);
-            feed.write(c, now_ms).await?;
+            feed.write(c, now_ms)?;
             Ok(order)
         })
         .await
@@ -990,7 +990,7 @@ impl Orders for PgStorage {
             let places = untie(c, &hold).await?;
             let mut feed = Feed::default();
             feed.push(event_id, ChangeKind::Released, places);
-            feed.write(c, now_ms).await?;
+            feed.write(c, now_ms)?;
             Ok(order)
         }))
     }

@@ -17,6 +17,9 @@ use tokio_postgres::{Client, Row, Statement};
 
 use crate::storage::{Result, StorageError};
 
+/// An argument of a statement sent later ([`Conn::defer`]).
+pub(crate) type Arg = Box<dyn ToSql + Sync + Send>;
+
 /// How long making a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -46,6 +49,8 @@ pub(crate) struct Conn {
     pub freed: Vec<(u64, i64)>,
     /// A BEGIN not yet sent (it goes with the first statement).
     begin_pending: bool,
+    /// Statements whose answer is not needed, sent with the COMMIT.
+    deferred: Vec<(&'static str, Vec<Arg>)>,
     idle: Arc<Mutex<Vec<Open>>>,
     _turn: OwnedSemaphorePermit,
 }
@@ -65,8 +70,12 @@ impl Pool {
         // No wait is for ever: a lock not had in 5 s, a statement not done
         // in 30 s, a transaction left idle for 15 s (a process frozen or
         // cut off half-way, holding what others need) end with an error.
+        // Statements are kept prepared and planned once, not again at
+        // each run: they are small, and planning them would cost more than
+        // running them.
         let ours = "-c lock_timeout=5000 -c statement_timeout=30000 \
-                    -c idle_in_transaction_session_timeout=15000";
+                    -c idle_in_transaction_session_timeout=15000 \
+                    -c plan_cache_mode=force_generic_plan";
         let options = match config.get_options() {
             Some(theirs) if !theirs.is_empty() => format!("{theirs} {ours}"),
             _ => ours.to_owned(),
@@ -115,6 +124,7 @@ impl Pool {
             in_transaction: false,
             freed: Vec::new(),
             begin_pending: false,
+            deferred: Vec::new(),
             idle: self.idle.clone(),
             _turn: turn,
         })
@@ -265,17 +275,73 @@ impl Conn {
             .await
     }
 
+    /// Runs `sql` with `args` at the end of the transaction, sent with its
+    /// COMMIT in one round trip; should it fail, the transaction is rolled
+    /// back and [`Conn::end`] returns its error.
+    pub fn defer(&mut self, sql: &'static str, args: Vec<Arg>) {
+        self.deferred.push((sql, args));
+    }
+
+    /// Commits, with the statements deferred sent first, all at once.
+    async fn commit(&mut self) -> Result<()> {
+        let deferred = std::mem::take(&mut self.deferred);
+        if deferred.is_empty() {
+            return self.batch("COMMIT").await;
+        }
+        let mut statements = Vec::with_capacity(deferred.len());
+        for (sql, _) in &deferred {
+            statements.push(self.prepare(sql).await?);
+        }
+        let begin = std::mem::take(&mut self.begin_pending);
+        let client = &self.open().client;
+        let runs = statements.iter().zip(&deferred).map(|(s, (_, args))| {
+            let args: Vec<&(dyn ToSql + Sync)> = args
+                .iter()
+                .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            async move { client.execute(s, &args).await }
+        });
+        // In the order written: BEGIN if not sent yet, the statements,
+        // COMMIT (which ends a transaction a failed statement broke with
+        // a rollback).
+        let begun = async {
+            if begin {
+                client.batch_execute("BEGIN").await
+            } else {
+                Ok(())
+            }
+        };
+        let (began, ran, committed) = tokio::join!(
+            begun,
+            futures_util::future::join_all(runs),
+            client.batch_execute("COMMIT")
+        );
+        began?;
+        committed?;
+        // The COMMIT ended the transaction either way.
+        self.in_transaction = false;
+        match ran.into_iter().find_map(|r| r.err()) {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
     /// Ends the transaction begun: commits it if `out` is `Ok`, else
     /// rolls it back; `out`, or the commit's failure.
     pub async fn end<T>(&mut self, out: Result<T>) -> Result<T> {
-        if std::mem::take(&mut self.begin_pending) {
+        if self.begin_pending && (out.is_err() || self.deferred.is_empty()) {
             // Nothing was sent: nothing to end.
+            self.begin_pending = false;
+            self.deferred.clear();
             self.in_transaction = false;
             return out;
         }
         let ended = match &out {
-            Ok(_) => self.batch("COMMIT").await,
-            Err(_) => self.batch("ROLLBACK").await,
+            Ok(_) => self.commit().await,
+            Err(_) => {
+                self.deferred.clear();
+                self.batch("ROLLBACK").await
+            }
         };
         if ended.is_ok() {
             self.in_transaction = false;
