@@ -36,6 +36,17 @@ macro_rules! order_select {
 /// An order row with its hold's places, read by `sql` (an
 /// [`order_select`]): (row id, hold, order).
 async fn order_where(c: &mut Conn, sql: &str, arg: &str) -> Result<Option<(i64, [u8; 32], Order)>> {
+    let Some((id, hold, mut order)) = order_row(c, sql, arg).await? else {
+        return Ok(None);
+    };
+    // The hold's places, as at any time (only prices and keys are read).
+    order.places = super::inventory::held_places(c, &hold).await?;
+    Ok(Some((id, hold, order)))
+}
+
+/// An order row read by `sql` (an [`order_select`]), its places left
+/// empty: (row id, hold, order).
+async fn order_row(c: &mut Conn, sql: &str, arg: &str) -> Result<Option<(i64, [u8; 32], Order)>> {
     let Some(r) = c.query_opt(sql, &[&arg]).await? else {
         return Ok(None);
     };
@@ -43,7 +54,7 @@ async fn order_where(c: &mut Conn, sql: &str, arg: &str) -> Result<Option<(i64, 
     let hold: [u8; 32] = hold
         .try_into()
         .map_err(|_| StorageError::Backend("an order's hold is not 32 bytes".into()))?;
-    let mut order = Order {
+    let order = Order {
         code: r.get(1),
         event_id: r.get::<_, i64>(3) as u64,
         email: r.get(4),
@@ -57,8 +68,6 @@ async fn order_where(c: &mut Conn, sql: &str, arg: &str) -> Result<Option<(i64, 
         created_at: r.get::<_, i64>(11) as u64,
         updated_at: r.get::<_, i64>(12) as u64,
     };
-    // The hold's places, as at any time (only prices and keys are read).
-    order.places = super::inventory::held_places(c, &hold).await?;
     Ok(Some((r.get(0), hold, order)))
 }
 
@@ -78,18 +87,9 @@ pub(super) async fn by_code(
         .ok_or_else(|| StorageError::NotFound(format!("order {code}")))
 }
 
-/// The status of an event that is not on sale, or `None` if it is.
-async fn off_sale(c: &mut Conn, event_id: u64) -> Result<Option<String>> {
-    let status: String = c
-        .query_one("SELECT status FROM events WHERE id = $1", &[&key(event_id)])
-        .await?
-        .get(0);
-    Ok((status != "on_sale").then_some(status))
-}
-
 /// Moves `order` (locked) on by `event`, with a note, if the move may
-/// happen.
-async fn advance(
+/// happen (written with the COMMIT).
+fn advance(
     c: &mut Conn,
     order: Order,
     event: OrderEvent,
@@ -100,11 +100,15 @@ async fn advance(
     if to == order.state {
         return Ok(order);
     }
-    c.execute(
+    c.defer(
         "UPDATE orders SET state = $2, note = coalesce($3, note), updated_at = $4 WHERE code = $1",
-        &[&order.code, &to.as_str(), &note, &key(now_ms)],
-    )
-    .await?;
+        vec![
+            Box::new(order.code.clone()),
+            Box::new(to.as_str()),
+            Box::new(note.map(str::to_owned)),
+            Box::new(key(now_ms)),
+        ],
+    );
     Ok(Order {
         state: to,
         note: note.map(str::to_owned).or(order.note),
@@ -122,26 +126,39 @@ pub(super) async fn tickets_of_batch(c: &mut Conn, batch: i64) -> Result<Vec<Iss
     )
     .await?
     .iter()
-    .map(|r| IssuedTicket {
+    .map(ticket_from)
+    .collect())
+}
+
+/// A ticket read as (id, seat, category, code).
+fn ticket_from(r: &tokio_postgres::Row) -> IssuedTicket {
+    IssuedTicket {
         ticket_id: shared::hex::encode(r.get::<_, &[u8]>(0)),
         seat: r.get(1),
         category: r.get::<_, i64>(2) as u16,
         code: r.get(3),
-    })
-    .collect())
+    }
 }
 
 /// Settles the payment of order `code` as succeeded
 /// ([`crate::domain::order::settle_payment`]), noting its `intent` if
 /// given.
 async fn settle_in(c: &mut Conn, code: &str, intent: Option<&str>, now_ms: u64) -> Result<Settled> {
-    let (id, hold_hash, mut order) = by_code(c, code, true).await?;
+    let (id, hold_hash, mut order) = order_row(c, order_select!("code = $1 FOR UPDATE"), code)
+        .await?
+        .ok_or_else(|| StorageError::NotFound(format!("order {code}")))?;
+    let hold = hold_of(c, &hold_hash, now_ms, false).await?;
+    order.places = hold.places.clone();
+    // What is written is sent with the COMMIT: nothing below reads it.
     if let Some(intent) = intent {
-        c.execute(
+        c.defer(
             "UPDATE orders SET payment_intent = $2, updated_at = $3 WHERE id = $1",
-            &[&id, &intent, &key(now_ms)],
-        )
-        .await?;
+            vec![
+                Box::new(id),
+                Box::new(intent.to_owned()),
+                Box::new(key(now_ms)),
+            ],
+        );
         order.payment_intent = Some(intent.to_owned());
         order.updated_at = now_ms;
     }
@@ -152,7 +169,6 @@ async fn settle_in(c: &mut Conn, code: &str, intent: Option<&str>, now_ms: u64) 
     // order's lapsed hold go from held to sold, those of other lapsed holds
     // are not free to it, and the feed adds up either way.)
     let mut feed = Feed::default();
-    let hold = hold_of(c, &hold_hash, now_ms, false).await?;
     // The hold's places, locked in order: free for this order if unsold
     // and tied to no other hold (those of holds whose time passed were
     // untied just now; one committed too late for that counts as held).
@@ -183,13 +199,12 @@ async fn settle_in(c: &mut Conn, code: &str, intent: Option<&str>, now_ms: u64) 
         Settlement::Keep | Settlement::HoldAgain if free && on_sale => {
             // Places still tied to the hold go from held to sold; the
             // others (its time passed) are held again, then sold.
-            c.execute(
+            c.defer(
                 "UPDATE places p SET order_id = $2, hold = $1
                  FROM hold_items i
                  WHERE i.hold = $1 AND p.category_id = i.category_id AND p.n = i.n",
-                &[&&hold_hash[..], &id],
-            )
-            .await?;
+                vec![Box::new(hold_hash.to_vec()), Box::new(id)],
+            );
             let (mut again, mut sold) = (Vec::new(), Vec::new());
             for r in &places {
                 let place = (r.get::<_, i64>(0) as u64, r.get::<_, Option<String>>(2));
@@ -200,8 +215,8 @@ async fn settle_in(c: &mut Conn, code: &str, intent: Option<&str>, now_ms: u64) 
             }
             feed.push(order.event_id, ChangeKind::Held, again);
             feed.push(order.event_id, ChangeKind::Sold, sold);
-            let order = advance(c, order, OrderEvent::PaymentSucceeded, None, now_ms).await?;
-            enqueue(c, code, MailKind::Tickets, now_ms).await?;
+            let order = advance(c, order, OrderEvent::PaymentSucceeded, None, now_ms)?;
+            enqueue(c, code, MailKind::Tickets, now_ms);
             Settled::Paid(order)
         }
         _ => Settled::MustRefund(order),
@@ -217,32 +232,75 @@ async fn ticket_fields(
     code: &str,
     paid_only: bool,
 ) -> Result<Option<Vec<TicketFields>>> {
-    let (id, hold, order) = by_code(c, code, false).await?;
-    let batch: Option<i64> = c
-        .query_one("SELECT batch_id FROM orders WHERE id = $1", &[&id])
-        .await?
-        .get(0);
-    if (paid_only && order.state != OrderState::Paid) || batch.is_some() {
+    // The order, its event's times and its places, at once.
+    let rows = c
+        .query(
+            "SELECT o.event_id, o.state, o.batch_id, e.starts_at, e.ends_at, c.number, i.seat_key
+             FROM orders o JOIN events e ON e.id = o.event_id
+             LEFT JOIN hold_items i ON i.hold = o.hold
+             LEFT JOIN categories c ON c.id = i.category_id
+             WHERE o.code = $1 ORDER BY i.category_id, i.n",
+            &[&code],
+        )
+        .await?;
+    let Some(first) = rows.first() else {
+        return Err(StorageError::NotFound(format!("order {code}")));
+    };
+    let state = crate::storage::rows::order_state(first.get(1))?;
+    let batch: Option<i64> = first.get(2);
+    if (paid_only && state != OrderState::Paid) || batch.is_some() {
         return Ok(None);
     }
-    let event = c
-        .query_one(
-            "SELECT starts_at, ends_at FROM events WHERE id = $1",
-            &[&key(order.event_id)],
-        )
-        .await?;
-    let places = c
-        .query(
-            "SELECT c.number, i.seat_key FROM hold_items i JOIN categories c ON c.id = i.category_id
-             WHERE i.hold = $1 ORDER BY i.category_id, i.n",
-            &[&&hold[..]],
-        )
-        .await?;
     Ok(Some(crate::storage::rows::tickets_of(
-        order.event_id,
-        (event.get(0), event.get(1)),
-        places.iter().map(|r| (r.get(0), r.get(1))),
+        first.get::<_, i64>(0) as u64,
+        (first.get(3), first.get(4)),
+        rows.iter()
+            .filter_map(|r| Some((r.get::<_, Option<i64>>(5)?, r.get(6)))),
     )?))
+}
+
+/// The columns of `tickets`, as arrays: event, id, category, seat,
+/// multi-entry, valid from, valid until, code.
+type TicketColumns = (
+    Vec<i64>,
+    Vec<Vec<u8>>,
+    Vec<i64>,
+    Vec<Option<String>>,
+    Vec<bool>,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<String>,
+);
+
+fn ticket_columns(tickets: &[(TicketFields, String)]) -> TicketColumns {
+    let mut t = TicketColumns::default();
+    for (f, code) in tickets {
+        t.0.push(key(f.event_id));
+        t.1.push(f.ticket_id.0.to_vec());
+        t.2.push(i64::from(f.category_id));
+        t.3.push((!f.seat.is_empty()).then(|| f.seat.clone()));
+        t.4.push(f.multi_entry);
+        t.5.push(i64::from(f.valid_from));
+        t.6.push(i64::from(f.valid_until));
+        t.7.push(code.clone());
+    }
+    t
+}
+
+/// Inserts `tickets` signed by `key_id` into batch `$1`, as the rest of a
+/// statement whose `$2` is the key's id (the arrays `$3`..`$10`).
+macro_rules! insert_tickets {
+    ($batch:literal) => {
+        concat!(
+            "INSERT INTO tickets (event_id, ticket_id, batch_id, category_id, seat, multi_entry,
+                                  valid_from, valid_until, key_id, code)
+             SELECT u.e, u.t, ",
+            $batch,
+            ", u.c, u.s, u.m, u.f, u.v, $2, u.code
+             FROM unnest($3::bigint[], $4::bytea[], $5::bigint[], $6::text[], $7::bool[],
+                         $8::bigint[], $9::bigint[], $10::text[]) AS u(e, t, c, s, m, f, v, code)"
+        )
+    };
 }
 
 /// Records `tickets` signed by `key_id` in batch `batch`.
@@ -252,41 +310,52 @@ async fn insert_tickets(
     key_id: &str,
     tickets: &[(TicketFields, String)],
 ) -> Result<()> {
-    let mut events = Vec::with_capacity(tickets.len());
-    let mut ids = Vec::with_capacity(tickets.len());
-    let mut categories = Vec::with_capacity(tickets.len());
-    let mut seats = Vec::with_capacity(tickets.len());
-    let mut multi = Vec::with_capacity(tickets.len());
-    let mut from = Vec::with_capacity(tickets.len());
-    let mut until = Vec::with_capacity(tickets.len());
-    let mut codes = Vec::with_capacity(tickets.len());
-    for (f, code) in tickets {
-        events.push(key(f.event_id));
-        ids.push(f.ticket_id.0.to_vec());
-        categories.push(i64::from(f.category_id));
-        seats.push((!f.seat.is_empty()).then(|| f.seat.clone()));
-        multi.push(f.multi_entry);
-        from.push(i64::from(f.valid_from));
-        until.push(i64::from(f.valid_until));
-        codes.push(code.as_str());
-    }
+    let t = ticket_columns(tickets);
     c.execute(
-        "INSERT INTO tickets (event_id, ticket_id, batch_id, category_id, seat, multi_entry,
-                              valid_from, valid_until, key_id, code)
-         SELECT u.e, u.t, $1, u.c, u.s, u.m, u.f, u.v, $2, u.code
-         FROM unnest($3::bigint[], $4::bytea[], $5::bigint[], $6::text[], $7::bool[],
-                     $8::bigint[], $9::bigint[], $10::text[]) AS u(e, t, c, s, m, f, v, code)",
+        insert_tickets!("$1"),
         &[
-            &batch,
+            &batch, &key_id, &t.0, &t.1, &t.2, &t.3, &t.4, &t.5, &t.6, &t.7,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records the signed `tickets` of order `code` (of event `event_id`) in
+/// a batch of their own, and the batch in the order: one statement.
+async fn record_batch(
+    c: &mut Conn,
+    (code, event_id): (&str, u64),
+    key_id: &str,
+    tickets: &[(TicketFields, String)],
+    now_ms: u64,
+) -> Result<()> {
+    let t = ticket_columns(tickets);
+    c.execute(
+        concat!(
+            "WITH b AS (INSERT INTO batches (event_id, category_id, key_id, count, out_dir,
+                                             created_at, state)
+                        VALUES ($11, 0, $2, $12, $13, $14, 'recorded') RETURNING id),
+                  t AS (",
+            insert_tickets!("(SELECT id FROM b)"),
+            ")
+             UPDATE orders SET batch_id = b.id FROM b WHERE orders.code = $1"
+        ),
+        &[
+            &code,
             &key_id,
-            &events,
-            &ids,
-            &categories,
-            &seats,
-            &multi,
-            &from,
-            &until,
-            &codes,
+            &t.0,
+            &t.1,
+            &t.2,
+            &t.3,
+            &t.4,
+            &t.5,
+            &t.6,
+            &t.7,
+            &key(event_id),
+            &(tickets.len() as i64),
+            &format!("order {code}"),
+            &key(now_ms / 1000),
         ],
     )
     .await?;
@@ -301,7 +370,9 @@ async fn record_tickets_in(
     tickets: &[(TicketFields, String)],
     now_ms: u64,
 ) -> Result<()> {
-    let (id, _, order) = by_code(c, code, true).await?;
+    let (id, _, order) = order_row(c, order_select!("code = $1 FOR UPDATE"), code)
+        .await?
+        .ok_or_else(|| StorageError::NotFound(format!("order {code}")))?;
     let batch: Option<i64> = c
         .query_one("SELECT batch_id FROM orders WHERE id = $1", &[&id])
         .await?
@@ -315,27 +386,7 @@ async fn record_tickets_in(
             order.state.as_str()
         )));
     }
-    let batch: i64 = c
-        .query_one(
-            "INSERT INTO batches (event_id, category_id, key_id, count, out_dir, created_at, state)
-             VALUES ($1, 0, $2, $3, $4, $5, 'recorded') RETURNING id",
-            &[
-                &key(order.event_id),
-                &key_id,
-                &(tickets.len() as i64),
-                &format!("order {code}"),
-                &key(now_ms / 1000),
-            ],
-        )
-        .await?
-        .get(0);
-    insert_tickets(c, batch, key_id, tickets).await?;
-    c.execute(
-        "UPDATE orders SET batch_id = $2 WHERE id = $1",
-        &[&id, &batch],
-    )
-    .await?;
-    Ok(())
+    record_batch(c, (code, order.event_id), key_id, tickets, now_ms).await
 }
 
 /// The order made before under the idempotency key of `new`, if any: the
@@ -382,27 +433,31 @@ async fn create_order_in(c: &mut Conn, new: &NewOrder, now_ms: u64) -> Result<Cr
             return Err(StorageError::Conflict("the hold was let go".into()));
         }
     }
-    if let Some(status) = off_sale(c, hold.event_id).await? {
+    // Whether the event is on sale, and the order of the hold if any, at
+    // once.
+    let r = c
+        .query_one(
+            "SELECT (SELECT status FROM events WHERE id = $1),
+                    (SELECT code FROM orders WHERE hold = $2 AND state IN ('pending', 'paid'))",
+            &[&key(hold.event_id), &&new.hold_hash[..]],
+        )
+        .await?;
+    let status: Option<String> = r.get(0);
+    if let Some(status) = status.filter(|s| s != "on_sale") {
         return Err(StorageError::Conflict(format!(
             "event {} is {status}: nothing of it can be ordered",
             hold.event_id
         )));
     }
-    // A request under the same key, committed while this one waited for
-    // the hold, is seen now (each statement sees what was committed).
-    if let Some(again) = made_before(c, new).await? {
-        return Ok(again);
-    }
-    let live = c
-        .query_opt(
-            "SELECT code FROM orders WHERE hold = $1 AND state IN ('pending', 'paid')",
-            &[&&new.hold_hash[..]],
-        )
-        .await?;
-    if let Some(live) = live {
+    if let Some(live) = r.get::<_, Option<String>>(1) {
+        // A request under the same key, committed while this one waited
+        // for the hold, is seen now (each statement sees what was
+        // committed): its order is the answer.
+        if let Some(again) = made_before(c, new).await? {
+            return Ok(again);
+        }
         return Err(StorageError::Conflict(format!(
-            "the hold is ordered already (order {})",
-            live.get::<_, &str>(0)
+            "the hold is ordered already (order {live})"
         )));
     }
     let inserted = c
@@ -434,7 +489,21 @@ async fn create_order_in(c: &mut Conn, new: &NewOrder, now_ms: u64) -> Result<Cr
             StorageError::Conflict("this Idempotency-Key is in use by another request".into())
         });
     }
-    Ok(Created::New(by_code(c, &new.code, false).await?.2))
+    // The order as inserted, not read back.
+    Ok(Created::New(Order {
+        code: new.code.clone(),
+        event_id: hold.event_id,
+        email: new.buyer.email.clone(),
+        name: new.buyer.name.clone(),
+        amount: hold.total,
+        currency: hold.currency,
+        state: OrderState::Pending,
+        places: hold.places,
+        payment_intent: None,
+        note: None,
+        created_at: now_ms,
+        updated_at: now_ms,
+    }))
 }
 
 impl PgStorage {
@@ -481,8 +550,8 @@ impl PgStorage {
             let (id, _, order) = by_code(c, code, true).await?;
             let (event, mail) = crate::storage::rows::refund_of(order.state);
             let event_id = order.event_id;
-            let order = advance(c, order, event, Some(why), now_ms).await?;
-            enqueue(c, code, mail, now_ms).await?;
+            let order = advance(c, order, event, Some(why), now_ms)?;
+            enqueue(c, code, mail, now_ms);
             c.execute(
                 "UPDATE orders SET refund = $2 WHERE id = $1",
                 &[&id, &refund],
@@ -819,14 +888,14 @@ impl Orders for PgStorage {
         let paid = self.runtime.spawn(async move {
             me.transaction(async |c| {
                 let settled = settle_in(c, &code, Some(&intent), now_ms).await?;
-                if let (Settled::Paid(_), Some(signed)) = (&settled, &signed) {
+                if let (Settled::Paid(order), Some(signed)) = (&settled, &signed) {
                     // Tickets that cannot be recorded leave the payment
-                    // be: they are signed afresh when asked for.
-                    c.batch("SAVEPOINT tickets").await?;
-                    match record_tickets_in(c, &code, &signed.key_id, &signed.tickets, now_ms)
-                        .await
-                    {
-                        Ok(()) => c.batch("RELEASE SAVEPOINT tickets").await?,
+                    // be: they are signed afresh when asked for. The order
+                    // was pending until now: it has none yet.
+                    c.ahead("SAVEPOINT tickets");
+                    let at = (code.as_str(), order.event_id);
+                    match record_batch(c, at, &signed.key_id, &signed.tickets, now_ms).await {
+                        Ok(()) => c.defer("RELEASE SAVEPOINT tickets", Vec::new()),
                         Err(e) => {
                             tracing::warn!(order = code, error = %e, "tickets signed ahead not recorded");
                             c.batch("ROLLBACK TO SAVEPOINT tickets; RELEASE SAVEPOINT tickets")
@@ -850,7 +919,7 @@ impl Orders for PgStorage {
             // News of a failure after the order ended changes nothing.
             match order.state {
                 OrderState::Pending => {
-                    advance(c, order, OrderEvent::PaymentFailed, Some(why), now_ms).await
+                    advance(c, order, OrderEvent::PaymentFailed, Some(why), now_ms)
                 }
                 _ => Ok(order),
             }
@@ -888,17 +957,25 @@ impl Orders for PgStorage {
     fn order_tickets(&self, code: &str, secret_hash: &[u8; 32]) -> Result<Vec<IssuedTicket>> {
         wait(async {
             let mut c = self.conn().await?;
-            let batch = c
-                .query_opt(
-                    "SELECT batch_id FROM orders WHERE code = $1 AND secret_hash = $2",
+            // The order and its tickets still good, at once: no ticket, one
+            // row of nulls.
+            let rows = c
+                .query(
+                    "SELECT t.ticket_id, t.seat, t.category_id, t.code
+                     FROM orders o LEFT JOIN tickets t ON t.batch_id = o.batch_id AND NOT t.void
+                     WHERE o.code = $1 AND o.secret_hash = $2
+                     ORDER BY t.seat, t.ticket_id",
                     &[&code, &&secret_hash[..]],
                 )
-                .await?
-                .ok_or_else(|| StorageError::NotFound(format!("order {code}")))?;
-            match batch.get::<_, Option<i64>>(0) {
-                Some(batch) => tickets_of_batch(&mut c, batch).await,
-                None => Ok(Vec::new()),
+                .await?;
+            if rows.is_empty() {
+                return Err(StorageError::NotFound(format!("order {code}")));
             }
+            Ok(rows
+                .iter()
+                .filter(|r| r.get::<_, Option<&[u8]>>(0).is_some())
+                .map(ticket_from)
+                .collect())
         })
     }
 
@@ -978,8 +1055,7 @@ impl Orders for PgStorage {
                 OrderEvent::Cancel,
                 Some("cancelled before payment"),
                 now_ms,
-            )
-            .await?;
+            )?;
             // Its hold goes too: the places are free at once, and the hold
             // can be ordered no more.
             c.execute(

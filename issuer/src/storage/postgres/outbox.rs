@@ -9,14 +9,16 @@ use crate::storage::{IssuedTicket, Mail, MailKind, Outbox, Result, StorageError,
 
 /// Queues a message about order `code`, once (a second time changes
 /// nothing).
-pub(super) async fn enqueue(c: &mut Conn, code: &str, kind: MailKind, now_ms: u64) -> Result<()> {
-    c.execute(
+pub(super) fn enqueue(c: &mut Conn, code: &str, kind: MailKind, now_ms: u64) {
+    c.defer(
         "INSERT INTO outbox (order_code, kind, created_at, next_try_at)
          VALUES ($1, $2, $3, $3) ON CONFLICT (order_code, kind) DO NOTHING",
-        &[&code, &kind.as_str(), &key(now_ms)],
-    )
-    .await?;
-    Ok(())
+        vec![
+            Box::new(code.to_owned()),
+            Box::new(kind.as_str()),
+            Box::new(key(now_ms)),
+        ],
+    );
 }
 
 impl Outbox for PgStorage {

@@ -47,8 +47,9 @@ pub(crate) struct Conn {
     /// Places the transaction let go, (category, number): the process's
     /// picture of free seats is told once it commits (`inventory::FreeSeats`).
     pub freed: Vec<(u64, i64)>,
-    /// A BEGIN not yet sent (it goes with the first statement).
-    begin_pending: bool,
+    /// Statements without arguments not yet sent: they go with the next
+    /// (a BEGIN with the transaction's first statement).
+    ahead: Vec<&'static str>,
     /// Statements whose answer is not needed, sent with the COMMIT.
     deferred: Vec<(&'static str, Vec<Arg>)>,
     idle: Arc<Mutex<Vec<Open>>>,
@@ -123,7 +124,7 @@ impl Pool {
             open: Some(open),
             in_transaction: false,
             freed: Vec::new(),
-            begin_pending: false,
+            ahead: Vec::new(),
             deferred: Vec::new(),
             idle: self.idle.clone(),
             _turn: turn,
@@ -178,11 +179,16 @@ impl Conn {
         self.open.as_mut().expect("a connection in use")
     }
 
+    /// The statements to send ahead of the next, as one string.
+    fn take_ahead(&mut self) -> Option<String> {
+        (!self.ahead.is_empty()).then(|| std::mem::take(&mut self.ahead).join("; "))
+    }
+
     /// The client, for statements run once (not kept prepared), inside
     /// the transaction begun if any.
     pub async fn client(&mut self) -> Result<&Client> {
-        if std::mem::take(&mut self.begin_pending) {
-            self.open().client.batch_execute("BEGIN").await?;
+        if let Some(ahead) = self.take_ahead() {
+            self.open().client.batch_execute(&ahead).await?;
         }
         Ok(&self.open().client)
     }
@@ -200,16 +206,9 @@ impl Conn {
 
     pub async fn query(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         let s = self.prepare(sql).await?;
-        let begin = std::mem::take(&mut self.begin_pending);
+        let ahead = self.take_ahead();
         let client = &self.open().client;
-        if begin {
-            // The transaction's BEGIN goes with its first statement: one
-            // round trip, not two.
-            let (began, rows) = tokio::join!(client.batch_execute("BEGIN"), client.query(&s, args));
-            began?;
-            return Ok(rows?);
-        }
-        Ok(client.query(&s, args).await?)
+        after(client, ahead, client.query(&s, args)).await
     }
 
     pub async fn query_opt(
@@ -239,32 +238,30 @@ impl Conn {
 
     pub async fn execute(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         let s = self.prepare(sql).await?;
-        let begin = std::mem::take(&mut self.begin_pending);
+        let ahead = self.take_ahead();
         let client = &self.open().client;
-        if begin {
-            let (began, n) = tokio::join!(client.batch_execute("BEGIN"), client.execute(&s, args));
-            began?;
-            return Ok(n?);
-        }
-        Ok(client.execute(&s, args).await?)
+        after(client, ahead, client.execute(&s, args)).await
     }
 
     /// Statements with no arguments, as one string.
     pub async fn batch(&mut self, sql: &str) -> Result<()> {
-        if std::mem::take(&mut self.begin_pending) {
-            return Ok(self
-                .open()
-                .client
-                .batch_execute(&format!("BEGIN; {sql}"))
-                .await?);
-        }
-        Ok(self.open().client.batch_execute(sql).await?)
+        let sql = match self.take_ahead() {
+            Some(ahead) => format!("{ahead}; {sql}"),
+            None => sql.to_owned(),
+        };
+        Ok(self.open().client.batch_execute(&sql).await?)
+    }
+
+    /// Sends `sql` (no arguments) with the next statement: one round trip,
+    /// not two.
+    pub fn ahead(&mut self, sql: &'static str) {
+        self.ahead.push(sql);
     }
 
     /// Begins a transaction: its BEGIN is sent with its first statement.
     pub async fn begin(&mut self) -> Result<()> {
         self.in_transaction = true;
-        self.begin_pending = true;
+        self.ahead("BEGIN");
         Ok(())
     }
 
@@ -292,7 +289,7 @@ impl Conn {
         for (sql, _) in &deferred {
             statements.push(self.prepare(sql).await?);
         }
-        let begin = std::mem::take(&mut self.begin_pending);
+        let ahead = self.take_ahead();
         let client = &self.open().client;
         let runs = statements.iter().zip(&deferred).map(|(s, (_, args))| {
             let args: Vec<&(dyn ToSql + Sync)> = args
@@ -301,14 +298,13 @@ impl Conn {
                 .collect();
             async move { client.execute(s, &args).await }
         });
-        // In the order written: BEGIN if not sent yet, the statements,
-        // COMMIT (which ends a transaction a failed statement broke with
-        // a rollback).
+        // In the order written: what is to go ahead (BEGIN if not sent
+        // yet), the statements, COMMIT (which ends a transaction a failed
+        // statement broke with a rollback).
         let begun = async {
-            if begin {
-                client.batch_execute("BEGIN").await
-            } else {
-                Ok(())
+            match &ahead {
+                Some(ahead) => client.batch_execute(ahead).await,
+                None => Ok(()),
             }
         };
         let (began, ran, committed) = tokio::join!(
@@ -329,9 +325,9 @@ impl Conn {
     /// Ends the transaction begun: commits it if `out` is `Ok`, else
     /// rolls it back; `out`, or the commit's failure.
     pub async fn end<T>(&mut self, out: Result<T>) -> Result<T> {
-        if self.begin_pending && (out.is_err() || self.deferred.is_empty()) {
+        if self.ahead.first() == Some(&"BEGIN") && (out.is_err() || self.deferred.is_empty()) {
             // Nothing was sent: nothing to end.
-            self.begin_pending = false;
+            self.ahead.clear();
             self.deferred.clear();
             self.in_transaction = false;
             return out;
@@ -351,5 +347,21 @@ impl Conn {
             (Ok(_), Err(e)) => Err(e),
             (Err(e), _) => Err(e),
         }
+    }
+}
+
+/// `run`, after the statements `ahead` if any, sent together.
+async fn after<T>(
+    client: &Client,
+    ahead: Option<String>,
+    run: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    match ahead {
+        Some(ahead) => {
+            let (sent, out) = tokio::join!(client.batch_execute(&ahead), run);
+            sent?;
+            Ok(out?)
+        }
+        None => Ok(run.await?),
     }
 }

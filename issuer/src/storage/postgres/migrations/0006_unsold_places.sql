@@ -1,0 +1,5 @@
+-- Free places are looked for among the unsold only: near a sell-out a
+-- buyer no longer walks past every place sold. Holding and letting go do
+-- not touch the index (`order_id` changes only when places are sold or
+-- paid back), so those updates stay in place.
+CREATE INDEX places_unsold ON places (category_id, n) WHERE order_id IS NULL;
