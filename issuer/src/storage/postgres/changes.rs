@@ -118,7 +118,8 @@ pub(super) async fn last_seq(c: &mut Conn, event_id: u64) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// Most changes numbered in one statement.
+/// Most changes numbered in one statement (written in it as a literal,
+/// which the planner sees).
 pub(super) const SEQUENCE_BATCH: i64 = 10_000;
 
 /// Numbers the changes written unnumbered and committed, in the order of
@@ -141,16 +142,15 @@ pub(super) async fn sequence(c: &mut Conn) -> Result<usize> {
     if !mine {
         return Ok(0);
     }
-    // `r`: the place among its event's changes, `g` among all (numbered
-    // before the limit: the rows kept are the first of each event).
+    // The first unnumbered by id ([`SEQUENCE_BATCH`]); `r`: the place of
+    // each among its event's, `g` among all.
     let n = c
         .execute(
-            "WITH n AS (SELECT * FROM (
-                            SELECT id, event_id,
-                                   row_number() OVER (PARTITION BY event_id ORDER BY id) AS r,
-                                   row_number() OVER (ORDER BY id) AS g
-                            FROM place_changes WHERE seq IS NULL) a
-                        WHERE g <= $1),
+            "WITH n AS (SELECT id, event_id,
+                               row_number() OVER (PARTITION BY event_id ORDER BY id) AS r,
+                               row_number() OVER (ORDER BY id) AS g
+                        FROM (SELECT id, event_id FROM place_changes WHERE seq IS NULL
+                              ORDER BY id LIMIT 10000) u),
                   k AS (SELECT event_id, max(r) AS k FROM n GROUP BY event_id),
                   s AS (INSERT INTO feed_seq (event_id, seq) SELECT event_id, k FROM k
                         ON CONFLICT (event_id) DO UPDATE SET seq = feed_seq.seq + EXCLUDED.seq
@@ -160,7 +160,7 @@ pub(super) async fn sequence(c: &mut Conn) -> Result<usize> {
              UPDATE place_changes c SET seq = s.seq - k.k + n.r, pos = p.pos - t.t + n.g
              FROM n JOIN k USING (event_id) JOIN s USING (event_id), t, p
              WHERE c.id = n.id",
-            &[&SEQUENCE_BATCH],
+            &[],
         )
         .await?;
     Ok(n as usize)

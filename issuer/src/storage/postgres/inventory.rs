@@ -449,7 +449,8 @@ impl PgStorage {
             let first = match holding::best_seats(cat, rows, free, taken, quantity) {
                 Ok(i) => i,
                 // None to be had in a picture kept a while: the database
-                // has the last word.
+                // has the last word (a picture just read stands: a
+                // stampede on a sold-out category is not a read each).
                 Err(_) if kept => {
                     let (free, _) = self.free_seats(c, cat.id, capacity, true, true).await?;
                     holding::best_seats(cat, rows, free, taken, quantity)?
@@ -487,7 +488,8 @@ impl PgStorage {
     /// The free seats of category `id` (of `capacity`) as this process
     /// last read them, read again if older than [`FREE_SEATS_FOR`], if
     /// `again` and not read since [`FREE_SEATS_AGAIN`], or if `anew`; and
-    /// whether the picture was one kept (not read now).
+    /// whether the picture was one kept a while (read before the last
+    /// [`FREE_SEATS_AGAIN`]).
     async fn free_seats(
         &self,
         c: &mut Conn,
@@ -506,15 +508,15 @@ impl PgStorage {
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
             .filter(|f| !anew && fresh(f))
-            .map(|f| f.free.clone());
-        if let Some(mut free) = kept {
+            .map(|f| (f.free.clone(), f.read_at.elapsed() >= FREE_SEATS_AGAIN));
+        if let Some((mut free, a_while)) = kept {
             // What this transaction let go (lapsed holds) is free to it.
             for (_, n) in c.freed.iter().filter(|(cat, _)| *cat == id) {
                 if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i)) {
                     *f = true;
                 }
             }
-            return Ok((free, true));
+            return Ok((free, a_while));
         }
         // One array: thousands of rows would cost more to send and read.
         let read_at = std::time::Instant::now();

@@ -35,7 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_places_in_place.sql"),
     include_str!("migrations/0004_shop_keys.sql"),
     include_str!("migrations/0005_lighter_sales.sql"),
-    include_str!("migrations/0006_unsold_places.sql"),
+    include_str!("migrations/0006_found_by_index.sql"),
 ];
 
 /// The advisory lock processes starting at once take turns on to migrate.

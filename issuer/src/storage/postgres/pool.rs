@@ -72,11 +72,11 @@ impl Pool {
         // in 30 s, a transaction left idle for 15 s (a process frozen or
         // cut off half-way, holding what others need) end with an error.
         // Statements are kept prepared and planned once, not again at
-        // each run: they are small, and planning them would cost more than
-        // running them.
+        // each run, and never compiled: they are small, and planning or
+        // compiling them would cost more than running them.
         let ours = "-c lock_timeout=5000 -c statement_timeout=30000 \
                     -c idle_in_transaction_session_timeout=15000 \
-                    -c plan_cache_mode=force_generic_plan";
+                    -c plan_cache_mode=force_generic_plan -c jit=off";
         let options = match config.get_options() {
             Some(theirs) if !theirs.is_empty() => format!("{theirs} {ours}"),
             _ => ours.to_owned(),

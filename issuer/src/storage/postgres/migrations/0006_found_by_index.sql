@@ -3,3 +3,6 @@
 -- not touch the index (`order_id` changes only when places are sold or
 -- paid back), so those updates stay in place.
 CREATE INDEX places_unsold ON places (category_id, n) WHERE order_id IS NULL;
+
+-- The sequencer takes the changes not yet numbered by their ids.
+CREATE INDEX place_changes_to_number ON place_changes (id) WHERE seq IS NULL;
