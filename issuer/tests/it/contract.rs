@@ -1633,6 +1633,45 @@ fn one_address_holds_at_most_so_many_places_of_an_event_paid_ones_aside() {
 }
 
 #[test]
+fn the_last_seats_a_refused_hold_chose_go_to_the_next_buyer_at_once() {
+    for (name, db, _tmp) in backends() {
+        let (e, s, _) = on_sale(&*db, 1);
+        // All of section A but its last two seats.
+        let taken: Vec<String> = (1..=3)
+            .flat_map(|r| (1..=10).map(move |n| format!("A-{r}-{n}")))
+            .filter(|k| k != "A-3-9" && k != "A-3-10")
+            .collect();
+        let keys: Vec<&str> = taken.iter().map(String::as_str).collect();
+        for (i, some) in keys.chunks(10).enumerate() {
+            db.hold(&seats(e, some), &[10 + i as u8; 32], T0, 10 * MIN)
+                .unwrap();
+        }
+        let best_two = HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Best {
+                category_id: s,
+                quantity: 2,
+            }],
+        };
+        // An address allowed one place at a time asks for two: its hold is
+        // refused once it has chosen them.
+        let one = Client {
+            address: "10.0.0.1".into(),
+            most: 1,
+        };
+        let refused = wait(db.hold_pending(best_two.clone(), [2; 32], T0, MIN, Some(one)));
+        assert!(
+            matches!(&refused, Err(StorageError::Conflict(m)) if m.contains("at most 1")),
+            "{name}: {refused:?}"
+        );
+        // The next buyer, at once, gets them: they were never taken.
+        let hold = wait(db.hold_pending(best_two, [3; 32], T0, MIN, None)).unwrap();
+        let got: Vec<String> = hold.places.into_iter().filter_map(|p| p.seat).collect();
+        assert_eq!(got, ["A-3-9", "A-3-10"], "{name}");
+    }
+}
+
+#[test]
 fn paid_and_paid_back_orders_queue_one_message_each_taken_by_one_worker_at_a_time() {
     use issuer::storage::MailKind;
     for (name, db, _tmp) in backends() {

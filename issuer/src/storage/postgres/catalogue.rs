@@ -536,8 +536,12 @@ impl Catalogue for PgStorage {
         let category = wait(self.add_category_(by, event_id, category))?;
         // The planner learns the new places: with what it knew of an
         // emptier table it would sort a whole category to take two places.
-        // Worth a moment of the organizer's, once.
-        wait(async { self.conn().await?.batch("ANALYZE places").await })?;
+        // Worth a moment of the organizer's, once; the category is made
+        // whether or not it could be done (the server's own analysis
+        // comes later).
+        if let Err(e) = wait(async { self.conn().await?.batch("ANALYZE places").await }) {
+            tracing::warn!(error = %e, "telling the planner of the new places");
+        }
         Ok(category)
     }
 

@@ -156,7 +156,8 @@ pub(super) async fn sequence(c: &mut Conn) -> Result<usize> {
                         ON CONFLICT (event_id) DO UPDATE SET seq = feed_seq.seq + EXCLUDED.seq
                         RETURNING event_id, seq),
                   t AS (SELECT count(*) AS t FROM n),
-                  p AS (UPDATE feed_pos SET pos = pos + (SELECT t FROM t) RETURNING pos)
+                  p AS (UPDATE feed_pos SET pos = pos + (SELECT t FROM t)
+                        WHERE (SELECT t FROM t) > 0 RETURNING pos)
              UPDATE place_changes c SET seq = s.seq - k.k + n.r, pos = p.pos - t.t + n.g
              FROM n JOIN k USING (event_id) JOIN s USING (event_id), t, p
              WHERE c.id = n.id",

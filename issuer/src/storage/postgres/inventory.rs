@@ -147,28 +147,60 @@ pub(super) async fn untie(c: &mut Conn, token_hash: &[u8; 32]) -> Result<Moved> 
     .await
 }
 
-/// Lets a hold's places go, in transaction `c`.
+/// Lets a hold's places go, in transaction `c`: one statement lets an
+/// active hold go with its places and reads it back; a hold no longer
+/// active is read as it is.
 async fn release_in(c: &mut Conn, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
-    let hold = hold_of(c, token_hash, now_ms, true).await?;
-    if hold.state != HoldState::Active {
-        return Ok(hold);
+    // Active: not let go, its time not passed (`holding::hold_state`); the
+    // update waits for a change to the hold in flight, and looks again.
+    let rows = c
+        .query(
+            "WITH r AS (UPDATE holds SET released_at = $2
+                        WHERE token_hash = $1 AND released_at IS NULL AND expires_at > $2
+                        RETURNING event_id, expires_at, currency, total),
+                  p AS (UPDATE places SET hold = NULL, held_until = 0
+                        WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items
+                                                   WHERE hold = $1)
+                          AND hold = $1 AND order_id IS NULL AND EXISTS (SELECT 1 FROM r)
+                        RETURNING category_id, n)
+             SELECT r.event_id, r.expires_at, r.currency, r.total,
+                    i.category_id, i.seat_key, i.price, i.n, p.n IS NOT NULL
+             FROM r LEFT JOIN hold_items i ON i.hold = $1
+                    LEFT JOIN p ON p.category_id = i.category_id AND p.n = i.n
+             ORDER BY i.category_id, i.n",
+            &[&&token_hash[..], &key(now_ms)],
+        )
+        .await?;
+    let Some(first) = rows.first() else {
+        return hold_of(c, token_hash, now_ms, false).await;
+    };
+    let (mut places, mut moved) = (Vec::new(), Vec::new());
+    for r in &rows {
+        let Some(category) = r.get::<_, Option<i64>>(4) else {
+            continue;
+        };
+        let seat: Option<String> = r.get(5);
+        if r.get::<_, bool>(8) {
+            c.freed.push((category as u64, r.get(7)));
+            moved.push((category as u64, seat.clone()));
+        }
+        places.push(HeldPlace {
+            category_id: category as u64,
+            seat,
+            price: r.get::<_, i64>(6) as u64,
+        });
     }
-    let places = moved(
-        c,
-        "WITH h AS (UPDATE holds SET released_at = $2 WHERE token_hash = $1)
-         UPDATE places SET hold = NULL, held_until = 0
-         WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items WHERE hold = $1)
-           AND hold = $1 AND order_id IS NULL
-         RETURNING category_id, seat_key, n",
-        &[&&token_hash[..], &key(now_ms)],
-    )
-    .await?;
+    let event_id = first.get::<_, i64>(0) as u64;
     let mut feed = Feed::default();
-    feed.push(hold.event_id, ChangeKind::Released, places);
+    feed.push(event_id, ChangeKind::Released, moved);
     feed.write(c, now_ms)?;
     Ok(Hold {
+        event_id,
+        expires_at: first.get::<_, i64>(1) as u64,
         state: HoldState::Released,
-        ..hold
+        places,
+        total: first.get::<_, i64>(3) as u64,
+        currency: first.get(2),
     })
 }
 
@@ -459,7 +491,7 @@ impl PgStorage {
             } as i64
                 + 1;
             let last = first + i64::from(quantity) - 1;
-            self.mark_taken(cat.id, first..=last);
+            self.mark_taken(c, cat.id, first..=last);
             let mut got = take(
                 c,
                 taking!("category_id = $3 AND n BETWEEN $4 AND $5"),
@@ -588,8 +620,10 @@ impl PgStorage {
         }
     }
 
-    /// Marks seats `ns` of category `id` taken in this process's picture.
-    fn mark_taken(&self, id: u64, ns: std::ops::RangeInclusive<i64>) {
+    /// Marks seats `ns` of category `id` taken in this process's picture,
+    /// chosen by transaction `c`.
+    fn mark_taken(&self, c: &mut Conn, id: u64, ns: std::ops::RangeInclusive<i64>) {
+        c.chosen.extend(ns.clone().map(|n| (id, n)));
         if let Some(f) = self
             .free
             .lock()

@@ -311,13 +311,23 @@ impl PgStorage {
             c.begin().await?;
             let out = f.clone()(&mut c).await;
             let freed = std::mem::take(&mut c.freed);
-            match c.end(out).await {
+            let chosen = std::mem::take(&mut c.chosen);
+            let out = c.end(out).await;
+            // Seats chosen by a transaction that failed are free again to
+            // this process's buyers (taken meanwhile, they cost a try).
+            match out {
                 Ok(v) => {
                     self.mark_free(&freed);
                     return Ok(v);
                 }
-                Err(e) if in_the_way(&e) && tries < TRIES => tries += 1,
-                out => return out,
+                Err(e) if in_the_way(&e) && tries < TRIES => {
+                    self.mark_free(&chosen);
+                    tries += 1;
+                }
+                out => {
+                    self.mark_free(&chosen);
+                    return out;
+                }
             }
         }
     }

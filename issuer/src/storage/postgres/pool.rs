@@ -47,6 +47,9 @@ pub(crate) struct Conn {
     /// Places the transaction let go, (category, number): the process's
     /// picture of free seats is told once it commits (`inventory::FreeSeats`).
     pub freed: Vec<(u64, i64)>,
+    /// Seats the transaction chose from that picture: told free again
+    /// should it fail.
+    pub chosen: Vec<(u64, i64)>,
     /// Statements without arguments not yet sent: they go with the next
     /// (a BEGIN with the transaction's first statement).
     ahead: Vec<&'static str>,
@@ -124,6 +127,7 @@ impl Pool {
             open: Some(open),
             in_transaction: false,
             freed: Vec::new(),
+            chosen: Vec::new(),
             ahead: Vec::new(),
             deferred: Vec::new(),
             idle: self.idle.clone(),
@@ -193,12 +197,17 @@ impl Conn {
         Ok(&self.open().client)
     }
 
-    /// `sql`, prepared on this connection once and kept.
+    /// `sql`, prepared on this connection once and kept. What is to go
+    /// ahead goes first, if `sql` is new: its preparing is a round trip of
+    /// its own, and its failure must come after them.
     pub async fn prepare(&mut self, sql: &str) -> Result<Statement> {
-        let open = self.open();
-        if let Some(s) = open.statements.get(sql) {
+        if let Some(s) = self.open().statements.get(sql) {
             return Ok(s.clone());
         }
+        if let Some(ahead) = self.take_ahead() {
+            self.open().client.batch_execute(&ahead).await?;
+        }
+        let open = self.open();
         let s = open.client.prepare(sql).await?;
         open.statements.insert(sql.to_owned(), s.clone());
         Ok(s)
@@ -286,8 +295,24 @@ impl Conn {
             return self.batch("COMMIT").await;
         }
         let mut statements = Vec::with_capacity(deferred.len());
-        for (sql, _) in &deferred {
-            statements.push(self.prepare(sql).await?);
+        for (sql, args) in &deferred {
+            let s = self.prepare(sql).await?;
+            // Arguments the client would refuse to send are refused now,
+            // before anything is: else the others and the COMMIT would go.
+            if s.params().len() != args.len() {
+                return Err(StorageError::Backend(format!(
+                    "{} arguments for a statement of {}",
+                    args.len(),
+                    s.params().len()
+                )));
+            }
+            let mut buf = bytes::BytesMut::new();
+            for (ty, arg) in s.params().iter().zip(args) {
+                arg.to_sql_checked(ty, &mut buf)
+                    .map_err(|e| StorageError::Backend(format!("an argument: {e}")))?;
+                buf.clear();
+            }
+            statements.push(s);
         }
         let ahead = self.take_ahead();
         let client = &self.open().client;

@@ -19,3 +19,7 @@ ALTER TABLE tickets DROP CONSTRAINT tickets_batch_id_fkey;
 -- index fewer to write each time. Old changes are cleared by their ids,
 -- which come in the order of their times.
 DROP INDEX place_changes_at;
+
+-- The numbers of each event's changes likewise: a change of an event that
+-- is not there must not stop the numbering of every other.
+ALTER TABLE feed_seq DROP CONSTRAINT feed_seq_event_id_fkey;
