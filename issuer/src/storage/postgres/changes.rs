@@ -81,7 +81,7 @@ impl Feed {
 }
 
 /// The class of the events' feed locks (`pg_advisory_xact_lock(class, id)`).
-const FEED_LOCK: i32 = 0x6665_6564; // "feed"
+pub(super) const FEED_LOCK: i32 = 0x6665_6564; // "feed"
 
 /// The lock of the sequencer: one at a time, across processes.
 const SEQUENCER_LOCK: i64 = 0x7365_7175_656e_6365; // "sequence"

@@ -147,12 +147,16 @@ pub(super) async fn untie(c: &mut Conn, token_hash: &[u8; 32]) -> Result<Moved> 
     .await
 }
 
-/// Lets a hold's places go, in transaction `c`: one statement lets an
-/// active hold go with its places and reads it back; a hold no longer
-/// active is read as it is.
+/// Lets a hold's places go: one statement, its own transaction, lets an
+/// active hold go with its places, tells the feed, and reads the hold
+/// back; a hold no longer active is read as it is.
 async fn release_in(c: &mut Conn, token_hash: &[u8; 32], now_ms: u64) -> Result<Hold> {
     // Active: not let go, its time not passed (`holding::hold_state`); the
     // update waits for a change to the hold in flight, and looks again.
+    // The change is written as `Feed::write` writes it (its columns as
+    // `rows::moved_columns` makes them), under the event's shared lock
+    // taken before its id is, and held to the commit at the statement's
+    // end.
     let rows = c
         .query(
             "WITH r AS (UPDATE holds SET released_at = $2
@@ -162,40 +166,45 @@ async fn release_in(c: &mut Conn, token_hash: &[u8; 32], now_ms: u64) -> Result<
                         WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items
                                                    WHERE hold = $1)
                           AND hold = $1 AND order_id IS NULL AND EXISTS (SELECT 1 FROM r)
-                        RETURNING category_id, n)
+                        RETURNING category_id, n, seat_key),
+                  ch AS (INSERT INTO place_changes (event_id, at, kind, seats, places)
+                         SELECT r.event_id, $2, 'released',
+                                (SELECT coalesce(json_agg(seat_key ORDER BY category_id, n), '[]')
+                                 FROM p WHERE seat_key IS NOT NULL)::text,
+                                (SELECT json_agg(json_build_array(category_id, k)
+                                                 ORDER BY category_id)
+                                 FROM (SELECT category_id, count(*) AS k FROM p
+                                       GROUP BY category_id) g)::text
+                         FROM r, LATERAL (SELECT pg_advisory_xact_lock_shared(
+                                              $3, (r.event_id & 2147483647)::int)) l
+                         WHERE EXISTS (SELECT 1 FROM p))
              SELECT r.event_id, r.expires_at, r.currency, r.total,
                     i.category_id, i.seat_key, i.price, i.n, p.n IS NOT NULL
              FROM r LEFT JOIN hold_items i ON i.hold = $1
                     LEFT JOIN p ON p.category_id = i.category_id AND p.n = i.n
              ORDER BY i.category_id, i.n",
-            &[&&token_hash[..], &key(now_ms)],
+            &[&&token_hash[..], &key(now_ms), &changes::FEED_LOCK],
         )
         .await?;
     let Some(first) = rows.first() else {
         return hold_of(c, token_hash, now_ms, false).await;
     };
-    let (mut places, mut moved) = (Vec::new(), Vec::new());
+    let mut places = Vec::new();
     for r in &rows {
         let Some(category) = r.get::<_, Option<i64>>(4) else {
             continue;
         };
-        let seat: Option<String> = r.get(5);
         if r.get::<_, bool>(8) {
             c.freed.push((category as u64, r.get(7)));
-            moved.push((category as u64, seat.clone()));
         }
         places.push(HeldPlace {
             category_id: category as u64,
-            seat,
+            seat: r.get(5),
             price: r.get::<_, i64>(6) as u64,
         });
     }
-    let event_id = first.get::<_, i64>(0) as u64;
-    let mut feed = Feed::default();
-    feed.push(event_id, ChangeKind::Released, moved);
-    feed.write(c, now_ms)?;
     Ok(Hold {
-        event_id,
+        event_id: first.get::<_, i64>(0) as u64,
         expires_at: first.get::<_, i64>(1) as u64,
         state: HoldState::Released,
         places,
@@ -816,7 +825,7 @@ impl Inventory for PgStorage {
         let me = self.clone();
         let runtime = self.runtime.clone();
         let release = runtime.spawn(async move {
-            me.transaction(async |c| release_in(c, &token_hash, now_ms).await)
+            me.alone(async |c| release_in(c, &token_hash, now_ms).await)
                 .await
         });
         Box::pin(async move {

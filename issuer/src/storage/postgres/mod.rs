@@ -332,6 +332,27 @@ impl PgStorage {
         }
     }
 
+    /// Runs `f`, whose one statement that writes is a transaction of its
+    /// own (no BEGIN, no COMMIT: one round trip); run again, a few times,
+    /// if a deadlock or a serialization failure broke it.
+    pub(crate) async fn alone<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T> + Clone,
+    ) -> Result<T> {
+        let mut tries = 0;
+        loop {
+            let mut c = self.pool.get().await?;
+            match f.clone()(&mut c).await {
+                Ok(v) => {
+                    self.mark_free(&c.freed);
+                    return Ok(v);
+                }
+                Err(e) if in_the_way(&e) && tries < TRIES => tries += 1,
+                out => return out,
+            }
+        }
+    }
+
     /// What the shop's processes hold in their data directories, as
     /// recorded: the order links' key's fingerprint, and the signing keys'
     /// ids. Blocks.
