@@ -35,14 +35,25 @@ pub(super) async fn event_and_categories(
     c: &mut Conn,
     id: u64,
 ) -> Result<Option<(Event, Vec<Category>)>> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let rows = c.query(&EVENT_AND_CATEGORIES, &[&key(id)]).await?;
+    event_and_categories_from(&rows)
+}
+
+/// The statement reading an event (`$1`) with its categories.
+pub(super) static EVENT_AND_CATEGORIES: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| {
         format!(
             "SELECT e.*, c.* FROM (SELECT {EVENT_COLUMNS} FROM events WHERE id = $1) e
              LEFT JOIN (SELECT {CATEGORY_COLUMNS} FROM categories WHERE event_id = $1) c
              ON true ORDER BY c.id"
         )
     });
-    let rows = c.query(&SQL, &[&key(id)]).await?;
+
+/// The event with its categories, from the rows of
+/// [`EVENT_AND_CATEGORIES`].
+pub(super) fn event_and_categories_from(
+    rows: &[tokio_postgres::Row],
+) -> Result<Option<(Event, Vec<Category>)>> {
     let Some(first) = rows.first() else {
         return Ok(None);
     };

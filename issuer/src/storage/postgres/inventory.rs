@@ -10,10 +10,13 @@ use std::collections::{BTreeMap, HashMap};
 use rand_core::RngCore;
 use std::sync::Arc;
 
-use super::catalogue::{categories_of, event_and_categories, event_row, venue_of};
+use super::catalogue::{
+    EVENT_AND_CATEGORIES, categories_of, event_and_categories, event_and_categories_from,
+    event_row, venue_of,
+};
 use super::changes::{self, Feed};
 use super::{Conn, PgStorage, key};
-use crate::domain::catalogue::{Category, EventStatus, Places};
+use crate::domain::catalogue::{Category, Event, EventStatus, Places};
 use crate::domain::hold::{HeldPlace, Hold, HoldItem, HoldRequest, HoldState};
 use crate::storage::holding::{self, Categories, Taken};
 use crate::storage::rows::Moved;
@@ -44,6 +47,9 @@ const SEQUENCE_EVERY: std::time::Duration = std::time::Duration::from_millis(20)
 
 /// How often a process's holds of one event tell of lapsed holds first.
 const ANNOUNCE_EVERY_MS: u64 = 250;
+
+/// An event with its categories, as a process last read them.
+pub(super) type EventCopy = Arc<(Event, Vec<Category>)>;
 
 /// A process's picture of a seated category's free seats.
 pub(super) struct FreeSeats {
@@ -135,13 +141,19 @@ pub(super) async fn moved(
 }
 
 /// Unties the unsold places still tied to a hold (released or cancelled).
+///
+/// A hold's places are found from its items, never by the place's
+/// `hold`: the planner, told that no place is held (as when the places
+/// were made), would read every place to find them. `IS NOT DISTINCT
+/// FROM` compares without telling it so.
 pub(super) async fn untie(c: &mut Conn, token_hash: &[u8; 32]) -> Result<Moved> {
     moved(
         c,
-        "UPDATE places SET hold = NULL, held_until = 0
-         WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items WHERE hold = $1)
-           AND hold = $1 AND order_id IS NULL
-         RETURNING category_id, seat_key, n",
+        "UPDATE places p SET hold = NULL, held_until = 0
+         FROM hold_items i
+         WHERE i.hold = $1 AND p.category_id = i.category_id AND p.n = i.n
+           AND p.hold IS NOT DISTINCT FROM i.hold AND p.order_id IS NULL
+         RETURNING p.category_id, p.seat_key, p.n",
         &[&&token_hash[..]],
     )
     .await
@@ -162,11 +174,12 @@ async fn release_in(c: &mut Conn, token_hash: &[u8; 32], now_ms: u64) -> Result<
             "WITH r AS (UPDATE holds SET released_at = $2
                         WHERE token_hash = $1 AND released_at IS NULL AND expires_at > $2
                         RETURNING event_id, expires_at, currency, total),
-                  p AS (UPDATE places SET hold = NULL, held_until = 0
-                        WHERE (category_id, n) IN (SELECT category_id, n FROM hold_items
-                                                   WHERE hold = $1)
-                          AND hold = $1 AND order_id IS NULL AND EXISTS (SELECT 1 FROM r)
-                        RETURNING category_id, n, seat_key),
+                  p AS (UPDATE places pl SET hold = NULL, held_until = 0
+                        FROM hold_items i
+                        WHERE i.hold = $1 AND pl.category_id = i.category_id AND pl.n = i.n
+                          AND pl.hold IS NOT DISTINCT FROM i.hold AND pl.order_id IS NULL
+                          AND EXISTS (SELECT 1 FROM r)
+                        RETURNING pl.category_id, pl.n, pl.seat_key),
                   ch AS (INSERT INTO place_changes (event_id, at, kind, seats, places)
                          SELECT r.event_id, $2, 'released',
                                 (SELECT coalesce(json_agg(seat_key ORDER BY category_id, n), '[]')
@@ -278,6 +291,11 @@ impl PgStorage {
     }
 
     /// Makes the hold `request`, in transaction `c`.
+    ///
+    /// The event and its categories are those of this process's copy if
+    /// it has one, read again with the hold's first statement, in the same
+    /// round trip: a hold made by a copy that was not the truth any more is
+    /// undone and made again.
     async fn hold_in(
         &self,
         c: &mut Conn,
@@ -287,19 +305,82 @@ impl PgStorage {
         until: u64,
         client: Option<&Client>,
     ) -> Result<Hold> {
-        let (event, categories) = match event_and_categories(c, request.event_id).await? {
+        let id = request.event_id;
+        let copy = self.copy_of(id);
+        // Places of holds whose time passed are told free before they are
+        // taken again, so the live feed's moves add up.
+        // At most once every few moments a process: a lapsed hold's places
+        // not yet untied are not free to take (never taken twice), and are
+        // untied by the next look. A hold that tells reads the event first.
+        let tell = copy.is_some() && self.announce_due(id, now_ms);
+        let by_copy = copy.filter(|_| !tell);
+        let read = match &by_copy {
+            Some(copy) => {
+                c.read_ahead(&EVENT_AND_CATEGORIES, vec![Box::new(key(id))]);
+                Some((copy.0.clone(), copy.1.clone()))
+            }
+            None => {
+                let read = event_and_categories(c, id).await?;
+                self.keep_copy(id, read.as_ref());
+                read
+            }
+        };
+        let tell = tell || (by_copy.is_none() && read.is_some() && self.announce_due(id, now_ms));
+        let out = self
+            .hold_by(c, request, (token_hash, now_ms, until), client, read, tell)
+            .await;
+        if let Some(copy) = by_copy {
+            let rows = c.read_back().await?.unwrap_or_default();
+            let read = event_and_categories_from(&rows)?;
+            self.keep_copy(id, read.as_ref());
+            if read.as_ref() != Some(&*copy) {
+                // 40001: the transaction is run again, by what was read.
+                return Err(StorageError::Unavailable(
+                    "40001: the event changed while places were being held".into(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// This process's copy of event `id` with its categories, if any.
+    fn copy_of(&self, id: u64) -> Option<EventCopy> {
+        self.catalogue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Keeps `read` as this process's copy of event `id`, or forgets it.
+    fn keep_copy(&self, id: u64, read: Option<&(Event, Vec<Category>)>) {
+        let mut copies = self.catalogue.lock().unwrap_or_else(|p| p.into_inner());
+        match read {
+            Some(read) => copies.insert(id, Arc::new(read.clone())),
+            None => copies.remove(&id),
+        };
+    }
+
+    /// Makes the hold `request` (its token's hash, the time, until when),
+    /// in transaction `c`, of the event `read` with its categories; `tell`:
+    /// tells of lapsed holds first.
+    async fn hold_by(
+        &self,
+        c: &mut Conn,
+        request: &HoldRequest,
+        (token_hash, now_ms, until): (&[u8; 32], u64, u64),
+        client: Option<&Client>,
+        read: Option<(Event, Vec<Category>)>,
+        tell: bool,
+    ) -> Result<Hold> {
+        let (event, categories) = match read {
             Some((e, categories)) => (Some(e), categories),
             None => (None, Vec::new()),
         };
         let event = holding::check_event(event.as_ref(), request.event_id)?.clone();
         let categories: Categories = categories.into_iter().map(|cat| (cat.id, cat)).collect();
-        // Places of holds whose time passed are told free before they are
-        // taken again, so the live feed's moves add up.
-        // At most once every few moments a process: a lapsed hold's places
-        // not yet untied are not free to take (never taken twice), and are
-        // untied by the next look.
         let mut feed = Feed::default();
-        if self.announce_due(event.id, now_ms) {
+        if tell {
             changes::announce(c, Some(event.id), now_ms, &mut feed).await?;
         }
         holding::check_quantities(request, &categories)?;

@@ -85,6 +85,10 @@ pub struct Inner {
     announced: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
     /// Seated categories' free seats, as this process last saw them.
     free: std::sync::Mutex<std::collections::HashMap<u64, inventory::FreeSeats>>,
+    /// Events with their categories, as this process's holds last read
+    /// them (`inventory::hold_in`: a hold goes by its copy and reads them
+    /// again with its first statement).
+    catalogue: std::sync::Mutex<std::collections::HashMap<u64, inventory::EventCopy>>,
     /// When old live-feed changes were last cleared (unix ms).
     pruned_at: std::sync::atomic::AtomicU64,
     /// Wakes the task telling other processes of changes (`notify`).
@@ -213,6 +217,7 @@ impl PgStorage {
             runtime: handle,
             rows: std::sync::Mutex::default(),
             free: std::sync::Mutex::default(),
+            catalogue: std::sync::Mutex::default(),
             announced: std::sync::Mutex::default(),
             sequenced_at: std::sync::Mutex::default(),
             pruned_at: std::sync::atomic::AtomicU64::new(0),

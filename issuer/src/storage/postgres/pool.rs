@@ -55,6 +55,9 @@ pub(crate) struct Conn {
     ahead: Vec<&'static str>,
     /// Statements whose answer is not needed, sent with the COMMIT.
     deferred: Vec<(&'static str, Vec<Arg>)>,
+    /// A read sent with the next statement, and what it read.
+    read_ahead: Option<(&'static str, Vec<Arg>)>,
+    read_rows: Option<Result<Vec<Row>>>,
     idle: Arc<Mutex<Vec<Open>>>,
     _turn: OwnedSemaphorePermit,
 }
@@ -130,6 +133,8 @@ impl Pool {
             chosen: Vec::new(),
             ahead: Vec::new(),
             deferred: Vec::new(),
+            read_ahead: None,
+            read_rows: None,
             idle: self.idle.clone(),
             _turn: turn,
         })
@@ -215,9 +220,44 @@ impl Conn {
 
     pub async fn query(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         let s = self.prepare(sql).await?;
+        let read = self.take_read().await?;
         let ahead = self.take_ahead();
         let client = &self.open().client;
-        after(client, ahead, client.query(&s, args)).await
+        let (read, out) = after(client, ahead, read.as_ref(), client.query(&s, args)).await;
+        if read.is_some() {
+            self.read_rows = read;
+        }
+        out
+    }
+
+    /// Sends the read `sql` with the next statement (one round trip, not
+    /// two), its rows kept for [`Conn::read_back`].
+    pub fn read_ahead(&mut self, sql: &'static str, args: Vec<Arg>) {
+        self.read_ahead = Some((sql, args));
+        self.read_rows = None;
+    }
+
+    /// What the read sent ahead read; read now if it was not sent yet.
+    pub async fn read_back(&mut self) -> Result<Option<Vec<Row>>> {
+        if let Some(rows) = self.read_rows.take() {
+            return rows.map(Some);
+        }
+        let Some((sql, args)) = self.read_ahead.take() else {
+            return Ok(None);
+        };
+        let args: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        self.query(sql, &args).await.map(Some)
+    }
+
+    /// The read to send ahead, prepared.
+    async fn take_read(&mut self) -> Result<Option<(Statement, Vec<Arg>)>> {
+        match self.read_ahead.take() {
+            Some((sql, args)) => Ok(Some((self.prepare(sql).await?, args))),
+            None => Ok(None),
+        }
     }
 
     pub async fn query_opt(
@@ -247,9 +287,14 @@ impl Conn {
 
     pub async fn execute(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         let s = self.prepare(sql).await?;
+        let read = self.take_read().await?;
         let ahead = self.take_ahead();
         let client = &self.open().client;
-        after(client, ahead, client.execute(&s, args)).await
+        let (read, out) = after(client, ahead, read.as_ref(), client.execute(&s, args)).await;
+        if read.is_some() {
+            self.read_rows = read;
+        }
+        out
     }
 
     /// Statements with no arguments, as one string.
@@ -350,6 +395,8 @@ impl Conn {
     /// Ends the transaction begun: commits it if `out` is `Ok`, else
     /// rolls it back; `out`, or the commit's failure.
     pub async fn end<T>(&mut self, out: Result<T>) -> Result<T> {
+        self.read_ahead = None;
+        self.read_rows = None;
         if self.ahead.first() == Some(&"BEGIN") && (out.is_err() || self.deferred.is_empty()) {
             // Nothing was sent: nothing to end.
             self.ahead.clear();
@@ -375,18 +422,31 @@ impl Conn {
     }
 }
 
-/// `run`, after the statements `ahead` if any, sent together.
+/// `run`, after the statements `ahead` and the read `read` if any, sent
+/// together: what `read` read, and what `run` gave.
 async fn after<T>(
     client: &Client,
     ahead: Option<String>,
+    read: Option<&(Statement, Vec<Arg>)>,
     run: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
-) -> Result<T> {
-    match ahead {
-        Some(ahead) => {
-            let (sent, out) = tokio::join!(client.batch_execute(&ahead), run);
-            sent?;
-            Ok(out?)
+) -> (Option<Result<Vec<Row>>>, Result<T>) {
+    let sent = async {
+        match &ahead {
+            Some(ahead) => client.batch_execute(ahead).await,
+            None => Ok(()),
         }
-        None => Ok(run.await?),
+    };
+    let read = async {
+        let (s, args) = read?;
+        let args: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        Some(client.query(s, &args).await.map_err(StorageError::from))
+    };
+    let (sent, read, out) = tokio::join!(sent, read, run);
+    match sent {
+        Err(e) => (read, Err(e.into())),
+        Ok(()) => (read, out.map_err(StorageError::from)),
     }
 }
