@@ -172,14 +172,18 @@ async fn settle_in(c: &mut Conn, code: &str, intent: Option<&str>, now_ms: u64) 
     // The hold's places, locked in order: free for this order if unsold
     // and tied to no other hold (those of holds whose time passed were
     // untied just now; one committed too late for that counts as held).
+    // Each looked up by its key, in order (`OFFSET 0` keeps the planner
+    // from reading every place instead, whatever it guesses of the hold).
     let places = c
         .query(
             "SELECT p.category_id, p.n, p.seat_key,
                     p.order_id IS NULL AND (p.hold = $1 OR p.held_until = 0),
                     p.hold = $1 AND p.held_until > 0
-             FROM places p JOIN hold_items i ON i.category_id = p.category_id AND i.n = p.n
-             WHERE i.hold = $1
-             ORDER BY p.category_id, p.n FOR UPDATE OF p",
+             FROM (SELECT category_id, n FROM hold_items WHERE hold = $1
+                   ORDER BY category_id, n OFFSET 0) i
+             CROSS JOIN LATERAL (SELECT * FROM places p
+                                 WHERE p.category_id = i.category_id AND p.n = i.n
+                                 OFFSET 0 FOR UPDATE) p",
             &[&&hold_hash[..]],
         )
         .await?;
@@ -199,11 +203,18 @@ async fn settle_in(c: &mut Conn, code: &str, intent: Option<&str>, now_ms: u64) 
         Settlement::Keep | Settlement::HoldAgain if free && on_sale => {
             // Places still tied to the hold go from held to sold; the
             // others (its time passed) are held again, then sold.
+            let categories: Vec<i64> = places.iter().map(|r| r.get(0)).collect();
+            let ns: Vec<i64> = places.iter().map(|r| r.get(1)).collect();
             c.defer(
                 "UPDATE places p SET order_id = $2, hold = $1
-                 FROM hold_items i
-                 WHERE i.hold = $1 AND p.category_id = i.category_id AND p.n = i.n",
-                vec![Box::new(hold_hash.to_vec()), Box::new(id)],
+                 FROM unnest($3::bigint[], $4::bigint[]) AS u(c, n)
+                 WHERE p.category_id = u.c AND p.n = u.n",
+                vec![
+                    Box::new(hold_hash.to_vec()),
+                    Box::new(id),
+                    Box::new(categories),
+                    Box::new(ns),
+                ],
             );
             let (mut again, mut sold) = (Vec::new(), Vec::new());
             for r in &places {

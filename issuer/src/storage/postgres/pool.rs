@@ -77,12 +77,13 @@ impl Pool {
         // No wait is for ever: a lock not had in 5 s, a statement not done
         // in 30 s, a transaction left idle for 15 s (a process frozen or
         // cut off half-way, holding what others need) end with an error.
-        // Statements are kept prepared and planned once, not again at
-        // each run, and never compiled: they are small, and planning or
-        // compiling them would cost more than running them.
+        // Statements are never compiled: they are small, and compiling
+        // them would cost more than running them. (They are planned as
+        // PostgreSQL sees fit: a plan made once when a new shop's tables
+        // were nearly empty, and kept, would read every place to find a
+        // hold's two.)
         let ours = "-c lock_timeout=5000 -c statement_timeout=30000 \
-                    -c idle_in_transaction_session_timeout=15000 \
-                    -c plan_cache_mode=force_generic_plan -c jit=off";
+                    -c idle_in_transaction_session_timeout=15000 -c jit=off";
         let options = match config.get_options() {
             Some(theirs) if !theirs.is_empty() => format!("{theirs} {ours}"),
             _ => ours.to_owned(),

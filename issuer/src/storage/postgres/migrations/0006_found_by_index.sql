@@ -9,9 +9,3 @@ CREATE INDEX place_changes_to_number ON place_changes (id) WHERE seq IS NULL;
 -- Those of one event are counted from it too (there are few): an index
 -- fewer to write for every change.
 DROP INDEX place_changes_unnumbered;
-
--- A hold has a few places: the planner is told so, rather than guess it
--- from a sample taken when the table held few holds (it would then read
--- every place to find a hold's, rather than look each up).
-ALTER TABLE hold_items ALTER COLUMN hold SET (n_distinct = -0.5);
-ANALYZE hold_items;
