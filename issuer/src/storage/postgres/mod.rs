@@ -310,14 +310,35 @@ impl PgStorage {
         &self,
         f: impl AsyncFnOnce(&mut Conn) -> Result<T> + Clone,
     ) -> Result<T> {
+        self.run(true, f).await
+    }
+
+    /// Runs `f`, whose one statement that writes is a transaction of its
+    /// own (no BEGIN, no COMMIT: one round trip); run again, a few times,
+    /// if a deadlock or a serialization failure broke it.
+    pub(crate) async fn alone<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T> + Clone,
+    ) -> Result<T> {
+        self.run(false, f).await
+    }
+
+    /// [`PgStorage::transaction`] if `begin`, else [`PgStorage::alone`].
+    async fn run<T>(
+        &self,
+        begin: bool,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T> + Clone,
+    ) -> Result<T> {
         let mut tries = 0;
         loop {
             let mut c = self.pool.get().await?;
-            c.begin().await?;
+            if begin {
+                c.begin().await?;
+            }
             let out = f.clone()(&mut c).await;
             let freed = std::mem::take(&mut c.freed);
             let chosen = std::mem::take(&mut c.chosen);
-            let out = c.end(out).await;
+            let out = if begin { c.end(out).await } else { out };
             // Seats chosen by a transaction that failed are free again to
             // this process's buyers (taken meanwhile, they cost a try).
             match out {
@@ -333,27 +354,6 @@ impl PgStorage {
                     self.mark_free(&chosen);
                     return out;
                 }
-            }
-        }
-    }
-
-    /// Runs `f`, whose one statement that writes is a transaction of its
-    /// own (no BEGIN, no COMMIT: one round trip); run again, a few times,
-    /// if a deadlock or a serialization failure broke it.
-    pub(crate) async fn alone<T>(
-        &self,
-        f: impl AsyncFnOnce(&mut Conn) -> Result<T> + Clone,
-    ) -> Result<T> {
-        let mut tries = 0;
-        loop {
-            let mut c = self.pool.get().await?;
-            match f.clone()(&mut c).await {
-                Ok(v) => {
-                    self.mark_free(&c.freed);
-                    return Ok(v);
-                }
-                Err(e) if in_the_way(&e) && tries < TRIES => tries += 1,
-                out => return out,
             }
         }
     }
