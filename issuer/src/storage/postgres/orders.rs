@@ -147,6 +147,13 @@ async fn settle_in(c: &mut Conn, code: &str, intent: Option<&str>, now_ms: u64) 
     let (id, hold_hash, mut order) = order_row(c, order_select!("code = $1 FOR UPDATE"), code)
         .await?
         .ok_or_else(|| StorageError::NotFound(format!("order {code}")))?;
+    // A payment for an event no longer on sale (cancelled meanwhile)
+    // goes back; a cancellation waits for the payments being settled, and
+    // they for it: the event's row shared, read with the hold.
+    c.read_ahead(
+        "SELECT status FROM events WHERE id = $1 FOR SHARE",
+        vec![Box::new(key(order.event_id))],
+    );
     let hold = hold_of(c, &hold_hash, now_ms, false).await?;
     order.places = hold.places.clone();
     // What is written is sent with the COMMIT: nothing below reads it.
@@ -188,17 +195,11 @@ async fn settle_in(c: &mut Conn, code: &str, intent: Option<&str>, now_ms: u64) 
         )
         .await?;
     let free = places.iter().all(|r| r.get::<_, bool>(3));
-    // A payment for an event no longer on sale (cancelled meanwhile)
-    // goes back; a cancellation waits for the payments being settled, and
-    // they for it.
-    let status: String = c
-        .query_one(
-            "SELECT status FROM events WHERE id = $1 FOR SHARE",
-            &[&key(order.event_id)],
-        )
+    let status: Option<String> = c
+        .read_back()
         .await?
-        .get(0);
-    let on_sale = status == "on_sale";
+        .and_then(|rows| rows.first().map(|r| r.get(0)));
+    let on_sale = status.as_deref() == Some("on_sale");
     let settled = match settle_payment(order.state, hold.state == HoldState::Active, free) {
         Settlement::Keep | Settlement::HoldAgain if free && on_sale => {
             // Places still tied to the hold go from held to sold; the
