@@ -1956,6 +1956,234 @@ fn a_pending_order_is_asked_about_once_a_pass_and_only_while_pending() {
     }
 }
 
+/// Tables that grow with every sale: a plan that reads one of them whole
+/// slows every sale as the shop grows.
+const GROWING: [&str; 9] = [
+    "places",
+    "holds",
+    "hold_items",
+    "orders",
+    "batches",
+    "tickets",
+    "revocations",
+    "place_changes",
+    "outbox",
+];
+
+/// The plans kept on `pg`'s connections that read a growing table from
+/// end to end (a scan of its rows or of an index of them with no
+/// condition): (statement, what they read).
+fn reading_whole_tables(pg: &issuer::storage::postgres::PgStorage) -> Vec<(String, Vec<String>)> {
+    fn whole(node: &serde_json::Value, found: &mut Vec<String>) {
+        let kind = node["Node Type"].as_str().unwrap_or("");
+        let table = node["Relation Name"].as_str().unwrap_or("");
+        // Indexes of only the rows waiting for work (changes to number,
+        // messages to send, payments to ask about, holds to tell expired)
+        // are read in their order, as far as needed.
+        let waiting = [
+            "place_changes_to_number",
+            "outbox_due",
+            "orders_pending",
+            "holds_unannounced",
+        ];
+        let unbounded = match kind {
+            "Seq Scan" => true,
+            "Index Scan" | "Index Only Scan" => {
+                node.get("Index Cond").is_none()
+                    && !waiting.contains(&node["Index Name"].as_str().unwrap_or(""))
+            }
+            _ => false,
+        };
+        if unbounded && GROWING.contains(&table) {
+            let index = node["Index Name"].as_str().unwrap_or("");
+            found.push(format!("{kind} on {table} {index}"));
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            whole(child, found);
+        }
+    }
+    let plans = pg.kept_plans().unwrap();
+    assert!(plans.len() > 40, "only {} statements kept", plans.len());
+    plans
+        .into_iter()
+        .filter_map(|(sql, plan)| {
+            let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+            let mut found = Vec::new();
+            whole(&plan[0]["Plan"], &mut found);
+            (!found.is_empty()).then_some((sql, found))
+        })
+        .collect()
+}
+
+/// On PostgreSQL a statement runs by one plan a connection, made without
+/// its arguments' values, first made when a new shop's sales tables are
+/// empty and never analyzed. Each plan must find rows by their keys all
+/// the same: a sale's every step, on a new shop of 40,000 places, leaves
+/// no plan that reads a table growing with sales from end to end. And
+/// again once the tables have been analyzed, full.
+#[test]
+fn a_new_shops_statements_find_rows_by_key() {
+    let Some(url) = crate::pg::fresh_database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = issuer::Store::open(&tmp.path().join("data")).unwrap();
+    let key = issuer::keys::generate(&store, 1_000_000)
+        .unwrap()
+        .key_id
+        .to_string();
+    let pg = open_postgres(&url, &tmp);
+    let db: &dyn Storage = &pg;
+    // Another event, of 40,000 places: the event on sale is a part of
+    // the shop, as events are, not all of it.
+    let other = organizer(db, 2);
+    let mut arena = venue("Nantes");
+    arena.plan.areas[0].capacity = 40_000;
+    let v = db.add_venue(other, &arena).unwrap();
+    let big = db
+        .add_event(other, &event(v.id, "Arena", Genre::Concert, 1000))
+        .unwrap();
+    let floor_of = |places| Places::Quota {
+        area: "floor".into(),
+        places,
+    };
+    db.add_category(other, big.id, &category(floor_of(40_000), 2000))
+        .unwrap();
+    db.set_status(other, big.id, EventStatus::OnSale).unwrap();
+    let (e, s, floor) = on_sale(db, 500);
+    let a = db.organizer_by_token(&[1; 32]).unwrap().unwrap();
+    let sell = |round: u8, at: u64| {
+        let code = |n: u8| format!("PLAN{round:02}{n:04}");
+        // Browsing and search.
+        db.events(&EventQuery {
+            limit: 50,
+            ..Default::default()
+        })
+        .unwrap();
+        db.search("night", 10, None).unwrap();
+        db.event(e, None).unwrap();
+        db.categories(e).unwrap();
+        // Holds of every kind; one let go, one lapsed, one by a client.
+        let hold = |n: u8, item: HoldItem| {
+            let req = HoldRequest {
+                event_id: e,
+                items: vec![item],
+            };
+            db.hold(&req, &[round * 16 + n; 32], at, 10 * MIN).unwrap();
+        };
+        hold(
+            1,
+            HoldItem::Seats {
+                seats: vec![format!("A-{}-1", 1 + round)],
+            },
+        );
+        hold(
+            2,
+            HoldItem::Best {
+                category_id: s,
+                quantity: 2,
+            },
+        );
+        hold(
+            3,
+            HoldItem::Quantity {
+                category_id: floor,
+                quantity: 3,
+            },
+        );
+        let req = HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Quantity {
+                category_id: floor,
+                quantity: 2,
+            }],
+        };
+        for n in [4, 5, 6, 7] {
+            let client = Client {
+                address: "10.0.0.1".into(),
+                most: 10,
+            };
+            wait(db.hold_pending(req.clone(), [round * 16 + n; 32], at, MIN, Some(client)))
+                .unwrap();
+        }
+        db.hold_of(&[round * 16 + 1; 32], at).unwrap();
+        db.release(&[round * 16 + 4; 32], at + 1).unwrap();
+        db.availability(e, at + 1).unwrap();
+        // Orders: paid at once, paid by the payment's answer with tickets
+        // signed ahead, refused, given up, refunded, reissued.
+        let order = |n: u8, idempotent: bool| {
+            let mut o = new_order(0, &code(n), idempotent.then_some(("key", n)));
+            if let Some((k, _)) = &mut o.idempotency {
+                *k = code(n);
+            }
+            o.hold_hash = [round * 16 + n; 32];
+            created(db.create_order(&o, at + 2).unwrap());
+        };
+        order(1, true);
+        db.settle_paid(&code(1), at + 3).unwrap();
+        sign(db, &code(1), &key);
+        order(2, false);
+        db.set_intent(&code(2), &format!("pi_{round}_2"), at + 3)
+            .unwrap();
+        db.order_by_intent(&format!("pi_{round}_2")).unwrap();
+        let fields = db.tickets_to_sign_ahead(&code(2)).unwrap().unwrap();
+        let tickets = fields
+            .into_iter()
+            .map(|f| {
+                let stand_in = format!("VT1.{}", shared::hex::encode(&f.ticket_id.0));
+                (f, stand_in)
+            })
+            .collect();
+        let signed = issuer::storage::Signed {
+            key_id: key.clone(),
+            tickets,
+        };
+        let paid =
+            wait(db.pay_pending(code(2), format!("pi_{round}_2"), at + 4, Some(signed))).unwrap();
+        assert!(matches!(paid, Settled::Paid(_)), "{paid:?}");
+        let issued = db.order_tickets(&code(2), &[0xEE; 32]).unwrap();
+        db.ticket_code(&issued[0].ticket_id, &[0xEE; 32]).unwrap();
+        db.tickets_of_order(&code(2)).unwrap();
+        let old = &issued[0].ticket_id;
+        let again = db.ticket_to_reissue(a, &code(2), old).unwrap();
+        let new_code = format!("VT1.{}", shared::hex::encode(&again.ticket_id.0));
+        db.reissue_ticket(a, &code(2), old, &key, &(again, new_code), at + 5)
+            .unwrap();
+        order(3, false);
+        db.mark_failed(&code(3), "card_declined", at + 5).unwrap();
+        order(5, false);
+        db.cancel_pending(&code(5), at + 5).unwrap();
+        db.mark_refunded(&code(1), "re_1", "cancelled", at + 6)
+            .unwrap();
+        db.organizer_order(a, &code(2)).unwrap();
+        db.order(&code(2), &[0xEE; 32]).unwrap();
+        db.order_by_code(&code(3)).unwrap();
+        db.figures(a, e, at + 6).unwrap();
+        db.revocations(a, &[e], 0, 100).unwrap();
+        db.keyset(a, &[e], at + 6).unwrap();
+        for m in db.claim_mail(at + 7, MIN, 100).unwrap() {
+            db.mail_sent(m.id, at + 7).unwrap();
+        }
+        db.claim_unsettled(at + 7, 0, at + 7, 10).unwrap();
+        // Holds lapse; the feed is read as watchers read it.
+        db.announce_expired(at + 11 * MIN).unwrap();
+        let cursor = db.change_cursor().unwrap();
+        db.changes_after(0, 100).unwrap();
+        db.changes_after(cursor, 100).unwrap();
+        db.changes(e, 0, 100).unwrap();
+    };
+    sell(0, T0);
+    let whole = reading_whole_tables(&pg);
+    assert!(whole.is_empty(), "on a new shop: {whole:#?}");
+    // PostgreSQL plans again what it learned more of.
+    for t in GROWING {
+        issuer::storage::postgres::admin(&url, &format!("ANALYZE {t}")).unwrap();
+    }
+    sell(1, T0 + 60 * MIN);
+    let whole = reading_whole_tables(&pg);
+    assert!(whole.is_empty(), "once analyzed: {whole:#?}");
+}
+
 /// Two handles on one PostgreSQL database stand for two issuer processes:
 /// the database decides between them.
 #[test]

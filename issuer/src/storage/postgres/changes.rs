@@ -118,8 +118,7 @@ pub(super) async fn last_seq(c: &mut Conn, event_id: u64) -> Result<u64> {
     Ok(n as u64)
 }
 
-/// Most changes numbered in one statement (written in it as a literal,
-/// which the planner sees).
+/// Most changes numbered in one statement.
 pub(super) const SEQUENCE_BATCH: i64 = 10_000;
 
 /// Numbers the changes written unnumbered and committed, in the order of
@@ -143,14 +142,16 @@ pub(super) async fn sequence(c: &mut Conn) -> Result<usize> {
         return Ok(0);
     }
     // The first unnumbered by id ([`SEQUENCE_BATCH`]); `r`: the place of
-    // each among its event's, `g` among all.
+    // each among its event's, `g` among all. Planned for how many wait:
+    // joined to the changes by their index, or by reading them all.
+    c.plan_each_run();
     let n = c
         .execute(
             "WITH n AS (SELECT id, event_id,
                                row_number() OVER (PARTITION BY event_id ORDER BY id) AS r,
                                row_number() OVER (ORDER BY id) AS g
                         FROM (SELECT id, event_id FROM place_changes WHERE seq IS NULL
-                              ORDER BY id LIMIT 10000) u),
+                              ORDER BY id LIMIT $1) u),
                   k AS (SELECT event_id, max(r) AS k FROM n GROUP BY event_id),
                   s AS (INSERT INTO feed_seq (event_id, seq) SELECT event_id, k FROM k
                         ON CONFLICT (event_id) DO UPDATE SET seq = feed_seq.seq + EXCLUDED.seq
@@ -161,7 +162,7 @@ pub(super) async fn sequence(c: &mut Conn) -> Result<usize> {
              UPDATE place_changes c SET seq = s.seq - k.k + n.r, pos = p.pos - t.t + n.g
              FROM n JOIN k USING (event_id) JOIN s USING (event_id), t, p
              WHERE c.id = n.id",
-            &[],
+            &[&SEQUENCE_BATCH],
         )
         .await?;
     Ok(n as usize)
@@ -311,6 +312,8 @@ pub(super) const KEEP_CHANGES_MS: u64 = 24 * 3600 * 1000;
 /// Clears changes older than [`KEEP_CHANGES_MS`] (a watcher that far behind
 /// gets a snapshot); numbering goes on from `feed_seq`.
 pub(super) async fn prune(c: &mut Conn, now_ms: u64) -> Result<()> {
+    // The oldest by their index once there are many.
+    c.plan_each_run();
     c.execute(
         "DELETE FROM place_changes WHERE id IN (
              SELECT id FROM place_changes ORDER BY id LIMIT 10000)

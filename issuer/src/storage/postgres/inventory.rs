@@ -247,16 +247,21 @@ async fn take(
 /// passed is told (and their places untied) first by the same
 /// transaction. A place whose hold lapsed but was committed too late to be
 /// told of is not taken, so the feed never shows a place held twice.
+///
+/// The places chosen are updated where they lie (by `ctid`, the row's
+/// place in the table, which no one else can move while they are locked):
+/// however many the plan expects the choice to make, it never looks for
+/// them among all the places.
 macro_rules! taking {
     ($choose:literal) => {
         concat!(
-            "UPDATE places p SET hold = $1, held_until = $2
-             FROM (SELECT category_id, n FROM places
-                   WHERE order_id IS NULL AND held_until = 0 AND ",
+            "UPDATE places SET hold = $1, held_until = $2
+             WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM places
+                 WHERE order_id IS NULL AND held_until = 0 AND ",
             $choose,
-            " FOR UPDATE SKIP LOCKED) f
-             WHERE p.category_id = f.category_id AND p.n = f.n
-             RETURNING p.category_id, p.n, p.seat_key"
+            " FOR UPDATE SKIP LOCKED))
+             RETURNING category_id, n, seat_key"
         )
     };
 }
@@ -484,11 +489,14 @@ impl PgStorage {
             .await?;
             let held: i64 = c
                 .query_one(
-                    "SELECT count(*) FROM hold_items i JOIN holds h ON h.token_hash = i.hold
+                    "SELECT coalesce(sum((SELECT count(*) FROM hold_items i
+                                          WHERE i.hold = h.token_hash)), 0)::bigint
+                     FROM holds h
                      WHERE h.event_id = $1 AND h.client = $2 AND h.client IS NOT NULL
                        AND h.released_at IS NULL AND h.expires_at > $3
-                       AND NOT EXISTS (SELECT 1 FROM orders o
-                                       WHERE o.hold = h.token_hash AND o.state = 'paid')",
+                       AND (SELECT o.state FROM orders o
+                            WHERE o.hold = h.token_hash AND o.state IN ('pending', 'paid'))
+                           IS DISTINCT FROM 'paid'",
                     &[&key(event.id), address, &now_k],
                 )
                 .await?
@@ -750,6 +758,9 @@ impl PgStorage {
         // places commits meanwhile (see `changes`).
         let mut c = self.conn().await?;
         c.begin().await?;
+        // Counted as the event's size calls for: a small event's places
+        // by their index, a big one's from end to end.
+        c.plan_each_run();
         let read = async {
             match event_row(&mut c, event_id).await? {
                 Some((e, _)) if e.status != EventStatus::Draft => {}
@@ -842,8 +853,8 @@ impl PgStorage {
                 .compare_exchange(last, now_ms, Relaxed, Relaxed)
                 .is_ok()
         {
-            let mut c = self.conn().await?;
-            changes::prune(&mut c, now_ms).await?;
+            self.transaction(async |c| changes::prune(c, now_ms).await)
+                .await?;
         }
         if !due {
             return Ok(0);

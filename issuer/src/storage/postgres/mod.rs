@@ -227,6 +227,13 @@ impl PgStorage {
         }))
     }
 
+    /// The plan of each statement the pool's idle connections keep
+    /// prepared and run by one plan: (statement, plan as `EXPLAIN (FORMAT
+    /// JSON)` shows it). Blocks.
+    pub fn kept_plans(&self) -> Result<Vec<(String, String)>> {
+        wait(self.pool.kept_plans())
+    }
+
     /// Runs `f` while holding the database-wide lock `name`: one process
     /// at a time (setting up a new shop, say). Blocks; not for async code.
     pub fn exclusively<T>(&self, name: &str, f: impl FnOnce() -> T) -> Result<T> {

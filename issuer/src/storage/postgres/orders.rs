@@ -529,10 +529,10 @@ impl PgStorage {
         self.transaction(async |c| {
             let claimed = c
                 .query(
-                    "UPDATE orders SET updated_at = $4 WHERE id IN (
+                    "UPDATE orders SET updated_at = $4 WHERE id = ANY(ARRAY(
                          SELECT id FROM orders
                          WHERE state = 'pending' AND updated_at <= $1 AND created_at > $2
-                         ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+                         ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED))
                      RETURNING code, payment_method",
                     &[
                         &key(before_ms),
@@ -735,6 +735,8 @@ impl PgStorage {
     async fn figures_(&self, by: OrganizerId, event_id: u64, now_ms: u64) -> Result<Figures> {
         let mut c = self.conn().await?;
         c.begin_read().await?;
+        // Counted as the event's size calls for.
+        c.plan_each_run();
         let read = async {
             own_event(&mut c, by, event_id).await?;
             let e = key(event_id);
@@ -759,6 +761,7 @@ impl PgStorage {
                 .query_one(
                     "SELECT count(*) FROM holds h
                      WHERE event_id = $1 AND released_at IS NULL AND expires_at > $2
+                       AND NOT announced
                        AND NOT EXISTS (SELECT 1 FROM orders o
                                        WHERE o.hold = h.token_hash AND o.state = 'paid')",
                     &[&e, &key(now_ms)],

@@ -27,10 +27,10 @@ impl Outbox for PgStorage {
             let due = c
                 .query(
                     "UPDATE outbox SET next_try_at = $2, attempts = attempts + 1
-                     WHERE id IN (
+                     WHERE id = ANY(ARRAY(
                          SELECT id FROM outbox
                          WHERE sent_at IS NULL AND failed_at IS NULL AND next_try_at <= $1
-                         ORDER BY next_try_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                         ORDER BY next_try_at, id LIMIT $3 FOR UPDATE SKIP LOCKED))
                      RETURNING id, order_code, kind, attempts - 1",
                     &[
                         &key(now_ms),

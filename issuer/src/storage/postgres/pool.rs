@@ -7,7 +7,7 @@
 //! A connection the server closed is left, and a new one made when next
 //! needed: the pool heals itself after a restart of the server.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +38,9 @@ pub(crate) struct Pool {
 struct Open {
     client: Client,
     statements: HashMap<String, Statement>,
+    /// Those run by the connection's one plan a statement (not planned
+    /// for each run's values: [`Conn::plan_each_run`]).
+    generic: HashSet<String>,
 }
 
 /// A connection taken from the pool, given back when dropped.
@@ -58,6 +61,9 @@ pub(crate) struct Conn {
     /// A read sent with the next statement, and what it read.
     read_ahead: Option<(&'static str, Vec<Arg>)>,
     read_rows: Option<Result<Vec<Row>>>,
+    /// Whether the transaction's statements are planned for each run's
+    /// values ([`Conn::plan_each_run`]).
+    each_run: bool,
     idle: Arc<Mutex<Vec<Open>>>,
     _turn: OwnedSemaphorePermit,
 }
@@ -78,12 +84,21 @@ impl Pool {
         // in 30 s, a transaction left idle for 15 s (a process frozen or
         // cut off half-way, holding what others need) end with an error.
         // Statements are never compiled: they are small, and compiling
-        // them would cost more than running them. (They are planned as
-        // PostgreSQL sees fit: a plan made once when a new shop's tables
-        // were nearly empty, and kept, would read every place to find a
-        // hold's two.)
+        // them would cost more than running them.
+        // Each statement is planned once a connection, not for each run
+        // (planning was a fifth of the server's work on a sale): without
+        // its arguments' values, on the tables as they were then, and
+        // again only once PostgreSQL has analyzed them anew. So that a
+        // plan made when a table was nearly empty still serves once it is
+        // full, no plan reads a table from end to end where an index can
+        // find the rows, and every statement is written for an index to
+        // find its rows (`contract::a_new_shops_statements_find_rows_by_key`).
+        // The few statements whose best plan depends on how much of a
+        // table their values pick are planned for each run instead
+        // ([`Conn::plan_each_run`]).
         let ours = "-c lock_timeout=5000 -c statement_timeout=30000 \
-                    -c idle_in_transaction_session_timeout=15000 -c jit=off";
+                    -c idle_in_transaction_session_timeout=15000 -c jit=off \
+                    -c plan_cache_mode=force_generic_plan -c enable_seqscan=off";
         let options = match config.get_options() {
             Some(theirs) if !theirs.is_empty() => format!("{theirs} {ours}"),
             _ => ours.to_owned(),
@@ -136,9 +151,75 @@ impl Pool {
             deferred: Vec::new(),
             read_ahead: None,
             read_rows: None,
+            each_run: false,
             idle: self.idle.clone(),
             _turn: turn,
         })
+    }
+
+    /// The plan of each statement the idle connections keep prepared, as
+    /// `EXPLAIN (FORMAT JSON)` shows it, made again on that connection
+    /// now: (statement, plan). Every statement runs by one plan a connection, made without
+    /// its arguments' values (`plan_cache_mode`), as this one is.
+    pub async fn kept_plans(&self) -> Result<Vec<(String, String)>> {
+        let opens = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut plans = Vec::new();
+        let mut failed = None;
+        'all: for open in &opens {
+            for (sql, s) in &open.statements {
+                // Those that have a plan (not `RELEASE SAVEPOINT`, say),
+                // and run by the one plan.
+                let verb = sql.split_whitespace().next().unwrap_or("");
+                let planned = ["SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES"];
+                if !planned.iter().any(|v| verb.eq_ignore_ascii_case(v))
+                    || !open.generic.contains(sql)
+                {
+                    continue;
+                }
+                let types: Vec<&str> = s.params().iter().map(|t| t.name()).collect();
+                // The values do not matter to a plan made without them.
+                let (types, args) = match types.is_empty() {
+                    true => (String::new(), String::new()),
+                    false => (
+                        format!("({})", types.join(", ")),
+                        format!("({})", vec!["NULL"; types.len()].join(", ")),
+                    ),
+                };
+                let explain = format!(
+                    "PREPARE kept_plan{types} AS {sql}; \
+                     EXPLAIN (FORMAT JSON) EXECUTE kept_plan{args}; \
+                     DEALLOCATE kept_plan"
+                );
+                match open.client.simple_query(&explain).await {
+                    Ok(lines) => {
+                        let plan = lines
+                            .iter()
+                            .filter_map(|m| match m {
+                                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+                                _ => None,
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n");
+                        plans.push((sql.clone(), plan));
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break 'all;
+                    }
+                }
+            }
+        }
+        match failed {
+            // Closed: a statement of the check may be left prepared.
+            Some(e) => Err(e.into()),
+            None => {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(opens);
+                Ok(plans)
+            }
+        }
     }
 
     /// A new connection, made on the runtime, whose driver runs there.
@@ -160,6 +241,7 @@ impl Pool {
         Ok(Open {
             client,
             statements: HashMap::new(),
+            generic: HashSet::new(),
         })
     }
 }
@@ -207,6 +289,9 @@ impl Conn {
     /// ahead goes first, if `sql` is new: its preparing is a round trip of
     /// its own, and its failure must come after them.
     pub async fn prepare(&mut self, sql: &str) -> Result<Statement> {
+        if !self.each_run && !self.open().generic.contains(sql) {
+            self.open().generic.insert(sql.to_owned());
+        }
         if let Some(s) = self.open().statements.get(sql) {
             return Ok(s.clone());
         }
@@ -320,6 +405,16 @@ impl Conn {
         Ok(())
     }
 
+    /// Plans the transaction's statements for the values each run has,
+    /// as PostgreSQL sees fit, not once a connection: for a statement
+    /// whose best plan depends on how much of a table its values pick (an
+    /// event's counts, say).
+    pub fn plan_each_run(&mut self) {
+        self.each_run = true;
+        self.ahead("SET LOCAL plan_cache_mode = force_custom_plan");
+        self.ahead("SET LOCAL enable_seqscan = on");
+    }
+
     /// Begins a transaction that reads one snapshot and writes nothing.
     pub async fn begin_read(&mut self) -> Result<()> {
         self.in_transaction = true;
@@ -396,6 +491,7 @@ impl Conn {
     /// Ends the transaction begun: commits it if `out` is `Ok`, else
     /// rolls it back; `out`, or the commit's failure.
     pub async fn end<T>(&mut self, out: Result<T>) -> Result<T> {
+        self.each_run = false;
         self.read_ahead = None;
         self.read_rows = None;
         if self.ahead.first() == Some(&"BEGIN") && (out.is_err() || self.deferred.is_empty()) {
