@@ -11,8 +11,7 @@ use rand_core::RngCore;
 use std::sync::Arc;
 
 use super::catalogue::{
-    EVENT_AND_CATEGORIES, categories_of, event_and_categories, event_and_categories_from,
-    event_row, venue_of,
+    EVENT_AND_CATEGORIES, event_and_categories, event_and_categories_from, venue_of,
 };
 use super::changes::{self, Feed};
 use super::{Conn, PgStorage, key};
@@ -248,16 +247,26 @@ async fn take(
 /// transaction. A place whose hold lapsed but was committed too late to be
 /// told of is not taken, so the feed never shows a place held twice.
 ///
-/// The places chosen are updated where they lie (by `ctid`, the row's
-/// place in the table, which no one else can move while they are locked):
-/// however many the plan expects the choice to make, it never looks for
-/// them among all the places.
+/// The places chosen are then updated by their keys, `$key` among those
+/// the choice gives (`$scope` and `$key` of the place's own key, `n` of a
+/// category or `seat_key` of an event): however many the plan expects the
+/// choice to make, it never looks for them among all the places. (Not by
+/// `ctid`: the row locked may be a version newer than the statement can
+/// see, and the update would pass it by. By its key alone the update
+/// finds the version it sees, whatever it was then, and follows it to the
+/// one locked, which is free.)
 macro_rules! taking {
-    ($choose:literal) => {
+    ($scope:literal, $key:literal, $choose:literal) => {
         concat!(
             "UPDATE places SET hold = $1, held_until = $2
-             WHERE ctid = ANY(ARRAY(
-                 SELECT ctid FROM places
+             WHERE ",
+            $scope,
+            " AND ",
+            $key,
+            " = ANY(ARRAY(
+                 SELECT ",
+            $key,
+            " FROM places
                  WHERE order_id IS NULL AND held_until = 0 AND ",
             $choose,
             " FOR UPDATE SKIP LOCKED))
@@ -396,7 +405,11 @@ impl PgStorage {
                 HoldItem::Seats { seats } => {
                     let got = take(
                         c,
-                        taking!("event_id = $3 AND seat_key = ANY($4) AND seat_key IS NOT NULL"),
+                        taking!(
+                            "event_id = $3 AND seat_key IS NOT NULL",
+                            "seat_key",
+                            "event_id = $3 AND seat_key = ANY($4) AND seat_key IS NOT NULL"
+                        ),
                         &[&hash, &until_k, &key(event.id), seats],
                     )
                     .await?;
@@ -430,14 +443,22 @@ impl PgStorage {
                     let start = 1 + (rand_core::OsRng.next_u64() % capacity.max(1) as u64) as i64;
                     let mut got = take(
                         c,
-                        taking!("category_id = $3 AND n >= $5 ORDER BY n LIMIT $4"),
+                        taking!(
+                            "category_id = $3",
+                            "n",
+                            "category_id = $3 AND n >= $5 ORDER BY n LIMIT $4"
+                        ),
                         &[&hash, &until_k, &key(cat.id), &i64::from(*quantity), &start],
                     )
                     .await?;
                     if got.len() < *quantity as usize {
                         let more = take(
                             c,
-                            taking!("category_id = $3 AND n < $5 ORDER BY n LIMIT $4"),
+                            taking!(
+                                "category_id = $3",
+                                "n",
+                                "category_id = $3 AND n < $5 ORDER BY n LIMIT $4"
+                            ),
                             &[
                                 &hash,
                                 &until_k,
@@ -592,7 +613,11 @@ impl PgStorage {
             self.mark_taken(c, cat.id, first..=last);
             let mut got = take(
                 c,
-                taking!("category_id = $3 AND n BETWEEN $4 AND $5"),
+                taking!(
+                    "category_id = $3",
+                    "n",
+                    "category_id = $3 AND n BETWEEN $4 AND $5"
+                ),
                 &[&hash, &until_k, &key(cat.id), &first, &last],
             )
             .await?;
@@ -694,7 +719,9 @@ impl PgStorage {
     fn announce_due(&self, event_id: u64, now_ms: u64) -> bool {
         let mut last = self.announced.lock().unwrap_or_else(|p| p.into_inner());
         match last.get(&event_id) {
-            Some(at) if now_ms >= *at && now_ms - at < ANNOUNCE_EVERY_MS => false,
+            // Requests a while in flight carry times a little before the
+            // last telling: told recently all the same.
+            Some(at) if now_ms.abs_diff(*at) < ANNOUNCE_EVERY_MS => false,
             _ => {
                 last.insert(event_id, now_ms);
                 true
@@ -762,11 +789,10 @@ impl PgStorage {
         // by their index, a big one's from end to end.
         c.plan_each_run();
         let read = async {
-            match event_row(&mut c, event_id).await? {
-                Some((e, _)) if e.status != EventStatus::Draft => {}
+            let all = match event_and_categories(&mut c, event_id).await? {
+                Some((e, all)) if e.status != EventStatus::Draft => all,
                 _ => return Err(StorageError::NotFound(format!("event {event_id}"))),
-            }
-            let all = categories_of(&mut c, event_id).await?;
+            };
             let ids: Vec<i64> = all.iter().map(|cat| key(cat.id)).collect();
             let seated: Vec<i64> = all
                 .iter()

@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_shop_keys.sql"),
     include_str!("migrations/0005_lighter_sales.sql"),
     include_str!("migrations/0006_found_by_index.sql"),
+    include_str!("migrations/0007_numbers_indexed_once_given.sql"),
 ];
 
 /// The advisory lock processes starting at once take turns on to migrate.
