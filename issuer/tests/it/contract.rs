@@ -1976,7 +1976,17 @@ const GROWING: [&str; 9] = [
 fn reading_whole_tables(pg: &issuer::storage::postgres::PgStorage) -> Vec<(String, Vec<String>)> {
     fn whole(node: &serde_json::Value, found: &mut Vec<String>) {
         let kind = node["Node Type"].as_str().unwrap_or("");
-        let table = node["Relation Name"].as_str().unwrap_or("");
+        let index = node["Index Name"].as_str().unwrap_or("");
+        // A bitmap index scan names its index only: its table's name
+        // begins it.
+        let table = match node["Relation Name"].as_str() {
+            Some(table) => table,
+            None => GROWING
+                .iter()
+                .find(|t| index.starts_with(&format!("{t}_")))
+                .copied()
+                .unwrap_or(""),
+        };
         // Indexes of only the rows waiting for work (changes to number,
         // messages to send, payments to ask about, holds to tell expired)
         // are read in their order, as far as needed.
@@ -1988,14 +1998,12 @@ fn reading_whole_tables(pg: &issuer::storage::postgres::PgStorage) -> Vec<(Strin
         ];
         let unbounded = match kind {
             "Seq Scan" => true,
-            "Index Scan" | "Index Only Scan" => {
-                node.get("Index Cond").is_none()
-                    && !waiting.contains(&node["Index Name"].as_str().unwrap_or(""))
+            "Index Scan" | "Index Only Scan" | "Bitmap Index Scan" => {
+                node.get("Index Cond").is_none() && !waiting.contains(&index)
             }
             _ => false,
         };
         if unbounded && GROWING.contains(&table) {
-            let index = node["Index Name"].as_str().unwrap_or("");
             found.push(format!("{kind} on {table} {index}"));
         }
         for child in node["Plans"].as_array().into_iter().flatten() {

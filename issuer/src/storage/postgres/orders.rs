@@ -761,7 +761,6 @@ impl PgStorage {
                 .query_one(
                     "SELECT count(*) FROM holds h
                      WHERE event_id = $1 AND released_at IS NULL AND expires_at > $2
-                       AND NOT announced
                        AND NOT EXISTS (SELECT 1 FROM orders o
                                        WHERE o.hold = h.token_hash AND o.state = 'paid')",
                     &[&e, &key(now_ms)],

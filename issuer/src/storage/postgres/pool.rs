@@ -32,6 +32,8 @@ pub(crate) struct Pool {
     runtime: tokio::runtime::Handle,
     idle: Arc<Mutex<Vec<Open>>>,
     turns: Arc<Semaphore>,
+    /// Connections at most.
+    size: usize,
 }
 
 /// A connection and its prepared statements.
@@ -109,6 +111,7 @@ impl Pool {
             runtime,
             idle: Arc::default(),
             turns: Arc::new(Semaphore::new(size)),
+            size,
         }
     }
 
@@ -162,6 +165,13 @@ impl Pool {
     /// now: (statement, plan). Every statement runs by one plan a connection, made without
     /// its arguments' values (`plan_cache_mode`), as this one is.
     pub async fn kept_plans(&self) -> Result<Vec<(String, String)>> {
+        // Every turn, so that no connection is in use meanwhile (nor made
+        // beyond the pool's size).
+        let _all = self
+            .turns
+            .acquire_many(u32::try_from(self.size).unwrap_or(u32::MAX))
+            .await
+            .map_err(|e| StorageError::Backend(e.to_string()))?;
         let opens = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
         let mut plans = Vec::new();
         let mut failed = None;
