@@ -60,7 +60,7 @@ fn keyset_error(e: crate::Error) -> StorageError {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StorageError {
     /// Not there, or not the caller's to see: an organizer is never told
     /// whether another's event exists.

@@ -1899,6 +1899,165 @@ fn a_hold_given_up_before_its_turn_is_not_made() {
     }
 }
 
+/// Holds asked for at the same moment, as a stampede's are (PostgreSQL
+/// makes them together, in one transaction): each is made or refused on
+/// its own, by its own fault only, and what is left adds up.
+#[test]
+fn holds_asked_at_once_are_each_made_or_refused_on_their_own() {
+    for (name, db, _tmp) in backends() {
+        let (e, s, floor) = on_sale(&*db, 10);
+        let q = |n| HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Quantity {
+                category_id: floor,
+                quantity: n,
+            }],
+        };
+        let best = || HoldRequest {
+            event_id: e,
+            items: vec![HoldItem::Best {
+                category_id: s,
+                quantity: 2,
+            }],
+        };
+        let limited = Some(Client {
+            address: "10.0.0.9".into(),
+            most: 3,
+        });
+        let asked: Vec<(HoldRequest, Option<Client>)> = vec![
+            // Two ahead, that keep the database busy while the rest gather.
+            (seats(e, &["A-3-9"]), None),
+            (seats(e, &["A-3-10"]), None),
+            // 16 standing places asked of 10.
+            (q(4), None),
+            (q(4), None),
+            (q(3), None),
+            (q(1), None),
+            (q(2), limited.clone()),
+            (q(2), limited),
+            // One seat asked twice.
+            (seats(e, &["A-1-1"]), None),
+            (seats(e, &["A-1-1"]), None),
+            // No such seat: the other one asked with it stays free.
+            (seats(e, &["A-2-5", "Z-9-9"]), None),
+            (seats(e, &["A-2-6\u{0}"]), None),
+            (best(), None),
+            (best(), None),
+            (best(), None),
+            // The best of a standing area.
+            (
+                HoldRequest {
+                    event_id: e,
+                    items: vec![HoldItem::Best {
+                        category_id: floor,
+                        quantity: 1,
+                    }],
+                },
+                None,
+            ),
+        ];
+        let pending: Vec<_> = asked
+            .iter()
+            .enumerate()
+            .map(|(i, (r, client))| {
+                db.hold_pending(r.clone(), [i as u8 + 1; 32], T0, MIN, client.clone())
+            })
+            .collect();
+        let got = wait(async { Ok(futures_util::future::join_all(pending).await) }).unwrap();
+        let a = db.availability(e, T0).unwrap();
+        let left = |id| {
+            a.categories
+                .iter()
+                .find(|c| c.category_id == id)
+                .unwrap()
+                .clone()
+        };
+        // Standing: never beyond the quota, each hold made whole, and no
+        // buyer refused while enough places were left (nothing was let go).
+        let mut standing = 0;
+        let mut limited_made = 0;
+        for (i, ((r, client), out)) in asked.iter().zip(&got).enumerate().skip(2).take(6) {
+            let HoldItem::Quantity { quantity, .. } = r.items[0] else {
+                unreachable!()
+            };
+            match out {
+                Ok(h) => {
+                    assert_eq!(h.places.len(), quantity as usize, "{name}: hold {i}");
+                    standing += quantity as u64;
+                    limited_made += u32::from(client.is_some());
+                }
+                Err(StorageError::Conflict(m)) if m.contains("at most 3") => {
+                    assert!(client.is_some(), "{name}: {m}")
+                }
+                Err(StorageError::Conflict(m)) => assert!(
+                    left(floor).available < u64::from(quantity),
+                    "{name}: hold {i} refused ({m}) with {} places left",
+                    left(floor).available
+                ),
+                other => panic!("{name}: hold {i}: {other:?}"),
+            }
+        }
+        assert!(standing <= 10, "{name}: {standing} standing places held");
+        assert_eq!(left(floor).held, standing, "{name}");
+        assert!(limited_made <= 1, "{name}: the address held 4 places");
+        // One seat, one buyer.
+        let a11: Vec<_> = got[8..10].iter().map(|r| r.is_ok()).collect();
+        assert!(
+            a11 == [true, false] || a11 == [false, true],
+            "{name}: {:?}",
+            &got[8..10]
+        );
+        assert!(
+            got[8..10]
+                .iter()
+                .any(|r| matches!(r, Err(StorageError::Conflict(m)) if m.contains("A-1-1"))),
+            "{name}: {:?}",
+            &got[8..10]
+        );
+        assert!(
+            matches!(&got[10], Err(StorageError::Invalid(m)) if m.contains("Z-9-9")),
+            "{name}: {:?}",
+            got[10]
+        );
+        assert_eq!(
+            seat_state(&*db, e, "A-2-5", T0),
+            PlaceState::Available,
+            "{name}"
+        );
+        assert!(
+            matches!(&got[11], Err(StorageError::Invalid(_))),
+            "{name}: {:?}",
+            got[11]
+        );
+        assert!(
+            matches!(&got[15], Err(StorageError::Invalid(_))),
+            "{name}: {:?}",
+            got[15]
+        );
+        // Best pairs: side by side, none shared.
+        let mut seen = std::collections::HashSet::new();
+        for out in &got[12..15] {
+            let h = out.as_ref().unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let keys: Vec<String> = h.places.iter().filter_map(|p| p.seat.clone()).collect();
+            assert_eq!(keys.len(), 2, "{name}");
+            let parts: Vec<Vec<&str>> = keys.iter().map(|k| k.split('-').collect()).collect();
+            assert_eq!(parts[0][1], parts[1][1], "{name}: one row: {keys:?}");
+            let (x, y): (u32, u32) = (parts[0][2].parse().unwrap(), parts[1][2].parse().unwrap());
+            assert_eq!(x.abs_diff(y), 1, "{name}: side by side: {keys:?}");
+            for k in keys {
+                assert!(seen.insert(k.clone()), "{name}: {k} held twice");
+            }
+        }
+        assert!(
+            got[..2].iter().all(|r| r.is_ok()),
+            "{name}: {:?}",
+            &got[..2]
+        );
+        assert_eq!(left(s).held, 2 + 1 + 6, "{name}");
+        feed_adds_up(&*db, e, T0, name);
+    }
+}
+
 #[test]
 fn a_pending_order_is_asked_about_once_a_pass_and_only_while_pending() {
     for (name, db, _tmp) in backends() {

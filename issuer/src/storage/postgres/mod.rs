@@ -11,6 +11,8 @@
 
 mod catalogue;
 mod changes;
+mod gather;
+mod holds;
 mod inventory;
 pub mod moving;
 mod notify;
@@ -90,6 +92,10 @@ pub struct Inner {
     /// them (`inventory::hold_in`: a hold goes by its copy and reads them
     /// again with its first statement).
     catalogue: std::sync::Mutex<std::collections::HashMap<u64, inventory::EventCopy>>,
+    /// Holds asked for, made in batches by event (`holds`).
+    holds: holds::Holds,
+    /// Releases asked for, made in batches (`inventory`).
+    releases: inventory::Releases,
     /// When old live-feed changes were last cleared (unix ms).
     pruned_at: std::sync::atomic::AtomicU64,
     /// Wakes the task telling other processes of changes (`notify`).
@@ -219,6 +225,8 @@ impl PgStorage {
             rows: std::sync::Mutex::default(),
             free: std::sync::Mutex::default(),
             catalogue: std::sync::Mutex::default(),
+            holds: holds::gathered(),
+            releases: inventory::releases(),
             announced: std::sync::Mutex::default(),
             sequenced_at: std::sync::Mutex::default(),
             pruned_at: std::sync::atomic::AtomicU64::new(0),

@@ -326,6 +326,38 @@ impl Conn {
         out
     }
 
+    /// Runs `statements` one after another, sent together (with what is
+    /// to go ahead, and the read sent ahead): one round trip for them
+    /// all. The rows of each; the first failure fails them all (in a
+    /// transaction, those after it fail too).
+    pub async fn query_all(&mut self, statements: &[(&str, Vec<Arg>)]) -> Result<Vec<Vec<Row>>> {
+        let mut prepared = Vec::with_capacity(statements.len());
+        for (sql, _) in statements {
+            prepared.push(self.prepare(sql).await?);
+        }
+        let read = self.take_read().await?;
+        let ahead = self.take_ahead();
+        let client = &self.open().client;
+        let runs = prepared.iter().zip(statements).map(|(s, (_, args))| {
+            let args: Vec<&(dyn ToSql + Sync)> = args
+                .iter()
+                .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            async move { client.query(s, &args).await }
+        });
+        let all = async {
+            futures_util::future::join_all(runs)
+                .await
+                .into_iter()
+                .collect::<std::result::Result<Vec<_>, _>>()
+        };
+        let (read, out) = after(client, ahead, read.as_ref(), all).await;
+        if read.is_some() {
+            self.read_rows = read;
+        }
+        out
+    }
+
     /// Sends the read `sql` with the next statement (one round trip, not
     /// two), its rows kept for [`Conn::read_back`].
     pub fn read_ahead(&mut self, sql: &'static str, args: Vec<Arg>) {
