@@ -2680,3 +2680,188 @@ fn a_cancellation_waits_for_the_payments_being_settled() {
         .map(|_| ())
         .unwrap_err();
 }
+
+/// A hold refused for its own fault after it took places (here it asks,
+/// after them, for a seat the event does not sell) takes nothing from the
+/// holds asked with it: no buyer is refused places that stay free.
+#[test]
+fn a_hold_refused_late_in_a_batch_takes_no_place_from_another() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, floor) = on_sale(&*db, 10);
+        let quantity = |n| HoldItem::Quantity {
+            category_id: floor,
+            quantity: n,
+        };
+        let seat = |k: &str| HoldItem::Seats {
+            seats: vec![k.into()],
+        };
+        let asked = [
+            // Two ahead, that keep the database busy while the rest gather.
+            seats(e, &["A-3-9"]),
+            seats(e, &["A-3-10"]),
+            // Five standing places, then a seat there is not: refused.
+            HoldRequest {
+                event_id: e,
+                items: vec![quantity(5), seat("Z-9-9")],
+            },
+            // Eight of the ten: free, once the hold above is refused.
+            HoldRequest {
+                event_id: e,
+                items: vec![quantity(8)],
+            },
+            // A-1-1, then a seat there is not: refused.
+            HoldRequest {
+                event_id: e,
+                items: vec![seat("A-1-1"), seat("Z-9-8")],
+            },
+            // A standing place, then A-1-1: free, once the hold above is
+            // refused.
+            HoldRequest {
+                event_id: e,
+                items: vec![quantity(1), seat("A-1-1")],
+            },
+        ];
+        let pending: Vec<_> = asked
+            .iter()
+            .enumerate()
+            .map(|(i, r)| db.hold_pending(r.clone(), [i as u8 + 1; 32], T0, MIN, None))
+            .collect();
+        let got = wait(async { Ok(futures_util::future::join_all(pending).await) }).unwrap();
+        assert!(
+            got[..2].iter().all(|r| r.is_ok()),
+            "{name}: {:?}",
+            &got[..2]
+        );
+        assert!(
+            matches!(&got[2], Err(StorageError::Invalid(m)) if m.contains("Z-9-9")),
+            "{name}: {:?}",
+            got[2]
+        );
+        assert!(
+            matches!(&got[4], Err(StorageError::Invalid(m)) if m.contains("Z-9-8")),
+            "{name}: {:?}",
+            got[4]
+        );
+        assert_eq!(
+            seat_state(&*db, e, "A-1-1", T0),
+            if got[5].is_ok() {
+                PlaceState::Held
+            } else {
+                PlaceState::Available
+            },
+            "{name}"
+        );
+        feed_adds_up(&*db, e, T0, name);
+        let (eight, seat) = (got[3].as_ref(), got[5].as_ref());
+        assert!(
+            eight.is_ok_and(|h| h.places.len() == 8) && seat.is_ok_and(|h| h.places.len() == 2),
+            "{name}: free places refused: eight of ten: {eight:?}; a standing place and A-1-1: {seat:?}"
+        );
+    }
+}
+
+/// A hold whose row another session keeps locked (a payment of it
+/// settling in a process that froze) makes its own release wait, not
+/// another buyer's: a release asked for beside it is made, and at once.
+#[test]
+fn a_release_waiting_for_a_locked_hold_does_not_fail_or_hold_up_others() {
+    let Some(url) = crate::pg::fresh_database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let db = postgres(&url, &tmp);
+    let (e, _, floor) = on_sale(&*db, 10);
+    let q = HoldRequest {
+        event_id: e,
+        items: vec![HoldItem::Quantity {
+            category_id: floor,
+            quantity: 1,
+        }],
+    };
+    for h in [1u8, 3, 4] {
+        db.hold(&q, &[h; 32], T0, 10 * MIN).unwrap();
+    }
+    db.hold(&seats(e, &["A-1-1"]), &[2; 32], T0, 10 * MIN)
+        .unwrap();
+    // The frozen session, holding holds 1, 3 and 4.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (client, conn) = rt
+        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
+        .unwrap();
+    rt.spawn(conn);
+    rt.block_on(client.batch_execute(&format!(
+        "BEGIN; SELECT 1 FROM holds WHERE token_hash IN ('\\x{}', '\\x{}', '\\x{}') FOR UPDATE",
+        "01".repeat(32),
+        "03".repeat(32),
+        "04".repeat(32)
+    )))
+    .unwrap();
+    // Their buyers let them go (asked now, made by tasks of their own),
+    // then another buyer lets hold 2 go.
+    let stuck: Vec<_> = [1u8, 3, 4]
+        .iter()
+        .map(|h| db.release_pending([*h; 32], T0 + 1))
+        .collect();
+    let started = std::time::Instant::now();
+    let other = wait(db.release_pending([2; 32], T0 + 1));
+    let took = started.elapsed();
+    drop(client);
+    drop(stuck);
+    assert!(
+        matches!(&other, Ok(h) if h.state == HoldState::Released),
+        "a release beside one waiting for a locked hold, after {took:?}: {other:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "a release waited {took:?} behind others' locked holds"
+    );
+    assert_eq!(seat_state(&*db, e, "A-1-1", T0 + 1), PlaceState::Available);
+}
+
+/// A lapsed hold whose row another session keeps locked (a late payment
+/// of it settling in a process that froze) holds up no buyer: its expiry
+/// is told by a later look, and the holds asked meanwhile are made.
+#[test]
+fn a_hold_waiting_to_tell_of_a_locked_lapsed_hold_fails_no_other() {
+    let Some(url) = crate::pg::fresh_database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let db = postgres(&url, &tmp);
+    let (e, _, floor) = on_sale(&*db, 50);
+    let q = HoldRequest {
+        event_id: e,
+        items: vec![HoldItem::Quantity {
+            category_id: floor,
+            quantity: 1,
+        }],
+    };
+    // Lapses at T0 + 1 s, locked meanwhile by the frozen session.
+    db.hold(&q, &[99; 32], T0, 1000).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (client, conn) = rt
+        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
+        .unwrap();
+    rt.spawn(conn);
+    rt.block_on(client.batch_execute(&format!(
+        "BEGIN; SELECT 1 FROM holds WHERE token_hash = '\\x{}' FOR UPDATE",
+        "63".repeat(32)
+    )))
+    .unwrap();
+    // Two ahead, before it lapses; then ten buyers at once, after.
+    let mut pending: Vec<_> = (0..2u8)
+        .map(|i| db.hold_pending(q.clone(), [i + 1; 32], T0 + 500, 10 * MIN, None))
+        .collect();
+    pending.extend(
+        (0..10u8).map(|i| db.hold_pending(q.clone(), [i + 10; 32], T0 + 2000, 10 * MIN, None)),
+    );
+    let got = wait(async { Ok(futures_util::future::join_all(pending).await) }).unwrap();
+    drop(client);
+    let failed: Vec<_> = got[2..].iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 10 holds failed behind one locked lapsed hold: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}

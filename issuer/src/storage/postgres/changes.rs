@@ -173,10 +173,12 @@ const ANNOUNCE_BATCH: i64 = 1000;
 
 /// Tells `feed` of the expiry of holds (of `event_id`, or of every event)
 /// whose time has passed by `now_ms` and that were not let go: their
-/// unsold places still tied to them are untied. The holds are locked in
-/// order, so that two transactions telling of the same holds take turns
-/// rather than wait for each other; a transaction about to take places
-/// tells first, so a place is never taken again before its expiry is told.
+/// unsold places still tied to them are untied. A hold locked by another
+/// transaction (another telling, or a late payment of it being settled)
+/// is passed over, for a later look: no buyer waits for it, and its
+/// places, their time passed but not untied, are not free to take till
+/// then. A transaction about to take places tells first, so a place is
+/// never taken again before its expiry is told.
 pub(super) async fn announce(
     c: &mut Conn,
     event_id: Option<u64>,
@@ -191,7 +193,7 @@ pub(super) async fn announce(
                  WHERE NOT announced AND released_at IS NULL AND expires_at <= $1
                    AND ($2::bigint IS NULL OR event_id = $2)
                  ORDER BY expires_at, token_hash LIMIT $3
-                 FOR UPDATE",
+                 FOR UPDATE SKIP LOCKED",
                 &[&key(now_ms), &event_id.map(key), &ANNOUNCE_BATCH],
             )
             .await?;

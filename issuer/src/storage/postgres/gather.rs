@@ -108,10 +108,74 @@ impl<K: Hash + Eq + Clone, R, T> Gather<K, R, T> {
         Some(self.take(queue))
     }
 
+    /// A runner of `key` stopped half-way: the requests waiting are
+    /// answered, if no other runner is left to take them.
+    fn gone(&self, key: &K) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(queue) = queues.get_mut(key) else {
+            return;
+        };
+        queue.running = queue.running.saturating_sub(1);
+        if queue.running > 0 {
+            return;
+        }
+        if let Some(queue) = queues.remove(key) {
+            for w in queue.waiting {
+                w.answer(Err(StorageError::Backend(
+                    "the batch that was to make the request stopped".into(),
+                )));
+            }
+        }
+    }
+
     /// The next batch: the first `most` requests waiting.
     fn take(&self, queue: &mut Queue<R, T>) -> Batch<R, T> {
         let n = queue.waiting.len().min(self.most);
         queue.waiting.drain(..n).collect()
+    }
+}
+
+/// A batch runner's hold on its queue. Should the runner stop half-way
+/// (a panic: never expected), its queue is told when this is dropped, so
+/// that the requests waiting are answered and later ones start runners of
+/// their own; a runner that ran out of requests says [`Running::done`].
+pub(super) struct Running<'a, K: Hash + Eq + Clone, R, T> {
+    gather: &'a Gather<K, R, T>,
+    key: K,
+    done: bool,
+}
+
+impl<'a, K: Hash + Eq + Clone, R, T> Running<'a, K, R, T> {
+    pub fn new(gather: &'a Gather<K, R, T>, key: K) -> Self {
+        Running {
+            gather,
+            key,
+            done: false,
+        }
+    }
+
+    /// The runner ended as it should: [`Gather::next`] found no request.
+    pub fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl<K: Hash + Eq + Clone, R, T> Drop for Running<'_, K, R, T> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.gather.gone(&self.key);
+        }
+    }
+}
+
+/// Whether a batch that failed with `e` is worth making again one request
+/// at a time: the database refused something of it (one request's fault,
+/// perhaps), or one of them waited too long (a lock held by another); not
+/// when the database is away or busy, where each would fail alike.
+pub(super) fn not_of_all(e: &StorageError) -> bool {
+    match e {
+        StorageError::Unavailable(m) => m.starts_with("55P03:") || m.starts_with("57014:"),
+        _ => true,
     }
 }
 
@@ -165,5 +229,29 @@ mod tests {
         // Both runners ended: the next request starts a batch at once.
         let (_d, fresh) = g.push(&1, 40);
         assert!(fresh.is_some());
+    }
+
+    #[test]
+    fn a_runner_that_stops_half_way_leaves_no_request_waiting_for_ever() {
+        let g: Gather<u8, u32, ()> = Gather::new(1, 10);
+        let (_a, first) = g.push(&1, 10);
+        let running = Running::new(&g, 1);
+        let (mut waiting, none) = g.push(&1, 11);
+        assert!(none.is_none());
+        drop(first);
+        // The runner panics: dropped without saying it was done.
+        drop(running);
+        assert!(matches!(
+            waiting.try_recv(),
+            Ok(Err(StorageError::Backend(_)))
+        ));
+        // The next request starts a runner.
+        assert!(g.push(&1, 12).1.is_some());
+        // A runner done as it should leaves the queue alone.
+        let running = Running::new(&g, 1);
+        let (mut later, none) = g.push(&1, 13);
+        assert!(none.is_none());
+        running.done();
+        assert!(later.try_recv().is_err(), "still waiting for its batch");
     }
 }

@@ -86,6 +86,15 @@ struct Work {
     done: Option<Outcome>,
     /// The best seats chosen for it this round, by category.
     choosing: Vec<(u64, Vec<i64>)>,
+    /// Refused for want of places: of a category, or a seat.
+    scarce: Option<Scarce>,
+}
+
+/// What a hold refused for want of places lacked: should another hold of
+/// its batch put such places back, it is made again, by a later batch.
+enum Scarce {
+    Category(u64),
+    Seat(String),
 }
 
 impl Work {
@@ -144,35 +153,37 @@ fn written(event: u64, made: &[Made]) -> Vec<Arg> {
 }
 
 /// Takes the seats of an event asked for by key (`$2`): for the hold
-/// `$3[i]` until `$4[i]` of the `i`-th. Returns those taken.
-const TAKE_SEATS: &str = "UPDATE places
-     SET hold = ($3::bytea[])[array_position($2::text[], seat_key)],
-         held_until = ($4::bigint[])[array_position($2::text[], seat_key)]
-     WHERE event_id = $1 AND seat_key IS NOT NULL AND seat_key = ANY(ARRAY(
-         SELECT seat_key FROM places
-         WHERE order_id IS NULL AND held_until = 0
-           AND event_id = $1 AND seat_key = ANY($2) AND seat_key IS NOT NULL
-         FOR UPDATE SKIP LOCKED))
-     RETURNING category_id, n, seat_key";
+/// `$3[i]` until `$4[i]` of the `i`-th. Returns those taken. (The seats
+/// are found by their keys, then each given its hold by a join: its cost
+/// grows with the seats, not with their square.)
+const TAKE_SEATS: &str = "UPDATE places p SET hold = w.h, held_until = w.t
+     FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS w(k, h, t)
+     WHERE p.event_id = $1 AND p.seat_key IS NOT NULL AND p.seat_key = w.k
+       AND p.seat_key = ANY(ARRAY(
+           SELECT seat_key FROM places
+           WHERE order_id IS NULL AND held_until = 0
+             AND event_id = $1 AND seat_key = ANY($2) AND seat_key IS NOT NULL
+           FOR UPDATE SKIP LOCKED))
+     RETURNING p.category_id, p.n, p.seat_key";
 
 /// Takes places `$2` of category `$1`: for the hold `$3[i]` until `$4[i]`
 /// of the `i`-th. Returns those taken.
-const TAKE_PLACES: &str = "UPDATE places
-     SET hold = ($3::bytea[])[array_position($2::bigint[], n)],
-         held_until = ($4::bigint[])[array_position($2::bigint[], n)]
-     WHERE category_id = $1 AND n = ANY(ARRAY(
+const TAKE_PLACES: &str = "UPDATE places p SET hold = w.h, held_until = w.t
+     FROM unnest($2::bigint[], $3::bytea[], $4::bigint[]) AS w(n, h, t)
+     WHERE p.category_id = $1 AND p.n = w.n AND p.n = ANY(ARRAY(
          SELECT n FROM places
          WHERE order_id IS NULL AND held_until = 0 AND category_id = $1 AND n = ANY($2)
          FOR UPDATE SKIP LOCKED))
-     RETURNING n, seat_key";
+     RETURNING p.n, p.seat_key";
 
 /// Takes so many places of a quota (category `$1`) for several holds in
 /// turn: the places `$7` (found free before, and locked), then up to `$3`
 /// more free ones from place `$2` on (or, the second time round, before
 /// it), in order. The holds want the places of ranks up to `$6[i]` (each
 /// after the last's): those whose last rank is found get them, for hold
-/// `$4[r]` until `$5[r]` by rank `r`. Returns every place found (those
-/// given out first), and the rank, number and seat of each given out.
+/// `$4[r]` until `$5[r]` by rank `r`. Returns, first, every place found
+/// (those given out first), then the rank, number and seat of each given
+/// out.
 macro_rules! take_quota {
     ($from:literal) => {
         concat!(
@@ -184,15 +195,21 @@ macro_rules! take_quota {
             $from,
             "    ORDER BY n LIMIT $3 FOR UPDATE SKIP LOCKED) AS ns),
                  g AS MATERIALIZED (
-                     SELECT ns, ns[1:(SELECT max(e) FROM unnest($6::bigint[]) AS e
-                                      WHERE e <= cardinality(ns))] AS used
+                     SELECT ns[1:(SELECT max(e) FROM unnest($6::bigint[]) AS e
+                                  WHERE e <= cardinality(ns))] AS used
                      FROM f),
-                 u AS (UPDATE places p
-                       SET hold = ($4::bytea[])[array_position(g.used, p.n)],
-                           held_until = ($5::bigint[])[array_position(g.used, p.n)]
-                       FROM g WHERE p.category_id = $1 AND p.n = ANY(g.used)
-                       RETURNING array_position(g.used, p.n) AS rank, p.n, p.seat_key)
-             SELECT g.ns, u.rank, u.n, u.seat_key FROM g LEFT JOIN u ON true"
+                 w AS MATERIALIZED (
+                     SELECT x.n, x.r, y.h, y.t
+                     FROM g, unnest(g.used) WITH ORDINALITY AS x(n, r)
+                          JOIN unnest($4::bytea[], $5::bigint[]) WITH ORDINALITY AS y(h, t, r)
+                          USING (r)),
+                 u AS (UPDATE places p SET hold = w.h, held_until = w.t
+                       FROM w
+                       WHERE p.category_id = $1 AND p.n = w.n
+                         AND p.n = ANY((SELECT used FROM g)::bigint[])
+                       RETURNING w.r, p.n, p.seat_key)
+             SELECT (SELECT ns FROM f), NULL::bigint, NULL::bigint, NULL::text
+             UNION ALL SELECT NULL, r, n, seat_key FROM u"
         )
     };
 }
@@ -302,10 +319,19 @@ impl Quota {
         rows: &[tokio_postgres::Row],
         work: &mut [Work],
     ) -> (Vec<(usize, u32)>, Vec<i64>) {
-        let found: Vec<i64> = rows.first().map(|r| r.get(0)).unwrap_or_default();
-        let mut by_rank: Vec<(i32, i64, Option<String>)> = rows
+        let found: Vec<i64> = rows
             .iter()
-            .filter_map(|r| Some((r.get::<_, Option<i32>>(1)?, r.get(2), r.get(3))))
+            .find_map(|r| r.get::<_, Option<Vec<i64>>>(0))
+            .unwrap_or_default();
+        let mut by_rank: Vec<(i64, i64, Option<String>)> = rows
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get(3),
+                ))
+            })
             .collect();
         by_rank.sort_by_key(|t| t.0);
         let mut places = by_rank.into_iter();
@@ -449,6 +475,7 @@ impl PgStorage {
     /// Makes batches of event `event`'s holds, `batch` first, until none
     /// is left waiting.
     async fn run_holds(&self, event: u64, mut batch: Vec<Waiting<Asked, Hold>>) {
+        let guard = gather::Running::new(&self.holds, event);
         loop {
             // No one awaits these (buyers who hung up): not made.
             batch.retain(|w| !w.abandoned());
@@ -458,7 +485,7 @@ impl PgStorage {
             };
             match self.holds.next(&event, again) {
                 Some(next) => batch = next,
-                None => return,
+                None => return guard.done(),
             }
         }
     }
@@ -471,7 +498,7 @@ impl PgStorage {
             Ok(made) => made.into_iter().map(Ok).collect(),
             // Whatever failed the batch (a statement the database refused),
             // one hold's fault must not be the others': each alone.
-            Err(e) if asked.len() > 1 && !matches!(e, StorageError::Unavailable(_)) => {
+            Err(e) if asked.len() > 1 && gather::not_of_all(&e) => {
                 tracing::warn!(error = %e, holds = asked.len(), "a batch of holds failed; made one by one");
                 let mut each = Vec::with_capacity(asked.len());
                 for a in &asked {
@@ -576,6 +603,7 @@ impl PgStorage {
             .map(|a| Work {
                 taken: Vec::new(),
                 choosing: Vec::new(),
+                scarce: None,
                 done: holding::check_quantities(&a.request, &categories)
                     .err()
                     .map(Outcome::Refused),
@@ -594,9 +622,11 @@ impl PgStorage {
         }
         // Each hold checked and priced on its own, in the order asked.
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut put_back: Vec<(u64, i64)> = Vec::new();
+        let mut put_back: Vec<Taken> = Vec::new();
         let mut made = Vec::new();
+        let mut scarce = Vec::with_capacity(batch.len());
         for (a, w) in batch.iter().zip(work) {
+            scarce.push(w.scarce);
             let outcome = match w.done {
                 Some(done) => done,
                 None => {
@@ -617,17 +647,35 @@ impl PgStorage {
                 }
             };
             if !matches!(outcome, Outcome::Made(_)) {
-                put_back.extend(w.taken.iter().map(|t| (t.0, t.1)));
+                put_back.extend(w.taken.iter().cloned());
             }
             outcomes.push(outcome);
+        }
+        // Places put back may be what a hold was refused for lack of: it is
+        // made again, by a later batch.
+        if !put_back.is_empty() {
+            let categories: std::collections::HashSet<u64> = put_back.iter().map(|t| t.0).collect();
+            let seats: std::collections::HashSet<&str> =
+                put_back.iter().filter_map(|t| t.2.as_deref()).collect();
+            for ((a, outcome), lacked) in batch.iter().zip(outcomes.iter_mut()).zip(scarce) {
+                let again = match lacked {
+                    Some(Scarce::Category(id)) => categories.contains(&id),
+                    Some(Scarce::Seat(seat)) => seats.contains(seat.as_str()),
+                    None => false,
+                };
+                if let (true, Outcome::Refused(e)) = (again, &outcome) {
+                    *outcome = again_or(a, e.clone());
+                }
+            }
         }
         // Nothing is read back: sent with the COMMIT.
         if !put_back.is_empty() {
             let (cats, ns): (Vec<i64>, Vec<i64>) =
-                put_back.iter().map(|(cat, n)| (key(*cat), *n)).unzip();
+                put_back.iter().map(|(cat, n, _)| (key(*cat), *n)).unzip();
             c.defer(PUT_BACK, vec![Box::new(cats), Box::new(ns)]);
             // Free again, to this process's buyers too, once committed.
-            c.freed.extend(put_back);
+            c.freed
+                .extend(put_back.into_iter().map(|(cat, n, _)| (cat, n)));
         }
         if !made.is_empty() {
             c.defer(WRITE_HOLDS, written(event.id, &made));
@@ -890,6 +938,7 @@ impl PgStorage {
                 .map(|c| c.info.name.clone())
                 .unwrap_or_default();
             for (i, q) in short {
+                work[i].scarce = Some(Scarce::Category(quota.category));
                 work[i].done = Some(Outcome::Refused(StorageError::Conflict(format!(
                     "{name} has {} places left, not {q}",
                     left.len()
@@ -904,6 +953,9 @@ impl PgStorage {
                 .map(|r| r.get(0))
                 .collect();
             for (i, seat) in missing {
+                if there.contains(&seat) {
+                    work[i].scarce = Some(Scarce::Seat(seat.clone()));
+                }
                 work[i].done = Some(Outcome::Refused(if there.contains(&seat) {
                     StorageError::Conflict(format!("seat {seat} is taken"))
                 } else {
@@ -959,6 +1011,7 @@ impl PgStorage {
             let first = match first {
                 Ok(first) => first as i64 + 1,
                 Err(e) => {
+                    work[*i].scarce = Some(Scarce::Category(id));
                     work[*i].done = Some(Outcome::Refused(e));
                     continue;
                 }

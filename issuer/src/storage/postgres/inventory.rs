@@ -166,16 +166,27 @@ pub(super) fn releases() -> Releases {
 /// active holds of `$1` go (at `$2[i]` each), with their places, tells the
 /// feed (one change an event, `$3` its time), and reads those holds back.
 ///
-/// Active: not let go, its time not passed (`holding::hold_state`); the
-/// update waits for a change to a hold in flight, and looks again. The
-/// holds are locked in the order given, each hold's places after it, as
-/// a payment does. Each change is written as `Feed::write` writes it (its
-/// columns as `rows::moved_columns` makes them), under its event's shared
-/// lock (in the order of the events' ids), held to the commit at the
-/// statement's end.
-const RELEASE: &str = "WITH t AS (SELECT * FROM unnest($1::bytea[], $2::bigint[]) AS t(hash, at)),
-      r AS (UPDATE holds h SET released_at = t.at FROM t
-            WHERE h.token_hash = ANY($1) AND h.token_hash = t.hash
+/// Active: not let go, its time not passed (`holding::hold_state`). The
+/// holds are locked in order, each hold's places after it, as a payment
+/// does; a hold another transaction has locked (a payment of it being
+/// settled) is passed over by a batch (`SKIP LOCKED`: its release waits on
+/// its own, and no other waits with it), and waited for alone. Each change
+/// is written as `Feed::write` writes it (its columns as
+/// `rows::moved_columns` makes them), under its event's shared lock (in
+/// the order of the events' ids), held to the commit at the statement's
+/// end.
+macro_rules! release {
+    ($wait:literal) => {
+        concat!(
+            "WITH t AS (SELECT * FROM unnest($1::bytea[], $2::bigint[]) AS t(hash, at)),
+      l AS MATERIALIZED (
+            SELECT token_hash FROM holds
+            WHERE token_hash = ANY($1) AND released_at IS NULL
+            ORDER BY token_hash FOR UPDATE ",
+            $wait,
+            "),
+      r AS (UPDATE holds h SET released_at = t.at FROM t, l
+            WHERE h.token_hash = ANY($1) AND h.token_hash = t.hash AND h.token_hash = l.token_hash
               AND h.released_at IS NULL AND h.expires_at > t.at
             RETURNING h.token_hash, h.event_id, h.expires_at, h.currency, h.total),
       p AS (UPDATE places pl SET hold = NULL, held_until = 0
@@ -197,33 +208,44 @@ const RELEASE: &str = "WITH t AS (SELECT * FROM unnest($1::bytea[], $2::bigint[]
         i.category_id, i.seat_key, i.price, i.n, p.n IS NOT NULL
  FROM r LEFT JOIN hold_items i ON i.hold = r.token_hash
         LEFT JOIN p ON p.category_id = i.category_id AND p.n = i.n
- ORDER BY r.token_hash, i.category_id, i.n";
+ ORDER BY r.token_hash, i.category_id, i.n"
+        )
+    };
+}
 
-/// Lets the holds of `batch` (token hash, time) go, by one statement: each
-/// hold as it is then (one no longer active is read as it is).
-async fn releases_in(c: &mut Conn, batch: &[([u8; 32], u64)]) -> Result<Vec<Result<Hold>>> {
-    let mut order: Vec<&([u8; 32], u64)> = batch.iter().collect();
-    order.sort();
-    let hashes: Vec<&[u8]> = order.iter().map(|(h, _)| &h[..]).collect();
-    let times: Vec<i64> = order.iter().map(|(_, at)| key(*at)).collect();
-    let at = batch.iter().map(|(_, at)| *at).max().unwrap_or(0);
-    let rows = c
-        .query(RELEASE, &[&hashes, &times, &key(at), &changes::FEED_LOCK])
-        .await?;
-    let mut released: HashMap<Vec<u8>, Hold> = HashMap::new();
-    for r in &rows {
-        let hold = released.entry(r.get(0)).or_insert_with(|| Hold {
-            event_id: r.get::<_, i64>(1) as u64,
-            expires_at: r.get::<_, i64>(2) as u64,
-            state: HoldState::Released,
-            places: Vec::new(),
-            total: r.get::<_, i64>(4) as u64,
-            currency: r.get(3),
+/// Holds `$1` as they are, with their places.
+const HOLDS_AS_THEY_ARE: &str = "SELECT h.token_hash, h.event_id, h.expires_at, h.currency,
+            h.total, i.category_id, i.seat_key, i.price, h.released_at
+     FROM holds h LEFT JOIN hold_items i ON i.hold = h.token_hash
+     WHERE h.token_hash = ANY($1) ORDER BY h.token_hash, i.category_id, i.n";
+
+/// Holds read by [`release!`] or [`HOLDS_AS_THEY_ARE`], by token hash:
+/// each with its state (released, by [`release!`]), and its `released_at`
+/// (as read).
+fn holds_from(
+    c: &mut Conn,
+    rows: &[tokio_postgres::Row],
+    released: bool,
+) -> HashMap<Vec<u8>, (Hold, Option<i64>)> {
+    let mut holds: HashMap<Vec<u8>, (Hold, Option<i64>)> = HashMap::new();
+    for r in rows {
+        let (hold, _) = holds.entry(r.get(0)).or_insert_with(|| {
+            (
+                Hold {
+                    event_id: r.get::<_, i64>(1) as u64,
+                    expires_at: r.get::<_, i64>(2) as u64,
+                    state: HoldState::Released,
+                    places: Vec::new(),
+                    total: r.get::<_, i64>(4) as u64,
+                    currency: r.get(3),
+                },
+                if released { None } else { r.get(8) },
+            )
         });
         let Some(category) = r.get::<_, Option<i64>>(5) else {
             continue;
         };
-        if r.get::<_, bool>(9) {
+        if released && r.get::<_, bool>(9) {
             c.freed.push((category as u64, r.get(8)));
         }
         hold.places.push(HeldPlace {
@@ -232,52 +254,116 @@ async fn releases_in(c: &mut Conn, batch: &[([u8; 32], u64)]) -> Result<Vec<Resu
             price: r.get::<_, i64>(7) as u64,
         });
     }
-    let mut out = Vec::with_capacity(batch.len());
-    for (hash, at) in batch {
-        out.push(match released.get(&hash[..]) {
-            Some(hold) => Ok(hold.clone()),
-            None => match hold_of(c, hash, *at, false).await {
-                Err(e @ StorageError::NotFound(_)) => Err(e),
-                other => Ok(other?),
+    holds
+}
+
+/// A release of a batch: made, refused, or to be made alone (its hold
+/// was locked by another transaction, and is waited for).
+enum Release {
+    Done(Result<Hold>),
+    Alone,
+}
+
+/// Lets the holds of `batch` (token hash, time) go, by one statement: each
+/// hold as it is then (one no longer active is read as it is, all of them
+/// by one statement). `wait`: for holds locked by another transaction,
+/// else passed over (to be made alone).
+async fn releases_in(c: &mut Conn, batch: &[([u8; 32], u64)], wait: bool) -> Result<Vec<Release>> {
+    let mut order: Vec<&([u8; 32], u64)> = batch.iter().collect();
+    order.sort();
+    let hashes: Vec<&[u8]> = order.iter().map(|(h, _)| &h[..]).collect();
+    let times: Vec<i64> = order.iter().map(|(_, at)| key(*at)).collect();
+    let at = batch.iter().map(|(_, at)| *at).max().unwrap_or(0);
+    let sql = match wait {
+        true => release!(""),
+        false => release!("SKIP LOCKED"),
+    };
+    let rows = c
+        .query(sql, &[&hashes, &times, &key(at), &changes::FEED_LOCK])
+        .await?;
+    let released = holds_from(c, &rows, true);
+    let others: Vec<&[u8]> = hashes
+        .iter()
+        .filter(|h| !released.contains_key(**h))
+        .copied()
+        .collect();
+    let as_they_are = match others.is_empty() {
+        true => HashMap::new(),
+        false => {
+            let rows = c.query(HOLDS_AS_THEY_ARE, &[&others]).await?;
+            holds_from(c, &rows, false)
+        }
+    };
+    Ok(batch
+        .iter()
+        .map(|(hash, at)| match released.get(&hash[..]) {
+            Some((hold, _)) => Release::Done(Ok(hold.clone())),
+            None => match as_they_are.get(&hash[..]) {
+                None => Release::Done(Err(StorageError::NotFound("hold".into()))),
+                Some((hold, released_at)) => {
+                    let state =
+                        holding::hold_state(released_at.is_some(), key(hold.expires_at), *at);
+                    match state {
+                        // Locked by another when passed over.
+                        HoldState::Active if !wait => Release::Alone,
+                        state => Release::Done(Ok(Hold {
+                            state,
+                            ..hold.clone()
+                        })),
+                    }
+                }
             },
-        });
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 impl PgStorage {
-    /// Lets `batch`'s holds go and answers each: until no release is left
-    /// waiting.
+    /// Lets `batch`'s holds go and answers each, until no release is left
+    /// waiting; a hold locked by another transaction is waited for by a
+    /// task of its own.
     async fn run_releases(&self, mut batch: Vec<Waiting<([u8; 32], u64), Hold>>) {
+        let guard = gather::Running::new(&self.releases, ());
         loop {
             let asked: Vec<([u8; 32], u64)> = batch.iter().map(|w| w.asked).collect();
-            let out: Vec<Result<Hold>> = match self
-                .alone(async |c| releases_in(c, &asked).await)
+            let out: Vec<Release> = match self
+                .alone(async |c| releases_in(c, &asked, false).await)
                 .await
             {
                 Ok(out) => out,
                 // One release's fault must not be the others': each alone.
-                Err(e) if asked.len() > 1 && !matches!(e, StorageError::Unavailable(_)) => {
+                Err(e) if asked.len() > 1 && gather::not_of_all(&e) => {
                     tracing::warn!(error = %e, releases = asked.len(), "a batch of releases failed; made one by one");
-                    let mut each = Vec::with_capacity(asked.len());
-                    for one in &asked {
-                        let one = std::slice::from_ref(one);
-                        each.push(
-                            self.alone(async |c| releases_in(c, one).await)
-                                .await
-                                .and_then(|mut o| o.remove(0)),
-                        );
-                    }
-                    each
+                    asked.iter().map(|_| Release::Alone).collect()
                 }
-                Err(e) => asked.iter().map(|_| Err(e.clone())).collect(),
+                Err(e) => asked
+                    .iter()
+                    .map(|_| Release::Done(Err(e.clone())))
+                    .collect(),
             };
             for (w, out) in batch.into_iter().zip(out) {
-                w.answer(out);
+                match out {
+                    Release::Done(out) => w.answer(out),
+                    Release::Alone => {
+                        let me = self.clone();
+                        self.runtime.spawn(async move {
+                            let one = [w.asked];
+                            let out = me
+                                .alone(async |c| releases_in(c, &one, true).await)
+                                .await
+                                .and_then(|mut o| match o.pop() {
+                                    Some(Release::Done(out)) => out,
+                                    _ => Err(StorageError::Backend(
+                                        "a release made alone was passed over".into(),
+                                    )),
+                                });
+                            w.answer(out);
+                        });
+                    }
+                }
             }
             match self.releases.next(&(), Vec::new()) {
                 Some(next) => batch = next,
-                None => return,
+                None => return guard.done(),
             }
         }
     }
