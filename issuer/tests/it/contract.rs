@@ -2581,6 +2581,32 @@ fn a_nul_in_a_buyers_input_is_refused_not_a_server_failure() {
     }
 }
 
+/// Another process, frozen (or cut off by the network) in the middle of a
+/// transaction: a session of its own that ran `sql` (its BEGIN, and what
+/// it wrote or locked), then nothing more until [`Frozen::run`] or its
+/// drop (which ends the session: the transaction is rolled back).
+struct Frozen {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Frozen {
+    fn new(url: &str, sql: &str) -> Frozen {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (client, conn) = rt
+            .block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))
+            .unwrap();
+        rt.spawn(conn);
+        let frozen = Frozen { rt, client };
+        frozen.run(sql);
+        frozen
+    }
+
+    fn run(&self, sql: &str) {
+        self.rt.block_on(self.client.batch_execute(sql)).unwrap();
+    }
+}
+
 /// Another process stalls (frozen, or cut off by the network) in the middle
 /// of a transaction that numbered an event's change: every other process
 /// must not wait on it for ever.
@@ -2604,16 +2630,13 @@ fn a_process_stalled_mid_transaction_does_not_stall_an_events_sales() {
     // event's feed lock, shared, as every such transaction does), then
     // froze before its commit. The changes are then numbered (which waits
     // for the commits in flight), and a buyer holds.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (client, conn) = rt
-        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
-        .unwrap();
-    rt.spawn(conn);
-    rt.block_on(client.batch_execute(&format!(
-        "BEGIN; SELECT pg_advisory_xact_lock_shared({}, {e})",
-        0x6665_6564
-    )))
-    .unwrap();
+    let frozen = Frozen::new(
+        &url,
+        &format!(
+            "BEGIN; SELECT pg_advisory_xact_lock_shared({}, {e})",
+            0x6665_6564
+        ),
+    );
     let numbering = db.clone();
     std::thread::spawn(move || numbering.changes_after(0, 10));
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -2623,7 +2646,7 @@ fn a_process_stalled_mid_transaction_does_not_stall_an_events_sales() {
         let _ = tx.send(db2.hold(&q, &[2; 32], T0, 10 * MIN));
     });
     let got = rx.recv_timeout(std::time::Duration::from_secs(20));
-    drop(client);
+    drop(frozen);
     assert!(
         matches!(got, Ok(Ok(_))),
         "a hold waited more than 20 s behind another process's stalled transaction: {got:?}"
@@ -2650,16 +2673,11 @@ fn a_cancellation_waits_for_the_payments_being_settled() {
         db.create_order(&new_order(1, "RACE000001", None), T0)
             .unwrap(),
     );
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (client, conn) = rt
-        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
-        .unwrap();
-    rt.spawn(conn);
-    rt.block_on(client.batch_execute(
+    let frozen = Frozen::new(
+        &url,
         "BEGIN; INSERT INTO outbox (order_code, kind, created_at, next_try_at)
          VALUES ('RACE000001', 'tickets', 0, 0)",
-    ))
-    .unwrap();
+    );
     let db2 = db.clone();
     let settling = std::thread::spawn(move || db2.settle_paid("RACE000001", T0 + 1));
     std::thread::sleep(std::time::Duration::from_secs(1));
@@ -2670,7 +2688,7 @@ fn a_cancellation_waits_for_the_payments_being_settled() {
         !cancelling.is_finished(),
         "the event was cancelled while a payment of it was being settled"
     );
-    rt.block_on(client.batch_execute("ROLLBACK")).unwrap();
+    frozen.run("ROLLBACK");
     let settled = settling.join().unwrap().unwrap();
     assert!(matches!(settled, Settled::Paid(_)), "{settled:?}");
     cancelling.join().unwrap().unwrap();
@@ -2784,18 +2802,15 @@ fn a_release_waiting_for_a_locked_hold_does_not_fail_or_hold_up_others() {
     db.hold(&seats(e, &["A-1-1"]), &[2; 32], T0, 10 * MIN)
         .unwrap();
     // The frozen session, holding holds 1, 3 and 4.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (client, conn) = rt
-        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
-        .unwrap();
-    rt.spawn(conn);
-    rt.block_on(client.batch_execute(&format!(
-        "BEGIN; SELECT 1 FROM holds WHERE token_hash IN ('\\x{}', '\\x{}', '\\x{}') FOR UPDATE",
-        "01".repeat(32),
-        "03".repeat(32),
-        "04".repeat(32)
-    )))
-    .unwrap();
+    let frozen = Frozen::new(
+        &url,
+        &format!(
+            "BEGIN; SELECT 1 FROM holds WHERE token_hash IN ('\\x{}', '\\x{}', '\\x{}') FOR UPDATE",
+            "01".repeat(32),
+            "03".repeat(32),
+            "04".repeat(32)
+        ),
+    );
     // Their buyers let them go (asked now, made by tasks of their own),
     // then another buyer lets hold 2 go.
     let stuck: Vec<_> = [1u8, 3, 4]
@@ -2805,7 +2820,7 @@ fn a_release_waiting_for_a_locked_hold_does_not_fail_or_hold_up_others() {
     let started = std::time::Instant::now();
     let other = wait(db.release_pending([2; 32], T0 + 1));
     let took = started.elapsed();
-    drop(client);
+    drop(frozen);
     drop(stuck);
     assert!(
         matches!(&other, Ok(h) if h.state == HoldState::Released),
@@ -2838,16 +2853,13 @@ fn a_hold_waiting_to_tell_of_a_locked_lapsed_hold_fails_no_other() {
     };
     // Lapses at T0 + 1 s, locked meanwhile by the frozen session.
     db.hold(&q, &[99; 32], T0, 1000).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (client, conn) = rt
-        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
-        .unwrap();
-    rt.spawn(conn);
-    rt.block_on(client.batch_execute(&format!(
-        "BEGIN; SELECT 1 FROM holds WHERE token_hash = '\\x{}' FOR UPDATE",
-        "63".repeat(32)
-    )))
-    .unwrap();
+    let frozen = Frozen::new(
+        &url,
+        &format!(
+            "BEGIN; SELECT 1 FROM holds WHERE token_hash = '\\x{}' FOR UPDATE",
+            "63".repeat(32)
+        ),
+    );
     // Two ahead, before it lapses; then ten buyers at once, after.
     let mut pending: Vec<_> = (0..2u8)
         .map(|i| db.hold_pending(q.clone(), [i + 1; 32], T0 + 500, 10 * MIN, None))
@@ -2856,7 +2868,7 @@ fn a_hold_waiting_to_tell_of_a_locked_lapsed_hold_fails_no_other() {
         (0..10u8).map(|i| db.hold_pending(q.clone(), [i + 10; 32], T0 + 2000, 10 * MIN, None)),
     );
     let got = wait(async { Ok(futures_util::future::join_all(pending).await) }).unwrap();
-    drop(client);
+    drop(frozen);
     let failed: Vec<_> = got[2..].iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failed.is_empty(),

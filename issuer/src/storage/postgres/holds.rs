@@ -255,6 +255,15 @@ const WRITE_HOLDS: &str = "WITH h AS (
      FROM unnest($8::bytea[], $9::bigint[], $10::bigint[], $11::text[], $12::bigint[])
           AS u(h, c, n, s, p)";
 
+/// What the rounds of a batch share: its holds, their event and its
+/// categories.
+#[derive(Clone, Copy)]
+struct Making<'a> {
+    batch: &'a [&'a Asked],
+    event: &'a Event,
+    categories: &'a Categories,
+}
+
 /// What a statement of a round takes or reads.
 enum Reading {
     Seats,
@@ -617,7 +626,12 @@ impl PgStorage {
             .max()
             .unwrap_or(0);
         for round in 0..rounds {
-            self.take_round(c, batch, &event, &categories, &mut work, round, &mut sold)
+            let making = Making {
+                batch,
+                event: &event,
+                categories: &categories,
+            };
+            self.take_round(c, making, &mut work, round, &mut sold)
                 .await?;
         }
         // Each hold checked and priced on its own, in the order asked.
@@ -691,20 +705,22 @@ impl PgStorage {
         Ok(outcomes)
     }
 
-    /// Takes the `round`-th item of every hold of `batch` still being made
-    /// (all sent at once); on the first round, also counts the places sold
-    /// of categories priced by demand (`sold`).
-    #[allow(clippy::too_many_arguments)]
+    /// Takes the `round`-th item of every hold of the batch still being
+    /// made (all sent at once); on the first round, also counts the places
+    /// sold of categories priced by demand (`sold`).
     async fn take_round(
         &self,
         c: &mut Conn,
-        batch: &[&Asked],
-        event: &Event,
-        categories: &Categories,
+        making: Making<'_>,
         work: &mut [Work],
         round: usize,
         sold: &mut BTreeMap<u64, (u64, u64)>,
     ) -> Result<()> {
+        let Making {
+            batch,
+            event,
+            categories,
+        } = making;
         let mut statements: Vec<(&'static str, Vec<Arg>)> = Vec::new();
         let mut readings = Vec::new();
         // Seats by key: each to the first hold asking for it.
@@ -775,9 +791,7 @@ impl PgStorage {
             readings.push(Reading::Seats);
         }
         for (id, holds) in &best {
-            let Some((ns, hashes, untils)) = self
-                .choose_best(c, batch, event, categories, work, *id, holds)
-                .await?
+            let Some((ns, hashes, untils)) = self.choose_best(c, making, work, *id, holds).await?
             else {
                 continue;
             };
@@ -973,17 +987,20 @@ impl PgStorage {
     /// same, so a stale picture costs a try, never a seat. Returns the
     /// seats chosen, with the hold and until when of each, for
     /// [`TAKE_PLACES`] (none if no hold could choose).
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[allow(clippy::type_complexity)]
     async fn choose_best(
         &self,
         c: &mut Conn,
-        batch: &[&Asked],
-        event: &Event,
-        categories: &Categories,
+        making: Making<'_>,
         work: &mut [Work],
         id: u64,
         holds: &[(usize, u32)],
     ) -> Result<Option<(Vec<i64>, Vec<Vec<u8>>, Vec<i64>)>> {
+        let Making {
+            batch,
+            event,
+            categories,
+        } = making;
         let cat = holding::category(categories, id)?;
         let rows = self.rows_of(c, cat, event.info.venue_id).await?;
         let capacity: usize = rows.iter().sum();
