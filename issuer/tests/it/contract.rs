@@ -2275,6 +2275,9 @@ fn a_new_shops_statements_find_rows_by_key() {
         }
         db.hold_of(&[round * 16 + 1; 32], at).unwrap();
         db.release(&[round * 16 + 4; 32], at + 1).unwrap();
+        // Again (read as it is), and a hold there is not.
+        db.release(&[round * 16 + 4; 32], at + 1).unwrap();
+        db.release(&[0xEE; 32], at + 1).unwrap_err();
         db.availability(e, at + 1).unwrap();
         // Orders: paid at once, paid by the payment's answer with tickets
         // signed ahead, refused, given up, refunded, reissued.
@@ -2875,5 +2878,221 @@ fn a_hold_waiting_to_tell_of_a_locked_lapsed_hold_fails_no_other() {
         "{} of 10 holds failed behind one locked lapsed hold: {:?}",
         failed.len(),
         failed.first()
+    );
+}
+
+/// A payment being settled locks its hold's places, not the hold's row:
+/// a release of another hold, asked for beside the releases of those, is
+/// made at once, not after them.
+#[test]
+fn a_release_beside_one_whose_places_a_payment_locks_is_made_at_once() {
+    let Some(url) = crate::pg::fresh_database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let db = postgres(&url, &tmp);
+    let (e, _, floor) = on_sale(&*db, 10);
+    let q = HoldRequest {
+        event_id: e,
+        items: vec![HoldItem::Quantity {
+            category_id: floor,
+            quantity: 1,
+        }],
+    };
+    for h in [1u8, 3, 4] {
+        db.hold(&q, &[h; 32], T0, 10 * MIN).unwrap();
+    }
+    db.hold(&seats(e, &["A-1-1"]), &[2; 32], T0, 10 * MIN)
+        .unwrap();
+    // The frozen session: a payment of holds 1, 3 and 4, their places
+    // locked as `settle_in` locks them.
+    let frozen = Frozen::new(
+        &url,
+        &format!(
+            "BEGIN; SELECT 1 FROM hold_items i JOIN places p
+                  ON p.category_id = i.category_id AND p.n = i.n
+         WHERE i.hold IN ('\\x{}', '\\x{}', '\\x{}') FOR UPDATE OF p",
+            "01".repeat(32),
+            "03".repeat(32),
+            "04".repeat(32)
+        ),
+    );
+    let stuck: Vec<_> = [1u8, 3, 4]
+        .iter()
+        .map(|h| db.release_pending([*h; 32], T0 + 1))
+        .collect();
+    let started = std::time::Instant::now();
+    let other = wait(db.release_pending([2; 32], T0 + 1));
+    let took = started.elapsed();
+    drop(frozen);
+    drop(stuck);
+    assert!(
+        matches!(&other, Ok(h) if h.state == HoldState::Released),
+        "after {took:?}: {other:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "a release waited {took:?} behind a payment's locked places"
+    );
+}
+
+/// A late payment of a lapsed hold, being settled, locks its places, not
+/// its row: the holds asked meanwhile, which tell of lapsed holds first,
+/// pass it over and are made at once.
+#[test]
+fn holds_are_made_at_once_while_a_late_payment_locks_a_lapsed_holds_places() {
+    let Some(url) = crate::pg::fresh_database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let db = postgres(&url, &tmp);
+    let (e, _, floor) = on_sale(&*db, 50);
+    let q = HoldRequest {
+        event_id: e,
+        items: vec![HoldItem::Quantity {
+            category_id: floor,
+            quantity: 1,
+        }],
+    };
+    db.hold(&q, &[99; 32], T0, 1000).unwrap();
+    let frozen = Frozen::new(
+        &url,
+        &format!(
+            "BEGIN; SELECT 1 FROM hold_items i JOIN places p
+                  ON p.category_id = i.category_id AND p.n = i.n
+         WHERE i.hold = '\\x{}' FOR UPDATE OF p",
+            "63".repeat(32)
+        ),
+    );
+    let mut pending: Vec<_> = (0..2u8)
+        .map(|i| db.hold_pending(q.clone(), [i + 1; 32], T0 + 500, 10 * MIN, None))
+        .collect();
+    pending.extend(
+        (0..10u8).map(|i| db.hold_pending(q.clone(), [i + 10; 32], T0 + 2000, 10 * MIN, None)),
+    );
+    let started = std::time::Instant::now();
+    let pending: Vec<_> = pending
+        .into_iter()
+        .map(|p| async move {
+            let r = p.await;
+            (
+                r.as_ref().map(|_| ()).map_err(|e| e.clone()),
+                started.elapsed(),
+            )
+        })
+        .collect();
+    let got = wait(async { Ok(futures_util::future::join_all(pending).await) }).unwrap();
+    let took = started.elapsed();
+    drop(frozen);
+    assert!(got.iter().all(|r| r.0.is_ok()), "after {took:?}: {got:?}");
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "holds waited {took:?} behind a late payment's locked places"
+    );
+}
+
+/// What is left, as an event's seat states say, adds up with its feed
+/// while a lapsed hold cannot be told of (another transaction has locked
+/// it): its places are held until its expiry is told, in both.
+#[test]
+fn the_feed_adds_up_while_a_lapsed_hold_is_locked() {
+    let Some(url) = crate::pg::fresh_database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let db = postgres(&url, &tmp);
+    let (e, _, _) = on_sale(&*db, 10);
+    db.hold(&seats(e, &["A-1-1"]), &[99; 32], T0, 1000).unwrap();
+    let frozen = Frozen::new(
+        &url,
+        &format!(
+            "BEGIN; SELECT 1 FROM holds WHERE token_hash = '\\x{}' FOR UPDATE",
+            "63".repeat(32)
+        ),
+    );
+    feed_adds_up(&*db, e, T0 + 2000, "postgres");
+    drop(frozen);
+}
+
+/// A hold refused for want of places, places it took itself among them,
+/// does not get a hold asked with it refused: the other buyer, whose hold
+/// fits the places free, gets them.
+#[test]
+fn a_hold_short_by_its_own_fault_does_not_get_another_refused() {
+    for (name, db, _tmp) in backends() {
+        let (e, _, floor) = on_sale(&*db, 10);
+        let quantity = |n| HoldItem::Quantity {
+            category_id: floor,
+            quantity: n,
+        };
+        let asked = [
+            seats(e, &["A-3-9"]),
+            seats(e, &["A-3-10"]),
+            // Twelve of ten: refused, its own fault.
+            HoldRequest {
+                event_id: e,
+                items: vec![quantity(6), quantity(6)],
+            },
+            // Eight of ten: to be made.
+            HoldRequest {
+                event_id: e,
+                items: vec![quantity(8)],
+            },
+        ];
+        let pending: Vec<_> = asked
+            .iter()
+            .enumerate()
+            .map(|(i, r)| db.hold_pending(r.clone(), [i as u8 + 1; 32], T0, MIN, None))
+            .collect();
+        let got = wait(async { Ok(futures_util::future::join_all(pending).await) }).unwrap();
+        assert!(got[2].is_err(), "{name}: {:?}", got[2]);
+        assert!(
+            got[3].as_ref().is_ok_and(|h| h.places.len() == 8),
+            "{name}: eight of ten free refused: {:?}",
+            got[3]
+        );
+    }
+}
+
+/// Releases passed over for a hold another session keeps locked wait a
+/// few at a time: a buyer asking again and again to let it go does not
+/// take every connection of the pool, and another buyer's hold is made at
+/// once.
+#[test]
+fn releases_waiting_for_a_locked_hold_do_not_take_the_pool() {
+    let Some(url) = crate::pg::fresh_database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let db = postgres(&url, &tmp);
+    let (e, _, floor) = on_sale(&*db, 10);
+    let q = HoldRequest {
+        event_id: e,
+        items: vec![HoldItem::Quantity {
+            category_id: floor,
+            quantity: 1,
+        }],
+    };
+    db.hold(&q, &[1; 32], T0, 10 * MIN).unwrap();
+    let frozen = Frozen::new(
+        &url,
+        &format!(
+            "BEGIN; SELECT 1 FROM holds WHERE token_hash = '\\x{}' FOR UPDATE",
+            "01".repeat(32)
+        ),
+    );
+    let stuck: Vec<_> = (0..24)
+        .map(|_| db.release_pending([1; 32], T0 + 1))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let other = db.hold(&q, &[2; 32], T0 + 1, 10 * MIN);
+    let took = started.elapsed();
+    drop(frozen);
+    drop(stuck);
+    assert!(other.is_ok(), "after {took:?}: {other:?}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "another buyer's hold waited {took:?} for a connection"
     );
 }

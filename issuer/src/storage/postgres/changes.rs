@@ -174,8 +174,9 @@ const ANNOUNCE_BATCH: i64 = 1000;
 /// Tells `feed` of the expiry of holds (of `event_id`, or of every event)
 /// whose time has passed by `now_ms` and that were not let go: their
 /// unsold places still tied to them are untied. A hold locked by another
-/// transaction (another telling, or a late payment of it being settled)
-/// is passed over, for a later look: no buyer waits for it, and its
+/// transaction (another telling, a release), or one of whose places is (a
+/// late payment of it being settled), is passed over, for a later look:
+/// no buyer waits for it, and its
 /// places, their time passed but not untied, are not free to take till
 /// then. A transaction about to take places tells first, so a place is
 /// never taken again before its expiry is told.
@@ -201,6 +202,38 @@ pub(super) async fn announce(
             return Ok(told);
         }
         let hashes: Vec<Vec<u8>> = holds.iter().map(|r| r.get(0)).collect();
+        // Their tied places, locked in order; a hold one of whose places
+        // another transaction has locked (a late payment of it being
+        // settled) is left for a later look.
+        let passed: std::collections::HashSet<Vec<u8>> = c
+            .query(
+                "WITH tied AS MATERIALIZED (
+                     SELECT i.hold, p.category_id, p.n
+                     FROM hold_items i JOIN places p ON p.category_id = i.category_id AND p.n = i.n
+                     WHERE i.hold = ANY($1) AND p.hold = i.hold AND p.order_id IS NULL
+                       AND p.held_until <= $2),
+                      locked AS MATERIALIZED (
+                     SELECT p.category_id, p.n
+                     FROM tied JOIN places p ON p.category_id = tied.category_id AND p.n = tied.n
+                     ORDER BY p.category_id, p.n FOR UPDATE OF p SKIP LOCKED)
+                 SELECT DISTINCT tied.hold FROM tied
+                 LEFT JOIN locked ON locked.category_id = tied.category_id AND locked.n = tied.n
+                 WHERE locked.n IS NULL",
+                &[&hashes, &key(now_ms)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let holds: Vec<_> = holds
+            .into_iter()
+            .filter(|r| !passed.contains(&r.get::<_, Vec<u8>>(0)))
+            .collect();
+        let selected = hashes.len();
+        let hashes: Vec<Vec<u8>> = holds.iter().map(|r| r.get(0)).collect();
+        if hashes.is_empty() {
+            return Ok(told);
+        }
         c.execute(
             "UPDATE holds SET announced = true WHERE token_hash = ANY($1)",
             &[&hashes],
@@ -234,7 +267,7 @@ pub(super) async fn announce(
             }
         }
         told += holds.len();
-        if (holds.len() as i64) < ANNOUNCE_BATCH {
+        if (selected as i64) < ANNOUNCE_BATCH {
             return Ok(told);
         }
     }

@@ -636,10 +636,11 @@ impl PgStorage {
         }
         // Each hold checked and priced on its own, in the order asked.
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut put_back: Vec<Taken> = Vec::new();
+        // Places put back, and by which hold.
+        let mut put_back: Vec<(usize, Taken)> = Vec::new();
         let mut made = Vec::new();
         let mut scarce = Vec::with_capacity(batch.len());
-        for (a, w) in batch.iter().zip(work) {
+        for (i, (a, w)) in batch.iter().zip(work).enumerate() {
             scarce.push(w.scarce);
             let outcome = match w.done {
                 Some(done) => done,
@@ -661,27 +662,32 @@ impl PgStorage {
                 }
             };
             if !matches!(outcome, Outcome::Made(_)) {
-                put_back.extend(w.taken.iter().cloned());
+                put_back.extend(w.taken.iter().map(|t| (i, t.clone())));
             }
             outcomes.push(outcome);
         }
-        // Places put back may be what a hold was refused for lack of: it is
-        // made again, by a later batch.
-        if !put_back.is_empty() {
-            let categories: std::collections::HashSet<u64> = put_back.iter().map(|t| t.0).collect();
-            let seats: std::collections::HashSet<&str> =
-                put_back.iter().filter_map(|t| t.2.as_deref()).collect();
-            for ((a, outcome), lacked) in batch.iter().zip(outcomes.iter_mut()).zip(scarce) {
-                let again = match lacked {
-                    Some(Scarce::Category(id)) => categories.contains(&id),
-                    Some(Scarce::Seat(seat)) => seats.contains(seat.as_str()),
-                    None => false,
-                };
-                if let (true, Outcome::Refused(e)) = (again, &outcome) {
-                    *outcome = again_or(a, e.clone());
-                }
+        // Places another hold of the batch put back may be what a hold was
+        // refused for lack of: it is made again, by a later batch. (Not
+        // for places it put back itself: it lacked them all the same.)
+        for (i, ((a, outcome), lacked)) in batch
+            .iter()
+            .zip(outcomes.iter_mut())
+            .zip(scarce)
+            .enumerate()
+        {
+            let again = put_back.iter().any(|(j, (cat, _, seat))| {
+                *j != i
+                    && match &lacked {
+                        Some(Scarce::Category(id)) => cat == id,
+                        Some(Scarce::Seat(key)) => seat.as_deref() == Some(key.as_str()),
+                        None => false,
+                    }
+            });
+            if let (true, Outcome::Refused(e)) = (again, &outcome) {
+                *outcome = again_or(a, e.clone());
             }
         }
+        let put_back: Vec<Taken> = put_back.into_iter().map(|(_, t)| t).collect();
         // Nothing is read back: sent with the COMMIT.
         if !put_back.is_empty() {
             let (cats, ns): (Vec<i64>, Vec<i64>) =

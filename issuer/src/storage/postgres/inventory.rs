@@ -158,6 +158,10 @@ pub(super) type Releases = Gather<(), ([u8; 32], u64), Hold>;
 const RELEASES_AT_ONCE: usize = 2;
 const RELEASES_MOST: usize = 128;
 
+/// Releases a process makes alone at once, waiting for a hold another
+/// transaction has locked (each with a connection).
+pub(super) const WAITING_RELEASES: usize = 2;
+
 pub(super) fn releases() -> Releases {
     Gather::new(RELEASES_AT_ONCE, RELEASES_MOST)
 }
@@ -167,32 +171,42 @@ pub(super) fn releases() -> Releases {
 /// feed (one change an event, `$3` its time), and reads those holds back.
 ///
 /// Active: not let go, its time not passed (`holding::hold_state`). The
-/// holds are locked in order, each hold's places after it, as a payment
-/// does; a hold another transaction has locked (a payment of it being
-/// settled) is passed over by a batch (`SKIP LOCKED`: its release waits on
-/// its own, and no other waits with it), and waited for alone. Each change
-/// is written as `Feed::write` writes it (its columns as
-/// `rows::moved_columns` makes them), under its event's shared lock (in
-/// the order of the events' ids), held to the commit at the statement's
-/// end.
+/// holds are locked in order, then their places tied to them in order, as
+/// a payment does. In a batch, a hold another transaction has locked, or
+/// one of whose tied places it has (a payment of it being settled), is
+/// passed over (`SKIP LOCKED`: no other release of the batch waits with
+/// it), and let go alone, waiting. Each change is written as `Feed::write`
+/// writes it (its columns as `rows::moved_columns` makes them), under its
+/// event's shared lock (in the order of the events' ids), held to the
+/// commit at the statement's end.
 macro_rules! release {
-    ($wait:literal) => {
+    ($wait:literal, $whole:literal) => {
         concat!(
             "WITH t AS (SELECT * FROM unnest($1::bytea[], $2::bigint[]) AS t(hash, at)),
       l AS MATERIALIZED (
-            SELECT token_hash FROM holds
-            WHERE token_hash = ANY($1) AND released_at IS NULL
-            ORDER BY token_hash FOR UPDATE ",
+            SELECT h.token_hash FROM holds h JOIN t ON t.hash = h.token_hash
+            WHERE h.token_hash = ANY($1) AND h.released_at IS NULL AND h.expires_at > t.at
+            ORDER BY h.token_hash FOR UPDATE OF h ",
             $wait,
             "),
-      r AS (UPDATE holds h SET released_at = t.at FROM t, l
-            WHERE h.token_hash = ANY($1) AND h.token_hash = t.hash AND h.token_hash = l.token_hash
-              AND h.released_at IS NULL AND h.expires_at > t.at
+      tied AS MATERIALIZED (
+            SELECT p.category_id, p.n, i.hold
+            FROM l JOIN hold_items i ON i.hold = l.token_hash
+                   JOIN places p ON p.category_id = i.category_id AND p.n = i.n
+            WHERE p.hold IS NOT DISTINCT FROM i.hold AND p.order_id IS NULL
+            ORDER BY p.category_id, p.n FOR UPDATE OF p ",
+            $wait,
+            "),
+      whole AS MATERIALIZED (SELECT l.token_hash FROM l WHERE ",
+            $whole,
+            "),
+      r AS (UPDATE holds h SET released_at = t.at FROM t, whole
+            WHERE h.token_hash = ANY($1) AND h.token_hash = t.hash
+              AND h.token_hash = whole.token_hash
             RETURNING h.token_hash, h.event_id, h.expires_at, h.currency, h.total),
       p AS (UPDATE places pl SET hold = NULL, held_until = 0
-            FROM r JOIN hold_items i ON i.hold = r.token_hash
-            WHERE pl.category_id = i.category_id AND pl.n = i.n
-              AND pl.hold IS NOT DISTINCT FROM i.hold AND pl.order_id IS NULL
+            FROM r JOIN tied ON tied.hold = r.token_hash
+            WHERE pl.category_id = tied.category_id AND pl.n = tied.n
             RETURNING pl.event_id, pl.category_id, pl.n, pl.seat_key),
       ch AS (INSERT INTO place_changes (event_id, at, kind, seats, places)
              SELECT e.event_id, $3, 'released',
@@ -216,7 +230,7 @@ macro_rules! release {
 /// Holds `$1` as they are, with their places.
 const HOLDS_AS_THEY_ARE: &str = "SELECT h.token_hash, h.event_id, h.expires_at, h.currency,
             h.total, i.category_id, i.seat_key, i.price, h.released_at
-     FROM holds h LEFT JOIN hold_items i ON i.hold = h.token_hash
+     FROM holds h LEFT JOIN hold_items i ON i.hold = h.token_hash AND i.hold = ANY($1)
      WHERE h.token_hash = ANY($1) ORDER BY h.token_hash, i.category_id, i.n";
 
 /// Holds read by [`release!`] or [`HOLDS_AS_THEY_ARE`], by token hash:
@@ -274,9 +288,18 @@ async fn releases_in(c: &mut Conn, batch: &[([u8; 32], u64)], wait: bool) -> Res
     let hashes: Vec<&[u8]> = order.iter().map(|(h, _)| &h[..]).collect();
     let times: Vec<i64> = order.iter().map(|(_, at)| key(*at)).collect();
     let at = batch.iter().map(|(_, at)| *at).max().unwrap_or(0);
+    // Passing over what is locked, a hold is let go only if every place
+    // tied to it (as this statement first saw them) was locked by it.
     let sql = match wait {
-        true => release!(""),
-        false => release!("SKIP LOCKED"),
+        true => release!("", "true"),
+        false => release!(
+            "SKIP LOCKED",
+            "(SELECT count(*) FROM tied WHERE tied.hold = l.token_hash)
+             = (SELECT count(*) FROM hold_items i
+                       JOIN places p ON p.category_id = i.category_id AND p.n = i.n
+                WHERE i.hold = l.token_hash
+                  AND p.hold IS NOT DISTINCT FROM i.hold AND p.order_id IS NULL)"
+        ),
     };
     let rows = c
         .query(sql, &[&hashes, &times, &key(at), &changes::FEED_LOCK])
@@ -346,6 +369,9 @@ impl PgStorage {
                     Release::Alone => {
                         let me = self.clone();
                         self.runtime.spawn(async move {
+                            // A few at a time: each may wait for a lock
+                            // with a connection of the pool.
+                            let _turn = me.waiting_releases.acquire().await;
                             let one = [w.asked];
                             let out = me
                                 .alone(async |c| releases_in(c, &one, true).await)
@@ -495,9 +521,10 @@ impl PgStorage {
     pub(super) fn announce_due(&self, event_id: u64, now_ms: u64) -> bool {
         let mut last = self.announced.lock().unwrap_or_else(|p| p.into_inner());
         match last.get(&event_id) {
-            // Requests a while in flight carry times a little before the
-            // last telling: told recently all the same.
-            Some(at) if now_ms.abs_diff(*at) < ANNOUNCE_EVERY_MS => false,
+            // Requests a while in flight carry times before the last
+            // telling: told recently all the same (the time kept only moves
+            // on).
+            Some(at) if now_ms < at.saturating_add(ANNOUNCE_EVERY_MS) => false,
             _ => {
                 last.insert(event_id, now_ms);
                 true
@@ -577,13 +604,16 @@ impl PgStorage {
                 .collect();
             changes::lock_event(&mut c, event_id).await?;
             let seq = changes::last_seq(&mut c, event_id).await?;
-            // By category, along each one's key.
+            // By category, along each one's key. Held: tied to a hold, as
+            // the feed tells (a hold whose time passed is held until its
+            // expiry is told, if another transaction kept it from being
+            // told above, or it lapsed since).
             let counts: HashMap<i64, (i64, i64, i64)> = c
                 .query(
                     "SELECT category_id, count(*), count(order_id),
-                            count(*) FILTER (WHERE order_id IS NULL AND held_until > $2)
+                            count(*) FILTER (WHERE order_id IS NULL AND held_until > 0)
                      FROM places WHERE category_id = ANY($1) GROUP BY category_id",
-                    &[&ids, &key(now_ms)],
+                    &[&ids],
                 )
                 .await?
                 .iter()
@@ -602,10 +632,10 @@ impl PgStorage {
                 .query(
                     "SELECT seat_key, category_id,
                             CASE WHEN order_id IS NOT NULL THEN 2
-                                 WHEN held_until > $2 THEN 1 ELSE 0 END
+                                 WHEN held_until > 0 THEN 1 ELSE 0 END
                      FROM places WHERE category_id = ANY($1) AND seat_key IS NOT NULL
                      ORDER BY category_id, n",
-                    &[&seated, &key(now_ms)],
+                    &[&seated],
                 )
                 .await?
                 .iter()

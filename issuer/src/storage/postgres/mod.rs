@@ -96,6 +96,8 @@ pub struct Inner {
     holds: holds::Holds,
     /// Releases asked for, made in batches (`inventory`).
     releases: inventory::Releases,
+    /// Turns of the releases made alone, waiting for a locked hold.
+    waiting_releases: tokio::sync::Semaphore,
     /// When old live-feed changes were last cleared (unix ms).
     pruned_at: std::sync::atomic::AtomicU64,
     /// Wakes the task telling other processes of changes (`notify`).
@@ -227,6 +229,7 @@ impl PgStorage {
             catalogue: std::sync::Mutex::default(),
             holds: holds::gathered(),
             releases: inventory::releases(),
+            waiting_releases: tokio::sync::Semaphore::new(inventory::WAITING_RELEASES),
             announced: std::sync::Mutex::default(),
             sequenced_at: std::sync::Mutex::default(),
             pruned_at: std::sync::atomic::AtomicU64::new(0),
