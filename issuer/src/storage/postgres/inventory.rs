@@ -167,26 +167,29 @@ pub(super) fn releases() -> Releases {
 }
 
 /// Lets holds' places go: one statement, its own transaction, lets the
-/// active holds of `$1` go (at `$2[i]` each), with their places, tells the
-/// feed (one change an event, `$3` its time), and reads those holds back.
+/// holds of `$1` active at `$2` go (at that time), with their places,
+/// tells the feed (one change an event), and reads those holds back with
+/// their places, then the places untied (rows with no hold).
 ///
-/// Active: not let go, its time not passed (`holding::hold_state`). The
-/// holds are locked in order, then their places tied to them in order, as
-/// a payment does. In a batch, a hold another transaction has locked, or
-/// one of whose tied places it has (a payment of it being settled), is
-/// passed over (`SKIP LOCKED`: no other release of the batch waits with
-/// it), and let go alone, waiting. Each change is written as `Feed::write`
-/// writes it (its columns as `rows::moved_columns` makes them), under its
-/// event's shared lock (in the order of the events' ids), held to the
-/// commit at the statement's end.
+/// Active: not let go, its time not passed (`holding::hold_state`; a hold
+/// asked for a moment before the batch's time, whose time passed
+/// meanwhile, is looked at again alone). The holds are locked in order,
+/// then the places tied to them in order, as a payment does. In a batch, a
+/// hold another transaction has locked, or one of whose tied places it has
+/// (a payment of it being settled), is passed over (`SKIP LOCKED`: no other
+/// release of the batch waits with it), and let go alone, waiting. Each
+/// change is written as `Feed::write` writes it (its columns as
+/// `rows::moved_columns` makes them), under its event's shared lock (in
+/// the order of the events' ids), held to the commit at the statement's
+/// end. Every part is joined by keys or by one grouping, so that a batch
+/// costs in proportion to its holds.
 macro_rules! release {
     ($wait:literal, $whole:literal) => {
         concat!(
-            "WITH t AS (SELECT * FROM unnest($1::bytea[], $2::bigint[]) AS t(hash, at)),
-      l AS MATERIALIZED (
-            SELECT h.token_hash FROM holds h JOIN t ON t.hash = h.token_hash
-            WHERE h.token_hash = ANY($1) AND h.released_at IS NULL AND h.expires_at > t.at
-            ORDER BY h.token_hash FOR UPDATE OF h ",
+            "WITH l AS MATERIALIZED (
+            SELECT token_hash FROM holds
+            WHERE token_hash = ANY($1) AND released_at IS NULL AND expires_at > $2
+            ORDER BY token_hash FOR UPDATE ",
             $wait,
             "),
       tied AS MATERIALIZED (
@@ -197,19 +200,18 @@ macro_rules! release {
             ORDER BY p.category_id, p.n FOR UPDATE OF p ",
             $wait,
             "),
-      whole AS MATERIALIZED (SELECT l.token_hash FROM l WHERE ",
+      whole AS MATERIALIZED (",
             $whole,
             "),
-      r AS (UPDATE holds h SET released_at = t.at FROM t, whole
-            WHERE h.token_hash = ANY($1) AND h.token_hash = t.hash
-              AND h.token_hash = whole.token_hash
+      r AS (UPDATE holds h SET released_at = $2 FROM whole
+            WHERE h.token_hash = ANY($1) AND h.token_hash = whole.hold
             RETURNING h.token_hash, h.event_id, h.expires_at, h.currency, h.total),
-      p AS (UPDATE places pl SET hold = NULL, held_until = 0
-            FROM r JOIN tied ON tied.hold = r.token_hash
+      p AS (UPDATE places pl SET hold = NULL, held_until = 0 FROM tied
             WHERE pl.category_id = tied.category_id AND pl.n = tied.n
+              AND tied.hold = ANY(ARRAY(SELECT token_hash FROM r))
             RETURNING pl.event_id, pl.category_id, pl.n, pl.seat_key),
       ch AS (INSERT INTO place_changes (event_id, at, kind, seats, places)
-             SELECT e.event_id, $3, 'released',
+             SELECT e.event_id, $2, 'released',
                     (SELECT coalesce(json_agg(seat_key ORDER BY category_id, n), '[]')
                      FROM p WHERE p.event_id = e.event_id AND seat_key IS NOT NULL)::text,
                     (SELECT json_agg(json_build_array(category_id, k) ORDER BY category_id)
@@ -217,12 +219,13 @@ macro_rules! release {
                            WHERE p.event_id = e.event_id GROUP BY category_id) g)::text
              FROM (SELECT DISTINCT event_id FROM p ORDER BY event_id) e,
                   LATERAL (SELECT pg_advisory_xact_lock_shared(
-                               $4, (e.event_id & 2147483647)::int)) l)
- SELECT r.token_hash, r.event_id, r.expires_at, r.currency, r.total,
-        i.category_id, i.seat_key, i.price, i.n, p.n IS NOT NULL
- FROM r LEFT JOIN hold_items i ON i.hold = r.token_hash
-        LEFT JOIN p ON p.category_id = i.category_id AND p.n = i.n
- ORDER BY r.token_hash, i.category_id, i.n"
+                               $3, (e.event_id & 2147483647)::int)) l)
+ (SELECT r.token_hash, r.event_id, r.expires_at, r.currency, r.total,
+         i.category_id, i.seat_key, i.price, NULL::bigint
+  FROM r LEFT JOIN hold_items i ON i.hold = r.token_hash
+  ORDER BY r.token_hash, i.category_id, i.n)
+ UNION ALL
+ SELECT NULL, NULL, NULL, NULL, NULL, p.category_id, NULL, NULL, p.n FROM p"
         )
     };
 }
@@ -243,7 +246,16 @@ fn holds_from(
 ) -> HashMap<Vec<u8>, (Hold, Option<i64>)> {
     let mut holds: HashMap<Vec<u8>, (Hold, Option<i64>)> = HashMap::new();
     for r in rows {
-        let (hold, _) = holds.entry(r.get(0)).or_insert_with(|| {
+        let Some(hash) = r.get::<_, Option<Vec<u8>>>(0) else {
+            // A place untied ([`release!`]'s last rows).
+            if let (Some(category), Some(n)) =
+                (r.get::<_, Option<i64>>(5), r.get::<_, Option<i64>>(8))
+            {
+                c.freed.push((category as u64, n));
+            }
+            continue;
+        };
+        let (hold, _) = holds.entry(hash).or_insert_with(|| {
             (
                 Hold {
                     event_id: r.get::<_, i64>(1) as u64,
@@ -259,9 +271,6 @@ fn holds_from(
         let Some(category) = r.get::<_, Option<i64>>(5) else {
             continue;
         };
-        if released && r.get::<_, bool>(9) {
-            c.freed.push((category as u64, r.get(8)));
-        }
         hold.places.push(HeldPlace {
             category_id: category as u64,
             seat: r.get(6),
@@ -283,26 +292,30 @@ enum Release {
 /// by one statement). `wait`: for holds locked by another transaction,
 /// else passed over (to be made alone).
 async fn releases_in(c: &mut Conn, batch: &[([u8; 32], u64)], wait: bool) -> Result<Vec<Release>> {
-    let mut order: Vec<&([u8; 32], u64)> = batch.iter().collect();
-    order.sort();
-    let hashes: Vec<&[u8]> = order.iter().map(|(h, _)| &h[..]).collect();
-    let times: Vec<i64> = order.iter().map(|(_, at)| key(*at)).collect();
+    let mut hashes: Vec<&[u8]> = batch.iter().map(|(h, _)| &h[..]).collect();
+    hashes.sort();
+    hashes.dedup();
     let at = batch.iter().map(|(_, at)| *at).max().unwrap_or(0);
     // Passing over what is locked, a hold is let go only if every place
     // tied to it (as this statement first saw them) was locked by it.
     let sql = match wait {
-        true => release!("", "true"),
+        true => release!("", "SELECT token_hash AS hold FROM l"),
         false => release!(
             "SKIP LOCKED",
-            "(SELECT count(*) FROM tied WHERE tied.hold = l.token_hash)
-             = (SELECT count(*) FROM hold_items i
-                       JOIN places p ON p.category_id = i.category_id AND p.n = i.n
-                WHERE i.hold = l.token_hash
-                  AND p.hold IS NOT DISTINCT FROM i.hold AND p.order_id IS NULL)"
+            "SELECT x.hold FROM (
+                 SELECT token_hash AS hold, 0 AS wanted, 0 AS got FROM l
+                 UNION ALL
+                 SELECT i.hold, 1, 0
+                 FROM l JOIN hold_items i ON i.hold = l.token_hash
+                        JOIN places p ON p.category_id = i.category_id AND p.n = i.n
+                 WHERE p.hold IS NOT DISTINCT FROM i.hold AND p.order_id IS NULL
+                 UNION ALL
+                 SELECT hold, 0, 1 FROM tied) x
+             GROUP BY x.hold HAVING sum(x.wanted) = sum(x.got)"
         ),
     };
     let rows = c
-        .query(sql, &[&hashes, &times, &key(at), &changes::FEED_LOCK])
+        .query(sql, &[&hashes, &key(at), &changes::FEED_LOCK])
         .await?;
     let released = holds_from(c, &rows, true);
     let others: Vec<&[u8]> = hashes
