@@ -3096,3 +3096,95 @@ fn releases_waiting_for_a_locked_hold_do_not_take_the_pool() {
         "another buyer's hold waited {took:?} for a connection"
     );
 }
+
+/// A release asked for while its hold stands, made in a batch with one
+/// asked for after the hold lapsed, is made at its own time at once: not
+/// sent to wait, as the releases of holds another transaction has locked
+/// are, behind those.
+#[test]
+fn a_release_passed_over_for_its_time_does_not_wait_behind_releases_of_locked_holds() {
+    let Some(url) = crate::pg::fresh_database() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let db = postgres(&url, &tmp);
+    let (e, _, floor) = on_sale(&*db, 10);
+    let a = db.organizer_by_token(&[1; 32]).unwrap().unwrap();
+    let v = db.add_venue(a, &venue("Paris")).unwrap();
+    let e2 = db
+        .add_event(a, &event(v.id, "Day", Genre::Concert, 1000))
+        .unwrap()
+        .id;
+    let floor2 = Places::Quota {
+        area: "floor".into(),
+        places: 10,
+    };
+    let f2 = db.add_category(a, e2, &category(floor2, 100)).unwrap().id;
+    db.set_status(a, e2, EventStatus::OnSale).unwrap();
+    let q = |e, c| HoldRequest {
+        event_id: e,
+        items: vec![HoldItem::Quantity {
+            category_id: c,
+            quantity: 1,
+        }],
+    };
+    for h in [1u8, 3, 4] {
+        db.hold(&q(e, floor), &[h; 32], T0, 10 * MIN).unwrap();
+    }
+    for h in [5u8, 6] {
+        db.hold(&q(e2, f2), &[h; 32], T0, 10 * MIN).unwrap();
+    }
+    // Lapses at T0 + 1 s.
+    db.hold(&seats(e, &["A-1-1"]), &[2; 32], T0, 1000).unwrap();
+    // A payment of holds 1 and 3 being settled (frozen) locks their
+    // places: their releases wait alone, taking both turns.
+    let frozen = Frozen::new(
+        &url,
+        &format!(
+            "BEGIN; SELECT 1 FROM hold_items i JOIN places p
+                  ON p.category_id = i.category_id AND p.n = i.n
+             WHERE i.hold IN ('\\x{}', '\\x{}') FOR UPDATE OF p",
+            "01".repeat(32),
+            "03".repeat(32)
+        ),
+    );
+    let stuck: Vec<_> = [1u8, 3]
+        .iter()
+        .map(|h| db.release_pending([*h; 32], T0 + 1))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Two batches of releases in flight, held a moment by a reader of
+    // event 2's state, so that the next two releases go in one batch.
+    let reader = Frozen::new(
+        &url,
+        &format!("BEGIN; SELECT pg_advisory_xact_lock({}, {e2})", 0x6665_6564),
+    );
+    let others: Vec<_> = [5u8, 6]
+        .iter()
+        .map(|h| db.release_pending([*h; 32], T0 + 1))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Hold 2, let go while it stands, beside a release asked after it lapsed.
+    let two = db.release_pending([2; 32], T0 + 900);
+    let four = db.release_pending([4; 32], T0 + 1500);
+    reader.run("ROLLBACK");
+    let started = std::time::Instant::now();
+    let four = wait(four);
+    let two = wait(two);
+    let took = started.elapsed();
+    drop(frozen);
+    drop(stuck);
+    drop(others);
+    assert!(
+        matches!(&four, Ok(h) if h.state == HoldState::Released),
+        "{four:?}"
+    );
+    assert!(
+        matches!(&two, Ok(h) if h.state == HoldState::Released),
+        "{two:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "the release of a hold nothing locks waited {took:?} behind releases waiting for others' locks"
+    );
+}

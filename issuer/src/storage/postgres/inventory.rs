@@ -292,6 +292,36 @@ enum Release {
 /// by one statement). `wait`: for holds locked by another transaction,
 /// else passed over (to be made alone).
 async fn releases_in(c: &mut Conn, batch: &[([u8; 32], u64)], wait: bool) -> Result<Vec<Release>> {
+    let mut out: Vec<Option<Release>> = batch.iter().map(|_| None).collect();
+    let mut left: Vec<usize> = (0..batch.len()).collect();
+    // Holds active at their own time but not at the batch's (the latest)
+    // are let go at once by a batch of their own, whose time is earlier.
+    while !left.is_empty() {
+        let part: Vec<([u8; 32], u64)> = left.iter().map(|&i| batch[i]).collect();
+        let mut later = Vec::new();
+        for (i, got) in left.into_iter().zip(release_once(c, &part, wait).await?) {
+            match got {
+                Once::Later => later.push(i),
+                Once::Done(done) => out[i] = Some(done),
+            }
+        }
+        left = later;
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.unwrap_or(Release::Alone))
+        .collect())
+}
+
+/// What one statement of [`releases_in`] came to for a release.
+enum Once {
+    Done(Release),
+    /// Its hold was active at its time, not at the batch's.
+    Later,
+}
+
+/// [`releases_in`], by one statement at the latest time of `batch`.
+async fn release_once(c: &mut Conn, batch: &[([u8; 32], u64)], wait: bool) -> Result<Vec<Once>> {
     let mut hashes: Vec<&[u8]> = batch.iter().map(|(h, _)| &h[..]).collect();
     hashes.sort();
     hashes.dedup();
@@ -332,20 +362,22 @@ async fn releases_in(c: &mut Conn, batch: &[([u8; 32], u64)], wait: bool) -> Res
     };
     Ok(batch
         .iter()
-        .map(|(hash, at)| match released.get(&hash[..]) {
-            Some((hold, _)) => Release::Done(Ok(hold.clone())),
+        .map(|(hash, own)| match released.get(&hash[..]) {
+            Some((hold, _)) => Once::Done(Release::Done(Ok(hold.clone()))),
             None => match as_they_are.get(&hash[..]) {
-                None => Release::Done(Err(StorageError::NotFound("hold".into()))),
+                None => Once::Done(Release::Done(Err(StorageError::NotFound("hold".into())))),
                 Some((hold, released_at)) => {
                     let state =
-                        holding::hold_state(released_at.is_some(), key(hold.expires_at), *at);
+                        holding::hold_state(released_at.is_some(), key(hold.expires_at), *own);
                     match state {
+                        // Passed over for the batch's time, not its own.
+                        HoldState::Active if !wait && hold.expires_at <= at => Once::Later,
                         // Locked by another when passed over.
-                        HoldState::Active if !wait => Release::Alone,
-                        state => Release::Done(Ok(Hold {
+                        HoldState::Active if !wait => Once::Done(Release::Alone),
+                        state => Once::Done(Release::Done(Ok(Hold {
                             state,
                             ..hold.clone()
-                        })),
+                        }))),
                     }
                 }
             },
