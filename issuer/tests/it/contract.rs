@@ -39,6 +39,16 @@ fn postgres(url: &str, tmp: &tempfile::TempDir) -> std::sync::Arc<dyn Storage> {
     std::sync::Arc::new(open_postgres(url, tmp))
 }
 
+/// A fresh PostgreSQL database, and one handle on it (its data directory
+/// kept while the third is), for tests of PostgreSQL alone; `None` where
+/// no server can be had (`crate::pg`; under CI it must be).
+fn one_postgres() -> Option<(String, std::sync::Arc<dyn Storage>, tempfile::TempDir)> {
+    let url = crate::pg::fresh_database()?;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = postgres(&url, &tmp);
+    Some((url, db, tmp))
+}
+
 fn plan() -> SeatingPlan {
     let section = |id: &str| Section {
         id: id.into(),
@@ -483,6 +493,17 @@ fn seats(event_id: u64, keys: &[&str]) -> HoldRequest {
         event_id,
         items: vec![HoldItem::Seats {
             seats: keys.iter().map(|k| k.to_string()).collect(),
+        }],
+    }
+}
+
+/// A hold of `n` places of category `c` (a quota) of event `e`.
+fn quantity_of(e: u64, c: u64, n: u32) -> HoldRequest {
+    HoldRequest {
+        event_id: e,
+        items: vec![HoldItem::Quantity {
+            category_id: c,
+            quantity: n,
         }],
     }
 }
@@ -1906,13 +1927,7 @@ fn a_hold_given_up_before_its_turn_is_not_made() {
 fn holds_asked_at_once_are_each_made_or_refused_on_their_own() {
     for (name, db, _tmp) in backends() {
         let (e, s, floor) = on_sale(&*db, 10);
-        let q = |n| HoldRequest {
-            event_id: e,
-            items: vec![HoldItem::Quantity {
-                category_id: floor,
-                quantity: n,
-            }],
-        };
+        let q = |n| quantity_of(e, floor, n);
         let best = || HoldRequest {
             event_id: e,
             items: vec![HoldItem::Best {
@@ -2615,19 +2630,11 @@ impl Frozen {
 /// must not wait on it for ever.
 #[test]
 fn a_process_stalled_mid_transaction_does_not_stall_an_events_sales() {
-    let Some(url) = crate::pg::fresh_database() else {
+    let Some((url, db, _tmp)) = one_postgres() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let db = postgres(&url, &tmp);
     let (e, _, floor) = on_sale(&*db, 50);
-    let q = HoldRequest {
-        event_id: e,
-        items: vec![HoldItem::Quantity {
-            category_id: floor,
-            quantity: 1,
-        }],
-    };
+    let q = quantity_of(e, floor, 1);
     db.hold(&q, &[1; 32], T0, 10 * MIN).unwrap();
     // The stalled process: it wrote a change of the event (taking the
     // event's feed lock, shared, as every such transaction does), then
@@ -2664,11 +2671,9 @@ fn a_process_stalled_mid_transaction_does_not_stall_an_events_sales() {
 /// outbox row, standing for any delay there.)
 #[test]
 fn a_cancellation_waits_for_the_payments_being_settled() {
-    let Some(url) = crate::pg::fresh_database() else {
+    let Some((url, db, _tmp)) = one_postgres() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let db = postgres(&url, &tmp);
     let (e, _, _) = on_sale(&*db, 5);
     db.hold(&seats(e, &["A-1-1"]), &[1; 32], T0, 10 * MIN)
         .unwrap();
@@ -2781,39 +2786,26 @@ fn a_hold_refused_late_in_a_batch_takes_no_place_from_another() {
     }
 }
 
-/// A hold whose row another session keeps locked (a payment of it
-/// settling in a process that froze) makes its own release wait, not
-/// another buyer's: a release asked for beside it is made, and at once.
-#[test]
-fn a_release_waiting_for_a_locked_hold_does_not_fail_or_hold_up_others() {
-    let Some(url) = crate::pg::fresh_database() else {
+/// Holds 1, 3 and 4 (a standing place each) and 2 (seat A-1-1) of a new
+/// event, whose releases are asked for while another session, frozen
+/// mid-transaction, keeps what `lock` locks of holds 1, 3 and 4 (their
+/// rows, or their places): the release of hold 2, asked for beside
+/// theirs, is made, and at once; how long it took, and what it came to.
+fn a_release_beside_locked_ones(lock: &str) {
+    let Some((url, db, _tmp)) = one_postgres() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let db = postgres(&url, &tmp);
     let (e, _, floor) = on_sale(&*db, 10);
-    let q = HoldRequest {
-        event_id: e,
-        items: vec![HoldItem::Quantity {
-            category_id: floor,
-            quantity: 1,
-        }],
-    };
     for h in [1u8, 3, 4] {
-        db.hold(&q, &[h; 32], T0, 10 * MIN).unwrap();
+        db.hold(&quantity_of(e, floor, 1), &[h; 32], T0, 10 * MIN)
+            .unwrap();
     }
     db.hold(&seats(e, &["A-1-1"]), &[2; 32], T0, 10 * MIN)
         .unwrap();
-    // The frozen session, holding holds 1, 3 and 4.
-    let frozen = Frozen::new(
-        &url,
-        &format!(
-            "BEGIN; SELECT 1 FROM holds WHERE token_hash IN ('\\x{}', '\\x{}', '\\x{}') FOR UPDATE",
-            "01".repeat(32),
-            "03".repeat(32),
-            "04".repeat(32)
-        ),
-    );
+    let hashes = ["01", "03", "04"]
+        .map(|b| format!("'\\x{}'", b.repeat(32)))
+        .join(", ");
+    let frozen = Frozen::new(&url, &format!("BEGIN; {}", lock.replace("$HOLDS", &hashes)));
     // Their buyers let them go (asked now, made by tasks of their own),
     // then another buyer lets hold 2 go.
     let stuck: Vec<_> = [1u8, 3, 4]
@@ -2827,13 +2819,21 @@ fn a_release_waiting_for_a_locked_hold_does_not_fail_or_hold_up_others() {
     drop(stuck);
     assert!(
         matches!(&other, Ok(h) if h.state == HoldState::Released),
-        "a release beside one waiting for a locked hold, after {took:?}: {other:?}"
+        "a release beside ones waiting for locks ({lock}), after {took:?}: {other:?}"
     );
     assert!(
         took < std::time::Duration::from_secs(3),
-        "a release waited {took:?} behind others' locked holds"
+        "a release waited {took:?} behind others' locks ({lock})"
     );
     assert_eq!(seat_state(&*db, e, "A-1-1", T0 + 1), PlaceState::Available);
+}
+
+/// A hold whose row another session keeps locked (a payment of it
+/// settling in a process that froze) makes its own release wait, not
+/// another buyer's: a release asked for beside it is made, and at once.
+#[test]
+fn a_release_waiting_for_a_locked_hold_does_not_fail_or_hold_up_others() {
+    a_release_beside_locked_ones("SELECT 1 FROM holds WHERE token_hash IN ($HOLDS) FOR UPDATE");
 }
 
 /// A lapsed hold whose row another session keeps locked (a late payment
@@ -2841,19 +2841,11 @@ fn a_release_waiting_for_a_locked_hold_does_not_fail_or_hold_up_others() {
 /// is told by a later look, and the holds asked meanwhile are made.
 #[test]
 fn a_hold_waiting_to_tell_of_a_locked_lapsed_hold_fails_no_other() {
-    let Some(url) = crate::pg::fresh_database() else {
+    let Some((url, db, _tmp)) = one_postgres() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let db = postgres(&url, &tmp);
     let (e, _, floor) = on_sale(&*db, 50);
-    let q = HoldRequest {
-        event_id: e,
-        items: vec![HoldItem::Quantity {
-            category_id: floor,
-            quantity: 1,
-        }],
-    };
+    let q = quantity_of(e, floor, 1);
     // Lapses at T0 + 1 s, locked meanwhile by the frozen session.
     db.hold(&q, &[99; 32], T0, 1000).unwrap();
     let frozen = Frozen::new(
@@ -2886,53 +2878,10 @@ fn a_hold_waiting_to_tell_of_a_locked_lapsed_hold_fails_no_other() {
 /// made at once, not after them.
 #[test]
 fn a_release_beside_one_whose_places_a_payment_locks_is_made_at_once() {
-    let Some(url) = crate::pg::fresh_database() else {
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let db = postgres(&url, &tmp);
-    let (e, _, floor) = on_sale(&*db, 10);
-    let q = HoldRequest {
-        event_id: e,
-        items: vec![HoldItem::Quantity {
-            category_id: floor,
-            quantity: 1,
-        }],
-    };
-    for h in [1u8, 3, 4] {
-        db.hold(&q, &[h; 32], T0, 10 * MIN).unwrap();
-    }
-    db.hold(&seats(e, &["A-1-1"]), &[2; 32], T0, 10 * MIN)
-        .unwrap();
-    // The frozen session: a payment of holds 1, 3 and 4, their places
-    // locked as `settle_in` locks them.
-    let frozen = Frozen::new(
-        &url,
-        &format!(
-            "BEGIN; SELECT 1 FROM hold_items i JOIN places p
-                  ON p.category_id = i.category_id AND p.n = i.n
-         WHERE i.hold IN ('\\x{}', '\\x{}', '\\x{}') FOR UPDATE OF p",
-            "01".repeat(32),
-            "03".repeat(32),
-            "04".repeat(32)
-        ),
-    );
-    let stuck: Vec<_> = [1u8, 3, 4]
-        .iter()
-        .map(|h| db.release_pending([*h; 32], T0 + 1))
-        .collect();
-    let started = std::time::Instant::now();
-    let other = wait(db.release_pending([2; 32], T0 + 1));
-    let took = started.elapsed();
-    drop(frozen);
-    drop(stuck);
-    assert!(
-        matches!(&other, Ok(h) if h.state == HoldState::Released),
-        "after {took:?}: {other:?}"
-    );
-    assert!(
-        took < std::time::Duration::from_secs(3),
-        "a release waited {took:?} behind a payment's locked places"
+    // As `settle_in` locks them.
+    a_release_beside_locked_ones(
+        "SELECT 1 FROM hold_items i JOIN places p ON p.category_id = i.category_id AND p.n = i.n
+         WHERE i.hold IN ($HOLDS) FOR UPDATE OF p",
     );
 }
 
@@ -2941,19 +2890,11 @@ fn a_release_beside_one_whose_places_a_payment_locks_is_made_at_once() {
 /// pass it over and are made at once.
 #[test]
 fn holds_are_made_at_once_while_a_late_payment_locks_a_lapsed_holds_places() {
-    let Some(url) = crate::pg::fresh_database() else {
+    let Some((url, db, _tmp)) = one_postgres() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let db = postgres(&url, &tmp);
     let (e, _, floor) = on_sale(&*db, 50);
-    let q = HoldRequest {
-        event_id: e,
-        items: vec![HoldItem::Quantity {
-            category_id: floor,
-            quantity: 1,
-        }],
-    };
+    let q = quantity_of(e, floor, 1);
     db.hold(&q, &[99; 32], T0, 1000).unwrap();
     let frozen = Frozen::new(
         &url,
@@ -2996,11 +2937,9 @@ fn holds_are_made_at_once_while_a_late_payment_locks_a_lapsed_holds_places() {
 /// it): its places are held until its expiry is told, in both.
 #[test]
 fn the_feed_adds_up_while_a_lapsed_hold_is_locked() {
-    let Some(url) = crate::pg::fresh_database() else {
+    let Some((url, db, _tmp)) = one_postgres() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let db = postgres(&url, &tmp);
     let (e, _, _) = on_sale(&*db, 10);
     db.hold(&seats(e, &["A-1-1"]), &[99; 32], T0, 1000).unwrap();
     let frozen = Frozen::new(
@@ -3060,19 +2999,11 @@ fn a_hold_short_by_its_own_fault_does_not_get_another_refused() {
 /// once.
 #[test]
 fn releases_waiting_for_a_locked_hold_do_not_take_the_pool() {
-    let Some(url) = crate::pg::fresh_database() else {
+    let Some((url, db, _tmp)) = one_postgres() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let db = postgres(&url, &tmp);
     let (e, _, floor) = on_sale(&*db, 10);
-    let q = HoldRequest {
-        event_id: e,
-        items: vec![HoldItem::Quantity {
-            category_id: floor,
-            quantity: 1,
-        }],
-    };
+    let q = quantity_of(e, floor, 1);
     db.hold(&q, &[1; 32], T0, 10 * MIN).unwrap();
     let frozen = Frozen::new(
         &url,
@@ -3103,11 +3034,9 @@ fn releases_waiting_for_a_locked_hold_do_not_take_the_pool() {
 /// are, behind those.
 #[test]
 fn a_release_passed_over_for_its_time_does_not_wait_behind_releases_of_locked_holds() {
-    let Some(url) = crate::pg::fresh_database() else {
+    let Some((url, db, _tmp)) = one_postgres() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let db = postgres(&url, &tmp);
     let (e, _, floor) = on_sale(&*db, 10);
     let a = db.organizer_by_token(&[1; 32]).unwrap().unwrap();
     let v = db.add_venue(a, &venue("Paris")).unwrap();
@@ -3121,13 +3050,7 @@ fn a_release_passed_over_for_its_time_does_not_wait_behind_releases_of_locked_ho
     };
     let f2 = db.add_category(a, e2, &category(floor2, 100)).unwrap().id;
     db.set_status(a, e2, EventStatus::OnSale).unwrap();
-    let q = |e, c| HoldRequest {
-        event_id: e,
-        items: vec![HoldItem::Quantity {
-            category_id: c,
-            quantity: 1,
-        }],
-    };
+    let q = |e, c| quantity_of(e, c, 1);
     for h in [1u8, 3, 4] {
         db.hold(&q(e, floor), &[h; 32], T0, 10 * MIN).unwrap();
     }

@@ -26,6 +26,7 @@ use rand_core::RngCore;
 use super::catalogue::{EVENT_AND_CATEGORIES, event_and_categories, event_and_categories_from};
 use super::changes::{self, Feed};
 use super::gather::{self, Gather, Waiting};
+use super::inventory::seat;
 use super::pool::Arg;
 use super::{Conn, PgStorage, key};
 use crate::domain::catalogue::{Category, Event, Places};
@@ -751,9 +752,9 @@ impl PgStorage {
                         continue;
                     }
                     if seats.iter().any(|s| s.contains('\0')) {
-                        work[i].done = Some(Outcome::Refused(StorageError::Invalid(
-                            "the text holds a character that cannot be stored (NUL)".into(),
-                        )));
+                        // Refused here, not by the database, which would
+                        // fail the whole batch.
+                        work[i].done = Some(Outcome::Refused(super::nul_refused()));
                         continue;
                     }
                     for seat in seats {
@@ -853,7 +854,6 @@ impl PgStorage {
             return Ok(());
         }
         let results = c.query_all(&statements).await?;
-        drop(statements);
         let mut short_quotas = Vec::new();
         let mut missing: Vec<(usize, String)> = Vec::new();
         for (reading, rows) in readings.into_iter().zip(results) {
@@ -939,12 +939,9 @@ impl PgStorage {
             seconds.push(again);
         }
         // Seats not taken: taken, or no seat of the event?
-        let missing_keys: Vec<String> = missing.iter().map(|(_, s)| s.clone()).collect();
         if !missing.is_empty() {
-            second.push((
-                SEATS_THERE,
-                vec![Box::new(key(event.id)), Box::new(missing_keys)],
-            ));
+            let keys: Vec<String> = missing.iter().map(|(_, s)| s.clone()).collect();
+            second.push((SEATS_THERE, vec![Box::new(key(event.id)), Box::new(keys)]));
         }
         if second.is_empty() {
             return Ok(());
@@ -1025,7 +1022,7 @@ impl PgStorage {
                 read_anew = true;
                 free = self.free_seats(c, id, capacity, true, true).await?.0;
                 for n in &ns {
-                    if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i)) {
+                    if let Some(f) = seat(&mut free, *n) {
                         *f = false;
                     }
                 }
@@ -1042,7 +1039,7 @@ impl PgStorage {
             let last = first + i64::from(*q) - 1;
             self.mark_taken(c, id, first..=last);
             for n in first..=last {
-                if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i)) {
+                if let Some(f) = seat(&mut free, n) {
                     *f = false;
                 }
                 ns.push(n);

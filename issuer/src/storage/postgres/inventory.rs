@@ -43,6 +43,11 @@ const ANNOUNCE_EVERY_MS: u64 = 250;
 /// An event with its categories, as a process last read them.
 pub(super) type EventCopy = Arc<(Event, Vec<Category>)>;
 
+/// Place `n` (from 1) in a picture of a category's seats, if there.
+pub(super) fn seat(picture: &mut [bool], n: i64) -> Option<&mut bool> {
+    usize::try_from(n - 1).ok().and_then(|i| picture.get_mut(i))
+}
+
 /// A process's picture of a seated category's free seats.
 pub(super) struct FreeSeats {
     /// By place number less one.
@@ -514,7 +519,7 @@ impl PgStorage {
         if let Some((mut free, a_while)) = kept {
             // What this transaction let go (lapsed holds) is free to it.
             for (_, n) in c.freed.iter().filter(|(cat, _)| *cat == id) {
-                if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i)) {
+                if let Some(f) = seat(&mut free, *n) {
                     *f = true;
                 }
             }
@@ -532,7 +537,7 @@ impl PgStorage {
             .get(0);
         let mut free = vec![false; capacity];
         for n in numbers {
-            if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| free.get_mut(i)) {
+            if let Some(f) = seat(&mut free, n) {
                 *f = true;
             }
         }
@@ -545,7 +550,7 @@ impl PgStorage {
         chosen.retain(|_, at| at.elapsed() < CHOSEN_FOR);
         let mut shown = free.clone();
         for n in chosen.keys() {
-            if let Some(f) = usize::try_from(n - 1).ok().and_then(|i| shown.get_mut(i)) {
+            if let Some(f) = seat(&mut shown, *n) {
                 *f = false;
             }
         }
@@ -581,10 +586,7 @@ impl PgStorage {
     pub(super) fn mark_free(&self, places: &[(u64, i64)]) {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         for (id, n) in places {
-            if let Some(seat) = free
-                .get_mut(id)
-                .and_then(|f| usize::try_from(n - 1).ok().and_then(|i| f.free.get_mut(i)))
-            {
+            if let Some(seat) = free.get_mut(id).and_then(|f| seat(&mut f.free, *n)) {
                 *seat = true;
             }
             if let Some(f) = free.get_mut(id) {
@@ -605,7 +607,7 @@ impl PgStorage {
         {
             let now = std::time::Instant::now();
             for n in ns {
-                if let Some(seat) = usize::try_from(n - 1).ok().and_then(|i| f.free.get_mut(i)) {
+                if let Some(seat) = seat(&mut f.free, n) {
                     *seat = false;
                 }
                 f.chosen.insert(n, now);

@@ -131,9 +131,7 @@ impl From<tokio_postgres::Error> for StorageError {
                 StorageError::Unavailable(format!("{}: {}", db.code().code(), db.message()))
             }
             // Text the database cannot store (a NUL): the request's fault.
-            Some(db) if matches!(db.code().code(), "22021" | "22P05") => StorageError::Invalid(
-                "the text holds a character that cannot be stored (NUL)".into(),
-            ),
+            Some(db) if matches!(db.code().code(), "22021" | "22P05") => nul_refused(),
             Some(db) => StorageError::Backend(format!("{}: {}", db.code().code(), db.message())),
             None if e.is_closed()
                 || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) =>
@@ -143,6 +141,12 @@ impl From<tokio_postgres::Error> for StorageError {
             None => StorageError::Backend(e.to_string()),
         }
     }
+}
+
+/// Text holding a character the database cannot store (a NUL): the
+/// request's fault.
+pub(super) fn nul_refused() -> StorageError {
+    StorageError::Invalid("the text holds a character that cannot be stored (NUL)".into())
 }
 
 /// Whether a server's error is of the moment, not of the request: the

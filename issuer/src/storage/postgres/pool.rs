@@ -339,10 +339,7 @@ impl Conn {
         let ahead = self.take_ahead();
         let client = &self.open().client;
         let runs = prepared.iter().zip(statements).map(|(s, (_, args))| {
-            let args: Vec<&(dyn ToSql + Sync)> = args
-                .iter()
-                .map(|a| a.as_ref() as &(dyn ToSql + Sync))
-                .collect();
+            let args = arg_refs(args);
             async move { client.query(s, &args).await }
         });
         let all = async {
@@ -373,10 +370,7 @@ impl Conn {
         let Some((sql, args)) = self.read_ahead.take() else {
             return Ok(None);
         };
-        let args: Vec<&(dyn ToSql + Sync)> = args
-            .iter()
-            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
-            .collect();
+        let args = arg_refs(&args);
         self.query(sql, &args).await.map(Some)
     }
 
@@ -500,10 +494,7 @@ impl Conn {
         let ahead = self.take_ahead();
         let client = &self.open().client;
         let runs = statements.iter().zip(&deferred).map(|(s, (_, args))| {
-            let args: Vec<&(dyn ToSql + Sync)> = args
-                .iter()
-                .map(|a| a.as_ref() as &(dyn ToSql + Sync))
-                .collect();
+            let args = arg_refs(args);
             async move { client.execute(s, &args).await }
         });
         // In the order written: what is to go ahead (BEGIN if not sent
@@ -561,6 +552,13 @@ impl Conn {
     }
 }
 
+/// Arguments kept for later, as a statement takes them.
+fn arg_refs(args: &[Arg]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter()
+        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
 /// `run`, after the statements `ahead` and the read `read` if any, sent
 /// together: what `read` read, and what `run` gave.
 async fn after<T>(
@@ -577,10 +575,7 @@ async fn after<T>(
     };
     let read = async {
         let (s, args) = read?;
-        let args: Vec<&(dyn ToSql + Sync)> = args
-            .iter()
-            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
-            .collect();
+        let args = arg_refs(args);
         Some(client.query(s, &args).await.map_err(StorageError::from))
     };
     let (sent, read, out) = tokio::join!(sent, read, run);
